@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit, fuzz seeds, e2e and fault tests, and manifest verification.
+# Installs what it needs (redis-server) from Debian's packages when missing.
+set -o errexit -o nounset -o pipefail
+
+cd "$(dirname "$0")/.."
+
+install_debian_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "hack/test.sh: installing ${missing[*]} from Debian's packages"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_debian_packages
+
+echo "== go vet"
+go vet ./...
+go vet -tags e2e ./...
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+
+echo "== unit tests"
+go test -count=1 ./...
+
+echo "== e2e and fault tests (build tag e2e)"
+go test -count=1 -tags e2e -timeout 30m ./...
+
+for script in hack/verify-*.sh; do
+  [ -e "$script" ] || continue
+  echo "== $script"
+  "$script"
+done
