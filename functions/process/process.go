@@ -1,0 +1,253 @@
+// Package main is the process manager function: it moves Redis-backed process instances one
+// atomic step per event and publishes the commands each step emits.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/kelseyhightower/envconfig"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/process"
+	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/sink"
+)
+
+// Config is read once at start.
+type Config struct {
+	// DefinitionsDir holds the process definitions, one *.yaml per process (a mounted ConfigMap).
+	DefinitionsDir string `envconfig:"PROCESS_DEFINITIONS_DIR" default:"/etc/knfaas/process"`
+	// Owner names this process manager in the deadlines it schedules; its timer Trigger filters
+	// on it. Defaults to K_SERVICE (the Knative Service name), else "process".
+	Owner string `envconfig:"PROCESS_OWNER"`
+	// Retention keeps finished instances, their timelines and their outbox this long.
+	Retention time.Duration `envconfig:"PROCESS_RETENTION" default:"168h"`
+	// TimelineMax caps each instance's timeline.
+	TimelineMax int `envconfig:"PROCESS_TIMELINE_MAX" default:"500"`
+	// SendTimeout bounds each publish to K_SINK.
+	SendTimeout time.Duration `envconfig:"PROCESS_SEND_TIMEOUT" default:"10s"`
+	// AckInterval is how often published outbox entries are removed, in one pipeline per batch.
+	AckInterval time.Duration `envconfig:"PROCESS_ACK_INTERVAL" default:"50ms"`
+	// Sink is where commands are published (the Broker, set by the SinkBinding).
+	Sink string `envconfig:"K_SINK" required:"true"`
+	// Service is set by Knative Serving.
+	Service string `envconfig:"K_SERVICE"`
+}
+
+// Function is the process manager.
+type Function struct {
+	rdb    *redis.Client
+	engine *process.Engine
+	send   func(context.Context, event.Event) error
+	acks   *acker
+	ready  atomic.Bool
+}
+
+// New returns an unstarted Function.
+func New() *Function { return &Function{} }
+
+// Start reads the definitions, refusing to start on any error (naming the process and step).
+func (f *Function) Start(ctx context.Context, _ map[string]string) error {
+	var cfg Config
+	if err := envconfig.Process("", &cfg); err != nil {
+		return fmt.Errorf("process: reading configuration: %w", err)
+	}
+	rdb, err := redisconn.FromEnv()
+	if err != nil {
+		return fmt.Errorf("process: %w", err)
+	}
+	s, err := sink.New(cfg.Sink, cfg.SendTimeout)
+	if err != nil {
+		return fmt.Errorf("process: %w", err)
+	}
+	return f.start(ctx, cfg, rdb, s.Send)
+}
+
+func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client, send func(context.Context, event.Event) error) error {
+	defs, err := process.LoadDir(cfg.DefinitionsDir)
+	if err != nil {
+		return fmt.Errorf("process: refusing to start: %w", err)
+	}
+	owner := cfg.Owner
+	if owner == "" {
+		owner = cfg.Service
+	}
+	f.rdb = rdb
+	f.send = send
+	f.engine = process.NewEngine(rdb, defs, process.Options{Owner: owner, Retention: cfg.Retention, TimelineMax: cfg.TimelineMax})
+	f.acks = newAcker(rdb, cfg.AckInterval)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
+	}
+	slog.Info("process manager started", "processes", defs.Names(), "owner", owner)
+	f.ready.Store(true)
+	return nil
+}
+
+// Stop flushes pending acknowledgements and closes Redis.
+func (f *Function) Stop(ctx context.Context) error {
+	f.ready.Store(false)
+	if f.acks != nil {
+		f.acks.close(ctx)
+	}
+	if f.rdb != nil {
+		return f.rdb.Close()
+	}
+	return nil
+}
+
+// Ready is true once Start has finished and Redis answers.
+func (f *Function) Ready(ctx context.Context) (bool, error) {
+	if !f.ready.Load() {
+		return false, nil
+	}
+	return f.rdb.Ping(ctx).Err() == nil, nil
+}
+
+// Alive is true unless Redis stopped answering.
+func (f *Function) Alive(ctx context.Context) (bool, error) { return true, nil }
+
+// Handle applies one event (a start event, a reply, a fired deadline) and publishes what the
+// step emitted. It never replies with an event: a step can emit several, and all go through K_SINK.
+func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	if !f.ready.Load() {
+		return nil, errors.New("process manager is starting")
+	}
+	ev := process.Event{
+		ID: e.ID(), Source: e.Source(), Type: e.Type(), Subject: e.Subject(),
+		Command: extension(e, "knfaascommand"), Actor: extension(e, "knfaasactor"), Data: e.Data(),
+	}
+	res, err := f.engine.Apply(ctx, ev)
+	if errors.Is(err, process.ErrBadEvent) {
+		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
+	}
+	if err != nil {
+		return nil, err
+	}
+	acked := make([]process.Acked, 0, len(res.Outbox))
+	for _, em := range res.Outbox {
+		a := em.Acked(ev.Subject)
+		if f.acks.published(a) {
+			continue // published by this replica; its removal from the outbox is in flight
+		}
+		if err := f.send(ctx, toEvent(em)); err != nil {
+			// Leave the rest in the outbox: the broker redelivers this event, the step is a
+			// duplicate by then, and the outbox is offered again.
+			f.acks.add(acked...)
+			return nil, fmt.Errorf("publishing %s %s: %w", em.Type, em.ID, err)
+		}
+		acked = append(acked, a)
+	}
+	f.acks.add(acked...)
+	switch res.Status {
+	case process.StatusUnknown, process.StatusStale, process.StatusConflict:
+		// 422, not 404/409: Knative retries those, and no retry can make this event apply.
+		return nil, cloudevents.NewHTTPResult(http.StatusUnprocessableEntity, "%s: %s", res.Status, res.Message)
+	}
+	return nil, nil
+}
+
+func extension(e event.Event, name string) string {
+	v, ok := e.Extensions()[name]
+	if !ok {
+		return ""
+	}
+	s, _ := v.(string)
+	return s
+}
+
+func toEvent(em process.Emitted) event.Event {
+	e := cloudevents.NewEvent()
+	e.SetID(em.ID)
+	e.SetType(em.Type)
+	e.SetSource(em.Source)
+	e.SetSubject(em.Subject)
+	e.SetTime(time.Now())
+	for k, v := range em.Extensions {
+		e.SetExtension(k, v)
+	}
+	_ = e.SetData(cloudevents.ApplicationJSON, []byte(em.Data))
+	return e
+}
+
+// acker removes published entries from instance outboxes in batches, off the request path: an
+// entry left behind by a crash is only published again, with the same id.
+type acker struct {
+	rdb      *redis.Client
+	mu       sync.Mutex
+	pending  []process.Acked
+	inFlight map[process.Acked]struct{}
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func newAcker(rdb *redis.Client, every time.Duration) *acker {
+	a := &acker{rdb: rdb, inFlight: map[process.Acked]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				a.flush(context.Background())
+			case <-a.stop:
+				return
+			}
+		}
+	}()
+	return a
+}
+
+func (a *acker) add(acks ...process.Acked) {
+	if len(acks) == 0 {
+		return
+	}
+	a.mu.Lock()
+	a.pending = append(a.pending, acks...)
+	for _, k := range acks {
+		a.inFlight[k] = struct{}{}
+	}
+	a.mu.Unlock()
+}
+
+func (a *acker) published(k process.Acked) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.inFlight[k]
+	return ok
+}
+
+func (a *acker) flush(ctx context.Context) {
+	a.mu.Lock()
+	batch := a.pending
+	a.pending = nil
+	a.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	if err := process.Ack(ctx, a.rdb, batch...); err != nil {
+		// Entries stay in the outbox and are published again with the same ids; harmless.
+		slog.Warn("acknowledging published commands", "err", err)
+	}
+	a.mu.Lock()
+	for _, k := range batch {
+		delete(a.inFlight, k)
+	}
+	a.mu.Unlock()
+}
+
+func (a *acker) close(ctx context.Context) {
+	close(a.stop)
+	<-a.done
+	a.flush(ctx)
+}

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/knfaas/knfaas/internal/process"
+	"github.com/knfaas/knfaas/internal/redistest"
+)
+
+type capture struct {
+	mu     sync.Mutex
+	events []event.Event
+	fail   bool
+}
+
+func (c *capture) send(_ context.Context, e event.Event) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail {
+		return errors.New("broker down")
+	}
+	c.events = append(c.events, e)
+	return nil
+}
+
+func (c *capture) take() []event.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.events
+	c.events = nil
+	return out
+}
+
+func startFunction(t *testing.T) (*Function, *capture, *redistest.Server) {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	c := &capture{}
+	f := New()
+	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 10 * time.Millisecond}
+	if err := f.start(context.Background(), cfg, srv.Client(), c.send); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Stop(context.Background()) })
+	return f, c, srv
+}
+
+func ce(id, typ, subject string, data string) event.Event {
+	e := cloudevents.NewEvent()
+	e.SetID(id)
+	e.SetType(typ)
+	e.SetSource("/test")
+	if subject != "" {
+		e.SetSubject(subject)
+	}
+	if data != "" {
+		_ = e.SetData(cloudevents.ApplicationJSON, []byte(data))
+	}
+	return e
+}
+
+func status(err error) int {
+	if err == nil {
+		return 200
+	}
+	var r *cehttp.Result
+	if errors.As(err, &r) {
+		return r.StatusCode
+	}
+	return 500
+}
+
+func TestHandle(t *testing.T) {
+	f, c, _ := startFunction(t)
+	ctx := context.Background()
+	steps := []struct {
+		name    string
+		event   event.Event
+		status  int
+		emitted []string // "type id"
+	}{
+		{"start", ce("s1", "test.order.placed", "o1", `{"amount":5}`), 200, []string{"test.pay o1:pay:1"}},
+		{"start again, same id", ce("s1", "test.order.placed", "o1", `{"amount":5}`), 200, nil},
+		{"start without subject", ce("s2", "test.order.placed", "", `{}`), 400, nil},
+		{"reply for unknown instance", ce("r0", "test.paid", "nobody", ""), 422, nil},
+		{"reply out of order", ce("r1", "test.shipped", "o1", ""), 422, nil},
+		{"paid", ce("r2", "test.paid", "o1", ""), 200, []string{"test.cook o1:cook:1"}},
+		{"paid redelivered", ce("r2", "test.paid", "o1", ""), 200, nil},
+		{"kitchen burns", ce("r3", "test.burnt", "o1", ""), 200, []string{"test.order.failed o1:failed", "test.refund o1:pay:undo:1"}},
+		{"refunded", ce("r4", "test.refunded", "o1", ""), 200, []string{"test.order.compensated o1:compensated"}},
+	}
+	for _, s := range steps {
+		_, err := f.Handle(ctx, s.event)
+		if got := status(err); got != s.status {
+			t.Fatalf("%s: status %d (%v), want %d", s.name, got, err, s.status)
+		}
+		var got []string
+		for _, e := range c.take() {
+			got = append(got, e.Type()+" "+e.ID())
+			if e.Subject() != "o1" {
+				t.Errorf("%s: emitted %s with subject %q", s.name, e.ID(), e.Subject())
+			}
+		}
+		if strings.Join(got, ",") != strings.Join(s.emitted, ",") {
+			t.Errorf("%s: emitted %v, want %v", s.name, got, s.emitted)
+		}
+	}
+}
+
+func TestPublishFailureIsRetriedWithoutAdvancingTwice(t *testing.T) {
+	f, c, _ := startFunction(t)
+	ctx := context.Background()
+	if _, err := f.Handle(ctx, ce("s1", "test.order.placed", "o1", `{}`)); err != nil {
+		t.Fatal(err)
+	}
+	c.take()
+	c.fail = true
+	if _, err := f.Handle(ctx, ce("r1", "test.paid", "o1", "")); status(err) != 500 {
+		t.Fatalf("publish failure answered %d (%v), want 5xx so the broker retries", status(err), err)
+	}
+	c.fail = false
+	if _, err := f.Handle(ctx, ce("r1", "test.paid", "o1", "")); err != nil {
+		t.Fatalf("redelivery: %v", err)
+	}
+	got := c.take()
+	if len(got) != 1 || got[0].ID() != "o1:cook:1" {
+		t.Fatalf("redelivery published %v, want the unpublished o1:cook:1 once", got)
+	}
+	in, err := process.ReadInstance(ctx, f.rdb, "o1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Step != "cook" || in.Version != 2 {
+		t.Errorf("instance at step %q version %d, want cook version 2", in.Step, in.Version)
+	}
+}
+
+func TestStartRefusesBadDefinition(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	dir := t.TempDir()
+	bad := "name: order\nstart: s\ncompleted: c\nfailed: f\ncompensated: x\nsteps:\n- name: cook\n  timeout: 1m\n  command: {type: c}\n"
+	if err := os.WriteFile(filepath.Join(dir, "order.yaml"), []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := New()
+	err := f.start(context.Background(), Config{DefinitionsDir: dir, AckInterval: time.Second}, srv.Client(), (&capture{}).send)
+	if err == nil || !strings.Contains(err.Error(), `process "order" step 1 "cook"`) {
+		t.Fatalf("start error = %v, want one naming the process and step", err)
+	}
+	if ok, _ := f.Ready(context.Background()); ok {
+		t.Error("Ready after a refused start")
+	}
+}
