@@ -97,4 +97,3 @@ func (f *Function) Ready(ctx context.Context) (bool, error) {
 
 // Alive is always true.
 func (f *Function) Alive(ctx context.Context) (bool, error) { return true, nil }
-
