@@ -1,0 +1,148 @@
+package deadletter
+
+import "github.com/redis/go-redis/v9"
+
+// luaDrop is shared by every script that removes letters: it deletes one stream entry together
+// with everything that points at it, so indexes never name letters that are gone. It builds index
+// key names from the entry's own fields, which is why the store runs on one Redis (not Cluster).
+const luaDrop = `
+local function field(entry, name)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == name then return f[i + 1] end
+  end
+  return nil
+end
+
+local function drop(prefix, stream, entry)
+  local id = entry[1]
+  redis.call('ZREM', prefix .. 'index:all', id)
+  for _, attr in ipairs({'type', 'source', 'dest', 'code'}) do
+    local v = field(entry, attr)
+    if v and v ~= '' then redis.call('ZREM', prefix .. 'index:' .. attr .. ':' .. v, id) end
+  end
+  local seen = field(entry, 'key')
+  if seen then
+    local seenKey = prefix .. 'seen:' .. seen
+    if redis.call('GET', seenKey) == id then redis.call('DEL', seenKey) end
+  end
+  redis.call('DEL', prefix .. 'redrive:' .. id)
+  redis.call('XDEL', stream, id)
+end
+
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`
+
+// addScript stores one letter: idempotency check, XADD, index updates, TTLs and retention in
+// one atomic round trip.
+//
+// KEYS[1] stream, KEYS[2] seen key, KEYS[3..] index keys of this letter (index:all first).
+// ARGV[1] prefix, ARGV[2] max letters, ARGV[3] max age ms, ARGV[4] trim batch, ARGV[5..] fields.
+// Returns {1, id} when stored, {0, id-of-the-earlier-letter} for a duplicate.
+var addScript = redis.NewScript(luaDrop + `
+local prefix, stream, seenKey = ARGV[1], KEYS[1], KEYS[2]
+local maxLen, maxAge, batch = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local earlier = redis.call('GET', seenKey)
+if earlier then return {0, earlier} end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', stream, '*', unpack(fields))
+local ms = tonumber(string.match(id, '^(%d+)'))
+redis.call('SET', seenKey, id, 'PX', maxAge)
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], ms, id)
+  redis.call('PEXPIRE', KEYS[i], maxAge)
+end
+redis.call('PEXPIRE', stream, maxAge)
+-- Retention: at most batch removals per call keeps the script's run time bounded; every add
+-- trims, so a backlog (e.g. after the limits were lowered) drains over the next adds.
+local over = redis.call('XLEN', stream) - maxLen
+if over > 0 then
+  for _, e in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(over, batch))) do
+    drop(prefix, stream, e)
+  end
+end
+if ms - maxAge - 1 >= 0 then
+  for _, e in ipairs(redis.call('XRANGE', stream, '-', tostring(ms - maxAge - 1), 'COUNT', batch)) do
+    drop(prefix, stream, e)
+  end
+end
+return {1, id}
+`)
+
+// fetchScript reads letters by id with their redrive state, skipping ids that are gone.
+//
+// KEYS[1] stream. ARGV[1] prefix, ARGV[2..] ids.
+// Returns a flat list {entry, redrive-hash-fields, entry, redrive-hash-fields, …}.
+var fetchScript = redis.NewScript(`
+local out = {}
+for i = 2, #ARGV do
+  local r = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #r == 1 then
+    out[#out + 1] = r[1]
+    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. 'redrive:' .. ARGV[i])
+  end
+end
+return out
+`)
+
+// dropScript removes letters by id (purge, and a redrive that was accepted).
+//
+// KEYS[1] stream. ARGV[1] prefix, ARGV[2..] ids. Returns how many letters were removed.
+var dropScript = redis.NewScript(luaDrop + `
+local n = 0
+for i = 2, #ARGV do
+  local r = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #r == 1 then
+    drop(ARGV[1], KEYS[1], r[1])
+    n = n + 1
+  end
+end
+return n
+`)
+
+// claimScript marks a letter before it is sent: the attempt count goes up and a lease keeps
+// other redrive runs off it. The letter's idempotency key is released so that, if the redriven
+// event fails again, its new dead letter is stored rather than taken for a duplicate.
+//
+// KEYS[1] stream, KEYS[2] redrive hash. ARGV[1] prefix, ARGV[2] id, ARGV[3] lease ms,
+// ARGV[4] max age ms.
+// Returns {"claimed", attempts, leaseUntilMs}, {"gone"} or {"busy", leaseUntilMs}.
+var claimScript = redis.NewScript(luaDrop + `
+local prefix, id = ARGV[1], ARGV[2]
+local r = redis.call('XRANGE', KEYS[1], id, id)
+if #r == 0 then return {'gone'} end
+local now = nowMs()
+local lease = tonumber(redis.call('HGET', KEYS[2], 'lease_until') or '0')
+if lease > now then return {'busy', tostring(lease)} end
+local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+local until_ = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], 'lease_until', tostring(until_))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]))
+local seen = field(r[1], 'key')
+if seen then
+  local seenKey = prefix .. 'seen:' .. seen
+  if redis.call('GET', seenKey) == id then redis.call('DEL', seenKey) end
+end
+return {'claimed', attempts, tostring(until_)}
+`)
+
+// releaseScript ends a claim whose send was not accepted: the letter stays, with the reason, and
+// its idempotency key is restored unless a newer letter for the same event took it meanwhile.
+//
+// KEYS[1] stream, KEYS[2] redrive hash. ARGV[1] prefix, ARGV[2] id, ARGV[3] error,
+// ARGV[4] max age ms. Returns 1 when the letter is still stored.
+var releaseScript = redis.NewScript(luaDrop + `
+local prefix, id = ARGV[1], ARGV[2]
+local r = redis.call('XRANGE', KEYS[1], id, id)
+if #r == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'lease_until', '0', 'last_error', ARGV[3])
+local seen = field(r[1], 'key')
+if seen then
+  redis.call('SET', prefix .. 'seen:' .. seen, id, 'NX', 'PX', tonumber(ARGV[4]))
+end
+return 1
+`)

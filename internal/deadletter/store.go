@@ -1,0 +1,394 @@
+package deadletter
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Prefix starts every Redis key of the dead-letter store (see functions/deadletter/README.md).
+const Prefix = "knfaas:deadletter:"
+
+// Key families under Prefix.
+const (
+	keyStream   = Prefix + "letters"   // stream of letters, one entry per letter
+	keySeen     = Prefix + "seen:"     // + sha256(source, id, dest) → entry id (idempotency)
+	keyIndexAll = Prefix + "index:all" // zset entry id scored by arrival ms
+	keyIndex    = Prefix + "index:"    // + <type|source|dest|code>:<value> → zset like index:all
+	keyRedrive  = Prefix + "redrive:"  // + entry id → hash attempts, lease_until, last_error
+)
+
+// Defaults for Options.
+const (
+	DefaultMaxLetters = 100000
+	DefaultMaxAge     = 7 * 24 * time.Hour
+	defaultTrimBatch  = 100
+	listPage          = 256
+)
+
+// ErrNotFound is returned for a letter id that is not stored (never was, purged, or redriven).
+var ErrNotFound = errors.New("dead letter not found")
+
+// Options bound the store.
+type Options struct {
+	// MaxLetters is the most letters kept; the oldest are dropped first (0 means the default).
+	MaxLetters int
+	// MaxAge is how long a letter is kept (0 means the default).
+	MaxAge time.Duration
+}
+
+// Store keeps dead letters in Redis.
+type Store struct {
+	rdb        redis.UniversalClient
+	maxLetters int
+	maxAgeMs   int64
+}
+
+// NewStore returns a store on rdb.
+func NewStore(rdb redis.UniversalClient, opts Options) *Store {
+	if opts.MaxLetters <= 0 {
+		opts.MaxLetters = DefaultMaxLetters
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = DefaultMaxAge
+	}
+	return &Store{rdb: rdb, maxLetters: opts.MaxLetters, maxAgeMs: opts.MaxAge.Milliseconds()}
+}
+
+// IdempotencyKey identifies a dead letter by (source, id, destination): the same event failing
+// at the same subscriber is one letter however often it is delivered to the dead-letter sink.
+func IdempotencyKey(source, id, dest string) string {
+	h := sha256.New()
+	for _, s := range []string{source, id, dest} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Add stores l and returns its letter id. stored is false when a letter for the same
+// (source, id, destination) is already kept; id is then the earlier letter's.
+func (s *Store) Add(ctx context.Context, l Letter) (id string, stored bool, err error) {
+	seen := IdempotencyKey(l.Source, l.EventID, l.Dest)
+	code := ""
+	if l.Code != 0 {
+		code = strconv.Itoa(l.Code)
+	}
+	errExt := "0"
+	if l.ErrorExtensions {
+		errExt = "1"
+	}
+	keys := []string{keyStream, keySeen + seen, keyIndexAll}
+	for _, ix := range []struct{ attr, value string }{
+		{"type", l.EventType}, {"source", l.Source}, {"dest", l.Dest}, {"code", code},
+	} {
+		if ix.value != "" {
+			keys = append(keys, keyIndex+ix.attr+":"+ix.value)
+		}
+	}
+	args := []any{
+		Prefix, s.maxLetters, s.maxAgeMs, defaultTrimBatch,
+		"type", l.EventType, "source", l.Source, "id", l.EventID, "subject", l.Subject,
+		"dest", l.Dest, "code", code, "data", l.ErrorData, "errext", errExt,
+		"trigger", l.Trigger, "event", string(l.Event), "key", seen,
+	}
+	res, err := addScript.Run(ctx, s.rdb, keys, args...).Slice()
+	if err != nil {
+		return "", false, fmt.Errorf("storing dead letter for event %s: %w", l.EventID, err)
+	}
+	if len(res) != 2 {
+		return "", false, fmt.Errorf("storing dead letter for event %s: unexpected reply %v", l.EventID, res)
+	}
+	n, _ := res[0].(int64)
+	id, _ = res[1].(string)
+	return id, n == 1, nil
+}
+
+// Filter selects letters. Empty fields match everything.
+type Filter struct {
+	IDs    []string // letter ids; when set, only these are considered
+	Type   string
+	Source string
+	Dest   string
+	Code   int
+	Since  time.Time // inclusive
+	Until  time.Time // inclusive
+	Limit  int       // 0 means no limit
+}
+
+func (f Filter) match(l Letter) bool {
+	return (f.Type == "" || l.EventType == f.Type) &&
+		(f.Source == "" || l.Source == f.Source) &&
+		(f.Dest == "" || l.Dest == f.Dest) &&
+		(f.Code == 0 || l.Code == f.Code) &&
+		(f.Since.IsZero() || !l.Received.Before(f.Since)) &&
+		(f.Until.IsZero() || !l.Received.After(f.Until))
+}
+
+// List returns the letters matching f, oldest first. It reads the smallest index that f names
+// (one sorted set per attribute value, scored by arrival time), so its cost follows the number
+// of candidates in the time window, not the size of the stream.
+func (s *Store) List(ctx context.Context, f Filter) ([]Letter, error) {
+	if len(f.IDs) > 0 {
+		return s.listIDs(ctx, f)
+	}
+	min, max := "-inf", "+inf"
+	if !f.Since.IsZero() {
+		min = strconv.FormatInt(f.Since.UnixMilli(), 10)
+	}
+	if !f.Until.IsZero() {
+		max = strconv.FormatInt(f.Until.UnixMilli(), 10)
+	}
+	index, err := s.smallestIndex(ctx, f, min, max)
+	if err != nil {
+		return nil, err
+	}
+	var out []Letter
+	for offset := int64(0); ; offset += listPage {
+		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+			Key: index, Start: min, Stop: max, ByScore: true, Offset: offset, Count: listPage,
+		}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("reading dead-letter index %s: %w", index, err)
+		}
+		letters, err := s.fetch(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range letters {
+			if f.match(l) {
+				out = append(out, l)
+				if f.Limit > 0 && len(out) == f.Limit {
+					return out, nil
+				}
+			}
+		}
+		if len(ids) < listPage {
+			return out, nil
+		}
+	}
+}
+
+func (s *Store) smallestIndex(ctx context.Context, f Filter, min, max string) (string, error) {
+	var candidates []string
+	for _, ix := range []struct{ attr, value string }{
+		{"type", f.Type}, {"source", f.Source}, {"dest", f.Dest}, {"code", codeString(f.Code)},
+	} {
+		if ix.value != "" {
+			candidates = append(candidates, keyIndex+ix.attr+":"+ix.value)
+		}
+	}
+	switch len(candidates) {
+	case 0:
+		return keyIndexAll, nil
+	case 1:
+		return candidates[0], nil
+	}
+	pipe := s.rdb.Pipeline()
+	counts := make([]*redis.IntCmd, len(candidates))
+	for i, k := range candidates {
+		counts[i] = pipe.ZCount(ctx, k, min, max)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return "", fmt.Errorf("counting dead-letter indexes: %w", err)
+	}
+	best := 0
+	for i := range counts {
+		if counts[i].Val() < counts[best].Val() {
+			best = i
+		}
+	}
+	return candidates[best], nil
+}
+
+func codeString(code int) string {
+	if code == 0 {
+		return ""
+	}
+	return strconv.Itoa(code)
+}
+
+func (s *Store) listIDs(ctx context.Context, f Filter) ([]Letter, error) {
+	letters, err := s.fetch(ctx, f.IDs)
+	if err != nil {
+		return nil, err
+	}
+	out := letters[:0]
+	for _, l := range letters {
+		if f.match(l) {
+			out = append(out, l)
+		}
+	}
+	if f.Limit > 0 && len(out) > f.Limit {
+		out = out[:f.Limit]
+	}
+	return out, nil
+}
+
+// Get returns one letter.
+func (s *Store) Get(ctx context.Context, id string) (Letter, error) {
+	letters, err := s.fetch(ctx, []string{id})
+	if err != nil {
+		return Letter{}, err
+	}
+	if len(letters) == 0 {
+		return Letter{}, fmt.Errorf("letter %s: %w", id, ErrNotFound)
+	}
+	return letters[0], nil
+}
+
+func (s *Store) fetch(ctx context.Context, ids []string) ([]Letter, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	for _, id := range ids {
+		if !validEntryID(id) {
+			return nil, fmt.Errorf("letter id %q is not a stream entry id like 1700000000000-0", id)
+		}
+	}
+	args := make([]any, 0, len(ids)+1)
+	args = append(args, Prefix)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	res, err := fetchScript.Run(ctx, s.rdb, []string{keyStream}, args...).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("reading dead letters: %w", err)
+	}
+	out := make([]Letter, 0, len(res)/2)
+	for i := 0; i+1 < len(res); i += 2 {
+		l, err := parseEntry(res[i], res[i+1])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// validEntryID accepts "<ms>-<seq>" only, so user input never reaches XRANGE as "-" or "+".
+func validEntryID(id string) bool {
+	ms, seq, ok := strings.Cut(id, "-")
+	if !ok {
+		return false
+	}
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return err1 == nil && err2 == nil
+}
+
+func parseEntry(entry, redrive any) (Letter, error) {
+	e, ok := entry.([]any)
+	if !ok || len(e) != 2 {
+		return Letter{}, fmt.Errorf("unexpected dead-letter entry %v", entry)
+	}
+	id, _ := e[0].(string)
+	fields := pairs(e[1])
+	ms, _, _ := strings.Cut(id, "-")
+	msec, _ := strconv.ParseInt(ms, 10, 64)
+	code, _ := strconv.Atoi(fields["code"])
+	l := Letter{
+		ID:              id,
+		Received:        time.UnixMilli(msec).UTC(),
+		EventType:       fields["type"],
+		Source:          fields["source"],
+		EventID:         fields["id"],
+		Subject:         fields["subject"],
+		ErrorExtensions: fields["errext"] == "1",
+		Dest:            fields["dest"],
+		Code:            code,
+		ErrorData:       fields["data"],
+		Trigger:         fields["trigger"],
+		Event:           []byte(fields["event"]),
+	}
+	if h := pairs(redrive); len(h) > 0 {
+		attempts, _ := strconv.Atoi(h["attempts"])
+		st := &RedriveState{Attempts: attempts, LastError: h["last_error"]}
+		if lease, _ := strconv.ParseInt(h["lease_until"], 10, 64); lease > 0 {
+			st.LeaseUntil = time.UnixMilli(lease).UTC()
+		}
+		l.Redrive = st
+	}
+	return l, nil
+}
+
+func pairs(v any) map[string]string {
+	list, _ := v.([]any)
+	m := make(map[string]string, len(list)/2)
+	for i := 0; i+1 < len(list); i += 2 {
+		k, _ := list[i].(string)
+		val, _ := list[i+1].(string)
+		m[k] = val
+	}
+	return m
+}
+
+// Drop removes letters and everything that indexes them; it returns how many were stored.
+func (s *Store) Drop(ctx context.Context, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	args := make([]any, 0, len(ids)+1)
+	args = append(args, Prefix)
+	for _, id := range ids {
+		if !validEntryID(id) {
+			return 0, fmt.Errorf("letter id %q is not a stream entry id like 1700000000000-0", id)
+		}
+		args = append(args, id)
+	}
+	n, err := dropScript.Run(ctx, s.rdb, []string{keyStream}, args...).Int()
+	if err != nil {
+		return 0, fmt.Errorf("removing dead letters: %w", err)
+	}
+	return n, nil
+}
+
+// ClaimResult says what Claim did.
+type ClaimResult int
+
+// Claim outcomes.
+const (
+	// Claimed: the letter is marked and may be sent once.
+	Claimed ClaimResult = iota
+	// Gone: the letter is no longer stored (accepted by an earlier run, or purged).
+	Gone
+	// Busy: another redrive holds an unexpired lease on the letter.
+	Busy
+)
+
+// Claim marks letter id before it is sent: its attempt count goes up by one and a lease of
+// length lease keeps other redrive runs away until it is released or expires. It returns the
+// new attempt count, or the lease expiry of whoever holds it when Busy.
+func (s *Store) Claim(ctx context.Context, id string, lease time.Duration) (ClaimResult, int, time.Time, error) {
+	res, err := claimScript.Run(ctx, s.rdb, []string{keyStream, keyRedrive + id},
+		Prefix, id, lease.Milliseconds(), s.maxAgeMs).Slice()
+	if err != nil {
+		return Gone, 0, time.Time{}, fmt.Errorf("claiming letter %s: %w", id, err)
+	}
+	switch res[0] {
+	case "gone":
+		return Gone, 0, time.Time{}, nil
+	case "busy":
+		ms, _ := strconv.ParseInt(res[1].(string), 10, 64)
+		return Busy, 0, time.UnixMilli(ms).UTC(), nil
+	}
+	attempts, _ := res[1].(int64)
+	ms, _ := strconv.ParseInt(res[2].(string), 10, 64)
+	return Claimed, int(attempts), time.UnixMilli(ms).UTC(), nil
+}
+
+// Release ends a claim whose send was not accepted; the letter stays with reason recorded.
+func (s *Store) Release(ctx context.Context, id, reason string) error {
+	if err := releaseScript.Run(ctx, s.rdb, []string{keyStream, keyRedrive + id},
+		Prefix, id, reason, s.maxAgeMs).Err(); err != nil {
+		return fmt.Errorf("releasing letter %s: %w", id, err)
+	}
+	return nil
+}
