@@ -1,0 +1,211 @@
+// Package main is the timer function: on every PingSource tick it fires the deadlines that are
+// due as dev.knfaas.timer.fired events.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/kelseyhightower/envconfig"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/process/deadline"
+	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/sink"
+)
+
+// TypePing is the type of the PingSource events that tick the timer.
+const TypePing = "dev.knative.sources.ping"
+
+// Source is the source of the events the timer emits.
+const Source = "/knfaas/timer"
+
+// Config is read once at start.
+type Config struct {
+	// Batch is how many due deadlines one Redis step takes (bounded: the script's reply size).
+	Batch int `envconfig:"TIMER_BATCH" default:"1000"`
+	// Concurrency is how many fired events are sent to K_SINK at once.
+	Concurrency int `envconfig:"TIMER_CONCURRENCY" default:"64"`
+	// SendTimeout bounds each send.
+	SendTimeout time.Duration `envconfig:"TIMER_SEND_TIMEOUT" default:"10s"`
+	// Sink is the Broker (set by the SinkBinding).
+	Sink string `envconfig:"K_SINK" required:"true"`
+}
+
+// Function fires due deadlines.
+type Function struct {
+	cfg   Config
+	rdb   *redis.Client
+	send  func(context.Context, event.Event) error
+	now   func() time.Time
+	ready atomic.Bool
+}
+
+// New returns an unstarted Function.
+func New() *Function { return &Function{now: time.Now} }
+
+// Start reads the configuration and opens Redis and the sink.
+func (f *Function) Start(ctx context.Context, _ map[string]string) error {
+	var cfg Config
+	if err := envconfig.Process("", &cfg); err != nil {
+		return fmt.Errorf("timer: reading configuration: %w", err)
+	}
+	rdb, err := redisconn.FromEnv()
+	if err != nil {
+		return fmt.Errorf("timer: %w", err)
+	}
+	s, err := sink.New(cfg.Sink, cfg.SendTimeout)
+	if err != nil {
+		return fmt.Errorf("timer: %w", err)
+	}
+	f.start(cfg, rdb, s.Send)
+	return nil
+}
+
+func (f *Function) start(cfg Config, rdb *redis.Client, send func(context.Context, event.Event) error) {
+	if cfg.Batch <= 0 || cfg.Batch > 2000 {
+		cfg.Batch = 1000
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 64
+	}
+	f.cfg, f.rdb, f.send = cfg, rdb, send
+	f.ready.Store(true)
+}
+
+// Stop closes Redis.
+func (f *Function) Stop(context.Context) error {
+	f.ready.Store(false)
+	if f.rdb != nil {
+		return f.rdb.Close()
+	}
+	return nil
+}
+
+// Ready is true once Start has finished and Redis answers.
+func (f *Function) Ready(ctx context.Context) (bool, error) {
+	if !f.ready.Load() {
+		return false, nil
+	}
+	return f.rdb.Ping(ctx).Err() == nil, nil
+}
+
+// Alive reports the process is running.
+func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+
+// Handle fires every deadline due at or before the tick's slot time (the event's time, which
+// PingSource sets to the cron slot; never later than now). Deadlines are moved to an outbox
+// atomically before they are sent, so a tick delivered twice finds nothing new to fire, and a
+// tick that crashed mid-way leaves its deadlines in the outbox for the next tick to send again.
+func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	if !f.ready.Load() {
+		return nil, errors.New("timer is starting")
+	}
+	if e.Type() != TypePing {
+		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "timer accepts only %s events, not %s", TypePing, e.Type())
+	}
+	cutoff := f.now()
+	if t := e.Time(); !t.IsZero() && t.Before(cutoff) {
+		cutoff = t
+	}
+	n, err := f.Tick(ctx, cutoff)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		slog.Info("fired deadlines", "count", n, "cutoff", cutoff)
+	}
+	return nil, nil
+}
+
+// Tick sends leftovers of earlier ticks, then fires every deadline due at or before cutoff,
+// batch by batch, and returns how many it sent.
+func (f *Function) Tick(ctx context.Context, cutoff time.Time) (int, error) {
+	left, err := deadline.Pending(ctx, f.rdb, int64(f.cfg.Batch))
+	if err != nil {
+		return 0, err
+	}
+	sent, err := f.fire(ctx, left)
+	if err != nil {
+		return sent, err
+	}
+	for {
+		batch, err := deadline.Take(ctx, f.rdb, cutoff, f.cfg.Batch)
+		if err != nil {
+			return sent, err
+		}
+		n, err := f.fire(ctx, batch)
+		sent += n
+		if err != nil || len(batch) < f.cfg.Batch {
+			return sent, err
+		}
+	}
+}
+
+// fire sends fired deadlines concurrently and acknowledges those that were accepted.
+func (f *Function) fire(ctx context.Context, batch []deadline.Fired) (int, error) {
+	if len(batch) == 0 {
+		return 0, nil
+	}
+	var (
+		mu      sync.Mutex
+		ok      = make([]string, 0, len(batch))
+		firstEr error
+		wg      sync.WaitGroup
+		work    = make(chan deadline.Fired)
+	)
+	for range min(f.cfg.Concurrency, len(batch)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range work {
+				err := f.send(ctx, FiredEvent(d))
+				mu.Lock()
+				if err != nil {
+					if firstEr == nil {
+						firstEr = fmt.Errorf("sending fired deadline %s: %w", d.ID, err)
+					}
+				} else {
+					ok = append(ok, d.ID)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, d := range batch {
+		work <- d
+	}
+	close(work)
+	wg.Wait()
+	if err := deadline.Ack(ctx, f.rdb, ok...); err != nil {
+		return len(ok), err
+	}
+	return len(ok), firstEr
+}
+
+// FiredEvent is the event for a due deadline: its id is the deadline id, so sending it again
+// (a retried tick) is the same event to every consumer.
+func FiredEvent(d deadline.Fired) event.Event {
+	e := cloudevents.NewEvent()
+	e.SetID(d.ID)
+	e.SetType(deadline.TypeFired)
+	e.SetSource(Source)
+	e.SetSubject(d.Payload.Subject)
+	e.SetTime(time.UnixMilli(d.Payload.Due).UTC())
+	if d.Payload.Owner != "" {
+		e.SetExtension("knfaasowner", d.Payload.Owner)
+	}
+	if d.Payload.Command != "" {
+		e.SetExtension("knfaascommand", d.Payload.Command)
+	}
+	_ = e.SetData(cloudevents.ApplicationJSON, []byte(d.Raw))
+	return e
+}
