@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/knfaas/knfaas/internal/httpauth"
+	"github.com/knfaas/knfaas/internal/process"
+	"github.com/knfaas/knfaas/internal/redistest"
+)
+
+var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+
+const (
+	aliceToken = "alice-secret-0123456789"
+	bobToken   = "bob-secret-0123456789ab"
+	opsToken   = "ops-secret-0123456789abc"
+)
+
+type capture struct {
+	mu     sync.Mutex
+	events []event.Event
+	fail   bool
+}
+
+func (c *capture) send(_ context.Context, e event.Event) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail {
+		return errors.New("broker down")
+	}
+	c.events = append(c.events, e)
+	return nil
+}
+
+func (c *capture) take() []event.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.events
+	c.events = nil
+	return out
+}
+
+type fixture struct {
+	t      *testing.T
+	f      *Function
+	sink   *capture
+	engine *process.Engine
+	now    time.Time
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	b, err := os.ReadFile("testdata/order.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := process.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, _ := process.NewSet(d)
+	fx := &fixture{t: t, sink: &capture{}, now: t0}
+	fx.engine = process.NewEngine(rdb, set, process.Options{Now: func() time.Time { return fx.now }})
+	auth, err := httpauth.New(context.Background(), httpauth.Config{Tokens: []httpauth.Token{
+		{Name: "alice", Secret: aliceToken, Groups: []string{"managers"}},
+		{Name: "bob", Secret: bobToken, Groups: []string{"cooks"}},
+		{Name: "ops", Secret: opsToken, Groups: []string{"ops"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.f = New()
+	fx.f.now = func() time.Time { return fx.now }
+	fx.f.start(Config{AdminGroups: []string{"ops"}}, rdb, auth, fx.sink.send)
+	return fx
+}
+
+// openTask starts an order above the approval amount and pays it: its approval task opens.
+func (fx *fixture) openTask(inst string) string {
+	fx.t.Helper()
+	for _, ev := range []process.Event{
+		{ID: inst + "-start", Source: "/t", Type: "test.order.placed", Subject: inst, Data: []byte(`{"amount":500}`)},
+		{ID: inst + "-paid", Source: "/t", Type: "test.paid", Subject: inst},
+	} {
+		if _, err := fx.engine.Apply(context.Background(), ev); err != nil {
+			fx.t.Fatal(err)
+		}
+	}
+	return inst + ":approve:1"
+}
+
+func (fx *fixture) do(method, path, token, body string) (int, string) {
+	fx.t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	if token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
+	}
+	w := httptest.NewRecorder()
+	fx.f.Handle(w, r)
+	b, _ := io.ReadAll(w.Result().Body)
+	return w.Code, string(b)
+}
+
+func TestTasksAPI(t *testing.T) {
+	fx := setup(t)
+	id := fx.openTask("big")
+	steps := []struct {
+		name, method, path, token, body string
+		status                          int
+		contains                        string
+	}{
+		{"no credentials", "GET", "/tasks", "", "", 401, ""},
+		{"wrong token", "GET", "/tasks", "not-a-valid-token-at-all", "", 401, ""},
+		{"group member lists it", "GET", "/tasks", aliceToken, "", 200, `"id":"big:approve:1"`},
+		{"filter by process", "GET", "/tasks?process=order", aliceToken, "", 200, `"id":"big:approve:1"`},
+		{"filter by other process", "GET", "/tasks?process=other", aliceToken, "", 200, `{"tasks":[]}`},
+		{"outsider sees none", "GET", "/tasks", bobToken, "", 200, `{"tasks":[]}`},
+		{"bad limit", "GET", "/tasks?limit=x", aliceToken, "", 400, "limit"},
+		{"get unknown", "GET", "/tasks/nope", aliceToken, "", 404, "nope"},
+		{"get by outsider", "GET", "/tasks/" + id, bobToken, "", 403, "bob"},
+		{"get by member", "GET", "/tasks/" + id, aliceToken, "", 200, `"state":"open"`},
+		{"malformed JSON", "POST", "/tasks/" + id + "/complete", aliceToken, `{"ok":`, 400, "JSON"},
+		{"JSON that is not an object", "POST", "/tasks/" + id + "/complete", aliceToken, `[1]`, 400, "JSON object"},
+		{"complete unknown", "POST", "/tasks/nope/complete", aliceToken, `{}`, 404, "nope"},
+		{"complete by outsider", "POST", "/tasks/" + id + "/complete", bobToken, `{}`, 403, ""},
+		{"unknown action", "POST", "/tasks/" + id + "/approve", aliceToken, `{}`, 404, ""},
+		{"complete by member", "POST", "/tasks/" + id + "/complete", aliceToken, `{"note":"fine"}`, 200, `"actor":"alice"`},
+		{"complete twice", "POST", "/tasks/" + id + "/complete", aliceToken, `{}`, 409, `completed by "alice"`},
+		{"reject after completion, by admin", "POST", "/tasks/" + id + "/reject", opsToken, `{}`, 409, `completed by "alice"`},
+		{"no longer listed", "GET", "/tasks", aliceToken, "", 200, `{"tasks":[]}`},
+	}
+	for _, s := range steps {
+		code, body := fx.do(s.method, s.path, s.token, s.body)
+		if code != s.status || !strings.Contains(body, s.contains) {
+			t.Errorf("%s: %d %q, want %d containing %q", s.name, code, body, s.status, s.contains)
+		}
+	}
+	got := fx.sink.take()
+	if len(got) != 1 {
+		t.Fatalf("published %d replies, want 1", len(got))
+	}
+	e := got[0]
+	if e.Type() != process.TypeTaskCompleted || e.ID() != id+":completed" || e.Subject() != "big" || e.Extensions()["knfaasactor"] != "alice" || e.Extensions()["knfaascommand"] != id {
+		t.Errorf("reply event = %v", e)
+	}
+	var data struct {
+		Actor   struct{ Subject, Method string }
+		Payload map[string]string
+	}
+	if err := json.Unmarshal(e.Data(), &data); err != nil || data.Actor.Subject != "alice" || data.Actor.Method != "token" || data.Payload["note"] != "fine" {
+		t.Errorf("reply data %s (%v)", e.Data(), err)
+	}
+	// the reply moves the process, which records who approved
+	res, err := fx.engine.Apply(context.Background(), process.Event{ID: e.ID(), Source: e.Source(), Type: e.Type(), Subject: e.Subject(), Command: id, Actor: "alice", Data: e.Data()})
+	if err != nil || len(res.Outbox) == 0 || res.Outbox[len(res.Outbox)-1].Type != "test.cook" {
+		t.Fatalf("process after approval: %+v %v", res, err)
+	}
+}
+
+func TestExpiredTaskIsRefused(t *testing.T) {
+	fx := setup(t)
+	id := fx.openTask("late")
+	fx.now = t0.Add(11 * time.Minute) // the approval step's timeout is 10m
+	code, body := fx.do("POST", "/tasks/"+id+"/complete", aliceToken, `{}`)
+	if code != 409 || !strings.Contains(body, "expired") {
+		t.Errorf("completing an expired task: %d %q, want 409 expired", code, body)
+	}
+	if n := len(fx.sink.take()); n != 0 {
+		t.Errorf("expired task published %d replies", n)
+	}
+}
+
+func TestFailedPublishIsRepeatedBySameCaller(t *testing.T) {
+	fx := setup(t)
+	id := fx.openTask("o")
+	fx.sink.fail = true
+	if code, _ := fx.do("POST", "/tasks/"+id+"/reject", aliceToken, `{"why":"too big"}`); code != 503 {
+		t.Fatalf("publish failure answered %d, want 503", code)
+	}
+	fx.sink.fail = false
+	if code, body := fx.do("POST", "/tasks/"+id+"/complete", opsToken, `{}`); code != 409 {
+		t.Errorf("another decision after the recorded rejection: %d %q, want 409", code, body)
+	}
+	if code, body := fx.do("POST", "/tasks/"+id+"/reject", aliceToken, `{"why":"too big"}`); code != 200 {
+		t.Fatalf("repeating the rejection: %d %q, want 200", code, body)
+	}
+	got := fx.sink.take()
+	if len(got) != 1 || got[0].ID() != id+":rejected" || !strings.Contains(string(got[0].Data()), "too big") {
+		t.Errorf("published %v, want the one recorded rejection", got)
+	}
+	if code, _ := fx.do("POST", "/tasks/"+id+"/reject", aliceToken, `{}`); code != 409 {
+		t.Errorf("rejecting again after delivery: %d, want 409", code)
+	}
+}
