@@ -14,5 +14,6 @@ func NewRootCommand(name string) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.AddCommand(newProcessCommand())
 	return root
 }
