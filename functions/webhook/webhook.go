@@ -1,0 +1,298 @@
+// Package main is the webhook function: it verifies signed webhook deliveries (GitHub, Stripe,
+// Slack, Standard Webhooks, generic HMAC), publishes each delivery once to the Broker as a
+// CloudEvent carrying the original body, and answers 2xx only after the Broker accepted it.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/kelseyhightower/envconfig"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/sink"
+	"github.com/knfaas/knfaas/internal/webhook/dedup"
+	"github.com/knfaas/knfaas/internal/webhook/delivery"
+	"github.com/knfaas/knfaas/internal/webhook/source"
+)
+
+// SourcePrefix starts the CloudEvent source of every published delivery: /webhooks/<name>.
+const SourcePrefix = "/webhooks/"
+
+// Config is read once at start.
+type Config struct {
+	// SourcesFile is the sources YAML, mounted from the webhook-sources ConfigMap.
+	SourcesFile string `envconfig:"WEBHOOK_SOURCES_FILE" required:"true"`
+	// Sink is the Broker (set by the SinkBinding).
+	Sink string `envconfig:"K_SINK" required:"true"`
+	// PublishTimeout bounds one publish to the Broker; a slower Broker gets a 503.
+	PublishTimeout time.Duration `envconfig:"WEBHOOK_PUBLISH_TIMEOUT" default:"5s"`
+	// RetryAfter is what a 503 asks the sender to wait.
+	RetryAfter time.Duration `envconfig:"WEBHOOK_RETRY_AFTER" default:"10s"`
+}
+
+// claimer is the dedup seam: *dedup.Claims in production.
+type claimer interface {
+	Claim(ctx context.Context, key string, lease time.Duration) (dedup.Claim, dedup.Outcome, error)
+	Complete(ctx context.Context, c dedup.Claim, ttl time.Duration) (bool, error)
+	Release(ctx context.Context, c dedup.Claim) (bool, error)
+}
+
+// publisher is the Broker seam: *sink.Sender in production.
+type publisher interface {
+	Send(ctx context.Context, e event.Event) error
+}
+
+// state is everything Start builds; Handle reads it through one atomic pointer.
+type state struct {
+	cfg     Config
+	sources map[string]*source.Source
+	claims  claimer
+	pub     publisher
+	rdb     *redis.Client // nil in tests that stub the claims
+	lease   time.Duration
+}
+
+// Function is the webhook intake.
+type Function struct {
+	state atomic.Pointer[state]
+	log   *slog.Logger
+	now   func() time.Time
+}
+
+// New returns an unstarted Function.
+func New() *Function {
+	return &Function{log: slog.New(slog.NewJSONHandler(os.Stderr, nil)), now: time.Now}
+}
+
+// Start reads the configuration, validates the sources file and opens Redis and the sink.
+func (f *Function) Start(ctx context.Context, _ map[string]string) error {
+	var cfg Config
+	if err := envconfig.Process("", &cfg); err != nil {
+		return fmt.Errorf("webhook: reading configuration: %w", err)
+	}
+	srcs, err := source.Load(cfg.SourcesFile, os.LookupEnv)
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	rdb, err := redisconn.FromEnv()
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	pub, err := sink.New(cfg.Sink, cfg.PublishTimeout)
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	claims := dedup.New(rdb)
+	if err := claims.Preload(ctx); err != nil {
+		// Not fatal: Redis may come up later, and Ready reports it until then.
+		f.log.Warn("preloading dedup scripts", "error", err)
+	}
+	f.install(cfg, srcs, claims, pub, rdb)
+	names := make([]string, 0, len(srcs))
+	for n := range srcs {
+		names = append(names, n)
+	}
+	f.log.Info("webhook started", "sources", names, "sink", cfg.Sink)
+	return nil
+}
+
+func (f *Function) install(cfg Config, srcs map[string]*source.Source, claims claimer, pub publisher, rdb *redis.Client) {
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = 5 * time.Second
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = 10 * time.Second
+	}
+	f.state.Store(&state{
+		cfg: cfg, sources: srcs, claims: claims, pub: pub, rdb: rdb,
+		// The claim must outlive any publish attempt (or a slow publish could be duplicated by a
+		// retry), yet expire soon after a crash so the sender's retry is not blocked for long.
+		lease: cfg.PublishTimeout + 5*time.Second,
+	})
+}
+
+// Stop closes Redis.
+func (f *Function) Stop(context.Context) error {
+	if st := f.state.Load(); st != nil && st.rdb != nil {
+		return st.rdb.Close()
+	}
+	return nil
+}
+
+// Ready is true once Start finished and Redis answers.
+func (f *Function) Ready(ctx context.Context) (bool, error) {
+	st := f.state.Load()
+	if st == nil {
+		return false, nil
+	}
+	if st.rdb != nil {
+		if err := redisconn.Ping(ctx, st.rdb); err != nil {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Alive is true while the process serves; Redis trouble is readiness, not liveness.
+func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+
+// Handle verifies, deduplicates and publishes one delivery: POST /<source>.
+func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
+	st := f.state.Load()
+	if st == nil {
+		unavailable(w, 5*time.Second, "starting")
+		return
+	}
+	name := strings.TrimPrefix(r.URL.Path, "/")
+	src, ok := st.sources[name]
+	if !ok {
+		http.Error(w, "unknown webhook source", http.StatusNotFound)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "method not allowed: POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	log := f.log.With("source", name)
+
+	body, err := readBody(w, r, src.MaxBodyBytes)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			log.Warn("body over the limit", "limit", src.MaxBodyBytes, "contentLength", r.ContentLength)
+			// Closing stops net/http from draining the rest of the body for keep-alive.
+			w.Header().Set("Connection", "close")
+			http.Error(w, fmt.Sprintf("body larger than %d bytes", src.MaxBodyBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
+		log.Warn("reading body", "error", err)
+		http.Error(w, "reading body failed", http.StatusBadRequest)
+		return
+	}
+
+	if err := src.Verifier.Verify(r.Header, body, f.now()); err != nil {
+		// The body says nothing about which check failed; the log does.
+		log.Warn("delivery refused", "reason", err.Error(), "remote", r.RemoteAddr)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	d, err := src.Describe(r.Header, body)
+	if err != nil {
+		log.Warn("verified delivery unusable", "reason", err.Error())
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if d.Challenge != "" {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"challenge": d.Challenge})
+		return
+	}
+	f.publishOnce(w, r, st, src, d, body, log.With("id", d.ID, "type", d.Type))
+}
+
+// publishOnce claims the delivery, publishes it and records the outcome. The work is detached
+// from the request's context: a sender that hangs up mid-publish must not leave a half-done
+// claim behind.
+func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state, src *source.Source, d delivery.Delivery, body []byte, log *slog.Logger) {
+	ctx := context.WithoutCancel(r.Context())
+	claim, outcome, err := st.claims.Claim(ctx, dedup.Key(src.Name, d.ID), st.lease)
+	if err != nil {
+		log.Error("dedup claim failed", "error", err)
+		unavailable(w, st.cfg.RetryAfter, "deduplication store unavailable")
+		return
+	}
+	switch outcome {
+	case dedup.Done:
+		log.Info("duplicate delivery, already published")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "duplicate: already accepted\n")
+		return
+	case dedup.InFlight:
+		// Answering 2xx here could lie (the publish in flight may still fail); publishing again
+		// would duplicate. So the sender is asked to come back once the first attempt is decided.
+		log.Info("duplicate delivery while the first is being published")
+		w.Header().Set("Retry-After", seconds(st.cfg.PublishTimeout))
+		http.Error(w, "delivery is being processed; retry later", http.StatusConflict)
+		return
+	}
+
+	e := cloudevents.NewEvent()
+	e.SetID(d.ID)
+	e.SetType(d.Type)
+	e.SetSource(SourcePrefix + src.Name)
+	if d.Subject != "" {
+		e.SetSubject(d.Subject)
+	}
+	e.SetTime(f.now())
+	contentType := r.Header.Get("Content-Type")
+	if contentType == "" {
+		contentType = "application/octet-stream"
+	}
+	_ = e.SetData(contentType, body) // []byte is stored as is, never re-encoded.
+
+	pubCtx, cancel := context.WithTimeout(ctx, st.cfg.PublishTimeout)
+	err = st.pub.Send(pubCtx, e)
+	cancel()
+	if err != nil {
+		log.Error("publish to broker failed", "error", err, "status", sink.StatusCode(err))
+		if ok, rerr := st.claims.Release(ctx, claim); rerr != nil || !ok {
+			// The lease expires on its own; until then retries get 409 and come back.
+			log.Error("releasing dedup claim", "error", rerr, "released", ok)
+		}
+		unavailable(w, st.cfg.RetryAfter, "broker unavailable")
+		return
+	}
+	if ok, err := st.claims.Complete(ctx, claim, src.DedupTTL); err != nil || !ok {
+		// The event is safe in the Broker, so the answer is still 2xx; a retry after the lease
+		// expires could publish it again, which consumers absorb by (source, id).
+		log.Error("marking delivery done", "error", err, "completed", ok)
+	}
+	log.Info("delivery published")
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = io.WriteString(w, "accepted\n")
+}
+
+// readBody reads at most limit bytes. A declared Content-Length over the limit is refused
+// before reading anything; otherwise MaxBytesReader stops at the limit and closes the
+// connection, so an oversized body is never read to its end.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	if _, err := buf.ReadFrom(rd); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func unavailable(w http.ResponseWriter, retryAfter time.Duration, msg string) {
+	w.Header().Set("Retry-After", seconds(retryAfter))
+	http.Error(w, msg+"; retry later", http.StatusServiceUnavailable)
+}
+
+// seconds renders a Retry-After value: whole seconds, at least 1.
+func seconds(d time.Duration) string {
+	return strconv.Itoa(int(math.Max(1, math.Ceil(d.Seconds()))))
+}
