@@ -248,7 +248,7 @@ func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Id
 	}
 	reply := process.Emitted{
 		ID: t.ID + ":" + decision, Type: replyType, Source: Source, Subject: t.Instance, Data: string(data),
-		Extensions: map[string]string{"knfaascommand": t.ID, "knfaasactor": id.Subject, "knfaasprocess": t.Process, "knfaasstep": t.Step},
+		Extensions: map[string]string{"knfaasowner": t.Owner, "knfaascommand": t.ID, "knfaasactor": id.Subject, "knfaasprocess": t.Process, "knfaasstep": t.Step},
 	}
 	reply, err = process.DecideTask(r.Context(), f.rdb, t.ID, decision, id.Subject, reply, f.now())
 	switch {

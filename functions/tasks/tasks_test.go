@@ -153,7 +153,7 @@ func TestTasksAPI(t *testing.T) {
 		t.Fatalf("published %d replies, want 1", len(got))
 	}
 	e := got[0]
-	if e.Type() != process.TypeTaskCompleted || e.ID() != id+":completed" || e.Subject() != "big" || e.Extensions()["knfaasactor"] != "alice" || e.Extensions()["knfaascommand"] != id {
+	if e.Type() != process.TypeTaskCompleted || e.ID() != id+":completed" || e.Subject() != "big" || e.Extensions()["knfaasactor"] != "alice" || e.Extensions()["knfaasowner"] != "process" || e.Extensions()["knfaascommand"] != id {
 		t.Errorf("reply event = %v", e)
 	}
 	var data struct {

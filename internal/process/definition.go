@@ -283,7 +283,9 @@ func (s *Set) Names() []string {
 }
 
 // LoadDir parses every *.yaml / *.yml file in dir (a mounted ConfigMap) as one definition.
-// Files whose name starts with ".." (the ConfigMap projection's internal links) are skipped.
+// Files whose name starts with ".." (the ConfigMap projection's internal links) are skipped. An
+// empty directory is an empty set: the manager starts and refuses every event until definitions
+// are added.
 func LoadDir(dir string) (*Set, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -304,9 +306,6 @@ func LoadDir(dir string) (*Set, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		defs = append(defs, d)
-	}
-	if len(defs) == 0 {
-		return nil, fmt.Errorf("no process definitions (*.yaml) in %s", dir)
 	}
 	return NewSet(defs...)
 }

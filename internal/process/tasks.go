@@ -14,8 +14,11 @@ import (
 
 // Task is a human task as stored by the process manager.
 type Task struct {
-	ID       string          `json:"id"`
-	Process  string          `json:"process"`
+	ID      string `json:"id"`
+	Process string `json:"process"`
+	// Owner is the process manager that created the task (its PROCESS_OWNER); replies carry it
+	// in the knfaasowner extension so they reach that manager's Trigger only.
+	Owner    string          `json:"owner"`
 	Instance string          `json:"instance"`
 	Step     string          `json:"step"`
 	Title    string          `json:"title"`
@@ -42,7 +45,7 @@ var decideScript = redis.NewScript(decideLua)
 
 func taskFrom(f map[string]string) Task {
 	t := Task{
-		ID: f["id"], Process: f["process"], Instance: f["instance"], Step: f["step"], Title: f["title"],
+		ID: f["id"], Process: f["process"], Owner: f["owner"], Instance: f["instance"], Step: f["step"], Title: f["title"],
 		Assignee: f["assignee"], Group: f["group"], State: f["state"], Actor: f["actor"],
 		Created: msTime(f["created"]), Expires: msTime(f["expires"]),
 	}

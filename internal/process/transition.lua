@@ -93,7 +93,7 @@ local function issue(i, a)
   local id = cmdid(s, a)
   if s.task then
     local tk = taskprefix .. id
-    redis.call('HSET', tk, 'id', id, 'process', def.name, 'instance', inst, 'step', s.name,
+    redis.call('HSET', tk, 'id', id, 'process', def.name, 'owner', owner, 'instance', inst, 'step', s.name,
       'title', s.task.title, 'assignee', s.task.assignee or '', 'group', s.task.group or '',
       'state', 'open', 'created', now, 'expires', now + s.timeout, 'data', data)
     redis.call('PEXPIRE', tk, s.timeout + retention)
