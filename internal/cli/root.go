@@ -14,6 +14,7 @@ func NewRootCommand(name string) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.AddCommand(newDLQCommand())
 	root.AddCommand(newProcessCommand())
 	return root
 }
