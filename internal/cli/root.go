@@ -14,7 +14,11 @@ func NewRootCommand(name string) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.AddCommand(newUpCommand())
+	root.AddCommand(newSendCommand())
 	root.AddCommand(newDLQCommand())
 	root.AddCommand(newProcessCommand())
+	root.AddCommand(newVerifyCommand())
+	root.AddCommand(newEventsCommand())
 	return root
 }

@@ -55,7 +55,7 @@ const DefaultMaxScale = 10
 // Observer is told about scaling events (metrics).
 type Observer interface {
 	ColdStart(namespace, name string, d time.Duration)
-	Instances(namespace, name string, n int)
+	SetInstances(namespace, name string, n int)
 }
 
 // Service is the activator and autoscaler of one Knative Service.
@@ -244,7 +244,7 @@ func (s *Service) startLocked() {
 	s.nextID++
 	in := &instance{id: s.nextID, exited: make(chan struct{}), lastUsed: time.Now()}
 	s.instances = append(s.instances, in)
-	s.obs.Instances(s.spec.Namespace, s.spec.Name, len(s.instances))
+	s.obs.SetInstances(s.spec.Namespace, s.spec.Name, len(s.instances))
 	go s.runInstance(in)
 }
 
@@ -292,7 +292,7 @@ func (s *Service) removeLocked(in *instance) {
 			break
 		}
 	}
-	s.obs.Instances(s.spec.Namespace, s.spec.Name, len(s.instances))
+	s.obs.SetInstances(s.spec.Namespace, s.spec.Name, len(s.instances))
 	s.broadcastLocked()
 }
 

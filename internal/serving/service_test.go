@@ -42,7 +42,7 @@ type countingObserver struct {
 }
 
 func (o *countingObserver) ColdStart(string, string, time.Duration) { o.coldStarts.Add(1) }
-func (o *countingObserver) Instances(_, _ string, n int) {
+func (o *countingObserver) SetInstances(_, _ string, n int) {
 	for {
 		m := o.maxSeen.Load()
 		if int64(n) <= m || o.maxSeen.CompareAndSwap(m, int64(n)) {

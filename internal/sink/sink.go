@@ -42,6 +42,11 @@ func Transport() *http.Transport {
 
 // New returns a Sender to target. timeout bounds each send (0 means 10s).
 func New(target string, timeout time.Duration) (*Sender, error) {
+	return NewWithTransport(target, timeout, Transport())
+}
+
+// NewWithTransport returns a Sender to target that uses rt.
+func NewWithTransport(target string, timeout time.Duration, rt http.RoundTripper) (*Sender, error) {
 	if target == "" {
 		return nil, ErrNoSink
 	}
@@ -50,7 +55,7 @@ func New(target string, timeout time.Duration) (*Sender, error) {
 	}
 	p, err := cehttp.New(
 		cehttp.WithTarget(target),
-		cehttp.WithClient(http.Client{Transport: Transport(), Timeout: timeout}),
+		cehttp.WithClient(http.Client{Transport: rt, Timeout: timeout}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("creating CloudEvents HTTP protocol for %s: %w", target, err)

@@ -1,0 +1,358 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/transformer"
+	"github.com/redis/go-redis/v9"
+	knbroker "knative.dev/eventing/pkg/broker"
+	"knative.dev/eventing/pkg/eventfilter"
+	"knative.dev/eventing/pkg/kncloudevents"
+	"knative.dev/eventing/pkg/kncloudevents/attributes"
+	"knative.dev/pkg/apis"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+
+	"github.com/knfaas/knfaas/internal/metrics"
+)
+
+// TriggerExtension names, on a dead letter, the trigger whose delivery failed
+// ("<namespace>/<name>"). Knative sets no such attribute; it is added only to dead letters.
+const TriggerExtension = "knfaastrigger"
+
+// ConsumerName is the name the runtime reads under in every consumer group. It is stable across
+// restarts so that a restarted runtime finds the entries it had read but not acknowledged.
+const ConsumerName = "knfaas"
+
+// Trigger is what a consumer needs of a Knative Trigger, resolved to addresses.
+type Trigger struct {
+	Namespace string
+	Name      string
+	Broker    string
+	// Filter decides which events are delivered; nil delivers all.
+	Filter     eventfilter.Filter
+	Subscriber duckv1.Addressable
+	// DeadLetter receives events whose delivery failed after retries; nil drops them, as Knative does.
+	DeadLetter *duckv1.Addressable
+	Retry      kncloudevents.RetryConfig
+	// ReplyURL is the broker ingress URL replies are sent to.
+	ReplyURL string
+}
+
+// Key is namespace/name.
+func (t *Trigger) Key() string { return t.Namespace + "/" + t.Name }
+
+// Group is the consumer group of the trigger on its broker's stream.
+func (t *Trigger) Group() string { return "trigger:" + t.Key() }
+
+// ConsumerOptions tune delivery.
+type ConsumerOptions struct {
+	// Parallelism bounds deliveries in flight per trigger.
+	Parallelism int
+	// RedeliverAfter is how long an entry may stay pending before it is delivered again (after a
+	// failure of both subscriber and dead-letter sink, or a crash).
+	RedeliverAfter time.Duration
+	// Block is how long one read waits for new entries.
+	Block time.Duration
+}
+
+// Consumer delivers one trigger's events.
+type Consumer struct {
+	t          *Trigger
+	rdb        redis.UniversalClient
+	dispatcher *kncloudevents.Dispatcher
+	log        *slog.Logger
+	metrics    *metrics.Runtime
+	opts       ConsumerOptions
+	stream     string
+	brokerKey  string
+
+	sem      chan struct{}
+	acks     chan string
+	mu       sync.Mutex
+	inflight map[string]bool
+	wg       sync.WaitGroup
+}
+
+// NewConsumer returns a consumer for t.
+func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatcher, log *slog.Logger, m *metrics.Runtime, opts ConsumerOptions) *Consumer {
+	if opts.Parallelism <= 0 {
+		opts.Parallelism = 128
+	}
+	if opts.RedeliverAfter <= 0 {
+		opts.RedeliverAfter = 30 * time.Second
+	}
+	if opts.Block <= 0 {
+		opts.Block = time.Second
+	}
+	c := &Consumer{
+		t: t, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", t.Namespace+"/"+t.Broker), metrics: m, opts: opts,
+		stream: StreamKey(t.Namespace, t.Broker), brokerKey: t.Namespace + "/" + t.Broker,
+		sem: make(chan struct{}, opts.Parallelism), acks: make(chan string, opts.Parallelism*2), inflight: map[string]bool{},
+	}
+	retry := c.t.Retry
+	knativeCheck := retry.CheckRetry
+	retry.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		again, cerr := knativeCheck(ctx, resp, err)
+		if again {
+			c.metrics.EventsRetried.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		}
+		return again, cerr
+	}
+	c.t.Retry = retry
+	return c
+}
+
+// Run delivers until ctx ends, then waits for deliveries in flight to finish.
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
+		return err
+	}
+	ackDone := make(chan struct{})
+	go func() { c.ackLoop(); close(ackDone) }()
+	var loops sync.WaitGroup
+	loops.Add(2)
+	go func() { defer loops.Done(); c.readLoop(ctx) }()
+	go func() { defer loops.Done(); c.reclaimLoop(ctx) }()
+	loops.Wait()
+	c.wg.Wait()
+	close(c.acks)
+	<-ackDone
+	return nil
+}
+
+// readLoop first re-reads the entries this consumer had read but not acknowledged before a
+// restart, then new entries.
+func (c *Consumer) readLoop(ctx context.Context) {
+	cursor := "0"
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		res, err := c.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: c.t.Group(), Consumer: ConsumerName, Streams: []string{c.stream, cursor},
+			Count: int64(c.opts.Parallelism), Block: c.opts.Block,
+		}).Result()
+		if err != nil {
+			if errors.Is(err, redis.Nil) || ctx.Err() != nil {
+				continue
+			}
+			if isNoGroup(err) {
+				_ = EnsureGroup(ctx, c.rdb, c.stream, c.t.Group())
+			}
+			c.log.Warn("reading events failed; retrying", "error", err, "in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		n := 0
+		for _, s := range res {
+			for _, m := range s.Messages {
+				n++
+				c.dispatch(ctx, m)
+			}
+		}
+		switch {
+		case cursor == ">":
+		case n == 0:
+			cursor = ">" // the history of this consumer is done; read new entries
+		default:
+			cursor = res[0].Messages[len(res[0].Messages)-1].ID
+		}
+	}
+}
+
+// reclaimLoop takes over entries pending longer than RedeliverAfter: deliveries whose
+// subscriber and dead-letter sink both failed, or that a crashed runtime left behind.
+func (c *Consumer) reclaimLoop(ctx context.Context) {
+	interval := c.opts.RedeliverAfter / 2
+	for sleep(ctx, interval) {
+		start := "0-0"
+		for ctx.Err() == nil {
+			msgs, next, err := c.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+				Stream: c.stream, Group: c.t.Group(), Consumer: ConsumerName, MinIdle: c.opts.RedeliverAfter, Start: start, Count: 100,
+			}).Result()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, redis.Nil) {
+					c.log.Warn("reclaiming pending events failed", "error", err)
+				}
+				break
+			}
+			for _, m := range msgs {
+				c.dispatch(ctx, m)
+			}
+			if next == "0-0" || next == "" {
+				break
+			}
+			start = next
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// dispatch starts the delivery of one entry unless it is already being delivered.
+func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage) {
+	c.mu.Lock()
+	if c.inflight[m.ID] {
+		c.mu.Unlock()
+		return
+	}
+	c.inflight[m.ID] = true
+	c.mu.Unlock()
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		c.done(m.ID)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer func() { <-c.sem }()
+		// Deliveries in flight finish even when the runtime is asked to stop: cutting them off
+		// would only cause a redelivery.
+		if c.deliver(context.WithoutCancel(ctx), m) {
+			c.acks <- m.ID
+		}
+		c.done(m.ID)
+	}()
+}
+
+func (c *Consumer) done(id string) {
+	c.mu.Lock()
+	delete(c.inflight, id)
+	c.mu.Unlock()
+}
+
+// deliver returns true when the entry may be acknowledged: the subscriber or the dead-letter
+// sink accepted it, the filter rejected it, or it can never be delivered.
+func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
+	raw, ok := m.Values[eventField].(string)
+	if !ok {
+		c.log.Error("stream entry without an event; acknowledging it", "entry", m.ID)
+		return true
+	}
+	var event cloudevents.Event
+	if err := json.Unmarshal([]byte(raw), &event); err != nil {
+		c.log.Error("stream entry holds an undecodable event; acknowledging it", "entry", m.ID, "error", err)
+		return true
+	}
+	log := c.log.With("event_id", event.ID(), "event_type", event.Type())
+	if c.t.Filter != nil && c.t.Filter.Filter(ctx, event) == eventfilter.FailFilter {
+		c.metrics.EventsFiltered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		return true
+	}
+	// As the Knative broker filter: the TTL is not shown to the subscriber and is given back to
+	// its reply.
+	ttl, err := knbroker.GetTTL(event.Context)
+	if err != nil {
+		ttl = DefaultTTL
+	}
+	_ = knbroker.DeleteTTL(event.Context)
+	reply, err := apis.ParseURL(c.t.ReplyURL + "?" + ReplyTTLParam + "=" + strconv.Itoa(int(ttl)))
+	if err != nil {
+		log.Error("bad reply URL", "error", err)
+		return false
+	}
+	retry := c.t.Retry
+	info, err := c.dispatcher.SendEvent(ctx, event, c.t.Subscriber,
+		kncloudevents.WithRetryConfig(&retry),
+		kncloudevents.WithReply(&duckv1.Addressable{URL: reply}),
+	)
+	if err == nil {
+		c.metrics.EventsDelivered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		c.metrics.DeliveryLatency.WithLabelValues(c.brokerKey, c.t.Key()).Observe(time.Since(entryTime(m.ID)).Seconds())
+		log.Debug("delivered")
+		return true
+	}
+	if c.t.DeadLetter == nil {
+		c.metrics.EventsFailed.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		log.Error("delivery failed and the trigger has no dead-letter sink: the event is dropped, as Knative does", "error", err)
+		return true
+	}
+	_, dlErr := c.dispatcher.SendEvent(ctx, event, *c.t.DeadLetter,
+		kncloudevents.WithRetryConfig(&retry),
+		kncloudevents.WithTransformers(append(ErrorTransformers(c.t.Subscriber.URL, info), transformer.AddExtension(TriggerExtension, c.t.Key()))...),
+	)
+	if dlErr != nil {
+		c.metrics.EventsFailed.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		log.Error("delivery and dead-lettering failed; the event stays pending and is redelivered", "error", err, "dead_letter_error", dlErr, "redeliver_after", c.opts.RedeliverAfter)
+		return false
+	}
+	c.metrics.EventsDeadLettered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+	log.Warn("delivery failed; sent to the dead-letter sink", "error", err, "code", info.ResponseCode)
+	return true
+}
+
+// ErrorTransformers add the knativeerrordest, knativeerrorcode and knativeerrordata extensions
+// to a dead letter, with Knative's encoding: the failed response body in base64, truncated to
+// Knative's maximum length.
+func ErrorTransformers(dest *apis.URL, info *kncloudevents.DispatchInfo) binding.Transformers {
+	if info == nil {
+		info = &kncloudevents.DispatchInfo{ResponseCode: kncloudevents.NoResponse}
+	}
+	if dest == nil {
+		dest = &apis.URL{}
+	}
+	encoded := base64.StdEncoding.EncodeToString(info.ResponseBody)
+	if len(encoded) > attributes.KnativeErrorDataExtensionMaxLength {
+		encoded = encoded[:attributes.KnativeErrorDataExtensionMaxLength]
+	}
+	return attributes.KnativeErrorTransformers(*dest.URL(), info.ResponseCode, encoded)
+}
+
+// ackLoop acknowledges delivered entries in batches: one XACK for all entries finished since
+// the last one.
+func (c *Consumer) ackLoop() {
+	batch := make([]string, 0, 256)
+	flush := func() {
+		for len(batch) > 0 {
+			if err := c.rdb.XAck(context.Background(), c.stream, c.t.Group(), batch...).Err(); err != nil {
+				// Unacknowledged entries are redelivered later: at-least-once, never lost.
+				c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(batch), "error", err)
+			}
+			batch = batch[:0]
+		}
+	}
+	for id := range c.acks {
+		batch = append(batch, id)
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case id, ok := <-c.acks:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, id)
+			default:
+				break drain
+			}
+		}
+		flush()
+	}
+	flush()
+}
+
+// String describes the trigger for start-up output.
+func (t *Trigger) String() string {
+	return fmt.Sprintf("%s: broker %s → %s", t.Key(), t.Broker, t.Subscriber.URL)
+}
