@@ -1,0 +1,313 @@
+// Package runtimetest runs `knfaas up` as a child process for end-to-end tests.
+package runtimetest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/knfaas/knfaas/internal/localhost"
+	"github.com/knfaas/knfaas/internal/sink"
+)
+
+// Options choose what the runtime runs.
+type Options struct {
+	// Paths are manifest files or folders, relative to the module root or absolute. Only these
+	// are loaded (the runtime runs with --defaults=false).
+	Paths []string
+	// RedisURL is the Redis the runtime uses; empty runs the embedded one.
+	RedisURL string
+	// Idle is the scale-to-zero window (default 30s).
+	Idle time.Duration
+	// RedeliverAfter is how long a failed delivery waits before it is retried (default 2s).
+	RedeliverAfter time.Duration
+	// Args are extra flags for knfaas up.
+	Args []string
+}
+
+// Runtime is one knfaas up process (and its restarts).
+type Runtime struct {
+	t    testing.TB
+	opts Options
+	root string
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *syncBuffer
+}
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// ModuleRoot finds the directory holding go.mod above the working directory.
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Binary builds cmd/knfaas once per test binary and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	root := ModuleRoot(t)
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "knfaas-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "knfaas")
+		cmd := exec.Command("go", "build", "-o", binary, "./cmd/knfaas")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building knfaas: %w: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// Start runs knfaas up and waits until it listens; it is stopped when the test ends.
+func Start(t testing.TB, opts Options) *Runtime {
+	t.Helper()
+	if opts.Idle == 0 {
+		opts.Idle = 30 * time.Second
+	}
+	if opts.RedeliverAfter == 0 {
+		opts.RedeliverAfter = 2 * time.Second
+	}
+	r := &Runtime{t: t, opts: opts, root: ModuleRoot(t), out: &syncBuffer{}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.addr = l.Addr().String()
+	l.Close()
+	r.launch()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *Runtime) launch() {
+	r.t.Helper()
+	args := []string{"up", "--defaults=false", "--addr", r.addr, "--idle", r.opts.Idle.String(), "--redeliver-after", r.opts.RedeliverAfter.String()}
+	for _, p := range r.opts.Paths {
+		args = append(args, "-f", p)
+	}
+	args = append(args, r.opts.Args...)
+	cmd := exec.Command(Binary(r.t), args...)
+	cmd.Dir = r.root
+	cmd.Env = append(os.Environ(), "REDIS_URL="+r.opts.RedisURL)
+	cmd.Stdout, cmd.Stderr = r.out, r.out
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("starting knfaas up: %v", err)
+	}
+	r.cmd = cmd
+	r.done = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(r.done) }()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		select {
+		case <-r.done:
+			r.t.Fatalf("knfaas up exited during start-up (%s):\n%s", cmd.ProcessState, r.out.String())
+		default:
+		}
+		resp, err := http.Get("http://" + r.addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("knfaas up did not listen within 3 minutes:\n%s", r.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (r *Runtime) stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-r.done:
+	case <-time.After(30 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+	if r.t.Failed() {
+		r.t.Logf("knfaas up output:\n%s", r.out.Tail(200))
+	}
+	r.cmd = nil
+}
+
+// Stop shuts the runtime down with SIGINT and waits for it.
+func (r *Runtime) Stop() { r.stop() }
+
+// Kill sends SIGKILL to the runtime (its functions die with it) and waits.
+func (r *Runtime) Kill() {
+	_ = r.cmd.Process.Signal(syscall.SIGKILL)
+	<-r.done
+	r.cmd = nil
+}
+
+// Restart starts the runtime again on the same address with the same options.
+func (r *Runtime) Restart() {
+	r.t.Helper()
+	if r.cmd != nil {
+		r.stop()
+	}
+	r.launch()
+}
+
+// Addr is host:port of the runtime.
+func (r *Runtime) Addr() string { return r.addr }
+
+// Output is everything the runtime printed so far.
+func (r *Runtime) Output() string { return r.out.String() }
+
+// BrokerURL is the ingress URL of a broker.
+func (r *Runtime) BrokerURL(namespace, name string) string {
+	return "http://" + r.addr + "/" + namespace + "/" + name
+}
+
+// ServiceURL is the public URL of a Knative Service; use Client to resolve it.
+func (r *Runtime) ServiceURL(namespace, name string) string {
+	_, port, _ := net.SplitHostPort(r.addr)
+	return "http://" + name + "." + namespace + ".localhost:" + port
+}
+
+// Client returns an HTTP client that resolves *.localhost to loopback.
+func (r *Runtime) Client() *http.Client { return localhost.Client(30 * time.Second) }
+
+// Send posts e to a broker and fails the test unless it was accepted.
+func (r *Runtime) Send(namespace, broker string, e cloudevents.Event) {
+	r.t.Helper()
+	if err := r.TrySend(namespace, broker, e); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+var (
+	sendersMu sync.Mutex
+	senders   = map[string]*sink.Sender{}
+)
+
+// TrySend posts e to a broker and returns an error unless it was accepted.
+func (r *Runtime) TrySend(namespace, broker string, e cloudevents.Event) error {
+	url := r.BrokerURL(namespace, broker)
+	sendersMu.Lock()
+	s, ok := senders[url]
+	if !ok {
+		var err error
+		if s, err = sink.New(url, 10*time.Second); err != nil {
+			sendersMu.Unlock()
+			return err
+		}
+		senders[url] = s
+	}
+	sendersMu.Unlock()
+	return s.Send(context.Background(), e)
+}
+
+// Metric returns the value of the first sample of a metric whose line starts with prefix
+// (e.g. `knfaas_service_instances{namespace="e2e",service="echo"}`), or -1 if absent.
+func (r *Runtime) Metric(prefix string) float64 {
+	resp, err := http.Get("http://" + r.addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, prefix) {
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// Eventually polls cond until it is true or the timeout passes, then fails the test.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// NewEvent returns a valid event with the given id and type.
+func NewEvent(id, typ string) cloudevents.Event {
+	e := cloudevents.NewEvent()
+	e.SetID(id)
+	e.SetType(typ)
+	e.SetSource("/e2e")
+	_ = e.SetData("application/json", map[string]string{"id": id})
+	return e
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Tail returns the last n lines.
+func (b *syncBuffer) Tail(n int) string {
+	lines := strings.Split(b.String(), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
