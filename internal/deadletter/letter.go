@@ -120,13 +120,16 @@ func codeOf(v any) int {
 	return int(i)
 }
 
-// decodeErrorData decodes knativeerrordata; a value that is not base64 is kept as it came, since
+// decodeErrorData decodes knativeerrordata. Knative truncates the base64 to a maximum length,
+// which can cut a quantum in half, so a value that does not decode whole is decoded up to its
+// last complete 4-character group. A value that is not base64 at all is kept as it came, since
 // losing the subscriber's answer would be worse than showing it undecoded.
 func decodeErrorData(s string) string {
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding} {
-		if b, err := enc.DecodeString(s); err == nil {
-			return string(b)
-		}
+	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+		return string(b)
+	}
+	if b, err := base64.StdEncoding.DecodeString(s[:len(s)/4*4]); err == nil {
+		return string(b)
 	}
 	return s
 }

@@ -49,6 +49,10 @@ func TestFromEvent(t *testing.T) {
 		ext:  map[string]any{ExtErrorData: "not base64 !"},
 		want: Letter{ErrorExtensions: true, ErrorData: "not base64 !"},
 	}, {
+		name: "error data truncated mid-quantum decodes up to the cut",
+		ext:  map[string]any{ExtErrorData: base64.StdEncoding.EncodeToString([]byte("database down"))[:14]},
+		want: Letter{ErrorExtensions: true, ErrorData: "database "},
+	}, {
 		name: "non-numeric code is recorded as zero, still a dead letter",
 		ext:  map[string]any{ExtErrorCode: "teapot"},
 		want: Letter{ErrorExtensions: true},
