@@ -1,0 +1,143 @@
+package verify
+
+import (
+	"slices"
+	"strings"
+
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+)
+
+// verdict is whether a Trigger passes events of a given type, judged from its filters alone.
+type verdict int
+
+const (
+	never verdict = iota
+	// maybe: the filters also test attributes other than type (or use CESQL), so the answer
+	// depends on the event.
+	maybe
+	always
+)
+
+// passes judges whether trigger t lets events of type typ through. When spec.filters is set
+// Knative ignores spec.filter, and so does this.
+func passes(t *eventingv1.Trigger, typ string) verdict {
+	if len(t.Spec.Filters) > 0 {
+		return allOf(t.Spec.Filters, typ)
+	}
+	if t.Spec.Filter == nil {
+		return always
+	}
+	v := always
+	for attr, want := range t.Spec.Filter.Attributes {
+		switch {
+		case want == eventingv1.TriggerAnyFilter:
+		case attr == "type" && want != typ:
+			return never
+		case attr != "type":
+			v = maybe
+		}
+	}
+	return v
+}
+
+func allOf(filters []eventingv1.SubscriptionsAPIFilter, typ string) verdict {
+	v := always
+	for _, f := range filters {
+		v = min(v, subscriptionsFilter(f, typ))
+	}
+	return v
+}
+
+// subscriptionsFilter evaluates one filter of Knative's Subscriptions API dialects; every
+// dialect set in one filter must hold.
+func subscriptionsFilter(f eventingv1.SubscriptionsAPIFilter, typ string) verdict {
+	v := always
+	if len(f.All) > 0 {
+		v = min(v, allOf(f.All, typ))
+	}
+	if len(f.Any) > 0 {
+		best := never
+		for _, sub := range f.Any {
+			best = max(best, subscriptionsFilter(sub, typ))
+		}
+		v = min(v, best)
+	}
+	if f.Not != nil {
+		v = min(v, always-subscriptionsFilter(*f.Not, typ))
+	}
+	v = min(v, attributeMatch(f.Exact, typ, func(got, want string) bool { return got == want }))
+	v = min(v, attributeMatch(f.Prefix, typ, strings.HasPrefix))
+	v = min(v, attributeMatch(f.Suffix, typ, strings.HasSuffix))
+	if f.CESQL != "" {
+		v = min(v, maybe)
+	}
+	return v
+}
+
+func attributeMatch(attrs map[string]string, typ string, match func(got, want string) bool) verdict {
+	v := always
+	for attr, want := range attrs {
+		if attr != "type" {
+			v = min(v, maybe)
+			continue
+		}
+		if !match(typ, want) {
+			return never
+		}
+	}
+	return v
+}
+
+// checkEventFlow checks the event-flow convention: every type a function emits is routed by
+// some Trigger of its namespace or declared terminal, and no Trigger delivers to a function a
+// type it emits itself unless the Trigger says the loop is intended.
+func (c *checker) checkEventFlow() {
+	triggers := c.set.Triggers()
+	services := map[string]*servingv1.Service{}
+	for _, svc := range c.set.Services() {
+		services[svc.Namespace+"/"+svc.Name] = svc
+		o := c.set.Origin(svc)
+		emits := emitted(svc, EmitsAnnotation)
+		terminal := emitted(svc, TerminalAnnotation)
+		for _, typ := range terminal {
+			if !slices.Contains(emits, typ) {
+				c.report(o, "metadata.annotations["+TerminalAnnotation+"]", "%q is declared terminal but not listed in %s", typ, EmitsAnnotation)
+			}
+		}
+		for _, typ := range emits {
+			if slices.Contains(terminal, typ) {
+				continue
+			}
+			routed := false
+			for _, t := range triggers {
+				if t.Namespace == svc.Namespace && passes(t, typ) != never {
+					routed = true
+					break
+				}
+			}
+			if !routed {
+				c.report(o, "metadata.annotations["+EmitsAnnotation+"]", "event type %q is emitted but no Trigger in namespace %s routes it; add a Trigger or list it in %s", typ, svc.Namespace, TerminalAnnotation)
+			}
+		}
+	}
+	for _, t := range triggers {
+		ref := t.Spec.Subscriber.Ref
+		if ref == nil || ref.Kind != "Service" || groupOf(ref.APIVersion) != "serving.knative.dev" || t.Annotations[LoopAnnotation] == LoopIntended {
+			continue
+		}
+		ns := ref.Namespace
+		if ns == "" {
+			ns = t.Namespace
+		}
+		svc := services[ns+"/"+ref.Name]
+		if svc == nil {
+			continue // reported by checkTriggers
+		}
+		for _, typ := range emitted(svc, EmitsAnnotation) {
+			if passes(t, typ) == always {
+				c.report(c.set.Origin(t), "spec.filter", "delivers %q to %s, which emits that type itself: a loop; narrow the filter or annotate %s: %s", typ, ref.Name, LoopAnnotation, LoopIntended)
+			}
+		}
+	}
+}

@@ -1,0 +1,47 @@
+package verify
+
+import (
+	"testing"
+
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+)
+
+func TestPasses(t *testing.T) {
+	const typ = "dev.knfaas.example.order.placed"
+	attrs := func(kv ...string) *eventingv1.TriggerFilter {
+		f := &eventingv1.TriggerFilter{Attributes: eventingv1.TriggerFilterAttributes{}}
+		for i := 0; i < len(kv); i += 2 {
+			f.Attributes[kv[i]] = kv[i+1]
+		}
+		return f
+	}
+	tests := map[string]struct {
+		filter  *eventingv1.TriggerFilter
+		filters []eventingv1.SubscriptionsAPIFilter
+		want    verdict
+	}{
+		"no filter":                   {want: always},
+		"type equal":                  {filter: attrs("type", typ), want: always},
+		"type differs":                {filter: attrs("type", "other"), want: never},
+		"empty value matches any":     {filter: attrs("type", ""), want: always},
+		"other attribute":             {filter: attrs("type", typ, "source", "s"), want: maybe},
+		"other attribute, wrong type": {filter: attrs("type", "other", "source", "s"), want: never},
+		"exact":                       {filters: []eventingv1.SubscriptionsAPIFilter{{Exact: map[string]string{"type": typ}}}, want: always},
+		"prefix":                      {filters: []eventingv1.SubscriptionsAPIFilter{{Prefix: map[string]string{"type": "dev.knfaas.example."}}}, want: always},
+		"suffix mismatch":             {filters: []eventingv1.SubscriptionsAPIFilter{{Suffix: map[string]string{"type": ".shipped"}}}, want: never},
+		"not exact":                   {filters: []eventingv1.SubscriptionsAPIFilter{{Not: &eventingv1.SubscriptionsAPIFilter{Exact: map[string]string{"type": typ}}}}, want: never},
+		"not other":                   {filters: []eventingv1.SubscriptionsAPIFilter{{Not: &eventingv1.SubscriptionsAPIFilter{Exact: map[string]string{"type": "x"}}}}, want: always},
+		"any of two":                  {filters: []eventingv1.SubscriptionsAPIFilter{{Any: []eventingv1.SubscriptionsAPIFilter{{Exact: map[string]string{"type": "x"}}, {Exact: map[string]string{"type": typ}}}}}, want: always},
+		"all of two, one fails":       {filters: []eventingv1.SubscriptionsAPIFilter{{All: []eventingv1.SubscriptionsAPIFilter{{Prefix: map[string]string{"type": "dev."}}, {Exact: map[string]string{"type": "x"}}}}}, want: never},
+		"cesql":                       {filters: []eventingv1.SubscriptionsAPIFilter{{CESQL: "type = 'x'"}}, want: maybe},
+		"filters win over filter":     {filter: attrs("type", "other"), filters: []eventingv1.SubscriptionsAPIFilter{{Exact: map[string]string{"type": typ}}}, want: always},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			trig := &eventingv1.Trigger{Spec: eventingv1.TriggerSpec{Filter: tc.filter, Filters: tc.filters}}
+			if got := passes(trig, typ); got != tc.want {
+				t.Errorf("passes = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,65 @@
+package verify
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	"sigs.k8s.io/yaml"
+)
+
+// kustomization is the only shape config/ uses: a plain list of files. Patches, generators or
+// transformers would make `kubectl apply -f` of the files differ from `kubectl apply -k`, so
+// any other field is a problem.
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Resources  []string `json:"resources"`
+}
+
+// CheckKustomization checks that dir/kustomization.yaml lists exactly the manifest files of
+// dir, each once, and nothing but files. A directory without one yields no problems.
+func CheckKustomization(dir string) []Problem {
+	file := filepath.Join(dir, "kustomization.yaml")
+	data, err := os.ReadFile(file)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	problem := func(field, format string, args ...any) Problem {
+		return Problem{File: file, Object: "Kustomization", Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	if err != nil {
+		return []Problem{problem("", "%v", err)}
+	}
+	var k kustomization
+	if err := yaml.UnmarshalStrict(data, &k); err != nil {
+		return []Problem{problem("", "only apiVersion, kind and resources are allowed, so that `kubectl apply -f` of the files equals `kubectl apply -k`: %v", err)}
+	}
+	var problems []Problem
+	listed := map[string]bool{}
+	for i, r := range k.Resources {
+		field := fmt.Sprintf("resources[%d]", i)
+		if listed[r] {
+			problems = append(problems, problem(field, "%s is listed twice", r))
+		}
+		listed[r] = true
+		if info, err := os.Stat(filepath.Join(dir, r)); err != nil || info.IsDir() {
+			problems = append(problems, problem(field, "%s is not a file in %s", r, dir))
+		}
+	}
+	var files []string
+	for _, pattern := range []string{"*.yaml", "*.yml"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pattern))
+		files = append(files, m...)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		name := filepath.Base(f)
+		if name != "kustomization.yaml" && !listed[name] && !slices.Contains(k.Resources, "./"+name) {
+			problems = append(problems, problem("resources", "%s is in %s but not listed, so `kubectl apply -k` would skip it", name, dir))
+		}
+	}
+	return problems
+}

@@ -1,0 +1,51 @@
+package verify
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckKustomization(t *testing.T) {
+	const head = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+	tests := map[string]struct {
+		kustomization string
+		files         []string
+		field         string
+		msg           string // empty: no problems
+	}{
+		"every file listed":   {kustomization: head + "resources: [a.yaml, b.yaml]\n", files: []string{"a.yaml", "b.yaml"}},
+		"file not listed":     {kustomization: head + "resources: [a.yaml]\n", files: []string{"a.yaml", "b.yaml"}, field: "resources", msg: "b.yaml is in"},
+		"listed file missing": {kustomization: head + "resources: [a.yaml, c.yaml]\n", files: []string{"a.yaml"}, field: "resources[1]", msg: "c.yaml is not a file"},
+		"listed twice":        {kustomization: head + "resources: [a.yaml, a.yaml]\n", files: []string{"a.yaml"}, field: "resources[1]", msg: "listed twice"},
+		"patches not allowed": {kustomization: head + "resources: [a.yaml]\npatches: []\n", files: []string{"a.yaml"}, msg: `unknown field "patches"`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte("kind: x\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(tc.kustomization), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			problems := CheckKustomization(dir)
+			if tc.msg == "" {
+				if len(problems) != 0 {
+					t.Fatalf("want no problems, got %v", problems)
+				}
+				return
+			}
+			if len(problems) != 1 {
+				t.Fatalf("got %d problems, want 1: %v", len(problems), problems)
+			}
+			p := problems[0]
+			if p.File != filepath.Join(dir, "kustomization.yaml") || p.Field != tc.field || !strings.Contains(p.Msg, tc.msg) {
+				t.Errorf("got %s, want file kustomization.yaml, field %q, message containing %q", p, tc.field, tc.msg)
+			}
+		})
+	}
+}
