@@ -1,7 +1,8 @@
 // Command recorder is a test subscriber: it records every CloudEvent it accepts in Redis so
 // tests can count deliveries and duplicates, and misbehaves on request (fail, slow, reply).
 //
-// Behaviour is chosen per event by extension attributes:
+// Behaviour is chosen per event by extension attributes, obeyed only by the recorder named in
+// the extension "target" (all recorders when it is absent):
 //
 //	failtimes   answer failstatus (default 500) to the first N attempts of this event id
 //	failstatus  the status used by failtimes
@@ -36,6 +37,7 @@ import (
 // Function records events.
 type Function struct {
 	rdb    *redis.Client
+	name   string
 	prefix string
 	ready  chan struct{}
 }
@@ -53,7 +55,7 @@ func (f *Function) Start(ctx context.Context, cfg map[string]string) error {
 	if name == "" {
 		name = cfg["K_SERVICE"]
 	}
-	f.rdb, f.prefix = rdb, "knfaas:test:recorder:"+name+":"
+	f.rdb, f.name, f.prefix = rdb, name, "knfaas:test:recorder:"+name+":"
 	if err := rdb.SAdd(ctx, f.prefix+"pids", os.Getpid()).Err(); err != nil {
 		return fmt.Errorf("registering pid: %w", err)
 	}
@@ -93,6 +95,9 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ext := e.Extensions()
+	if target, ok := ext["target"]; ok && fmt.Sprint(target) != f.name {
+		ext = nil
+	}
 	if ms, _ := strconv.Atoi(fmt.Sprint(ext["sleepms"])); ms > 0 {
 		select {
 		case <-time.After(time.Duration(ms) * time.Millisecond):
