@@ -30,6 +30,7 @@ func (s *stubClaims) Complete(context.Context, dedup.Claim, time.Duration) (bool
 	return true, nil
 }
 func (s *stubClaims) Release(context.Context, dedup.Claim) (bool, error) { return true, nil }
+func (s *stubClaims) Close()                                             {}
 
 type stubPublisher struct{ sent atomic.Int32 }
 

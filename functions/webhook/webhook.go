@@ -51,6 +51,7 @@ type claimer interface {
 	Claim(ctx context.Context, key string, lease time.Duration) (dedup.Claim, dedup.Outcome, error)
 	Complete(ctx context.Context, c dedup.Claim, ttl time.Duration) (bool, error)
 	Release(ctx context.Context, c dedup.Claim) (bool, error)
+	Close()
 }
 
 // publisher is the Broker seam: *sink.Sender in production.
@@ -127,9 +128,14 @@ func (f *Function) install(cfg Config, srcs map[string]*source.Source, claims cl
 	})
 }
 
-// Stop closes Redis.
+// Stop closes the dedup pipelines and Redis.
 func (f *Function) Stop(context.Context) error {
-	if st := f.state.Load(); st != nil && st.rdb != nil {
+	st := f.state.Load()
+	if st == nil {
+		return nil
+	}
+	st.claims.Close()
+	if st.rdb != nil {
 		return st.rdb.Close()
 	}
 	return nil

@@ -54,13 +54,18 @@ type Claim struct {
 	token string
 }
 
-// Claims claims, completes and releases deliveries in one Redis.
+// Claims claims, completes and releases deliveries in one Redis. Claims and completions of
+// concurrent requests share pipelines; Close stops that.
 type Claims struct {
-	rdb redis.UniversalClient
+	rdb   redis.UniversalClient
+	batch *batcher
 }
 
 // New returns Claims backed by rdb.
-func New(rdb redis.UniversalClient) *Claims { return &Claims{rdb: rdb} }
+func New(rdb redis.UniversalClient) *Claims { return &Claims{rdb: rdb, batch: newBatcher(rdb)} }
+
+// Close stops the pipeline goroutines; rdb stays open.
+func (c *Claims) Close() { c.batch.close() }
 
 // Key is the claim key of a delivery.
 func Key(source, id string) string { return KeyPrefix + source + ":" + id }
@@ -91,7 +96,12 @@ return 0
 // lease must outlast the publish, and bounds how long a crashed claimant blocks retries.
 func (c *Claims) Claim(ctx context.Context, key string, lease time.Duration) (Claim, Outcome, error) {
 	token := pendingPrefix + newToken()
-	ok, err := c.rdb.SetNX(ctx, key, token, lease).Result()
+	set := redis.NewBoolCmd(ctx, "set", key, token, "px", lease.Milliseconds(), "nx")
+	err := c.batch.do(ctx, set)
+	ok := set.Val()
+	if errors.Is(err, redis.Nil) {
+		err = nil // SET NX answers nil when the key exists
+	}
 	if err != nil {
 		return Claim{}, 0, fmt.Errorf("claiming %s: %w", key, err)
 	}
@@ -117,7 +127,16 @@ func (c *Claims) Claim(ctx context.Context, key string, lease time.Duration) (Cl
 // Complete marks the claim done for ttl: duplicates arriving within ttl are answered 2xx
 // without a publish. It reports false when another request holds the key by now.
 func (c *Claims) Complete(ctx context.Context, cl Claim, ttl time.Duration) (bool, error) {
-	n, err := complete.Run(ctx, c.rdb, []string{cl.Key}, cl.token, ttl.Milliseconds()).Int()
+	cmd := redis.NewCmd(ctx, "evalsha", complete.Hash(), 1, cl.Key, cl.token, ttl.Milliseconds())
+	err := c.batch.do(ctx, cmd)
+	if isNoScript(err) {
+		cmd = complete.Run(ctx, c.rdb, []string{cl.Key}, cl.token, ttl.Milliseconds())
+		err = cmd.Err()
+	}
+	if err != nil {
+		return false, fmt.Errorf("completing claim %s: %w", cl.Key, err)
+	}
+	n, err := cmd.Int()
 	if err != nil {
 		return false, fmt.Errorf("completing claim %s: %w", cl.Key, err)
 	}

@@ -2,6 +2,7 @@ package dedup
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -154,5 +155,67 @@ func TestRedisDownIsAnError(t *testing.T) {
 	defer cancel()
 	if _, _, err := c.Claim(ctx, Key("github", "x"), time.Minute); err == nil {
 		t.Fatal("claim with Redis down succeeded")
+	}
+}
+
+func TestCompleteSurvivesScriptFlush(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	c := New(rdb)
+	defer c.Close()
+	ctx := context.Background()
+	cl, _, err := c.Claim(ctx, Key("github", "flush"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Redis restart or SCRIPT FLUSH empties the script cache: EVALSHA answers NOSCRIPT and
+	// Complete must fall back to loading the script.
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Complete(ctx, cl, time.Hour); err != nil || !ok {
+		t.Fatalf("complete after SCRIPT FLUSH = %v, %v", ok, err)
+	}
+	if _, out, _ := c.Claim(ctx, Key("github", "flush"), time.Minute); out != Done {
+		t.Fatalf("claim = %v, want done", out)
+	}
+}
+
+func TestBatchedClaimsUnderLoad(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := New(srv.Client())
+	defer c.Close()
+	ctx := context.Background()
+	// 200 requests for 100 deliveries, all at once: the batcher shares pipelines between them,
+	// and each delivery must still have exactly one winner.
+	const deliveries = 100
+	wins := make([]int32, deliveries)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range 2 * deliveries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := i % deliveries
+			cl, out, err := c.Claim(ctx, Key("stripe", fmt.Sprint(id)), time.Minute)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if out == Claimed {
+				mu.Lock()
+				wins[id]++
+				mu.Unlock()
+				if ok, err := c.Complete(ctx, cl, time.Hour); err != nil || !ok {
+					t.Errorf("complete %d = %v, %v", id, ok, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for id, n := range wins {
+		if n != 1 {
+			t.Fatalf("delivery %d claimed %d times, want 1", id, n)
+		}
 	}
 }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Benchmarks the webhook intake (signed 1 KiB GitHub deliveries -> verify -> dedup claim on a
+# real redis-server -> publish to a broker stand-in -> 202) beside a bare net/http hello
+# handler, with the same Go load generator in the same run, and prints both throughputs, their
+# ratio and p50/p99 latencies. Knobs: WEBHOOK_BENCH_SECONDS (per target and phase, default 5),
+# WEBHOOK_BENCH_WORKERS (concurrent connections, default 32).
+set -o errexit -o nounset -o pipefail
+
+cd "$(dirname "$0")/.."
+
+command -v redis-server >/dev/null || { echo "hack/bench-webhook.sh: redis-server not found (hack/test.sh installs it)" >&2; exit 1; }
+
+go test -run '^$' -bench '^BenchmarkIntakeVsHello$' -benchtime 1x -timeout 30m ./functions/webhook
