@@ -1,0 +1,86 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/knfaas/knfaas/internal/webhook/source"
+)
+
+// TestShippedManifestsStart checks the chain the cluster relies on: every env var a source in
+// config/400-webhook-sources.yaml names is set by config/700-webhook.yaml from a key that the
+// config/340-webhook-secrets.yaml template holds, and the sources file validates with them.
+func TestShippedManifestsStart(t *testing.T) {
+	read := func(name string, into any) {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join("..", "..", "config", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(data, into); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	read("400-webhook-sources.yaml", &cm)
+	var secret struct {
+		StringData map[string]string `json:"stringData"`
+	}
+	read("340-webhook-secrets.yaml", &secret)
+	var ksvc struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Env []struct {
+							Name      string `json:"name"`
+							Value     string `json:"value"`
+							ValueFrom *struct {
+								SecretKeyRef *struct {
+									Name string `json:"name"`
+									Key  string `json:"key"`
+								} `json:"secretKeyRef"`
+							} `json:"valueFrom"`
+						} `json:"env"`
+						VolumeMounts []struct {
+							MountPath string `json:"mountPath"`
+						} `json:"volumeMounts"`
+					} `json:"containers"`
+				} `json:"spec"`
+			} `json:"template"`
+		} `json:"spec"`
+	}
+	read("700-webhook.yaml", &ksvc)
+
+	env := map[string]string{}
+	c := ksvc.Spec.Template.Spec.Containers[0]
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == "webhook-secrets":
+			v, ok := secret.StringData[e.ValueFrom.SecretKeyRef.Key]
+			if !ok {
+				t.Errorf("env %s refers to key %q missing from the Secret template", e.Name, e.ValueFrom.SecretKeyRef.Key)
+			}
+			env[e.Name] = v
+		case e.ValueFrom == nil:
+			env[e.Name] = e.Value
+		}
+	}
+	if got, want := env["WEBHOOK_SOURCES_FILE"], c.VolumeMounts[0].MountPath+"/sources.yaml"; got != want {
+		t.Errorf("WEBHOOK_SOURCES_FILE %q is not the mounted ConfigMap key %q", got, want)
+	}
+	srcs, err := source.Parse([]byte(cm.Data["sources.yaml"]), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("shipped sources do not start with the shipped secrets: %v", err)
+	}
+	for _, name := range []string{"github", "stripe", "slack", "svix"} {
+		if srcs[name] == nil {
+			t.Errorf("shipped sources lack %q", name)
+		}
+	}
+}
