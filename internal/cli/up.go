@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // profiles for --pprof-addr
 	"os"
 	"path/filepath"
 	"time"
@@ -26,6 +28,7 @@ func newUpCommand() *cobra.Command {
 		parallelism    int
 		logLevel       string
 		cacheDir       string
+		pprofAddr      string
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -66,6 +69,14 @@ Run it from the module root (ko:// paths are built with go build there).`,
 				return err
 			}
 			defer os.RemoveAll(stateDir)
+			if pprofAddr != "" {
+				go func() {
+					// net/http/pprof registers on the default mux; serve it on its own address only.
+					if err := http.ListenAndServe(pprofAddr, nil); err != nil {
+						log.Error("pprof listener failed", "error", err)
+					}
+				}()
+			}
 			wd, err := os.Getwd()
 			if err != nil {
 				return err
@@ -86,5 +97,6 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cacheDir, "cache-dir", "", "where built function binaries are cached (default: the user cache dir)")
+	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles of the runtime on this address (debugging)")
 	return cmd
 }
