@@ -192,7 +192,7 @@ apply_dry_run() {
   shift
   out="$work/out-$(echo "$label" | tr '/ ' '__').txt"
   for f in "$@"; do args+=(-f "$f"); done
-  if ! cat "$@" | grep -q '^kind:'; then
+  if ! grep -q '^kind:' "$@"; then
     log "$label: no objects"
     return 0
   fi
@@ -218,7 +218,7 @@ dry_run() {
   for f in "$target"/*.yaml "$target"/*.yml; do
     [ -f "$f" ] && [ "$(basename "$f")" != kustomization.yaml ] && files+=("$f")
   done
-  if [ ${#files[@]} -eq 0 ]; then
+  if [ ${#files[@]} -eq 0 ] && [ ! -f "$target/kustomization.yaml" ]; then
     log "$target: no manifests"
     return 0
   fi
@@ -227,7 +227,9 @@ dry_run() {
     kc kustomize "$target" >"$rendered"
     apply_dry_run "kubectl kustomize $target" "$rendered" || status=1
   fi
-  apply_dry_run "$target/*.yaml" "${files[@]}" || status=1
+  if [ ${#files[@]} -gt 0 ]; then
+    apply_dry_run "$target/*.yaml" "${files[@]}" || status=1
+  fi
   return $status
 }
 
@@ -242,6 +244,10 @@ fi
 repo_targets=(config triggers)
 for d in examples/*/config examples/*/triggers; do
   [ -d "$d" ] && repo_targets+=("$d")
+done
+# An example may also render as a whole (examples/<domain>/kustomization.yaml).
+for d in examples/*; do
+  [ -f "$d/kustomization.yaml" ] && repo_targets+=("$d")
 done
 for t in "${repo_targets[@]}"; do
   [ -e "$t" ] || continue

@@ -205,10 +205,13 @@ func runSizes(args []string) error {
 		return fmt.Errorf("reading layout index: %w", err)
 	}
 	var tooBig []string
+	seen := map[v1.Hash]bool{}
 	for _, desc := range manifest.Manifests {
-		if !desc.MediaType.IsImage() {
+		// ko appends an entry per resolve, so an image shared by two manifests appears twice.
+		if !desc.MediaType.IsImage() || seen[desc.Digest] {
 			continue
 		}
+		seen[desc.Digest] = true
 		img, err := idx.Image(desc.Digest)
 		if err != nil {
 			return fmt.Errorf("reading image %s: %w", desc.Digest, err)
