@@ -29,6 +29,7 @@ func newUpCommand() *cobra.Command {
 		logLevel       string
 		cacheDir       string
 		pprofAddr      string
+		startTimeout   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -83,7 +84,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			}
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
-				ModuleDir: wd, CacheDir: cacheDir, StateDir: stateDir, RedeliverAfter: redeliverAfter,
+				ModuleDir: wd, CacheDir: cacheDir, StateDir: stateDir, RedeliverAfter: redeliverAfter, StartTimeout: startTimeout,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
 			})
 		},
@@ -93,6 +94,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.BoolVar(&defaults, "defaults", true, "load config/ and triggers/ too; --defaults=false loads only the -f paths")
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "address of the ingress, broker ingress and /metrics")
 	f.DurationVar(&idle, "idle", 30*time.Second, "scale-to-zero window: an instance idle this long is stopped (min-scale permitting)")
+	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
 	f.DurationVar(&redeliverAfter, "redeliver-after", 30*time.Second, "a delivery pending this long (both subscriber and dead-letter sink failed, or a crash) is attempted again")
 	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

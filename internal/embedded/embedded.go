@@ -57,6 +57,8 @@ type Options struct {
 	ModuleDir string
 	// CacheDir holds built binaries; StateDir projected volumes.
 	CacheDir, StateDir string
+	// StartTimeout bounds how long a function instance may take to become ready.
+	StartTimeout time.Duration
 	// RedeliverAfter is how long a pending event waits before it is delivered again.
 	RedeliverAfter time.Duration
 	// Parallelism bounds deliveries in flight per trigger.
@@ -83,6 +85,7 @@ type Runtime struct {
 
 	addrs     *addresses
 	services  map[string]*serving.Service
+	initial   []warmUp
 	listeners map[string]net.Listener
 	ingress   *broker.Ingress
 	store     *broker.Store
@@ -284,7 +287,38 @@ func (r *Runtime) startServices(ctx context.Context) error {
 		for _, n := range notes {
 			fmt.Fprintf(r.opts.Out, "  %s\n", n)
 		}
+		r.initial = append(r.initial, warmUp{svc: svc, n: spec.InitialScale, where: r.where(s)})
 	}
+	return r.warmUp()
+}
+
+type warmUp struct {
+	svc   *serving.Service
+	n     int
+	where string
+}
+
+// warmUp brings every Service to its initial scale (Knative's default is one instance) and
+// fails when one never becomes ready, as a Knative Service whose first revision cannot start
+// never becomes Ready.
+func (r *Runtime) warmUp() error {
+	started := time.Now()
+	errs := make([]error, len(r.initial))
+	var wg sync.WaitGroup
+	for i, w := range r.initial {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.svc.Warm(w.n); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", w.where, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Fprintf(r.opts.Out, "every service became ready (initial scale) in %s\n", time.Since(started).Round(time.Millisecond))
 	return nil
 }
 
@@ -361,7 +395,7 @@ func (r *Runtime) serviceSpec(s *servingv1.Service, binary string, addrs *addres
 	env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+dir, "TMPDIR="+os.TempDir())
 	spec := serving.Spec{
 		Namespace: s.Namespace, Name: s.Name, Binary: binary, Env: env, Dir: dir,
-		IdleTimeout: r.opts.IdleTimeout, Logs: r.opts.FunctionLogs,
+		IdleTimeout: r.opts.IdleTimeout, StartTimeout: r.opts.StartTimeout, Logs: r.opts.FunctionLogs,
 	}
 	if p := c.ReadinessProbe; p != nil && p.HTTPGet != nil {
 		spec.ReadinessPath = p.HTTPGet.Path
@@ -393,6 +427,15 @@ func (r *Runtime) serviceSpec(s *servingv1.Service, binary string, addrs *addres
 	if spec.MaxScale <= 0 {
 		spec.MaxScale = serving.DefaultMaxScale
 	}
+	spec.InitialScale = 1
+	if v := autoscaling.InitialScaleAnnotation.Value(ann); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return serving.Spec{}, nil, fmt.Errorf("%s: annotation %s: %w", where, autoscaling.InitialScaleAnnotationKey, err)
+		}
+		spec.InitialScale = n
+	}
+	spec.InitialScale = max(spec.InitialScale, spec.MinScale)
 	return spec, notes, nil
 }
 

@@ -35,9 +35,9 @@ type Recorder interface {
 
 // Scheduler runs PingSources.
 type Scheduler struct {
-	cron    *cron.Cron
-	log     *slog.Logger
-	rec     Recorder
+	cron *cron.Cron
+	log  *slog.Logger
+	rec  Recorder
 }
 
 // NewScheduler returns a scheduler with no sources.

@@ -39,6 +39,8 @@ type Spec struct {
 	ContainerConcurrency int
 	// MinScale instances are kept running; MaxScale bounds them (0 means DefaultMaxScale).
 	MinScale, MaxScale int
+	// InitialScale is how many instances Warm starts (autoscaling.knative.dev/initial-scale).
+	InitialScale int
 	// Timeout bounds each request, queueing included (timeoutSeconds).
 	Timeout time.Duration
 	// IdleTimeout is how long an instance may serve nothing before it is stopped.
@@ -85,6 +87,9 @@ type instance struct {
 	inflight int
 	lastUsed time.Time
 	exited   chan struct{}
+	// settled is closed once the instance is ready or has failed to start (err set).
+	settled chan struct{}
+	err     error
 }
 
 type instanceKey struct{}
@@ -240,12 +245,32 @@ func (s *Service) release(in *instance) {
 }
 
 // startLocked launches an instance; readiness is awaited in the background.
-func (s *Service) startLocked() {
+func (s *Service) startLocked() *instance {
 	s.nextID++
-	in := &instance{id: s.nextID, exited: make(chan struct{}), lastUsed: time.Now()}
+	in := &instance{id: s.nextID, exited: make(chan struct{}), settled: make(chan struct{}), lastUsed: time.Now()}
 	s.instances = append(s.instances, in)
 	s.obs.SetInstances(s.spec.Namespace, s.spec.Name, len(s.instances))
 	go s.runInstance(in)
+	return in
+}
+
+// Warm starts n instances and waits until each is ready, as Knative brings a new revision up
+// to its initial scale before the Service is Ready. The first instance that fails to start
+// fails Warm with the cause. Idle instances are stopped later by Run, min-scale permitting.
+func (s *Service) Warm(n int) error {
+	s.mu.Lock()
+	started := make([]*instance, 0, n)
+	for i := 0; i < n; i++ {
+		started = append(started, s.startLocked())
+	}
+	s.mu.Unlock()
+	for _, in := range started {
+		<-in.settled
+		if in.err != nil {
+			return in.err
+		}
+	}
+	return nil
 }
 
 func (s *Service) runInstance(in *instance) {
@@ -263,6 +288,8 @@ func (s *Service) runInstance(in *instance) {
 		s.mu.Lock()
 		s.lastErr = fmt.Errorf("service %s: %w", s.Name(), err)
 		s.lastErrAt = time.Now()
+		in.err = s.lastErr
+		close(in.settled)
 		s.removeLocked(in)
 		s.mu.Unlock()
 		return
@@ -273,6 +300,7 @@ func (s *Service) runInstance(in *instance) {
 	s.mu.Lock()
 	in.ready = true
 	s.lastErr = nil
+	close(in.settled)
 	s.broadcastLocked()
 	s.mu.Unlock()
 

@@ -259,3 +259,23 @@ func TestBuildIsCachedByContent(t *testing.T) {
 		t.Fatalf("building a library package: err = %v, want 'not a main package'", err)
 	}
 }
+
+func TestWarmStartsInitialScale(t *testing.T) {
+	svc, _, _ := startService(t, Spec{})
+	if err := svc.Warm(2); err != nil {
+		t.Fatalf("Warm: %v", err)
+	}
+	if n := svc.Instances(); n != 2 {
+		t.Fatalf("instances after Warm(2) = %d, want 2", n)
+	}
+
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "fails")
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\nexit 7\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	failing, _, _ := startService(t, Spec{Binary: bad})
+	if err := failing.Warm(1); err == nil || !strings.Contains(err.Error(), "exited before it became ready") {
+		t.Fatalf("Warm of a function that cannot start: %v, want the cause", err)
+	}
+}

@@ -266,9 +266,11 @@ func TestServingThroughIngress(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	instances := `knfaas_service_instances{namespace="e2e",service="echo"}`
-	if n := rt.Metric(instances); n > 0 {
-		t.Fatalf("instances before any request = %v, want 0", n)
+	if n := rt.Metric(instances); n != 1 {
+		t.Fatalf("instances after start-up = %v, want 1 (Knative's initial scale)", n)
 	}
+	runtimetest.Eventually(t, 20*time.Second, "the initial instance scales to zero", func() bool { return rt.Metric(instances) == 0 })
+	cold := rt.Metric(`knfaas_service_cold_starts_total{namespace="e2e",service="echo"}`)
 	t.Run("env and volumes", func(t *testing.T) {
 		tests := map[string]string{
 			"/env?name=GREETING":  "hello from a configmap", // configMapKeyRef
@@ -280,6 +282,9 @@ func TestServingThroughIngress(t *testing.T) {
 			if code, body := get(path); code != 200 || body != want {
 				t.Errorf("GET %s = %d %q, want %q", path, code, body, want)
 			}
+		}
+		if n := rt.Metric(`knfaas_service_cold_starts_total{namespace="e2e",service="echo"}`); n != cold+1 {
+			t.Errorf("cold starts = %v, want %v: the first request after scale to zero starts one instance", n, cold+1)
 		}
 		_, file := get("/env?name=SETTINGS_FILE")
 		if code, body := get("/file?path=" + file); code != 200 || body != "mode: test\n" {
@@ -336,8 +341,11 @@ func TestUpRefusesBadSetups(t *testing.T) {
 		name  string
 		paths []string
 		addr  string
+		args  []string
 		want  []string
 	}{
+		{name: "function never ready", paths: []string{"test/e2e/testdata/bad/never-ready.yaml"}, args: []string{"--start-timeout", "2s"}, want: []string{"never-ready.yaml", "Service e2e/slow", "did not become ready on /health/readiness within 2s"}},
+		{name: "function exits at start", paths: []string{"test/e2e/testdata/bad/exits.yaml"}, want: []string{"Service e2e/exits", "exited before it became ready"}},
 		{name: "invalid manifest", paths: []string{"test/e2e/testdata/bad/unknown-field.yaml"}, want: []string{"unknown-field.yaml", "Service e2e/echo", `unknown field "spec.template.spec.containers[0].imagee"`}},
 		{name: "trigger of a missing broker", paths: []string{"test/e2e/testdata/bad/missing-broker.yaml"}, want: []string{"Trigger e2e/lost", "Broker e2e/nowhere not found"}},
 		{name: "unknown subscriber", paths: []string{"test/e2e/testdata/bad/missing-subscriber.yaml"}, want: []string{"Trigger e2e/lost", "Service e2e/ghost not found"}},
@@ -355,6 +363,7 @@ func TestUpRefusesBadSetups(t *testing.T) {
 			for _, p := range tc.paths {
 				args = append(args, "-f", p)
 			}
+			args = append(args, tc.args...)
 			cmd := exec.Command(bin, args...)
 			cmd.Dir = root
 			out, err := cmd.CombinedOutput()
