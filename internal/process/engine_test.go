@@ -195,6 +195,12 @@ func TestFailuresCompensateCompletedStepsInReverse(t *testing.T) {
 			h.advance(3 * time.Minute)
 			return h.fireDue()
 		}, []string{"test.order.failed", "test.refund"}, "compensating"},
+		{"shipping times out: uncook then refund", 10, func(h *harness) []string {
+			h.reply("o", "test.paid")
+			h.reply("o", "test.cooked")
+			h.advance(6 * time.Minute)
+			return h.fireDue()
+		}, []string{"test.order.failed", "test.uncook", "test.refund"}, "compensating"},
 		{"shipping lost: uncook then refund", 10, func(h *harness) []string {
 			h.reply("o", "test.paid")
 			h.reply("o", "test.cooked")
