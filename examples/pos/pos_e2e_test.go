@@ -1,0 +1,309 @@
+//go:build e2e
+
+// Package pos holds the end-to-end tests of the point-of-sale example.
+package pos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/functions/eventstore/eventlog"
+	"github.com/knfaas/knfaas/internal/cli"
+	"github.com/knfaas/knfaas/internal/projection"
+	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/runtimetest"
+)
+
+const (
+	typeSaleRecorded  = "dev.knfaas.example.pos.sale.recorded"
+	typeSaleReturned  = "dev.knfaas.example.pos.sale.returned"
+	typeStockReceived = "dev.knfaas.example.pos.stock.received"
+	// dashboardToken is the placeholder token of config/330-query-auth-secret.yaml.
+	dashboardToken = "CHANGE-ME-dashboard-token-000"
+)
+
+// paths loads the platform parts the example needs and the example itself, with pos-stock's
+// containerConcurrency lowered to 1 so that parallel deliveries scale it to several instances.
+func paths(t *testing.T) []string {
+	t.Helper()
+	root := runtimetest.ModuleRoot(t)
+	b, err := os.ReadFile(filepath.Join(root, "examples/pos/config/700-pos-stock.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tuned := strings.Replace(string(b), "containerConcurrency: 50", "containerConcurrency: 1", 1)
+	if tuned == string(b) {
+		t.Fatal("700-pos-stock.yaml no longer sets containerConcurrency: 50")
+	}
+	stock := filepath.Join(t.TempDir(), "700-pos-stock.yaml")
+	if err := os.WriteFile(stock, []byte(tuned), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{
+		"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/330-query-auth-secret.yaml",
+		"config/400-query-config.yaml", "config/400-deadletter-config.yaml", "config/500-redis-service.yaml",
+		"config/510-redis-statefulset.yaml", "config/600-broker.yaml", "config/700-deadletter.yaml",
+		"config/700-eventstore.yaml", "config/700-query.yaml", "triggers/eventstore-all.yaml",
+		"examples/pos/config/400-pos-thresholds.yaml", stock, "examples/pos/config/700-pos-purchasing.yaml",
+		"examples/pos/triggers",
+	}
+}
+
+func posEvent(id, typ, sku, store string, qty int) cloudevents.Event {
+	e := cloudevents.NewEvent()
+	e.SetID(id)
+	e.SetSource("/e2e/till")
+	e.SetType(typ)
+	e.SetSubject(sku)
+	_ = e.SetData(cloudevents.ApplicationJSON, map[string]any{"store": store, "quantity": qty})
+	return e
+}
+
+func entry(rdb *redis.Client, model, key string) projection.Entry {
+	e, _ := projection.Get(context.Background(), rdb, model, key)
+	return e
+}
+
+func ordersFor(t *testing.T, rdb *redis.Client, sku string) int {
+	t.Helper()
+	p, err := projection.List(context.Background(), rdb, "purchase-orders", "", 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range p.Entries {
+		if e.Fields["sku"] == sku {
+			n++
+		}
+	}
+	return n
+}
+
+func snapshot(t *testing.T, rdb *redis.Client, model string) string {
+	t.Helper()
+	p, err := projection.List(context.Background(), rdb, model, "", 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(p)
+	return string(b)
+}
+
+func knfaas(t *testing.T, args ...string) string {
+	t.Helper()
+	root := cli.NewRootCommand("knfaas")
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("knfaas %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+// TestPointOfSaleThroughKnfaasUp runs the example under knfaas up on a real redis-server.
+func TestPointOfSaleThroughKnfaasUp(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	t.Setenv("REDIS_URL", srv.URL())
+	rt := runtimetest.Start(t, runtimetest.Options{Paths: paths(t), RedisURL: srv.URL()})
+	// logged counts the till events in a SKU's log (its stream also holds the reorder requests).
+	logged := func(sku string) int64 {
+		p, err := eventlog.New(rdb, eventlog.Options{}).Read(context.Background(), eventlog.Query{Subject: sku, Limit: eventlog.MaxLimit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		for _, r := range p.Records {
+			if r.Event.Type() != "dev.knfaas.example.pos.reorder.requested" {
+				n++
+			}
+		}
+		return n
+	}
+
+	t.Run("reorder exactly once per dip", func(t *testing.T) {
+		// SKU-1001 reorders below 5 (examples/pos/config/400-pos-thresholds.yaml). Each event is
+		// sent after the previous one was applied and logged, so dips happen where planned.
+		steps := []struct {
+			typ string
+			qty int
+		}{
+			{typeStockReceived, 12},                                             // 12
+			{typeSaleRecorded, 2}, {typeSaleRecorded, 2}, {typeSaleRecorded, 2}, // 6
+			{typeSaleRecorded, 2},   // 4: first dip
+			{typeSaleRecorded, 1},   // 3: same dip
+			{typeStockReceived, 10}, // 13: recovered
+			{typeSaleRecorded, 9},   // 4: second dip
+		}
+		for i, s := range steps {
+			rt.Send("knfaas", "default", posEvent(fmt.Sprint("dip-", i), s.typ, "SKU-1001", "berlin-1", s.qty))
+			runtimetest.Eventually(t, 2*time.Minute, fmt.Sprint("step ", i, " applied and logged"), func() bool {
+				return entry(rdb, "stock", "SKU-1001").Version == int64(i+1) && logged("SKU-1001") == int64(i+1)
+			})
+		}
+		// A redelivery of the sale that caused the first dip re-sends the same reorder request.
+		rt.Send("knfaas", "default", posEvent("dip-4", typeSaleRecorded, "SKU-1001", "berlin-1", 2))
+		runtimetest.Eventually(t, time.Minute, "two purchase orders", func() bool { return ordersFor(t, rdb, "SKU-1001") == 2 })
+		time.Sleep(3 * time.Second) // give a wrongly repeated reorder time to arrive
+		e := entry(rdb, "stock", "SKU-1001")
+		if n := ordersFor(t, rdb, "SKU-1001"); n != 2 || e.Fields["berlin-1"] != "4" || e.Version != int64(len(steps)) {
+			t.Fatalf("orders %d (want 2, one per dip), entry %+v", n, e)
+		}
+	})
+
+	t.Run("duplicated and reordered deliveries across concurrent instances", func(t *testing.T) {
+		r := rand.New(rand.NewPCG(11, 12))
+		skus, stores := []string{"SKU-C1", "SKU-C2", "SKU-C3"}, []string{"s1", "s2"}
+		want := map[string]int{}
+		unique := map[string]int64{}
+		// A large opening stock, applied before the rest, keeps every store above its threshold
+		// whatever the order of what follows: no reorders here.
+		for _, sku := range skus {
+			for _, st := range stores {
+				rt.Send("knfaas", "default", posEvent("open-"+sku+st, typeStockReceived, sku, st, 10000))
+				want[sku+"/"+st] += 10000
+				unique[sku]++
+			}
+		}
+		runtimetest.Eventually(t, time.Minute, "opening stock applied", func() bool {
+			for _, sku := range skus {
+				if entry(rdb, "stock", sku).Version != unique[sku] {
+					return false
+				}
+			}
+			return true
+		})
+		var deliveries []cloudevents.Event
+		for i := range 300 {
+			sku, st, q := skus[r.IntN(3)], stores[r.IntN(2)], 1+r.IntN(5)
+			typ := []string{typeSaleRecorded, typeSaleReturned, typeStockReceived}[r.IntN(3)]
+			if typ == typeSaleRecorded {
+				want[sku+"/"+st] -= q
+			} else {
+				want[sku+"/"+st] += q
+			}
+			unique[sku]++
+			e := posEvent(fmt.Sprint("c-", i), typ, sku, st, q)
+			deliveries = append(deliveries, e)
+			for range r.IntN(3) {
+				deliveries = append(deliveries, e)
+			}
+		}
+		r.Shuffle(len(deliveries), func(i, j int) { deliveries[i], deliveries[j] = deliveries[j], deliveries[i] })
+		var maxInstances float64
+		stop := make(chan struct{})
+		var watch sync.WaitGroup
+		watch.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				maxInstances = max(maxInstances, rt.Metric(`knfaas_service_instances{namespace="knfaas",service="pos-stock"}`))
+			}
+		})
+		var send sync.WaitGroup
+		for w := range 16 {
+			send.Go(func() {
+				for i := w; i < len(deliveries); i += 16 {
+					rt.Send("knfaas", "default", deliveries[i])
+				}
+			})
+		}
+		send.Wait()
+		runtimetest.Eventually(t, 3*time.Minute, "every unique event applied", func() bool {
+			for _, sku := range skus {
+				if entry(rdb, "stock", sku).Version != unique[sku] {
+					return false
+				}
+			}
+			return true
+		})
+		close(stop)
+		watch.Wait()
+		for _, sku := range skus {
+			e := entry(rdb, "stock", sku)
+			for _, st := range stores {
+				if got := e.Fields[st]; got != fmt.Sprint(want[sku+"/"+st]) {
+					t.Errorf("%s/%s = %s, want %d", sku, st, got, want[sku+"/"+st])
+				}
+			}
+		}
+		t.Logf("%d deliveries of %d unique events; up to %.0f pos-stock instances", len(deliveries), 306, maxInstances)
+		for _, sku := range skus {
+			if n := ordersFor(t, rdb, sku); n != 0 {
+				t.Errorf("%s: %d purchase orders, want none (stock never went below the threshold)", sku, n)
+			}
+		}
+		if maxInstances < 2 {
+			t.Errorf("pos-stock never ran more than %.0f instance(s); the test did not exercise concurrency", maxInstances)
+		}
+	})
+
+	t.Run("bad data is refused with 400 and dead-lettered", func(t *testing.T) {
+		rt.Send("knfaas", "default", posEvent("bad-1", typeSaleRecorded, "SKU-1001", "berlin-1", -2))
+		runtimetest.Eventually(t, time.Minute, "dead letter for bad-1", func() bool {
+			out := knfaas(t, "dlq", "list")
+			return strings.Contains(out, "bad-1") && strings.Contains(out, "400")
+		})
+	})
+
+	t.Run("query serves the read model with ETags", func(t *testing.T) {
+		get := func(token, inm string) *http.Response {
+			req, _ := http.NewRequest(http.MethodGet, rt.ServiceURL("knfaas", "query")+"/stock/SKU-1001", nil)
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			if inm != "" {
+				req.Header.Set("If-None-Match", inm)
+			}
+			resp, err := rt.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp
+		}
+		if resp := get(dashboardToken, ""); resp.StatusCode != 200 || resp.Header.Get("ETag") != `"8"` {
+			t.Fatalf("GET: %d etag %s", resp.StatusCode, resp.Header.Get("ETag"))
+		}
+		if resp := get(dashboardToken, `"8"`); resp.StatusCode != 304 {
+			t.Fatalf("revalidation: %d", resp.StatusCode)
+		}
+		if resp := get("", ""); resp.StatusCode != 401 {
+			t.Fatalf("anonymous: %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("rebuild by drop and replay equals the live model", func(t *testing.T) {
+		live := snapshot(t, rdb, "stock")
+		knfaas(t, "events", "drop", "--model", "stock", "--projector", "stock-projector")
+		if snapshot(t, rdb, "stock") == live {
+			t.Fatal("drop left the model in place")
+		}
+		out := knfaas(t, "events", "replay", "--rate", "0", "--to", rt.BrokerURL("knfaas", "default"),
+			"--type", strings.Join([]string{typeSaleRecorded, typeSaleReturned, typeStockReceived}, ","))
+		t.Log(strings.TrimSpace(out))
+		runtimetest.Eventually(t, 3*time.Minute, "rebuilt model equals live", func() bool { return snapshot(t, rdb, "stock") == live })
+		time.Sleep(3 * time.Second) // re-sent reorder requests must not create orders
+		if n := ordersFor(t, rdb, "SKU-1001"); n != 2 {
+			t.Fatalf("%d purchase orders after the replay, want still 2", n)
+		}
+	})
+}
