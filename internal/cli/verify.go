@@ -90,6 +90,9 @@ func runVerify(out io.Writer, paths []string) error {
 	for _, p := range problems {
 		fmt.Fprintln(out, p)
 	}
+	for _, n := range verify.Advice(set) {
+		fmt.Fprintln(out, "note:", n)
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %d problems", errVerifyFailed, len(problems))
 	}

@@ -1,11 +1,14 @@
 package verify
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+
+	"github.com/knfaas/knfaas/internal/manifest"
 )
 
 // verdict is whether a Trigger passes events of a given type, judged from its filters alone.
@@ -39,6 +42,24 @@ func passes(t *eventingv1.Trigger, typ string) verdict {
 		}
 	}
 	return v
+}
+
+// selectsType says whether t filters on the event type at all. A catch-all Trigger (an event
+// store, an audit log) passes every type, so it cannot show that anyone acts on a given type.
+func selectsType(t *eventingv1.Trigger) bool {
+	if len(t.Spec.Filters) > 0 {
+		return slices.ContainsFunc(t.Spec.Filters, filterSelectsType)
+	}
+	return t.Spec.Filter != nil && t.Spec.Filter.Attributes["type"] != eventingv1.TriggerAnyFilter
+}
+
+func filterSelectsType(f eventingv1.SubscriptionsAPIFilter) bool {
+	_, exact := f.Exact["type"]
+	_, prefix := f.Prefix["type"]
+	_, suffix := f.Suffix["type"]
+	return exact || prefix || suffix || strings.Contains(f.CESQL, "type") ||
+		slices.ContainsFunc(f.All, filterSelectsType) || slices.ContainsFunc(f.Any, filterSelectsType) ||
+		(f.Not != nil && filterSelectsType(*f.Not))
 }
 
 func allOf(filters []eventingv1.SubscriptionsAPIFilter, typ string) verdict {
@@ -111,13 +132,13 @@ func (c *checker) checkEventFlow() {
 			}
 			routed := false
 			for _, t := range triggers {
-				if t.Namespace == svc.Namespace && passes(t, typ) != never {
+				if t.Namespace == svc.Namespace && selectsType(t) && passes(t, typ) != never {
 					routed = true
 					break
 				}
 			}
 			if !routed {
-				c.report(o, "metadata.annotations["+EmitsAnnotation+"]", "event type %q is emitted but no Trigger in namespace %s routes it; add a Trigger or list it in %s", typ, svc.Namespace, TerminalAnnotation)
+				c.report(o, "metadata.annotations["+EmitsAnnotation+"]", "event type %q is emitted but no Trigger in namespace %s selects it (catch-all Triggers do not count); add a Trigger or list it in %s", typ, svc.Namespace, TerminalAnnotation)
 			}
 		}
 	}
@@ -140,4 +161,30 @@ func (c *checker) checkEventFlow() {
 			}
 		}
 	}
+}
+
+// Advice returns findings that do not fail verification: Knative Services that send events
+// (they are the subject of a SinkBinding, so they get K_SINK) but do not declare them in
+// EmitsAnnotation, which leaves the routing and loop checks blind to them.
+func Advice(set *manifest.Set) []Problem {
+	var notes []Problem
+	for _, sb := range set.SinkBindings() {
+		subj := sb.Spec.Subject
+		if subj.Kind != "Service" || groupOf(subj.APIVersion) != "serving.knative.dev" || subj.Name == "" {
+			continue
+		}
+		ns := subj.Namespace
+		if ns == "" {
+			ns = sb.Namespace
+		}
+		o := set.Find("serving.knative.dev", "Service", ns, subj.Name)
+		if o == nil {
+			continue // reported by Check
+		}
+		if svc := o.Obj.(*servingv1.Service); svc.Annotations[EmitsAnnotation] == "" {
+			notes = append(notes, Problem{File: o.File, Object: o.Ref(), Field: "metadata.annotations[" + EmitsAnnotation + "]",
+				Msg: fmt.Sprintf("SinkBinding %s/%s gives this function K_SINK, but it declares no emitted event types; list them so knfaas verify can check they are routed", sb.Namespace, sb.Name)})
+		}
+	}
+	return notes
 }

@@ -1,6 +1,8 @@
 package verify
 
 import (
+	"maps"
+	"path/filepath"
 	"testing"
 
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -41,6 +43,33 @@ func TestPasses(t *testing.T) {
 			trig := &eventingv1.Trigger{Spec: eventingv1.TriggerSpec{Filter: tc.filter, Filters: tc.filters}}
 			if got := passes(trig, typ); got != tc.want {
 				t.Errorf("passes = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestAdvice(t *testing.T) {
+	tests := map[string]struct {
+		echo string
+		want int
+	}{
+		"sink-bound function declares what it emits": {echo: base["config/700-echo.yaml"], want: 0},
+		"sink-bound function declares nothing":       {echo: ksvc("echo", "", ""), want: 1},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			files := maps.Clone(base)
+			files["config/700-echo.yaml"] = tc.echo
+			set, dir := loadFiles(t, files)
+			notes := Advice(set)
+			if len(notes) != tc.want {
+				t.Fatalf("got %d notes, want %d: %v", len(notes), tc.want, notes)
+			}
+			if tc.want == 1 {
+				n := notes[0]
+				if n.File != filepath.Join(dir, "config/700-echo.yaml") || n.Object != "Service knfaas/echo" || n.Field != "metadata.annotations[knfaas.dev/emits]" {
+					t.Errorf("note = %s", n)
+				}
 			}
 		})
 	}

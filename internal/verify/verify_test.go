@@ -237,7 +237,16 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			name:    "emitted type nobody routes",
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
-			msg: `event type "dev.knfaas.example.audit.recorded" is emitted but no Trigger in namespace knfaas routes it`,
+			msg: `event type "dev.knfaas.example.audit.recorded" is emitted but no Trigger in namespace knfaas selects it`,
+		},
+		{
+			name: "emitted type reaches only a catch-all trigger",
+			replace: map[string]string{
+				"config/700-audit.yaml":   ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, ""),
+				"triggers/store-all.yaml": trigger("store-all", "deadletter", "", ""),
+			},
+			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
+			msg: "catch-all Triggers do not count",
 		},
 		{
 			name:    "terminal type not emitted",
