@@ -203,3 +203,19 @@ func TestParseModels(t *testing.T) {
 		})
 	}
 }
+
+func FuzzParseModels(f *testing.F) {
+	f.Add("stock:stock-readers,purchasing;purchase-orders:purchasing")
+	f.Add("health:*;;x:")
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := ParseModels(s)
+		if err != nil {
+			return
+		}
+		for name, groups := range m {
+			if !projection.ValidName(name) || name == "health" || len(groups) == 0 {
+				t.Fatalf("accepted model %q with groups %v", name, groups)
+			}
+		}
+	})
+}

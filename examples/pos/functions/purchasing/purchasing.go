@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -127,6 +128,9 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "data must be a reorder request {sku, store, stock, threshold}: %s", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "data must be one JSON object, with nothing after it")
 	}
 	if !projection.ValidKey(r.SKU) || r.Store == "" {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "data.sku and data.store are required")

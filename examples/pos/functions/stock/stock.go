@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -182,6 +183,9 @@ func (f *Function) Decode(e event.Event) (projection.Change, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
 		return projection.Change{}, fmt.Errorf("data must be {\"store\": string, \"quantity\": integer}: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return projection.Change{}, errors.New("data must be one JSON object, with nothing after it")
 	}
 	if !storeRE.MatchString(s.Store) {
 		return projection.Change{}, fmt.Errorf("data.store must be 1-63 of a-z 0-9 -, got %q", s.Store)

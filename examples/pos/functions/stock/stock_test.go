@@ -69,6 +69,7 @@ func TestBadDataIs400WithReason(t *testing.T) {
 		"unknown field":     {e: posEvent("1", TypeSaleRecorded, "SKU-1", map[string]any{"store": "berlin-1", "quantity": 1, "qty": 2}), want: "data must be"},
 		"zero quantity":     {e: posEvent("1", TypeSaleRecorded, "SKU-1", Sale{Store: "berlin-1"}), want: "data.quantity"},
 		"negative quantity": {e: posEvent("1", TypeStockReceived, "SKU-1", Sale{Store: "berlin-1", Quantity: -4}), want: "data.quantity"},
+		"two objects":       {e: posEvent("1", TypeSaleRecorded, "SKU-1", []byte(`{"store":"berlin-1","quantity":1}{}`)), want: "one JSON object"},
 		"missing store":     {e: posEvent("1", TypeSaleRecorded, "SKU-1", map[string]any{"quantity": 1}), want: "data.store"},
 		"reserved store":    {e: posEvent("1", TypeSaleRecorded, "SKU-1", Sale{Store: "_version", Quantity: 1}), want: "data.store"},
 	}
@@ -193,4 +194,43 @@ func TestParseThresholds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzDecode checks that any event data either decodes into a change the kit accepts (a valid
+// key, a store field that is not reserved, a non-zero quantity) or is refused with an error.
+func FuzzDecode(f *testing.F) {
+	f.Add(TypeSaleRecorded, "SKU-1", []byte(`{"store":"berlin-1","quantity":2}`))
+	f.Add(TypeStockReceived, "SKU-1", []byte(`{"store":"_version","quantity":1}`))
+	f.Add(TypeSaleReturned, "a/b", []byte(`{"store":"s","quantity":1e3}`))
+	fn := &Function{thresholds: map[string]int64{}, fallback: 5}
+	f.Fuzz(func(t *testing.T, typ, subject string, data []byte) {
+		e := event.New()
+		e.SetID("1")
+		e.SetSource("s")
+		e.SetType(typ)
+		e.SetSubject(subject)
+		_ = e.SetData("application/json", data)
+		ch, err := fn.Decode(e)
+		if err != nil {
+			return
+		}
+		if !projection.ValidKey(ch.Key) || len(ch.Ops) != 1 || ch.Ops[0].N == 0 || strings.HasPrefix(ch.Ops[0].Field, "_") || ch.Ops[0].Field == "" {
+			t.Fatalf("accepted a change the kit would refuse: %+v", ch)
+		}
+	})
+}
+
+func FuzzParseThresholds(f *testing.F) {
+	f.Add([]byte("SKU-1=5\n# c\nSKU-2 = 0\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseThresholds(b)
+		if err != nil {
+			return
+		}
+		for sku, n := range m {
+			if !projection.ValidKey(sku) || n < 0 {
+				t.Fatalf("accepted %q=%d", sku, n)
+			}
+		}
+	})
 }
