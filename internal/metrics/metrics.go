@@ -46,7 +46,7 @@ func New() *Runtime {
 	r.EventsFiltered = counter("trigger_events_filtered_total", "Events a trigger's filter did not match.", "broker", "trigger")
 	r.DeliveryLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "knfaas", Name: "trigger_delivery_seconds", Help: "Time from ingress acceptance to the subscriber's answer.",
-		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		Buckets: prometheus.ExponentialBuckets(0.0005, 1.5, 26),
 	}, []string{"broker", "trigger"})
 	r.registry.MustRegister(r.DeliveryLatency)
 	r.ColdStarts = counter("service_cold_starts_total", "Function instances started.", "namespace", "service")

@@ -225,7 +225,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	fmt.Printf("-- knfaas publish (closed loop) then drain: accepted %d (refused %d) in %s = %.0f ev/s accepted; publish p50 %s p99 %s\n",
 		p.n, p.failed, p.elapsed.Round(time.Millisecond), float64(p.n)/p.elapsed.Seconds(), p.p50.Round(time.Microsecond), p.p99.Round(time.Microsecond))
 	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.n, drain.Round(time.Millisecond), rate, float64(p.n)-got)
-	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 ≤ %s, p99 ≤ %s\n",
+	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
 		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.22; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
 
@@ -289,18 +289,15 @@ func runtimeCPUs() int {
 	return strings.Count(string(b), "processor\t:")
 }
 
-// histQuantile estimates a quantile from a Prometheus histogram: the upper bound of the first
-// bucket holding it.
+// histQuantile estimates a quantile from a Prometheus histogram by linear interpolation inside
+// the bucket that holds it, as PromQL's histogram_quantile does.
 func histQuantile(addr, name string, q float64) string {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return "?"
 	}
 	defer resp.Body.Close()
-	type bucket struct {
-		le    float64
-		count float64
-	}
+	type bucket struct{ le, count float64 }
 	var buckets []bucket
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -313,20 +310,23 @@ func histQuantile(addr, name string, q float64) string {
 		j := strings.Index(line[i+4:], `"`)
 		le, err := strconv.ParseFloat(line[i+4:i+4+j], 64)
 		if err != nil {
-			le = 1e9
+			continue // +Inf
 		}
 		f := strings.Fields(line)
 		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
 		buckets = append(buckets, bucket{le, v})
 	}
-	if len(buckets) == 0 {
+	if len(buckets) == 0 || buckets[len(buckets)-1].count == 0 {
 		return "?"
 	}
-	total := buckets[len(buckets)-1].count
+	rank := q * buckets[len(buckets)-1].count
+	lower, below := 0.0, 0.0
 	for _, b := range buckets {
-		if b.count >= q*total {
-			return (time.Duration(b.le * float64(time.Second))).String()
+		if b.count >= rank {
+			v := lower + (b.le-lower)*(rank-below)/(b.count-below)
+			return time.Duration(v * float64(time.Second)).Round(100 * time.Microsecond).String()
 		}
+		lower, below = b.le, b.count
 	}
 	return "?"
 }
