@@ -69,4 +69,46 @@ func BenchmarkApply(b *testing.B) {
 			b.ReportMetric(kitRate/rawRate, "kit/raw")
 		}
 	})
+	// The same script sent in pipelines of 64 events per round trip: the ceiling for a consumer
+	// that could batch. A projector answering one HTTP delivery at a time cannot, so this is
+	// reported for scale, not as the kit's target.
+	b.Run("raw-pipelined-evalsha-64", func(b *testing.B) {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
+		defer rdb.Close()
+		k, _ := New(rdb, "bench", "bench-model", Options{})
+		if err := k.Load(ctx); err != nil {
+			b.Fatal(err)
+		}
+		hook := &roundTrips{}
+		rdb.AddHook(hook)
+		b.SetParallelism(8)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			p := rdb.Pipeline()
+			flush := func() {
+				if p.Len() == 0 {
+					return
+				}
+				if _, err := p.Exec(ctx); err != nil {
+					b.Error(err)
+				}
+			}
+			for pb.Next() {
+				ref, ch := change(seq.Add(1))
+				keys := []string{k.InboxKey(ref), k.EntryKey(ch.Key), k.IndexKey(), k.VersionKey()}
+				p.EvalSha(ctx, applyScript.Hash(), keys, int64(604800000), ch.Key, 1, "incr", "store-1", int64(-1), 1, "store-1", int64(5))
+				if p.Len() == 64 {
+					flush()
+				}
+			}
+			flush()
+		})
+		b.StopTimer()
+		rate := float64(b.N) / b.Elapsed().Seconds()
+		b.ReportMetric(rate, "events/s")
+		b.ReportMetric(float64(hook.n.Load())/float64(b.N), "roundtrips/event")
+		if kitRate > 0 {
+			b.ReportMetric(kitRate/rate, "kit/pipelined")
+		}
+	})
 }
