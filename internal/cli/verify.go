@@ -24,7 +24,10 @@ cross-checks a schema cannot make:
   - every Trigger's Broker exists; every subscriber, dead-letter sink and source sink ref names
     an object that exists
   - every env valueFrom / envFrom / volume names a Secret or ConfigMap (and key) that exists
-  - every ko:// image is a package main under functions/ (or examples/<domain>/functions/)
+  - every ko:// image is a package main under functions/ (or examples/<domain>/functions/), and
+    its Knative Service has the shape every function shares: min/max-scale, app.kubernetes.io
+    labels, requests and a memory limit, /health/readiness and /health/liveness probes,
+    LISTEN_ADDRESS, no password in a plain env value, a restricted securityContext
   - every event type a Knative Service lists in its knfaas.dev/emits annotation is routed by a
     Trigger or listed in knfaas.dev/terminal
   - no Trigger delivers to a function a type that function emits (a loop), unless the Trigger is

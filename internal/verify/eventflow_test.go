@@ -54,7 +54,7 @@ func TestAdvice(t *testing.T) {
 		want int
 	}{
 		"sink-bound function declares what it emits": {echo: base["config/700-echo.yaml"], want: 0},
-		"sink-bound function declares nothing":       {echo: ksvc("echo", "", ""), want: 1},
+		"sink-bound function declares nothing":       {echo: ksvc("echo", "", "", ""), want: 1},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -138,6 +138,9 @@ func (c *checker) checkServices() {
 	for _, svc := range c.set.Services() {
 		o := c.set.Origin(svc)
 		spec := svc.Spec.Template.Spec
+		if slices.ContainsFunc(spec.Containers, func(ctr corev1.Container) bool { return strings.HasPrefix(ctr.Image, "ko://") }) {
+			c.checkServiceShape(o, svc)
+		}
 		for i, ctr := range spec.Containers {
 			base := fmt.Sprintf("spec.template.spec.containers[%d]", i)
 			if strings.HasPrefix(ctr.Image, "ko://") {

@@ -32,15 +32,13 @@ spec:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: deadletter, namespace: knfaas}
 `,
 	"config/700-deadletter.yaml": ksvc("deadletter", "", `
-        env:
         - name: REDIS_URL
           valueFrom:
-            secretKeyRef: {name: redis, key: url}`),
+            secretKeyRef: {name: redis, key: url}`, ""),
 	"config/700-echo.yaml": ksvc("echo", `knfaas.dev/emits: "dev.knfaas.example.echo.replied"`, `
-        env:
         - name: MODE
           valueFrom:
-            configMapKeyRef: {name: settings, key: mode}
+            configMapKeyRef: {name: settings, key: mode}`, `
         volumeMounts:
         - {name: rules, mountPath: /etc/rules}
       volumes:
@@ -49,7 +47,7 @@ spec:
           name: settings
           items:
           - {key: rules.yaml, path: rules.yaml}`),
-	"config/700-audit.yaml": ksvc("audit", "", ""),
+	"config/700-audit.yaml": ksvc("audit", "", "", ""),
 	"config/710-echo-sinkbinding.yaml": `apiVersion: sources.knative.dev/v1
 kind: SinkBinding
 metadata: {name: echo, namespace: knfaas}
@@ -74,7 +72,9 @@ spec:
     attributes: {type: dev.knfaas.example.echo.replied}`),
 }
 
-func ksvc(name, annotations, containerTail string) string {
+// ksvc is a function's Knative Service in the shape checkServiceShape requires; env adds
+// container env items (LISTEN_ADDRESS is env[0]), rest adds lines after the container.
+func ksvc(name, annotations, env, rest string) string {
 	if annotations != "" {
 		annotations = "\n  annotations:\n    " + annotations
 	}
@@ -82,12 +82,26 @@ func ksvc(name, annotations, containerTail string) string {
 kind: Service
 metadata:
   name: ` + name + `
-  namespace: knfaas` + annotations + `
+  namespace: knfaas
+  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas}` + annotations + `
 spec:
   template:
+    metadata:
+      annotations: {autoscaling.knative.dev/min-scale: "0", autoscaling.knative.dev/max-scale: "3"}
     spec:
       containers:
-      - image: ko://example.com/fx/functions/echo` + containerTail + "\n"
+      - image: ko://example.com/fx/functions/echo
+        env:
+        - {name: LISTEN_ADDRESS, value: "[::]:8080"}` + env + `
+        resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 64Mi}}
+        readinessProbe: {httpGet: {path: /health/readiness}}
+        livenessProbe: {httpGet: {path: /health/liveness}}
+        securityContext:
+          runAsNonRoot: true
+          readOnlyRootFilesystem: true
+          allowPrivilegeEscalation: false
+          capabilities: {drop: [ALL]}
+          seccompProfile: {type: RuntimeDefault}` + rest + "\n"
 }
 
 func trigger(name, subscriber, annotations, specTail string) string {
@@ -136,6 +150,7 @@ func TestCheckBaseIsClean(t *testing.T) {
 // TestCheckBrokenFixtures breaks the base in one place per case and expects exactly one
 // problem, naming the file, the object and the field.
 func TestCheckBrokenFixtures(t *testing.T) {
+	audit := base["config/700-audit.yaml"]
 	tests := []struct {
 		name    string
 		replace map[string]string
@@ -188,19 +203,19 @@ func TestCheckBrokenFixtures(t *testing.T) {
 		{
 			name:    "env secretKeyRef names a missing key",
 			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "key: url", "key: uri", 1)},
-			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef",
+			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
 			msg: `Secret knfaas/redis has no key "uri" (it has password, url)`,
 		},
 		{
 			name:    "env secretKeyRef names a missing secret",
 			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "name: redis", "name: redis-auth", 1)},
-			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef",
+			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
 			msg: "Secret knfaas/redis-auth is not defined",
 		},
 		{
 			name:    "env configMapKeyRef names a missing key",
 			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: modes", 1)},
-			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[0].valueFrom.configMapKeyRef",
+			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef",
 			msg: `ConfigMap knfaas/settings has no key "modes"`,
 		},
 		{
@@ -235,14 +250,14 @@ func TestCheckBrokenFixtures(t *testing.T) {
 		},
 		{
 			name:    "emitted type nobody routes",
-			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "")},
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "", "")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
 			msg: `event type "dev.knfaas.example.audit.recorded" is emitted but no Trigger in namespace knfaas selects it`,
 		},
 		{
 			name: "emitted type reaches only a catch-all trigger",
 			replace: map[string]string{
-				"config/700-audit.yaml":   ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, ""),
+				"config/700-audit.yaml":   ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "", ""),
 				"triggers/store-all.yaml": trigger("store-all", "deadletter", "", ""),
 			},
 			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
@@ -250,9 +265,64 @@ func TestCheckBrokenFixtures(t *testing.T) {
 		},
 		{
 			name:    "terminal type not emitted",
-			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "")},
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "", "")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/terminal]",
 			msg: `"dev.knfaas.example.audit.recorded" is declared terminal but not listed in knfaas.dev/emits`,
+		},
+		{
+			name:    "function without scale bounds",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]",
+			msg: "missing",
+		},
+		{
+			name:    "function without part-of label",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", app.kubernetes.io/part-of: knfaas", "", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.labels[app.kubernetes.io/part-of]",
+			msg: "missing",
+		},
+		{
+			name:    "function without a memory limit",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", limits: {memory: 64Mi}", "", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].resources.limits.memory",
+			msg: "missing",
+		},
+		{
+			name:    "readiness probe on the wrong path",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "path: /health/readiness", "path: /healthz", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].readinessProbe",
+			msg: "must be httpGet /health/readiness",
+		},
+		{
+			name:    "no LISTEN_ADDRESS",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env",
+			msg: "LISTEN_ADDRESS is not set",
+		},
+		{
+			name: "password in a plain env value",
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", `
+        - {name: REDIS_URL, value: "redis://:hunter2@redis:6379/0"}`, "")},
+			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env[1].value",
+			msg: "REDIS_URL carries a password in plain text",
+		},
+		{
+			name:    "writable root filesystem",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem",
+			msg: "must be true",
+		},
+		{
+			name:    "capabilities not dropped",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.capabilities",
+			msg: `must drop ["ALL"]`,
+		},
+		{
+			name:    "no seccomp profile",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "\n          seccompProfile: {type: RuntimeDefault}", "", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.seccompProfile.type",
+			msg: "must be RuntimeDefault",
 		},
 		{
 			name: "trigger feeds a function its own replies",
@@ -313,7 +383,7 @@ func TestCheckAllowedFlows(t *testing.T) {
 	tests := map[string]map[string]string{
 		"emitted type declared terminal": {
 			"config/700-audit.yaml": ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"
-    knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, ""),
+    knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "", ""),
 		},
 		"loop annotated as intended": {
 			"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "knfaas.dev/loop: intended", `
@@ -327,10 +397,9 @@ func TestCheckAllowedFlows(t *testing.T) {
 		},
 		"optional secret may be absent": {
 			"config/700-deadletter.yaml": ksvc("deadletter", "", `
-        env:
         - name: TOKEN
           valueFrom:
-            secretKeyRef: {name: tokens, key: token, optional: true}`),
+            secretKeyRef: {name: tokens, key: token, optional: true}`, ""),
 		},
 		"sink by URI is not resolved": {
 			"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
