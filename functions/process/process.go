@@ -113,7 +113,7 @@ func (f *Function) Ready(ctx context.Context) (bool, error) {
 	return f.rdb.Ping(ctx).Err() == nil, nil
 }
 
-// Alive is true unless Redis stopped answering.
+// Alive reports the process is running; a Redis outage shows in Ready, not as a restart.
 func (f *Function) Alive(ctx context.Context) (bool, error) { return true, nil }
 
 // Handle applies one event (a start event, a reply, a fired deadline) and publishes what the
