@@ -30,7 +30,7 @@ targets=()
 for arg in "$@"; do
   case "$arg" in
     --build-only) build_only=true ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) targets+=("$arg") ;;
   esac
 done
