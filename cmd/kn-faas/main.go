@@ -8,14 +8,28 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/spf13/cobra"
+
 	"github.com/knfaas/knfaas/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := cli.NewRootCommand("kn faas").ExecuteContext(ctx); err != nil {
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "kn faas:", err)
 		os.Exit(1)
 	}
+}
+
+// newRootCommand is knfaas' command tree named for kn. cobra names a command after the first
+// word of Use ("kn"); the display name makes usage lines read "kn faas dlq …", as kn users
+// type them.
+func newRootCommand() *cobra.Command {
+	root := cli.NewRootCommand("kn faas")
+	if root.Annotations == nil {
+		root.Annotations = map[string]string{}
+	}
+	root.Annotations[cobra.CommandDisplayNameAnnotation] = "kn faas"
+	return root
 }
