@@ -32,7 +32,8 @@ cross-checks a schema cannot make:
     Trigger or listed in knfaas.dev/terminal
   - no Trigger delivers to a function a type that function emits (a loop), unless the Trigger is
     annotated knfaas.dev/loop: intended
-  - a kustomization.yaml in a given folder lists exactly that folder's files
+  - a kustomization.yaml in a given folder lists exactly that folder's files; a triggers/ folder
+    holds one Trigger per file, named like the file and starting with its subscriber's name
 
 Paths are files or folders (read recursively). Without -f: config/ and triggers/.`
 

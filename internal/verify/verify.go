@@ -5,11 +5,13 @@ package verify
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
@@ -78,8 +80,13 @@ func (c *checker) report(o *manifest.Object, field, format string, args ...any) 
 }
 
 func (c *checker) checkTriggers() {
+	perFile := map[string]int{}
+	for _, t := range c.set.Triggers() {
+		perFile[c.set.Origin(t).File]++
+	}
 	for _, t := range c.set.Triggers() {
 		o := c.set.Origin(t)
+		c.checkTriggerFile(o, t, perFile[o.File])
 		if c.set.Find("eventing.knative.dev", "Broker", t.Namespace, t.Spec.Broker) == nil {
 			c.report(o, "spec.broker", "Broker %s/%s is not defined in the manifests", t.Namespace, t.Spec.Broker)
 		}
@@ -88,6 +95,37 @@ func (c *checker) checkTriggers() {
 			c.checkDestination(o, "spec.delivery.deadLetterSink", *t.Spec.Delivery.DeadLetterSink, t.Namespace)
 		}
 	}
+}
+
+// checkTriggerFile holds Triggers under a triggers/ folder to the layout that lets a reader find
+// a subscription by its file name: one Trigger per file, named like the file, and the name starts
+// with the subscriber's name (triggers/<function>-<event>.yaml).
+func (c *checker) checkTriggerFile(o *manifest.Object, t *eventingv1.Trigger, triggersInFile int) {
+	if filepath.Base(filepath.Dir(o.File)) != "triggers" {
+		return
+	}
+	if triggersInFile > 1 {
+		if c.firstTriggerOf(o.File) == o { // once per file
+			c.report(o, "metadata.name", "%s holds %d Triggers; keep one Trigger per file", filepath.Base(o.File), triggersInFile)
+		}
+		return
+	}
+	base := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(o.File), ".yaml"), ".yml")
+	if t.Name != base {
+		c.report(o, "metadata.name", "%q differs from its file name %q (triggers/<function>-<event>.yaml, named alike)", t.Name, base)
+	}
+	if ref := t.Spec.Subscriber.Ref; ref != nil && !strings.HasPrefix(t.Name, ref.Name+"-") {
+		c.report(o, "metadata.name", "%q does not start with its subscriber's name %q (triggers/<function>-<event>.yaml)", t.Name, ref.Name+"-")
+	}
+}
+
+func (c *checker) firstTriggerOf(file string) *manifest.Object {
+	for _, t := range c.set.Triggers() {
+		if o := c.set.Origin(t); o.File == file {
+			return o
+		}
+	}
+	return nil
 }
 
 func (c *checker) checkBrokers() {

@@ -167,8 +167,8 @@ func TestCheckBrokenFixtures(t *testing.T) {
 		},
 		{
 			name:    "trigger subscriber names a missing ksvc",
-			replace: map[string]string{"triggers/echo-ping.yaml": trigger("echo-ping", "ecoh", "", "")},
-			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.subscriber.ref",
+			replace: map[string]string{"triggers/echo-ping.yaml": "", "triggers/ecoh-ping.yaml": trigger("ecoh-ping", "ecoh", "", "")},
+			file:    "triggers/ecoh-ping.yaml", object: "Trigger knfaas/ecoh-ping", field: "spec.subscriber.ref",
 			msg: "Service knfaas/ecoh (serving.knative.dev/v1) is not defined",
 		},
 		{
@@ -257,8 +257,8 @@ func TestCheckBrokenFixtures(t *testing.T) {
 		{
 			name: "emitted type reaches only a catch-all trigger",
 			replace: map[string]string{
-				"config/700-audit.yaml":   ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "", ""),
-				"triggers/store-all.yaml": trigger("store-all", "deadletter", "", ""),
+				"config/700-audit.yaml":        ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "", ""),
+				"triggers/deadletter-all.yaml": trigger("deadletter-all", "deadletter", "", ""),
 			},
 			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
 			msg: "catch-all Triggers do not count",
@@ -268,6 +268,30 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "", "")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/terminal]",
 			msg: `"dev.knfaas.example.audit.recorded" is declared terminal but not listed in knfaas.dev/emits`,
+		},
+		{
+			name:    "trigger named unlike its file",
+			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "name: echo-ping", "name: echo-tick", 1)},
+			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-tick", field: "metadata.name",
+			msg: `"echo-tick" differs from its file name "echo-ping"`,
+		},
+		{
+			name: "trigger file not named after its subscriber",
+			replace: map[string]string{
+				"triggers/echo-ping.yaml": "",
+				"triggers/ping-echo.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "name: echo-ping", "name: ping-echo", 1),
+			},
+			file: "triggers/ping-echo.yaml", object: "Trigger knfaas/ping-echo", field: "metadata.name",
+			msg: `does not start with its subscriber's name "echo-"`,
+		},
+		{
+			name: "two triggers in one file",
+			replace: map[string]string{
+				"triggers/audit-replied.yaml": "",
+				"triggers/echo-ping.yaml":     base["triggers/echo-ping.yaml"] + "---\n" + base["triggers/audit-replied.yaml"],
+			},
+			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "metadata.name",
+			msg: "holds 2 Triggers",
 		},
 		{
 			name:    "function without scale bounds",
