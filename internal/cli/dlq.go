@@ -176,20 +176,27 @@ On a cluster, forward the broker ingress and pass its URL:
 			if err != nil {
 				return fmt.Errorf("--broker: %w", err)
 			}
-			letters, done, err := selectLetters(cmd, f, args, output)
-			if err != nil {
+			if dryRun {
+				letters, done, err := selectLetters(cmd, f, args, output)
+				if err != nil {
+					return err
+				}
+				defer done()
+				return printLetters(cmd.OutOrStdout(), output, letters)
+			}
+			if err := checkOutput(output); err != nil {
 				return err
 			}
-			defer done()
-			if dryRun {
-				return printLetters(cmd.OutOrStdout(), output, letters)
+			filter, err := f.filter(args, time.Now())
+			if err != nil {
+				return err
 			}
 			store, rdb, err := openStore()
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			return redrive(cmd, store, pub, letters, output, rate, 2*timeout)
+			return redrive(cmd, store, pub, filter, output, rate, 2*timeout)
 		},
 	}
 	addFilterFlags(cmd, &f, 0)
@@ -210,7 +217,8 @@ type redriveLine struct {
 	Error   string `json:"error,omitempty"`
 }
 
-func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publisher, letters []deadletter.Letter,
+// redrive sends the letters matching filter, reading them page by page as it goes.
+func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publisher, filter deadletter.Filter,
 	output string, rate float64, lease time.Duration) error {
 	out := cmd.OutOrStdout()
 	var lines []redriveLine
@@ -218,7 +226,7 @@ func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publish
 	if output == "table" {
 		fmt.Fprintln(tw, "LETTER\tID\tATTEMPT\tOUTCOME\tERROR")
 	}
-	rep, err := deadletter.Redrive(cmd.Context(), store, pub, letters, deadletter.RedriveOptions{
+	rep, err := deadletter.RedriveMatching(cmd.Context(), store, pub, filter, deadletter.RedriveOptions{
 		Rate: rate, Lease: lease,
 		OnResult: func(r deadletter.Result) {
 			line := redriveLine{Letter: r.Letter.ID, ID: r.Letter.EventID, Attempt: r.Attempt, Outcome: string(r.Outcome)}
@@ -239,7 +247,7 @@ func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publish
 		}
 	} else {
 		tw.Flush()
-		fmt.Fprintf(out, "accepted %d, failed %d, skipped %d of %d\n", rep.Accepted, rep.Failed, rep.Skipped, len(letters))
+		fmt.Fprintf(out, "accepted %d, failed %d, skipped %d\n", rep.Accepted, rep.Failed, rep.Skipped)
 	}
 	return err
 }

@@ -60,36 +60,68 @@ var ErrNotAccepted = errors.New("broker did not accept the redriven event")
 // Redrive stops at the first letter that is not accepted: the broker is then likely unreachable,
 // and the remaining letters stay untouched.
 func Redrive(ctx context.Context, s *Store, pub Publisher, letters []Letter, opts RedriveOptions) (Report, error) {
+	r := newRedriver(s, pub, opts)
+	for _, l := range letters {
+		if err := r.next(ctx, l); err != nil {
+			return r.rep, err
+		}
+	}
+	return r.rep, nil
+}
+
+// RedriveMatching is Redrive over the letters matching f, read page by page while they are
+// sent, so a large backlog is never held in memory at once.
+func RedriveMatching(ctx context.Context, s *Store, pub Publisher, f Filter, opts RedriveOptions) (Report, error) {
+	r := newRedriver(s, pub, opts)
+	err := s.Scan(ctx, f, func(l Letter) (bool, error) {
+		return true, r.next(ctx, l)
+	})
+	return r.rep, err
+}
+
+type redriver struct {
+	s        *Store
+	pub      Publisher
+	opts     RedriveOptions
+	interval time.Duration
+	start    time.Time
+	n        int
+	rep      Report
+}
+
+func newRedriver(s *Store, pub Publisher, opts RedriveOptions) *redriver {
 	if opts.Lease <= 0 {
 		opts.Lease = time.Minute
 	}
-	var rep Report
-	var interval time.Duration
+	r := &redriver{s: s, pub: pub, opts: opts, start: time.Now()}
 	if opts.Rate > 0 {
-		interval = time.Duration(float64(time.Second) / opts.Rate)
+		r.interval = time.Duration(float64(time.Second) / opts.Rate)
 	}
-	start := time.Now()
-	for i, l := range letters {
-		if interval > 0 {
-			if err := sleepUntil(ctx, start.Add(time.Duration(i)*interval)); err != nil {
-				return rep, err
-			}
-		}
-		res := redriveOne(ctx, s, pub, l, opts.Lease)
-		if opts.OnResult != nil {
-			opts.OnResult(res)
-		}
-		switch res.Outcome {
-		case Accepted:
-			rep.Accepted++
-		case Skipped:
-			rep.Skipped++
-		case Failed:
-			rep.Failed++
-			return rep, res.Err
+	return r
+}
+
+// next redrives one letter, pacing sends to the rate; it returns the error that stops the run.
+func (r *redriver) next(ctx context.Context, l Letter) error {
+	if r.interval > 0 {
+		if err := sleepUntil(ctx, r.start.Add(time.Duration(r.n)*r.interval)); err != nil {
+			return err
 		}
 	}
-	return rep, nil
+	r.n++
+	res := redriveOne(ctx, r.s, r.pub, l, r.opts.Lease)
+	if r.opts.OnResult != nil {
+		r.opts.OnResult(res)
+	}
+	switch res.Outcome {
+	case Accepted:
+		r.rep.Accepted++
+	case Skipped:
+		r.rep.Skipped++
+	case Failed:
+		r.rep.Failed++
+		return res.Err
+	}
+	return nil
 }
 
 func redriveOne(ctx context.Context, s *Store, pub Publisher, l Letter, lease time.Duration) Result {

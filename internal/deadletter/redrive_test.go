@@ -313,3 +313,44 @@ func TestRedriveHelperProcess(t *testing.T) {
 	_, err = Redrive(ctx, s, sender(t, os.Getenv("BROKER_URL"), time.Hour), letters, RedriveOptions{Lease: time.Second})
 	t.Fatalf("the helper should have been killed while hanging, got %v", err)
 }
+
+// TestRedriveMatchingPagesWhileRemoving redrives a backlog larger than several index pages
+// while each accepted letter is removed under the scan: no letter may be skipped.
+func TestRedriveMatchingPagesWhileRemoving(t *testing.T) {
+	s, _ := newStore(t, Options{})
+	ctx := context.Background()
+	const n = 3*listPage + 11
+	for i := range n {
+		typ := "redrive.me"
+		if i%3 == 0 {
+			typ = "leave.me"
+		}
+		add(t, s, letterSpec{fmt.Sprintf("ev-%04d", i), typ, "/s", "http://d", 500})
+	}
+	b := newFakeBroker(t, http.StatusAccepted, 0)
+
+	rep, err := RedriveMatching(ctx, s, sender(t, b.srv.URL, 5*time.Second), Filter{Type: "redrive.me"}, RedriveOptions{})
+
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := n - (n+2)/3
+	acc, _ := b.snapshot()
+	if rep.Accepted != want || len(acc) != want {
+		t.Errorf("accepted %d (broker saw %d distinct), want %d", rep.Accepted, len(acc), want)
+	}
+	for id, k := range acc {
+		if k != 1 {
+			t.Errorf("event %s accepted %d times", id, k)
+		}
+	}
+	left, _ := s.List(ctx, Filter{})
+	if len(left) != (n+2)/3 {
+		t.Errorf("%d letters left, want the %d of type leave.me", len(left), (n+2)/3)
+	}
+	for _, l := range left {
+		if l.EventType != "leave.me" {
+			t.Errorf("letter %s of type %s left", l.EventID, l.EventType)
+		}
+	}
+}

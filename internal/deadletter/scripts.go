@@ -40,6 +40,7 @@ end
 // one atomic round trip.
 //
 // KEYS[1] stream, KEYS[2] seen key, KEYS[3..] index keys of this letter (index:all first).
+// Index scores are arrival ms * 1000 + the entry's sequence number (capped at 999).
 // ARGV[1] prefix, ARGV[2] max letters, ARGV[3] max age ms, ARGV[4] trim batch, ARGV[5..] fields.
 // Returns {1, id} when stored, {0, id-of-the-earlier-letter} for a duplicate.
 var addScript = redis.NewScript(luaDrop + `
@@ -50,10 +51,14 @@ if earlier then return {0, earlier} end
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', stream, '*', unpack(fields))
-local ms = tonumber(string.match(id, '^(%d+)'))
+local msStr, seqStr = string.match(id, '^(%d+)-(%d+)$')
+local ms = tonumber(msStr)
+-- Index score: ms * 1000 + seq, built as a string (Lua would print a 16-digit number in
+-- exponent form), so every letter has its own score and listing can page by score.
+local score = msStr .. string.format('%03d', math.min(tonumber(seqStr), 999))
 redis.call('SET', seenKey, id, 'PX', maxAge)
 for i = 3, #KEYS do
-  redis.call('ZADD', KEYS[i], ms, id)
+  redis.call('ZADD', KEYS[i], score, id)
   redis.call('PEXPIRE', KEYS[i], maxAge)
 end
 redis.call('PEXPIRE', stream, maxAge)

@@ -20,7 +20,7 @@ const Prefix = "knfaas:deadletter:"
 const (
 	keyStream   = Prefix + "letters"   // stream of letters, one entry per letter
 	keySeen     = Prefix + "seen:"     // + sha256(source, id, dest) → entry id (idempotency)
-	keyIndexAll = Prefix + "index:all" // zset entry id scored by arrival ms
+	keyIndexAll = Prefix + "index:all" // zset entry id scored by arrival ms*1000+seq
 	keyIndex    = Prefix + "index:"    // + <type|source|dest|code>:<value> → zset like index:all
 	keyRedrive  = Prefix + "redrive:"  // + entry id → hash attempts, lease_until, last_error
 )
@@ -132,47 +132,78 @@ func (f Filter) match(l Letter) bool {
 		(f.Until.IsZero() || !l.Received.After(f.Until))
 }
 
-// List returns the letters matching f, oldest first. It reads the smallest index that f names
-// (one sorted set per attribute value, scored by arrival time), so its cost follows the number
-// of candidates in the time window, not the size of the stream.
+// List returns the letters matching f, oldest first.
 func (s *Store) List(ctx context.Context, f Filter) ([]Letter, error) {
+	var out []Letter
+	err := s.Scan(ctx, f, func(l Letter) (bool, error) {
+		out = append(out, l)
+		return true, nil
+	})
+	return out, err
+}
+
+// Scan calls fn with each letter matching f, oldest first, until fn returns false or an
+// error, or f.Limit letters were passed. It reads the smallest index that f names (one sorted
+// set per attribute value, scored by arrival), so its cost follows the number of candidates in
+// the time window, not the size of the stream. It pages by score, not by offset, so letters
+// removed meanwhile (by fn itself, a redrive, or retention) never make it skip others.
+func (s *Store) Scan(ctx context.Context, f Filter, fn func(Letter) (bool, error)) error {
 	if len(f.IDs) > 0 {
-		return s.listIDs(ctx, f)
+		letters, err := s.listIDs(ctx, f)
+		if err != nil {
+			return err
+		}
+		for _, l := range letters {
+			if more, err := fn(l); err != nil || !more {
+				return err
+			}
+		}
+		return nil
 	}
 	min, max := "-inf", "+inf"
 	if !f.Since.IsZero() {
-		min = strconv.FormatInt(f.Since.UnixMilli(), 10)
+		min = strconv.FormatInt(f.Since.UnixMilli()*1000, 10)
 	}
 	if !f.Until.IsZero() {
-		max = strconv.FormatInt(f.Until.UnixMilli(), 10)
+		max = strconv.FormatInt(f.Until.UnixMilli()*1000+999, 10)
 	}
 	index, err := s.smallestIndex(ctx, f, min, max)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []Letter
-	for offset := int64(0); ; offset += listPage {
-		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-			Key: index, Start: min, Stop: max, ByScore: true, Offset: offset, Count: listPage,
+	passed := 0
+	for {
+		page, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: index, Start: min, Stop: max, ByScore: true, Count: listPage,
 		}).Result()
 		if err != nil {
-			return nil, fmt.Errorf("reading dead-letter index %s: %w", index, err)
+			return fmt.Errorf("reading dead-letter index %s: %w", index, err)
+		}
+		ids := make([]string, len(page))
+		for i, z := range page {
+			ids[i], _ = z.Member.(string)
 		}
 		letters, err := s.fetch(ctx, ids)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, l := range letters {
-			if f.match(l) {
-				out = append(out, l)
-				if f.Limit > 0 && len(out) == f.Limit {
-					return out, nil
-				}
+			if !f.match(l) {
+				continue
+			}
+			more, err := fn(l)
+			if err != nil || !more {
+				return err
+			}
+			passed++
+			if f.Limit > 0 && passed == f.Limit {
+				return nil
 			}
 		}
-		if len(ids) < listPage {
-			return out, nil
+		if len(page) < listPage {
+			return nil
 		}
+		min = "(" + strconv.FormatFloat(page[len(page)-1].Score, 'f', -1, 64)
 	}
 }
 
