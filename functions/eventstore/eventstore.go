@@ -34,8 +34,9 @@ type Config struct {
 	MaxLen int64 `envconfig:"EVENTSTORE_MAXLEN" default:"1000000"`
 	// StreamMaxLen caps each per-subject and per-type stream.
 	StreamMaxLen int64 `envconfig:"EVENTSTORE_STREAM_MAXLEN" default:"10000"`
-	// DedupTTL is how long a (source, id) is remembered.
-	DedupTTL time.Duration `envconfig:"EVENTSTORE_DEDUP_TTL" default:"168h"`
+	// DedupTTL is how long a (source, id) is remembered; at least Retention, so that replaying
+	// any event still in the log (which routes it back here) does not log it twice.
+	DedupTTL time.Duration `envconfig:"EVENTSTORE_DEDUP_TTL" default:"720h"`
 	// MaxEventBytes refuses larger requests with 413.
 	MaxEventBytes int64 `envconfig:"EVENTSTORE_MAX_EVENT_BYTES" default:"1048576"`
 }
@@ -60,6 +61,9 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
 	if err := envconfig.Process("", &cfg); err != nil {
 		return fmt.Errorf("eventstore: reading configuration: %w", err)
+	}
+	if cfg.DedupTTL < cfg.Retention {
+		return fmt.Errorf("eventstore: EVENTSTORE_DEDUP_TTL (%s) is shorter than EVENTSTORE_RETENTION (%s): replayed events would be logged twice", cfg.DedupTTL, cfg.Retention)
 	}
 	rdb, err := redisconn.FromEnv()
 	if err != nil {

@@ -132,3 +132,13 @@ func TestBadRequests(t *testing.T) {
 		})
 	}
 }
+
+func TestStartRefusesDedupShorterThanRetention(t *testing.T) {
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+	t.Setenv("EVENTSTORE_RETENTION", "720h")
+	t.Setenv("EVENTSTORE_DEDUP_TTL", "168h")
+	err := New().Start(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "EVENTSTORE_DEDUP_TTL") {
+		t.Fatalf("Start = %v, want a refusal naming EVENTSTORE_DEDUP_TTL", err)
+	}
+}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/knfaas/knfaas/functions/eventstore/eventlog"
+	"github.com/knfaas/knfaas/internal/localhost"
 	"github.com/knfaas/knfaas/internal/projection"
 	"github.com/knfaas/knfaas/internal/redisconn"
 	"github.com/knfaas/knfaas/internal/sink"
@@ -28,10 +30,17 @@ Rebuilding a read model from the log (the result is identical to the live model)
 
   1. pause the projector's Triggers (or accept that live events race with the rebuild)
   2. knfaas events drop --model stock --projector stock-projector
-  3. knfaas events replay --type dev.knfaas.example.pos.sale.recorded,... --to <broker or projector URL>
+  3. knfaas events replay --type dev.knfaas.example.pos.sale.recorded,... \
+       --to http://pos-stock.knfaas.localhost:8080 --allow-beyond-horizon
 
-Replayed events keep their id and source, so every consumer that still remembers them
-(its inbox was not dropped) ignores them: replaying to the Broker is safe.`
+Sent straight to the projector, the replay reaches nothing else, and the projector's replies
+come back to this command, which drops them: no side effect is repeated.
+
+Replayed events keep their id and source, so a consumer that still remembers them (its inbox
+horizon, 7 days by default, has not passed) ignores them: replaying recent events to the
+Broker is safe. Older events would be applied again by every subscriber that has forgotten
+them, so replay refuses events older than --inbox-horizon unless --allow-beyond-horizon says
+that the target has no memory to lose (a projector whose model was just dropped).`
 
 // newEventsCommand returns `events` with replay and drop.
 func newEventsCommand() *cobra.Command {
@@ -53,6 +62,8 @@ type replayOptions struct {
 	rate    float64
 	dryRun  bool
 	timeout time.Duration
+	horizon time.Duration
+	beyond  bool
 }
 
 func newEventsReplayCommand() *cobra.Command {
@@ -80,6 +91,8 @@ compared with the time the event store appended each event.`,
 	f.Float64Var(&o.rate, "rate", 100, "at most this many events per second (0: no limit)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the events that would be sent, send nothing")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each send")
+	f.DurationVar(&o.horizon, "inbox-horizon", projection.DefaultInboxTTL, "the shortest deduplication horizon of the target's consumers")
+	f.BoolVar(&o.beyond, "allow-beyond-horizon", false, "send events older than --inbox-horizon (only to a consumer with nothing to forget, e.g. a just-dropped projector)")
 	return cmd
 }
 
@@ -119,7 +132,7 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 		if o.to == "" {
 			return errors.New("--to is required unless --dry-run")
 		}
-		s, err := sink.New(o.to, o.timeout)
+		s, err := sink.NewWithTransport(o.to, o.timeout, localhost.Transport())
 		if err != nil {
 			return err
 		}
@@ -161,6 +174,11 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 				fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", r.Cursor, r.Event.Type(), r.Event.Subject(), r.Event.Source(), r.Event.ID())
 				sent++
 				continue
+			}
+			if !o.beyond && appendedBefore(r.Cursor, now.Add(-o.horizon)) {
+				return fmt.Errorf("event %s (cursor %s) is older than --inbox-horizon %s: consumers may have forgotten it and would apply it again; "+
+					"narrow --since, or pass --allow-beyond-horizon when the target is a projector whose model was just dropped (replayed %d events so far)",
+					r.Event.ID(), r.Cursor, o.horizon, sent)
 			}
 			if tick != nil {
 				select {
@@ -215,4 +233,11 @@ func newEventsDropCommand() *cobra.Command {
 	_ = cmd.MarkFlagRequired("model")
 	_ = cmd.MarkFlagRequired("projector")
 	return cmd
+}
+
+// appendedBefore reports whether a stream cursor (<ms>-<seq>) lies before t.
+func appendedBefore(cursor string, t time.Time) bool {
+	ms, _, _ := strings.Cut(cursor, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	return err == nil && n < t.UnixMilli()
 }

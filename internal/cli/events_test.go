@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -221,5 +222,44 @@ func TestReplayDryRunAndFilters(t *testing.T) {
 				t.Fatalf("accepted: %s", out)
 			}
 		})
+	}
+}
+
+// TestReplayRefusesEventsBeyondTheInboxHorizon: consumers have forgotten events older than
+// their inbox horizon and would apply them again, so replay refuses them unless told that the
+// target has nothing to forget.
+func TestReplayRefusesEventsBeyondTheInboxHorizon(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	t.Setenv("REDIS_URL", srv.URL())
+	ctx := context.Background()
+	old := event.New()
+	old.SetID("old-1")
+	old.SetSource("s")
+	old.SetType("t")
+	body, _ := json.Marshal(old)
+	tenDaysAgo := time.Now().Add(-240 * time.Hour).UnixMilli()
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: eventlog.GlobalStream, ID: fmt.Sprintf("%d-0", tenDaysAgo), Values: []any{"ce", string(body)}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var received atomic.Int64
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		received.Add(1)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer target.Close()
+
+	out, err := runEventsCLI(t, "events", "replay", "--to", target.URL, "--rate", "0")
+	if err == nil || !strings.Contains(err.Error(), "inbox-horizon") || received.Load() != 0 {
+		t.Fatalf("replay of a 10-day-old event: %v (%s), %d sent; want a refusal naming --inbox-horizon", err, out, received.Load())
+	}
+	if _, err := runEventsCLI(t, "events", "replay", "--to", target.URL, "--rate", "0", "--inbox-horizon", "720h"); err != nil || received.Load() != 1 {
+		t.Fatalf("within a 30-day horizon: %v, %d sent", err, received.Load())
+	}
+	if _, err := runEventsCLI(t, "events", "replay", "--to", target.URL, "--rate", "0", "--allow-beyond-horizon"); err != nil || received.Load() != 2 {
+		t.Fatalf("with --allow-beyond-horizon: %v, %d sent", err, received.Load())
+	}
+	if out, err := runEventsCLI(t, "events", "replay", "--dry-run"); err != nil || !strings.Contains(out, "old-1") {
+		t.Fatalf("a dry run lists old events: %v %s", err, out)
 	}
 }

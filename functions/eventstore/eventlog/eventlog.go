@@ -53,7 +53,8 @@ type Options struct {
 	MaxLen int64
 	// StreamMaxLen caps each subject and type stream.
 	StreamMaxLen int64
-	// DedupTTL is how long a (source, id) is remembered; later redeliveries append again.
+	// DedupTTL is how long a (source, id) is remembered; later redeliveries append again. It
+	// should not be shorter than Retention, or replaying old events would log them twice.
 	DedupTTL time.Duration
 }
 
@@ -62,7 +63,7 @@ const (
 	DefaultRetention    = 30 * 24 * time.Hour
 	DefaultMaxLen       = 1_000_000
 	DefaultStreamMaxLen = 10_000
-	DefaultDedupTTL     = 7 * 24 * time.Hour
+	DefaultDedupTTL     = DefaultRetention
 )
 
 // Log is the event log.
