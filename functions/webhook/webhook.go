@@ -218,7 +218,10 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 // claim behind.
 func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state, src *source.Source, d delivery.Delivery, body []byte, log *slog.Logger) {
 	ctx := context.WithoutCancel(r.Context())
-	claim, outcome, err := st.claims.Claim(ctx, dedup.Key(src.Name, d.ID), st.lease)
+	// Redis calls are bounded like the publish, so a stuck Redis turns into a 503, not a hang.
+	redisCtx, cancelRedis := context.WithTimeout(ctx, st.cfg.PublishTimeout)
+	defer cancelRedis()
+	claim, outcome, err := st.claims.Claim(redisCtx, dedup.Key(src.Name, d.ID), st.lease)
 	if err != nil {
 		log.Error("dedup claim failed", "error", err)
 		unavailable(w, st.cfg.RetryAfter, "deduplication store unavailable")
@@ -258,14 +261,20 @@ func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state
 	cancel()
 	if err != nil {
 		log.Error("publish to broker failed", "error", err, "status", sink.StatusCode(err))
-		if ok, rerr := st.claims.Release(ctx, claim); rerr != nil || !ok {
+		relCtx, cancelRel := context.WithTimeout(ctx, st.cfg.PublishTimeout)
+		ok, rerr := st.claims.Release(relCtx, claim)
+		cancelRel()
+		if rerr != nil || !ok {
 			// The lease expires on its own; until then retries get 409 and come back.
 			log.Error("releasing dedup claim", "error", rerr, "released", ok)
 		}
 		unavailable(w, st.cfg.RetryAfter, "broker unavailable")
 		return
 	}
-	if ok, err := st.claims.Complete(ctx, claim, src.DedupTTL); err != nil || !ok {
+	doneCtx, cancelDone := context.WithTimeout(ctx, st.cfg.PublishTimeout)
+	ok, err := st.claims.Complete(doneCtx, claim, src.DedupTTL)
+	cancelDone()
+	if err != nil || !ok {
 		// The event is safe in the Broker, so the answer is still 2xx; a retry after the lease
 		// expires could publish it again, which consumers absorb by (source, id).
 		log.Error("marking delivery done", "error", err, "completed", ok)

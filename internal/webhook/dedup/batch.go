@@ -73,6 +73,7 @@ func (b *batcher) loop() {
 	for {
 		select {
 		case <-b.stop:
+			b.drain(batch)
 			return
 		case o := <-b.in:
 			batch = append(batch[:0], o)
@@ -103,6 +104,26 @@ func (b *batcher) exec(batch []*op) {
 	}
 	for _, o := range batch {
 		o.done <- struct{}{}
+	}
+}
+
+// drain runs what was queued before close, so no caller is left waiting.
+func (b *batcher) drain(batch []*op) {
+	for {
+		batch = batch[:0]
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case o := <-b.in:
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		if len(batch) == 0 {
+			return
+		}
+		b.exec(batch)
 	}
 }
 
