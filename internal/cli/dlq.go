@@ -252,6 +252,9 @@ func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publish
 	return err
 }
 
+// purgeBatch is how many letters one Drop script removes.
+const purgeBatch = 500
+
 func newDLQPurgeCommand() *cobra.Command {
 	var f dlqFilterFlags
 	var output string
@@ -263,31 +266,51 @@ func newDLQPurgeCommand() *cobra.Command {
 			if len(args) == 0 && !all && f == (dlqFilterFlags{}) {
 				return errors.New("purge needs letter ids, a filter, or --all")
 			}
-			letters, done, err := selectLetters(cmd, f, args, output)
-			if err != nil {
+			if dryRun {
+				letters, done, err := selectLetters(cmd, f, args, output)
+				if err != nil {
+					return err
+				}
+				defer done()
+				return printLetters(cmd.OutOrStdout(), output, letters)
+			}
+			if err := checkOutput(output); err != nil {
 				return err
 			}
-			defer done()
-			if dryRun {
-				return printLetters(cmd.OutOrStdout(), output, letters)
+			filter, err := f.filter(args, time.Now())
+			if err != nil {
+				return err
 			}
 			store, rdb, err := openStore()
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
+			// Drop in batches while scanning: the scan pages by score, so removals behind it
+			// do not make it skip letters, and a large store is never held in memory.
 			removed := 0
-			for start := 0; start < len(letters); start += 500 {
-				batch := letters[start:min(start+500, len(letters))]
-				ids := make([]string, len(batch))
-				for i, l := range batch {
-					ids[i] = l.ID
-				}
-				n, err := store.Drop(cmd.Context(), ids...)
+			batch := make([]string, 0, purgeBatch)
+			flush := func() error {
+				n, err := store.Drop(cmd.Context(), batch...)
 				removed += n
+				batch = batch[:0]
 				if err != nil {
 					return fmt.Errorf("purged %d letters, then: %w", removed, err)
 				}
+				return nil
+			}
+			err = store.Scan(cmd.Context(), filter, func(l deadletter.Letter) (bool, error) {
+				batch = append(batch, l.ID)
+				if len(batch) == purgeBatch {
+					return true, flush()
+				}
+				return true, nil
+			})
+			if err == nil {
+				err = flush()
+			}
+			if err != nil {
+				return err
 			}
 			if output == "json" {
 				return writeJSON(cmd.OutOrStdout(), map[string]int{"purged": removed})

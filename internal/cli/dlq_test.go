@@ -292,3 +292,39 @@ func FuzzParseTimeFlag(f *testing.F) {
 		}
 	})
 }
+
+// TestDLQPurgeManyBatches purges more letters than several Drop batches and index pages hold.
+func TestDLQPurgeManyBatches(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	t.Setenv("REDIS_URL", srv.URL())
+	store := deadletter.NewStore(srv.Client(), deadletter.Options{})
+	const n = 2*purgeBatch + 37
+	var specs [][3]string
+	for i := range n {
+		code := "500"
+		if i%4 == 0 {
+			code = "503"
+		}
+		specs = append(specs, [3]string{fmt.Sprint(i), "t", code})
+	}
+	seedLetters(t, store, specs...)
+
+	out, err := runCLI(t, "dlq", "purge", "--code", "500")
+
+	want := n - (n+3)/4
+	if err != nil || !strings.Contains(out, fmt.Sprintf("purged %d letters", want)) {
+		t.Fatalf("purge = %q (%v), want %d purged", out, err, want)
+	}
+	left, err := store.List(context.Background(), deadletter.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != (n+3)/4 {
+		t.Errorf("%d letters left, want %d", len(left), (n+3)/4)
+	}
+	for _, l := range left {
+		if l.Code != 503 {
+			t.Errorf("letter %s with code %d survived", l.EventID, l.Code)
+		}
+	}
+}
