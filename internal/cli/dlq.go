@@ -74,16 +74,22 @@ func openStore() (*deadletter.Store, *redis.Client, error) {
 	return deadletter.NewStore(rdb, deadletter.Options{}), rdb, nil
 }
 
-// selectLetters validates the flags before touching Redis, then lists.
-func selectLetters(cmd *cobra.Command, f dlqFilterFlags, ids []string, output string) ([]deadletter.Letter, func(), error) {
+// openFiltered validates the output and filter flags before touching Redis, then connects.
+func openFiltered(f dlqFilterFlags, ids []string, output string) (deadletter.Filter, *deadletter.Store, *redis.Client, error) {
 	if err := checkOutput(output); err != nil {
-		return nil, nil, err
+		return deadletter.Filter{}, nil, nil, err
 	}
 	filter, err := f.filter(ids, time.Now())
 	if err != nil {
-		return nil, nil, err
+		return filter, nil, nil, err
 	}
 	store, rdb, err := openStore()
+	return filter, store, rdb, err
+}
+
+// selectLetters validates the flags, then lists the matching letters.
+func selectLetters(cmd *cobra.Command, f dlqFilterFlags, ids []string, output string) ([]deadletter.Letter, func(), error) {
+	filter, store, rdb, err := openFiltered(f, ids, output)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -184,14 +190,7 @@ On a cluster, forward the broker ingress and pass its URL:
 				defer done()
 				return printLetters(cmd.OutOrStdout(), output, letters)
 			}
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			filter, err := f.filter(args, time.Now())
-			if err != nil {
-				return err
-			}
-			store, rdb, err := openStore()
+			filter, store, rdb, err := openFiltered(f, args, output)
 			if err != nil {
 				return err
 			}
@@ -274,14 +273,7 @@ func newDLQPurgeCommand() *cobra.Command {
 				defer done()
 				return printLetters(cmd.OutOrStdout(), output, letters)
 			}
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			filter, err := f.filter(args, time.Now())
-			if err != nil {
-				return err
-			}
-			store, rdb, err := openStore()
+			filter, store, rdb, err := openFiltered(f, args, output)
 			if err != nil {
 				return err
 			}

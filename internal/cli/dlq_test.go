@@ -48,6 +48,7 @@ func TestDLQRejectsMalformedFlags(t *testing.T) {
 		{"rate not a number", []string{"dlq", "redrive", "--rate", "fast"}, "--rate"},
 		{"negative rate", []string{"dlq", "redrive", "--rate", "-1"}, "--rate"},
 		{"zero timeout", []string{"dlq", "redrive", "--timeout", "0s"}, "--timeout"},
+		{"broker not a URL", []string{"dlq", "redrive", "--broker", "://broker"}, "--broker"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
