@@ -1,7 +1,5 @@
 //go:build e2e
 
-// Package fault pushes events through `knfaas up` while injecting faults, and proves that every
-// accepted event is delivered or dead-lettered.
 package fault
 
 import (

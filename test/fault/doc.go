@@ -1,0 +1,4 @@
+// Package fault pushes events through `knfaas up` while injecting faults (subscriber 5xx bursts,
+// timeouts and kill -9, runtime kill -9 and restart, Redis restart) and proves that every
+// accepted event is delivered or dead-lettered. Its test runs with the e2e build tag.
+package fault
