@@ -160,7 +160,7 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 		tick = time.NewTicker(time.Duration(float64(time.Second) / o.rate))
 		defer tick.Stop()
 	}
-	sent := 0
+	sent, refused := 0, 0
 	for {
 		page, err := log.Read(ctx, q)
 		if err != nil {
@@ -188,7 +188,14 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 				}
 			}
 			if err := send(ctx, r); err != nil {
-				return fmt.Errorf("replayed %d events; stopped at cursor %s: %w", sent, r.Cursor, err)
+				// A refusal (4xx) is what the target answered live too, and will answer every
+				// time: report it and go on. Anything else may pass on a retry: stop, resumable.
+				if code := sink.StatusCode(err); code >= 400 && code < 500 {
+					fmt.Fprintf(out, "refused\t%s\t%s\t%s\t%v\n", r.Cursor, r.Event.Type(), r.Event.ID(), err)
+					refused++
+					continue
+				}
+				return fmt.Errorf("replayed %d events; stopped at cursor %s (resume with --since or from there): %w", sent, r.Cursor, err)
 			}
 			sent++
 		}
@@ -202,6 +209,9 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 		verb = "would replay"
 	}
 	fmt.Fprintf(out, "%s %d events\n", verb, sent)
+	if refused > 0 {
+		fmt.Fprintf(out, "%d events refused by the target (4xx), listed above\n", refused)
+	}
 	return nil
 }
 

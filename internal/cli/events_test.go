@@ -263,3 +263,42 @@ func TestReplayRefusesEventsBeyondTheInboxHorizon(t *testing.T) {
 		t.Fatalf("a dry run lists old events: %v %s", err, out)
 	}
 }
+
+func TestReplaySkipsRefusalsAndStopsOnOutages(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	t.Setenv("REDIS_URL", srv.URL())
+	log := eventlog.New(srv.Client(), eventlog.Options{})
+	for _, id := range []string{"good-1", "bad-1", "good-2", "down-1", "good-3"} {
+		e := event.New()
+		e.SetID(id)
+		e.SetSource("s")
+		e.SetType("t")
+		if _, err := log.Append(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("Ce-Id")
+		got = append(got, id)
+		switch {
+		case strings.HasPrefix(id, "bad"):
+			http.Error(w, "data.quantity must be positive", http.StatusBadRequest)
+		case strings.HasPrefix(id, "down"):
+			http.Error(w, "redis unavailable", http.StatusServiceUnavailable)
+		default:
+			w.WriteHeader(http.StatusAccepted)
+		}
+	}))
+	defer target.Close()
+	out, err := runEventsCLI(t, "events", "replay", "--to", target.URL, "--rate", "0")
+	if err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("a 503 must stop the replay: %v", err)
+	}
+	if !strings.Contains(out, "refused\t") || !strings.Contains(out, "bad-1") {
+		t.Fatalf("the refusal is not reported: %q", out)
+	}
+	if strings.Join(got, ",") != "good-1,bad-1,good-2,down-1" {
+		t.Fatalf("sent %v; want the refusal skipped and the outage to stop the replay", got)
+	}
+}
