@@ -33,8 +33,10 @@ Rebuilding a read model from the log (the result is identical to the live model)
   3. knfaas events replay --type dev.knfaas.example.pos.sale.recorded,... \
        --to http://pos-stock.knfaas.localhost:8080 --allow-beyond-horizon
 
-Sent straight to the projector, the replay reaches nothing else, and the projector's replies
-come back to this command, which drops them: no side effect is repeated.
+Sent straight to the projector, the replay reaches nothing else, arrives in log order (a Broker
+delivers in parallel), and the projector's replies come back to this command, which drops them:
+no side effect is repeated. Events the target refuses (4xx) are listed and skipped, as they were
+when they first arrived; any other failure stops the replay.
 
 Replayed events keep their id and source, so a consumer that still remembers them (its inbox
 horizon, 7 days by default, has not passed) ignores them: replaying recent events to the
