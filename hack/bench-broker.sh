@@ -30,7 +30,10 @@ if [ "$REDIS" = real ]; then
   redis_url="redis://127.0.0.1:$port/0"
 fi
 
-# Same lock as the peers' benchmarks, so two measurements never overlap.
-exec 9>/tmp/peers-measure.lock
-flock 9
+# BENCH_LOCK names a lock file shared with other measurements (the peers' benchmarks take one),
+# so two measurements never overlap.
+if [ -n "${BENCH_LOCK:-}" ]; then
+  exec 9>"$BENCH_LOCK"
+  flock 9
+fi
 KNFAAS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/knfaas/bin" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N"
