@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -86,6 +87,9 @@ type Runtime struct {
 	addrs     *addresses
 	services  map[string]*serving.Service
 	initial   []warmUp
+
+	public       atomic.Pointer[http.Handler]
+	publicServer *http.Server
 	listeners map[string]net.Listener
 	ingress   *broker.Ingress
 	store     *broker.Store
@@ -137,6 +141,17 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	r.listeners[""] = main
 	r.addr = main.Addr().String()
 	r.hostPort = r.addr
+	// Answer at once while functions build and start, rather than leaving connections waiting
+	// in the listen backlog.
+	starting := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Retry-After", "2")
+		http.Error(w, "knfaas up is starting", http.StatusServiceUnavailable)
+	}))
+	r.public.Store(&starting)
+	r.publicServer = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		(*r.public.Load()).ServeHTTP(w, req)
+	})}
+	go func() { _ = r.publicServer.Serve(main) }()
 
 	if err := r.openRedis(ctx); err != nil {
 		return nil, err
@@ -596,7 +611,8 @@ func (r *Runtime) serve(ctx context.Context) error {
 		go func() { defer svcWG.Done(); svc.Run(serviceCtx) }()
 		serveOn(r.listeners[key], svc)
 	}
-	serveOn(r.listeners[""], r.router())
+	router := r.router()
+	r.public.Store(&router)
 
 	consumerCtx, stopConsumers := context.WithCancel(context.Background())
 	var consWG sync.WaitGroup
@@ -622,11 +638,11 @@ func (r *Runtime) serve(ctx context.Context) error {
 	// deliveries that are finishing.
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancelShutdown()
-	_ = servers[len(servers)-1].Shutdown(shutdownCtx)
+	_ = r.publicServer.Shutdown(shutdownCtx)
 	stopConsumers()
 	consWG.Wait()
 	fmt.Fprintln(r.opts.Out, "shutting down: deliveries finished; stopping functions")
-	for _, srv := range servers[:len(servers)-1] {
+	for _, srv := range servers {
 		_ = srv.Shutdown(shutdownCtx)
 	}
 	stopServices()
