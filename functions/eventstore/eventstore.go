@@ -18,7 +18,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/functions/eventstore/eventlog"
+	"github.com/knfaas/knfaas/internal/eventlog"
 	"github.com/knfaas/knfaas/internal/redisconn"
 )
 

@@ -15,7 +15,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/functions/eventstore/eventlog"
+	"github.com/knfaas/knfaas/internal/eventlog"
 	"github.com/knfaas/knfaas/internal/redistest"
 )
 

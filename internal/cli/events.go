@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/knfaas/knfaas/functions/eventstore/eventlog"
+	"github.com/knfaas/knfaas/internal/eventlog"
 	"github.com/knfaas/knfaas/internal/localhost"
 	"github.com/knfaas/knfaas/internal/projection"
 	"github.com/knfaas/knfaas/internal/redisconn"
