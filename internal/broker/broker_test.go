@@ -277,3 +277,57 @@ func TestTrimKeepsPendingEntries(t *testing.T) {
 		t.Fatalf("after trim the stream holds %d entries starting at %v; want the 6 still pending in slow, from %s", len(msgs), msgs, ids[4])
 	}
 }
+
+// TestShutdownHandsBackSlowDeliveries stops a consumer while its subscriber hangs: after the
+// grace the delivery is cut off, the entry stays pending for a restart, and nothing is
+// dead-lettered.
+func TestShutdownHandsBackSlowDeliveries(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx := context.Background()
+	hang := make(chan struct{})
+	defer close(hang)
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer sub.Close()
+	dls := newCapture(t, 202, "")
+	dl := addressable(t, dls.URL)
+	trig := &Trigger{Namespace: "ns", Name: "slow", Broker: "b", Subscriber: addressable(t, sub.URL), DeadLetter: &dl,
+		ReplyURL: "http://127.0.0.1:1/ns/b", Retry: kncloudevents.NoRetries()}
+	stream := StreamKey("ns", "b")
+	if err := EnsureGroup(ctx, rdb, stream, trig.Group()); err != nil {
+		t.Fatal(err)
+	}
+	e := cloudevents.NewEvent()
+	e.SetID("slow-1")
+	e.SetType("t")
+	e.SetSource("/s")
+	data, _ := json.Marshal(e)
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{eventField, data}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := NewConsumer(trig, rdb, kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil), slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New(),
+		ConsumerOptions{Block: 50 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = c.Run(runCtx); close(done) }()
+	for rdb.XPending(ctx, stream, trig.Group()).Val().Count == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return after its shutdown grace")
+	}
+	if n := rdb.XPending(ctx, stream, trig.Group()).Val().Count; n != 1 {
+		t.Fatalf("pending entries after shutdown = %d, want the cut-off delivery still pending", n)
+	}
+	if n := len(dls.received()); n != 0 {
+		t.Fatalf("%d dead letters; a delivery cut off by shutdown must not be dead-lettered", n)
+	}
+}

@@ -64,6 +64,9 @@ type ConsumerOptions struct {
 	RedeliverAfter time.Duration
 	// Block is how long one read waits for new entries.
 	Block time.Duration
+	// ShutdownGrace is how long deliveries in flight may go on once Run's context ends; after
+	// it they are cut off and handed back: left pending, redelivered after a restart.
+	ShutdownGrace time.Duration
 }
 
 // Consumer delivers one trigger's events.
@@ -76,6 +79,9 @@ type Consumer struct {
 	opts       ConsumerOptions
 	stream     string
 	brokerKey  string
+
+	// deliverCtx outlives Run's context by ShutdownGrace.
+	deliverCtx context.Context
 
 	sem      chan struct{}
 	acks     chan string
@@ -94,6 +100,9 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	}
 	if opts.Block <= 0 {
 		opts.Block = time.Second
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
 	}
 	c := &Consumer{
 		t: t, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", t.Namespace+"/"+t.Broker), metrics: m, opts: opts,
@@ -118,6 +127,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
 		return err
 	}
+	deliverCtx, cancelDeliveries := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelDeliveries()
+	c.deliverCtx = deliverCtx
+	go func() {
+		<-ctx.Done()
+		sleep(deliverCtx, c.opts.ShutdownGrace)
+		cancelDeliveries()
+	}()
 	ackDone := make(chan struct{})
 	go func() { c.ackLoop(); close(ackDone) }()
 	var loops sync.WaitGroup
@@ -228,9 +245,9 @@ func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage) {
 	go func() {
 		defer c.wg.Done()
 		defer func() { <-c.sem }()
-		// Deliveries in flight finish even when the runtime is asked to stop: cutting them off
-		// would only cause a redelivery.
-		if c.deliver(context.WithoutCancel(ctx), m) {
+		// Deliveries in flight may finish within the shutdown grace: cutting them off would
+		// only cause a redelivery.
+		if c.deliver(c.deliverCtx, m) {
 			c.acks <- m.ID
 		}
 		c.done(m.ID)
@@ -278,6 +295,10 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		kncloudevents.WithRetryConfig(&retry),
 		kncloudevents.WithReply(&duckv1.Addressable{URL: reply}),
 	)
+	if err != nil && ctx.Err() != nil {
+		log.Info("delivery cut off by shutdown; the event stays pending and is redelivered after a restart")
+		return false
+	}
 	if err == nil {
 		c.metrics.EventsDelivered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		c.metrics.DeliveryLatency.WithLabelValues(c.brokerKey, c.t.Key()).Observe(time.Since(entryTime(m.ID)).Seconds())
@@ -293,6 +314,10 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		kncloudevents.WithRetryConfig(&retry),
 		kncloudevents.WithTransformers(append(ErrorTransformers(c.t.Subscriber.URL, info), transformer.AddExtension(TriggerExtension, c.t.Key()))...),
 	)
+	if dlErr != nil && ctx.Err() != nil {
+		log.Info("dead-lettering cut off by shutdown; the event stays pending and is redelivered after a restart")
+		return false
+	}
 	if dlErr != nil {
 		c.metrics.EventsFailed.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		log.Error("delivery and dead-lettering failed; the event stays pending and is redelivered", "error", err, "dead_letter_error", dlErr, "redeliver_after", c.opts.RedeliverAfter)
