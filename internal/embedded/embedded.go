@@ -84,17 +84,17 @@ type Runtime struct {
 	addr     string
 	hostPort string
 
-	addrs     *addresses
-	services  map[string]*serving.Service
-	initial   []warmUp
+	addrs    *addresses
+	services map[string]*serving.Service
+	initial  []warmUp
 
 	public       atomic.Pointer[http.Handler]
 	publicServer *http.Server
-	listeners map[string]net.Listener
-	ingress   *broker.Ingress
-	store     *broker.Store
-	consumers []*broker.Consumer
-	pings     *ping.Scheduler
+	listeners    map[string]net.Listener
+	ingress      *broker.Ingress
+	store        *broker.Store
+	consumers    []*broker.Consumer
+	pings        *ping.Scheduler
 }
 
 // Run loads the manifests, starts everything, and blocks until ctx ends, then shuts down:
