@@ -92,6 +92,11 @@ for f in "${rendered[@]}"; do
     sed -n 's|^[^ ]*@\(sha256:[0-9a-f]*\) \(ko://.*\)$|\1 \2|p' >>"$work/names"
 done
 [ $status -eq 0 ] || exit 1
+missing=$(comm -23 <(echo "$refs") <(cut -d' ' -f2 "$work/names" | sort -u))
+if [ -n "$missing" ]; then
+  log "no image digest found for: $missing"
+  exit 1
+fi
 
 log "image sizes (limit $max_image_bytes bytes unpacked):"
 go run -C hack/koimage . sizes -layout "$layout_dir" -max "$max_image_bytes" -names "$work/names"

@@ -2,12 +2,13 @@
 // KOCACHE so `ko resolve` runs offline, and measures the images ko built.
 //
 //	koimage base  -kocache DIR          write the base image into DIR/img, print name@digest
-//	koimage sizes -layout DIR -max N [-names FILE]   print each image's size; exit 1 if one exceeds N bytes
+//	koimage sizes -layout DIR -max N -names FILE   print each named image's size; exit 1 if one exceeds N bytes
 package main
 
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"flag"
 	"fmt"
@@ -176,58 +177,43 @@ func runSizes(args []string) error {
 	fs := flag.NewFlagSet("sizes", flag.ContinueOnError)
 	dir := fs.String("layout", "", "OCI layout written by ko --oci-layout-path")
 	maxBytes := fs.Int64("max", 25<<20, "largest allowed image: uncompressed layers, the size it takes on a node")
-	namesFile := fs.String("names", "", "file of \"<digest> <name>\" lines naming the images in the report")
+	namesFile := fs.String("names", "", "file of \"<digest> <name>\" lines: the images to measure")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	names := map[string]string{}
-	if *namesFile != "" {
-		data, err := os.ReadFile(*namesFile)
-		if err != nil {
-			return fmt.Errorf("reading names: %w", err)
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if digest, name, ok := strings.Cut(strings.TrimSpace(line), " "); ok {
-				names[digest] = name
-			}
-		}
+	data, err := os.ReadFile(*namesFile)
+	if err != nil {
+		return fmt.Errorf("reading names: %w", err)
 	}
 	p, err := layout.FromPath(*dir)
 	if err != nil {
 		return fmt.Errorf("opening layout %s: %w", *dir, err)
 	}
-	idx, err := p.ImageIndex()
-	if err != nil {
-		return fmt.Errorf("reading layout index: %w", err)
-	}
-	manifest, err := idx.IndexManifest()
-	if err != nil {
-		return fmt.Errorf("reading layout index: %w", err)
-	}
 	var tooBig []string
-	seen := map[v1.Hash]bool{}
-	for _, desc := range manifest.Manifests {
-		// ko appends an entry per resolve, so an image shared by two manifests appears twice.
-		if !desc.MediaType.IsImage() || seen[desc.Digest] {
+	seen := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		digest, name, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok || seen[digest] {
 			continue
 		}
-		seen[desc.Digest] = true
-		img, err := idx.Image(desc.Digest)
+		seen[digest] = true
+		// Read the manifest from the layout's blobs rather than its index.json: ko builds images
+		// in parallel and an index entry can go missing, the blobs cannot.
+		img, err := imageFromBlobs(p, digest)
 		if err != nil {
-			return fmt.Errorf("reading image %s: %w", desc.Digest, err)
+			return fmt.Errorf("%s (%s): %w", name, digest, err)
 		}
 		compressed, uncompressed, err := imageSizes(img)
 		if err != nil {
-			return fmt.Errorf("measuring image %s: %w", desc.Digest, err)
-		}
-		name := names[desc.Digest.String()]
-		if name == "" {
-			name = desc.Digest.String()
+			return fmt.Errorf("measuring %s: %w", name, err)
 		}
 		fmt.Printf("%s\t%.1f MB uncompressed\t%.1f MB compressed\n", name, float64(uncompressed)/(1<<20), float64(compressed)/(1<<20))
 		if uncompressed > *maxBytes {
 			tooBig = append(tooBig, fmt.Sprintf("%s is %d bytes uncompressed, more than %d", name, uncompressed, *maxBytes))
 		}
+	}
+	if len(seen) == 0 {
+		return errors.New("no images to measure")
 	}
 	if len(tooBig) > 0 {
 		return fmt.Errorf("images too large: %v", tooBig)
@@ -235,19 +221,28 @@ func runSizes(args []string) error {
 	return nil
 }
 
-// imageSizes sums the image's layers as pulled (compressed) and as unpacked on a node.
-func imageSizes(img v1.Image) (compressed, uncompressed int64, err error) {
-	layers, err := img.Layers()
+// imageFromBlobs builds the image whose manifest has the given digest out of the layout's blobs.
+func imageFromBlobs(p layout.Path, digest string) (*blobImage, error) {
+	h, err := v1.NewHash(digest)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	for _, l := range layers {
-		size, err := l.Size()
-		if err != nil {
-			return 0, 0, err
-		}
-		compressed += size
-		rc, err := l.Uncompressed()
+	raw, err := p.Bytes(h)
+	if err != nil {
+		return nil, fmt.Errorf("manifest not in the layout: %w", err)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parsing manifest: %w", err)
+	}
+	return &blobImage{path: p, manifest: m}, nil
+}
+
+// imageSizes sums the image's layers as pulled (compressed) and as unpacked on a node.
+func imageSizes(img *blobImage) (compressed, uncompressed int64, err error) {
+	for _, l := range img.manifest.Layers {
+		compressed += l.Size
+		rc, err := img.uncompressedLayer(l.Digest)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -259,4 +254,26 @@ func imageSizes(img v1.Image) (compressed, uncompressed int64, err error) {
 		uncompressed += n
 	}
 	return compressed, uncompressed, nil
+}
+
+// blobImage is an image manifest with its layer blobs in a layout.
+type blobImage struct {
+	path     layout.Path
+	manifest *v1.Manifest
+}
+
+func (i *blobImage) uncompressedLayer(h v1.Hash) (io.ReadCloser, error) {
+	rc, err := i.path.Blob(h)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s not in the layout: %w", h, err)
+	}
+	zr, err := gzip.NewReader(rc)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("layer %s: %w", h, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{zr, rc}, nil
 }
