@@ -35,6 +35,10 @@ cross-checks a schema cannot make:
   - a kustomization.yaml in a given folder lists exactly that folder's files; a triggers/ folder
     holds one Trigger per file, named like the file and starting with its subscriber's name
 
+Notes (printed, not failures): a function a SinkBinding gives K_SINK but that lists no emitted
+types, and a public function that receives events (it should be cluster-local unless outside
+callers need it).
+
 Paths are files or folders (read recursively). Without -f: config/ and triggers/.`
 
 // newVerifyCommand returns `verify`.

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/knfaas/knfaas/internal/manifest"
@@ -184,6 +185,55 @@ func Advice(set *manifest.Set) []Problem {
 		if svc := o.Obj.(*servingv1.Service); svc.Annotations[EmitsAnnotation] == "" {
 			notes = append(notes, Problem{File: o.File, Object: o.Ref(), Field: "metadata.annotations[" + EmitsAnnotation + "]",
 				Msg: fmt.Sprintf("SinkBinding %s/%s gives this function K_SINK, but it declares no emitted event types; list them so knfaas verify can check they are routed", sb.Namespace, sb.Name)})
+		}
+	}
+	notes = append(notes, publicEventConsumers(set)...)
+	return notes
+}
+
+// publicEventConsumers notes Knative Services that receive events (Trigger subscribers, dead-letter
+// sinks, source sinks) but are reachable from outside the cluster: only functions meant for
+// outside callers should be public, the rest carry networking.knative.dev/visibility: cluster-local.
+func publicEventConsumers(set *manifest.Set) []Problem {
+	consumers := map[*manifest.Object]string{}
+	add := func(ref *duckv1.KReference, namespace, why string) {
+		if ref == nil || ref.Kind != "Service" || groupOf(ref.APIVersion) != "serving.knative.dev" {
+			return
+		}
+		ns := ref.Namespace
+		if ns == "" {
+			ns = namespace
+		}
+		if o := set.Find("serving.knative.dev", "Service", ns, ref.Name); o != nil {
+			if _, seen := consumers[o]; !seen {
+				consumers[o] = why
+			}
+		}
+	}
+	for _, t := range set.Triggers() {
+		add(t.Spec.Subscriber.Ref, t.Namespace, "Trigger "+t.Name+" delivers to it")
+		if t.Spec.Delivery != nil && t.Spec.Delivery.DeadLetterSink != nil {
+			add(t.Spec.Delivery.DeadLetterSink.Ref, t.Namespace, "Trigger "+t.Name+" dead-letters to it")
+		}
+	}
+	for _, b := range set.Brokers() {
+		if b.Spec.Delivery != nil && b.Spec.Delivery.DeadLetterSink != nil {
+			add(b.Spec.Delivery.DeadLetterSink.Ref, b.Namespace, "Broker "+b.Name+" dead-letters to it")
+		}
+	}
+	for _, p := range set.PingSources() {
+		add(p.Spec.Sink.Ref, p.Namespace, "PingSource "+p.Name+" sends to it")
+	}
+	var notes []Problem
+	for i := range set.Objects {
+		o := &set.Objects[i]
+		why, ok := consumers[o]
+		if !ok {
+			continue
+		}
+		if o.Obj.(*servingv1.Service).Labels["networking.knative.dev/visibility"] != "cluster-local" {
+			notes = append(notes, Problem{File: o.File, Object: o.Ref(), Field: "metadata.labels[networking.knative.dev/visibility]",
+				Msg: why + ", yet it is public; label it cluster-local unless outside callers need it"})
 		}
 	}
 	return notes

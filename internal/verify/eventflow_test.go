@@ -3,6 +3,7 @@ package verify
 import (
 	"maps"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -50,11 +51,15 @@ func TestPasses(t *testing.T) {
 
 func TestAdvice(t *testing.T) {
 	tests := map[string]struct {
-		echo string
-		want int
+		echo  string
+		field string // of the one note expected; empty: none
 	}{
-		"sink-bound function declares what it emits": {echo: base["config/700-echo.yaml"], want: 0},
-		"sink-bound function declares nothing":       {echo: ksvc("echo", "", "", ""), want: 1},
+		"sink-bound function declares what it emits": {echo: base["config/700-echo.yaml"]},
+		"sink-bound function declares nothing":       {echo: ksvc("echo", "", "", ""), field: "metadata.annotations[knfaas.dev/emits]"},
+		"trigger subscriber is public": {
+			echo:  strings.Replace(base["config/700-echo.yaml"], ", networking.knative.dev/visibility: cluster-local", "", 1),
+			field: "metadata.labels[networking.knative.dev/visibility]",
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -62,12 +67,16 @@ func TestAdvice(t *testing.T) {
 			files["config/700-echo.yaml"] = tc.echo
 			set, dir := loadFiles(t, files)
 			notes := Advice(set)
-			if len(notes) != tc.want {
-				t.Fatalf("got %d notes, want %d: %v", len(notes), tc.want, notes)
+			want := 0
+			if tc.field != "" {
+				want = 1
 			}
-			if tc.want == 1 {
+			if len(notes) != want {
+				t.Fatalf("got %d notes, want %d: %v", len(notes), want, notes)
+			}
+			if want == 1 {
 				n := notes[0]
-				if n.File != filepath.Join(dir, "config/700-echo.yaml") || n.Object != "Service knfaas/echo" || n.Field != "metadata.annotations[knfaas.dev/emits]" {
+				if n.File != filepath.Join(dir, "config/700-echo.yaml") || n.Object != "Service knfaas/echo" || n.Field != tc.field {
 					t.Errorf("note = %s", n)
 				}
 			}

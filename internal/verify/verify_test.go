@@ -83,7 +83,7 @@ kind: Service
 metadata:
   name: ` + name + `
   namespace: knfaas
-  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas}` + annotations + `
+  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas, networking.knative.dev/visibility: cluster-local}` + annotations + `
 spec:
   template:
     metadata:
