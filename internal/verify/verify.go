@@ -1,6 +1,7 @@
 // Package verify cross-checks a loaded set of manifests for mistakes no schema can catch:
 // dangling references, missing Secret and ConfigMap keys, ko:// paths that do not build,
-// emitted event types nobody routes, and Triggers that feed a function its own replies.
+// functions that leave the shared Knative Service shape, emitted event types nobody routes, and
+// Triggers that feed a function its own replies.
 package verify
 
 import (
@@ -41,6 +42,7 @@ type Problem struct {
 	Msg    string
 }
 
+// String formats the problem as "file: object: field: message".
 func (p Problem) String() string {
 	return fmt.Sprintf("%s: %s: %s: %s", p.File, p.Object, p.Field, p.Msg)
 }
