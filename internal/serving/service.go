@@ -113,7 +113,13 @@ func NewService(spec Spec, log *slog.Logger, obs Observer) *Service {
 	transport.DialContext = (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			inst := pr.In.Context().Value(instanceKey{}).(*instance)
+			target := pr.In.Context().Value(instanceKey{}).(*proxyTarget)
+			inst := target.inst
+			if target.body != nil {
+				// An in-memory body lets the transport send headers and body in one write.
+				pr.Out.Body = io.NopCloser(bytes.NewReader(target.body))
+				pr.Out.ContentLength = int64(len(target.body))
+			}
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = "127.0.0.1:" + strconv.Itoa(inst.port)
 			pr.Out.Host = pr.In.Host
@@ -154,19 +160,26 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release(inst)
-	bufferSmallBody(r)
-	s.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, instanceKey{}, inst)))
+	target := &proxyTarget{inst: inst, body: bufferSmallBody(r)}
+	s.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, instanceKey{}, target)))
 }
 
 // maxBufferedBody is the largest request body read into memory before it is forwarded.
 const maxBufferedBody = 1 << 20
 
+// proxyTarget is what ServeHTTP hands the proxy: the instance, and the body when buffered.
+type proxyTarget struct {
+	inst *instance
+	body []byte
+}
+
 // bufferSmallBody reads a small body of known length into memory, so that the forwarded
 // request goes out in one write instead of headers and body apart: on loopback each write is
-// a system call, and most events are a few hundred bytes.
-func bufferSmallBody(r *http.Request) {
+// a system call, and most events are a few hundred bytes. It returns nil for other bodies,
+// which are streamed.
+func bufferSmallBody(r *http.Request) []byte {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 || r.ContentLength > maxBufferedBody {
-		return
+		return nil
 	}
 	buf := make([]byte, r.ContentLength)
 	n, err := io.ReadFull(r.Body, buf)
@@ -177,6 +190,7 @@ func bufferSmallBody(r *http.Request) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(buf))
 	r.ContentLength = int64(len(buf))
+	return buf
 }
 
 func (s *Service) capacity() int {
