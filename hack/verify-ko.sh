@@ -47,7 +47,7 @@ for d in examples/*/config; do
   [ -d "$d" ] && render "$d"
 done
 
-# image_fields FILE prints the value of every "image:" field, in order.
+# image_fields FILE prints the value of every "image:" field.
 image_fields() { sed -n 's|^[[:space:]-]*image:[[:space:]]*"\{0,1\}\([^"[:space:]]*\).*|\1|p' "$1"; }
 
 refs=$(cat "${rendered[@]}" | image_fields /dev/stdin | grep '^ko://' | sort -u || true)
@@ -72,11 +72,11 @@ log "base image $base (from KOCACHE)"
 
 : >"$work/names"
 status=0
+# KO_DOCKER_REPO only names the results; with --push=false nothing is pushed.
+export KO_DEFAULTBASEIMAGE="$base" KO_DOCKER_REPO=knfaas
 for f in "${rendered[@]}"; do
   grep -q 'ko://' "$f" || continue
-  # KO_DOCKER_REPO only names the results; with --push=false nothing is pushed.
-  if ! KO_DEFAULTBASEIMAGE="$base" KO_DOCKER_REPO=knfaas "$ko_bin" resolve --push=false \
-      --platform linux/amd64 --oci-layout-path "$layout_dir" -f "$f" >"$f.resolved" 2>"$f.log"; then
+  if ! "$ko_bin" resolve --push=false --platform linux/amd64 -f "$f" >"$f.resolved" 2>"$f.log"; then
     log "ko resolve failed for $f:"
     sed 's/^/  /' "$f.log" >&2
     status=1
@@ -86,17 +86,20 @@ for f in "${rendered[@]}"; do
     log "ko resolve left ko:// references in $f"
     status=1
   fi
-  # ko keeps the documents and their image fields in order, so the n-th image of the rendered
-  # file is the n-th of the resolved one: that names each digest by its ko:// path.
-  paste -d ' ' <(image_fields "$f.resolved") <(image_fields "$f") |
-    sed -n 's|^[^ ]*@\(sha256:[0-9a-f]*\) \(ko://.*\)$|\1 \2|p' >>"$work/names"
 done
 [ $status -eq 0 ] || exit 1
-missing=$(comm -23 <(echo "$refs") <(cut -d' ' -f2 "$work/names" | sort -u))
-if [ -n "$missing" ]; then
-  log "no image digest found for: $missing"
-  exit 1
-fi
+
+# To measure the images ko writes them to an OCI layout. One `ko build` per image, one after the
+# other: ko's layout publisher rewrites index.json without a lock, so parallel builds into one
+# layout (as `ko resolve --oci-layout-path` does) can fail or lose entries.
+while IFS= read -r ref; do
+  if ! out=$("$ko_bin" build --push=false --platform linux/amd64 --oci-layout-path "$layout_dir" "$ref" 2>"$work/build.log"); then
+    log "ko build failed for $ref:"
+    sed 's/^/  /' "$work/build.log" >&2
+    exit 1
+  fi
+  echo "${out##*@} $ref" >>"$work/names"
+done <<<"$refs"
 
 log "image sizes (limit $max_image_bytes bytes unpacked):"
 go run -C hack/koimage . sizes -layout "$layout_dir" -max "$max_image_bytes" -names "$work/names"
