@@ -49,3 +49,26 @@ func TestCheckKustomization(t *testing.T) {
 		})
 	}
 }
+
+// FuzzCheckKustomization feeds arbitrary kustomization.yaml content: the check must never panic,
+// and every problem it reports must name the kustomization file.
+func FuzzCheckKustomization(f *testing.F) {
+	f.Add("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [a.yaml]\n")
+	f.Add("resources:\n- ../x\n- a.yaml\n- a.yaml\n")
+	f.Add("resources: 7\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("kind: x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(dir, "kustomization.yaml")
+		if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range CheckKustomization(dir) {
+			if p.File != file || p.Msg == "" {
+				t.Fatalf("problem does not name the file or says nothing: %+v", p)
+			}
+		}
+	})
+}
