@@ -22,8 +22,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/eventlog"
 	"github.com/knfaas/knfaas/internal/cli"
+	"github.com/knfaas/knfaas/internal/eventlog"
 	"github.com/knfaas/knfaas/internal/projection"
 	"github.com/knfaas/knfaas/internal/redistest"
 	"github.com/knfaas/knfaas/internal/runtimetest"

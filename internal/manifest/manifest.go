@@ -23,6 +23,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	eventingconfig "knative.dev/eventing/pkg/apis/config"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/apis/feature"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -308,6 +309,9 @@ func isNamespaced(kind string) bool {
 // when an object is created.
 func defaultAndValidate(obj runtime.Object) error {
 	ctx := eventingconfig.ToContext(apis.WithinCreate(context.Background()), &eventingconfig.Config{Defaults: brokerDefaults})
+	// Eventing's feature flags as a fresh install sets them (config-features): delivery.timeout
+	// is enabled there, so it is here.
+	ctx = feature.ToContext(ctx, feature.FromContextOrDefaults(ctx))
 	if d, ok := obj.(apis.Defaultable); ok {
 		d.SetDefaults(ctx)
 	}

@@ -111,6 +111,23 @@ spec:
 	}
 }
 
+func TestDeliveryTimeoutIsAcceptedAsOnAFreshCluster(t *testing.T) {
+	doc := `apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: shop}
+spec:
+  delivery:
+    timeout: PT30S
+`
+	objs, errs := Decode("broker.yaml", []byte(doc))
+	if len(errs) > 0 {
+		t.Fatalf("delivery.timeout refused: %v (Knative's config-features enables delivery-timeout by default)", errs[0])
+	}
+	if len(objs) != 1 {
+		t.Fatalf("decoded %d objects, want 1", len(objs))
+	}
+}
+
 func TestLoadRejectsDuplicates(t *testing.T) {
 	_, err := Load("testdata/valid.yaml", "testdata/valid-copy")
 	if err == nil || !strings.Contains(err.Error(), "defined twice") {

@@ -115,6 +115,7 @@ func TestRetriesThenDeadLetter(t *testing.T) {
 		id, typ      string
 		failTimes    int
 		status       int
+		sleepMS      int
 		wantAttempts int
 		wantDead     bool
 		wantCode     string
@@ -123,6 +124,7 @@ func TestRetriesThenDeadLetter(t *testing.T) {
 		{name: "5xx retried then dead-lettered", id: "f-500", typ: "dev.knfaas.e2e.fail", failTimes: 100, status: 500, wantAttempts: 4, wantDead: true, wantCode: "500"},
 		{name: "404 is retried too (Knative retries 404)", id: "f-404", typ: "dev.knfaas.e2e.fail", failTimes: 100, status: 404, wantAttempts: 4, wantDead: true, wantCode: "404"},
 		{name: "400 is not retried", id: "f-400", typ: "dev.knfaas.e2e.fail", failTimes: 100, status: 400, wantAttempts: 1, wantDead: true, wantCode: "400"},
+		{name: "attempt timeout counts as a failure", id: "f-slow", typ: "dev.knfaas.e2e.fail", sleepMS: 3000, wantAttempts: 4, wantDead: true, wantCode: "500"},
 		{name: "recovers within the retries", id: "f-2", typ: "dev.knfaas.e2e.fail", failTimes: 2, status: 503, wantAttempts: 3},
 		// Trigger orders-placed inherits the broker's delivery: retry 2 → 3 attempts.
 		{name: "broker delivery is the default", id: "p-500", typ: "dev.knfaas.e2e.order.placed", failTimes: 100, status: 500, wantAttempts: 3, wantDead: true, wantCode: "500"},
@@ -132,6 +134,9 @@ func TestRetriesThenDeadLetter(t *testing.T) {
 		e.SetExtension("target", "orders")
 		e.SetExtension("failtimes", strconv.Itoa(tc.failTimes))
 		e.SetExtension("failstatus", strconv.Itoa(tc.status))
+		if tc.sleepMS > 0 {
+			e.SetExtension("sleepms", strconv.Itoa(tc.sleepMS))
+		}
 		rt.Send("e2e", "default", e)
 	}
 	for _, tc := range tests {
