@@ -88,6 +88,7 @@ type Runtime struct {
 	services map[string]*serving.Service
 	initial  []warmUp
 
+	pipes        map[string]*serving.PipeListener
 	public       atomic.Pointer[http.Handler]
 	publicServer *http.Server
 	listeners    map[string]net.Listener
@@ -464,6 +465,7 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 		fmt.Fprintf(r.opts.Out, "broker  %-28s %s\n", b.Namespace+"/"+b.Name, r.brokerURL(b.Namespace, b.Name))
 	}
 	kncloudevents.ConfigureConnectionArgs(&kncloudevents.ConnectionArgs{MaxIdleConns: 2048, MaxIdleConnsPerHost: 512})
+	r.routeDeliveriesInProcess()
 	dispatcher := kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil)
 
 	triggers := r.set.Triggers()
@@ -561,6 +563,35 @@ func describeFilter(t *eventingv1.Trigger) string {
 	return "all events"
 }
 
+// routeDeliveriesInProcess makes the runtime's own HTTP clients reach its Services through
+// in-memory pipes instead of loopback TCP. Knative's dispatcher builds its clients from a clone
+// of http.DefaultTransport, so the dial function set here is the only way in; addresses that
+// are not a Service's pass through to the network unchanged. Function processes still use TCP.
+func (r *Runtime) routeDeliveriesInProcess() {
+	r.pipes = map[string]*serving.PipeListener{}
+	byAddr := map[string]*serving.PipeListener{}
+	for key := range r.services {
+		l := r.listeners[key]
+		pl := serving.NewPipeListener(l.Addr())
+		r.pipes[key] = pl
+		byAddr[l.Addr().String()] = pl
+	}
+	t, ok := http.DefaultTransport.(*http.Transport)
+	if !ok {
+		return
+	}
+	network := t.DialContext
+	if network == nil {
+		network = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	t.DialContext = func(ctx context.Context, netw, addr string) (net.Conn, error) {
+		if pl, ok := byAddr[addr]; ok {
+			return pl.Dial(ctx)
+		}
+		return network(ctx, netw, addr)
+	}
+}
+
 // triggerFilter builds the filter the Knative broker filter applies: the newer filters when
 // set, the attributes filter otherwise.
 func triggerFilter(t *eventingv1.Trigger) eventfilter.Filter {
@@ -610,6 +641,9 @@ func (r *Runtime) serve(ctx context.Context) error {
 		svcWG.Add(1)
 		go func() { defer svcWG.Done(); svc.Run(serviceCtx) }()
 		serveOn(r.listeners[key], svc)
+		if pl := r.pipes[key]; pl != nil {
+			serveOn(pl, svc)
+		}
 	}
 	router := r.router()
 	r.public.Store(&router)
