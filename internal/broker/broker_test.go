@@ -331,3 +331,54 @@ func TestShutdownHandsBackSlowDeliveries(t *testing.T) {
 		t.Fatalf("%d dead letters; a delivery cut off by shutdown must not be dead-lettered", n)
 	}
 }
+
+// TestBacklogLimitPushesBack fills a broker whose only trigger reads nothing: once the stream
+// is over the limit the ingress answers 503, and it accepts again once the trigger caught up.
+func TestBacklogLimitPushesBack(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := NewStore(rdb)
+	go store.Run(ctx, 1)
+	in := NewIngress(store, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
+	in.Add("ns", "b")
+	stream := StreamKey("ns", "b")
+	if err := EnsureGroup(ctx, rdb, stream, "trigger:ns/slow"); err != nil {
+		t.Fatal(err)
+	}
+	post := func(id string) int {
+		req := httptest.NewRequest("POST", "/ns/b", strings.NewReader(`{}`))
+		req.Header.Set("Ce-Id", id)
+		req.Header.Set("Ce-Type", "t")
+		req.Header.Set("Ce-Source", "/s")
+		req.Header.Set("Ce-Specversion", "1.0")
+		w := httptest.NewRecorder()
+		in.ServeHTTP(w, req)
+		return w.Code
+	}
+	for i := 0; i < 10; i++ {
+		if code := post(fmt.Sprint(i)); code != 202 {
+			t.Fatalf("event %d answered %d before the limit, want 202", i, code)
+		}
+	}
+	in.maintainOnce(ctx, rdb, 5)
+	if code := post("over"); code != 503 {
+		t.Fatalf("event over the backlog limit answered %d, want 503", code)
+	}
+	if n := rdb.XLen(ctx, stream).Val(); n != 10 {
+		t.Fatalf("stream holds %d entries; pending events must never be trimmed", n)
+	}
+	// The trigger catches up: reads and acknowledges everything.
+	res, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "trigger:ns/slow", Consumer: "c", Streams: []string{stream, ">"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range res[0].Messages {
+		rdb.XAck(ctx, stream, "trigger:ns/slow", m.ID)
+	}
+	in.maintainOnce(ctx, rdb, 5)
+	if code := post("after"); code != 202 {
+		t.Fatalf("event after the trigger caught up answered %d, want 202", code)
+	}
+}

@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	knbroker "knative.dev/eventing/pkg/broker"
 
@@ -38,11 +40,14 @@ type Ingress struct {
 
 	mu      sync.RWMutex
 	brokers map[string]bool
+	// full marks brokers whose backlog is over the limit: they refuse events with 503 until
+	// their triggers catch up.
+	full map[string]bool
 }
 
 // NewIngress returns an ingress for no brokers; Add registers them.
 func NewIngress(store *Store, log *slog.Logger, m *metrics.Runtime) *Ingress {
-	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]bool{}}
+	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]bool{}, full: map[string]bool{}}
 }
 
 // Add makes a broker known.
@@ -64,7 +69,7 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	key := parts[0] + "/" + parts[1]
 	in.mu.RLock()
-	known := in.brokers[key]
+	known, full := in.brokers[key], in.full[key]
 	in.mu.RUnlock()
 	if !known {
 		http.Error(w, fmt.Sprintf("broker %s not found", key), http.StatusNotFound)
@@ -73,6 +78,12 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "broker ingress accepts only POST", http.StatusMethodNotAllowed)
+		return
+	}
+	if full {
+		in.metrics.EventsRejected.WithLabelValues(key, "503").Inc()
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, fmt.Sprintf("broker %s has reached its backlog limit; its triggers are behind: retry later", key), http.StatusServiceUnavailable)
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxEventBytes)
@@ -124,4 +135,50 @@ func (in *Ingress) receive(ctx context.Context, r *http.Request, namespace, name
 		return http.StatusServiceUnavailable, err
 	}
 	return http.StatusAccepted, nil
+}
+
+// Maintain trims every broker's stream of the entries all its triggers have acknowledged and
+// marks a broker full while its stream still holds more than maxBacklog entries, every
+// interval until ctx ends. Nothing pending is ever trimmed: a full broker pushes back on
+// senders instead.
+func (in *Ingress) Maintain(ctx context.Context, rdb redis.UniversalClient, interval time.Duration, maxBacklog int64) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		in.maintainOnce(ctx, rdb, maxBacklog)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (in *Ingress) maintainOnce(ctx context.Context, rdb redis.UniversalClient, maxBacklog int64) {
+	in.mu.RLock()
+	keys := make([]string, 0, len(in.brokers))
+	for k := range in.brokers {
+		keys = append(keys, k)
+	}
+	in.mu.RUnlock()
+	for _, key := range keys {
+		ns, name, _ := strings.Cut(key, "/")
+		stream := StreamKey(ns, name)
+		if _, err := Trim(ctx, rdb, stream); err != nil {
+			in.log.Warn("trimming broker stream failed", "broker", key, "error", err)
+			continue
+		}
+		n, err := rdb.XLen(ctx, stream).Result()
+		if err != nil {
+			continue
+		}
+		full := maxBacklog > 0 && n > maxBacklog
+		in.mu.Lock()
+		was := in.full[key]
+		in.full[key] = full
+		in.mu.Unlock()
+		if full != was {
+			in.log.Warn("broker backlog limit", "broker", key, "entries", n, "limit", maxBacklog, "refusing_events", full)
+		}
+	}
 }

@@ -31,6 +31,7 @@ func newUpCommand() *cobra.Command {
 		cacheDir       string
 		pprofAddr      string
 		startTimeout   time.Duration
+		maxBacklog     int64
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -90,7 +91,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			}
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
-				ModuleDir: wd, CacheDir: cacheDir, StateDir: stateDir, RedeliverAfter: redeliverAfter, StartTimeout: startTimeout,
+				ModuleDir: wd, CacheDir: cacheDir, StateDir: stateDir, RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
 			})
 		},
@@ -102,6 +103,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.DurationVar(&idle, "idle", 30*time.Second, "scale-to-zero window: an instance idle this long is stopped (min-scale permitting)")
 	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
 	f.DurationVar(&redeliverAfter, "redeliver-after", 30*time.Second, "a delivery pending this long (both subscriber and dead-letter sink failed, or a crash) is attempted again")
+	f.Int64Var(&maxBacklog, "max-backlog", 1_000_000, "a broker whose stream holds more events than this (not yet acknowledged by every trigger) answers 503 until its triggers catch up; 0 is no limit")
 	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cacheDir, "cache-dir", "", "where built function binaries are cached (default: the user cache dir)")

@@ -64,6 +64,8 @@ type Options struct {
 	RedeliverAfter time.Duration
 	// Parallelism bounds deliveries in flight per trigger.
 	Parallelism int
+	// MaxBacklog bounds the entries a broker's stream may hold before its ingress answers 503.
+	MaxBacklog int64
 	// Out receives the start-up summary; Log the structured logs; FunctionLogs the functions' output.
 	Out          io.Writer
 	Log          *slog.Logger
@@ -659,6 +661,8 @@ func (r *Runtime) serve(ctx context.Context) error {
 			}
 		}()
 	}
+	bg.Add(1)
+	go func() { defer bg.Done(); r.ingress.Maintain(ctx, r.rdb, 5*time.Second, r.opts.MaxBacklog) }()
 	r.pings.Start()
 	fmt.Fprintf(r.opts.Out, "listening on http://%s (ingress: Host <service>.<namespace>.localhost; brokers: /<namespace>/<broker>; metrics: /metrics)\n", r.addr)
 	if r.opts.Ready != nil {

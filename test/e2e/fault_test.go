@@ -126,6 +126,10 @@ func TestKillFunctionMidDelivery(t *testing.T) {
 	}
 	t.Logf("killed %d orders instances with SIGKILL mid-delivery", killed)
 	awaitSettled(t, rdb, ids, 2*time.Minute)
+	// Once every trigger acknowledged everything, the runtime trims the broker's stream.
+	runtimetest.Eventually(t, time.Minute, "the broker stream trimmed", func() bool {
+		return rdb.XLen(context.Background(), "knfaas:broker:stream:e2e/default").Val() <= 1
+	})
 }
 
 func TestKillRuntimeAndRestart(t *testing.T) {
