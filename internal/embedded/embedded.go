@@ -193,11 +193,13 @@ func (r *Runtime) openRedis(ctx context.Context) error {
 		r.redisURL = r.opts.RedisURL
 		fmt.Fprintf(r.opts.Out, "redis: %s\n", redactURL(r.redisURL))
 	}
-	rdb, err := redisconn.New(r.redisURL, redisconn.Options{CAFile: os.Getenv(redisconn.EnvCAFile)})
+	// Every trigger holds a connection in a blocking read; the pool must leave room for the
+	// ingress' writes and the acknowledgements beside them.
+	pool := 64 + 2*len(r.setTriggersOrNone())
+	rdb, err := redisconn.New(r.redisURL, redisconn.Options{CAFile: os.Getenv(redisconn.EnvCAFile), PoolSize: pool})
 	if err != nil {
 		return err
 	}
-	rdb.Options().PoolSize = 256
 	r.rdb = rdb
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -226,6 +228,13 @@ func (r *Runtime) advanceEmbeddedClock(ctx context.Context) {
 			last = now
 		}
 	}
+}
+
+func (r *Runtime) setTriggersOrNone() []*eventingv1.Trigger {
+	if r.set == nil {
+		return nil
+	}
+	return r.set.Triggers()
 }
 
 func redactURL(raw string) string {

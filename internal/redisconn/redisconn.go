@@ -33,6 +33,8 @@ type Options struct {
 	CAFile string
 	// Password overrides the URL's password when non-empty.
 	Password string
+	// PoolSize overrides the connection pool size when the URL does not set pool_size.
+	PoolSize int
 }
 
 // FromEnv builds a client from REDIS_URL, REDIS_PASSWORD and REDIS_CA_FILE.
@@ -68,6 +70,9 @@ func New(url string, opts Options) (*redis.Client, error) {
 		o.TLSConfig.MinVersion = tls.VersionTLS12
 	}
 	applyDefaults(o, url)
+	if opts.PoolSize > 0 && !hasQueryParam(url, "pool_size") {
+		o.PoolSize = opts.PoolSize
+	}
 	return redis.NewClient(o), nil
 }
 

@@ -3,6 +3,7 @@ package redisconn
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -102,6 +103,17 @@ func TestDefaultsOnlyWhereURLIsSilent(t *testing.T) {
 	defer c.Close()
 	if got := c.Options().DialTimeout; got != 7*time.Second {
 		t.Errorf("DialTimeout = %v, want the URL's 7s", got)
+	}
+	if got := c.Options().PoolSize; got != 10*runtime.GOMAXPROCS(0) {
+		t.Errorf("PoolSize = %d, want go-redis' default", got)
+	}
+	sized, err := New("redis://localhost:6379/0", Options{PoolSize: 77})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sized.Close()
+	if got := sized.Options().PoolSize; got != 77 {
+		t.Errorf("PoolSize = %d, want the option's 77", got)
 	}
 	if got := c.Options().ReadTimeout; got != defaultReadTimeout {
 		t.Errorf("ReadTimeout = %v, want default %v", got, defaultReadTimeout)
