@@ -13,9 +13,9 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/kelseyhightower/envconfig"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/deadletter"
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/redisconn"
 )
 
@@ -29,9 +29,8 @@ type Config struct {
 
 // Function stores dead letters.
 type Function struct {
-	rdb     *redis.Client
-	store   atomic.Pointer[deadletter.Store]
-	started atomic.Bool
+	store atomic.Pointer[deadletter.Store]
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -51,33 +50,13 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("deadletter: %w", err)
 	}
-	f.rdb = rdb
 	f.store.Store(deadletter.NewStore(rdb, deadletter.Options{MaxLetters: cfg.MaxLetters, MaxAge: cfg.MaxAge}))
-	f.started.Store(true)
+	f.Started(rdb)
 	return nil
 }
 
 // Stop closes the Redis client.
-func (f *Function) Stop(context.Context) error {
-	if f.rdb == nil {
-		return nil
-	}
-	return f.rdb.Close()
-}
-
-// Ready is true once Start finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	if !f.started.Load() {
-		return false, nil
-	}
-	if err := redisconn.Ping(ctx, f.rdb); err != nil {
-		return false, nil
-	}
-	return true, nil
-}
-
-// Alive is true: the function holds no state that could wedge; Redis outages show in Ready.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle stores one dead letter. A Redis failure is returned (5xx) so the broker retries: a dead
 // letter is only acknowledged once it is stored.

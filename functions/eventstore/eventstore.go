@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
@@ -19,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/eventlog"
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/redisconn"
 )
 
@@ -46,11 +46,10 @@ const DefaultLimit = 100
 
 // Function is the event store.
 type Function struct {
-	rdb   *redis.Client
-	log   *eventlog.Log
-	cfg   Config
-	mux   *http.ServeMux
-	ready atomic.Bool
+	log *eventlog.Log
+	cfg Config
+	mux *http.ServeMux
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -75,7 +74,6 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 
 func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) {
 	f.cfg = cfg
-	f.rdb = rdb
 	f.log = eventlog.New(rdb, eventlog.Options{
 		Retention: cfg.Retention, MaxLen: cfg.MaxLen, StreamMaxLen: cfg.StreamMaxLen, DedupTTL: cfg.DedupTTL,
 	})
@@ -92,29 +90,15 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) {
 		return eventlog.Query{Type: r.PathValue("type")}
 	}))
 	f.mux = mux
-	f.ready.Store(true)
+	f.Started(rdb)
 }
 
 // Stop closes Redis.
-func (f *Function) Stop(context.Context) error {
-	f.ready.Store(false)
-	if f.rdb != nil {
-		return f.rdb.Close()
-	}
-	return nil
-}
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	return f.ready.Load() && f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive is true: a Redis outage is a readiness matter, restarting would not cure it.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle routes appends and reads.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		http.Error(w, "event store is starting", http.StatusServiceUnavailable)
 		return
 	}

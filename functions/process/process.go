@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -17,6 +16,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/process"
 	"github.com/knfaas/knfaas/internal/redisconn"
 	"github.com/knfaas/knfaas/internal/sink"
@@ -49,7 +49,7 @@ type Function struct {
 	engine *process.Engine
 	send   func(context.Context, event.Event) error
 	acks   *acker
-	ready  atomic.Bool
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -89,37 +89,24 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client, sen
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
 	slog.Info("process manager started", "processes", defs.Names(), "owner", owner)
-	f.ready.Store(true)
+	f.Started(rdb)
 	return nil
 }
 
 // Stop flushes pending acknowledgements and closes Redis.
 func (f *Function) Stop(ctx context.Context) error {
-	f.ready.Store(false)
+	// Refuse new events first, so none adds an acknowledgement after the flush.
+	f.Stopping()
 	if f.acks != nil {
 		f.acks.close(ctx)
 	}
-	if f.rdb != nil {
-		return f.rdb.Close()
-	}
-	return nil
+	return f.Close()
 }
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	if !f.ready.Load() {
-		return false, nil
-	}
-	return f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive reports the process is running; a Redis outage shows in Ready, not as a restart.
-func (f *Function) Alive(ctx context.Context) (bool, error) { return true, nil }
 
 // Handle applies one event (a start event, a reply, a fired deadline) and publishes what the
 // step emitted. It never replies with an event: a step can emit several, and all go through K_SINK.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		return nil, errors.New("process manager is starting")
 	}
 	ev := process.Event{

@@ -12,12 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/httpauth"
 	"github.com/knfaas/knfaas/internal/projection"
 	"github.com/knfaas/knfaas/internal/redisconn"
@@ -39,13 +39,12 @@ type Config struct {
 // Function is the query function.
 type Function struct {
 	rdb    redis.Cmdable
-	closer func() error
 	auth   *httpauth.Authenticator
 	models map[string][]string
 	cfg    Config
 	cache  string
 	mux    *http.ServeMux
-	ready  atomic.Bool
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -69,11 +68,14 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("query: %w", err)
 	}
-	f.closer = rdb.Close
-	return f.start(cfg, rdb, auth)
+	if err := f.start(cfg, rdb, auth); err != nil {
+		_ = rdb.Close()
+		return err
+	}
+	return nil
 }
 
-func (f *Function) start(cfg Config, rdb redis.Cmdable, auth *httpauth.Authenticator) error {
+func (f *Function) start(cfg Config, rdb redis.UniversalClient, auth *httpauth.Authenticator) error {
 	models, err := ParseModels(cfg.Models)
 	if err != nil {
 		return fmt.Errorf("query: QUERY_MODELS: %w", err)
@@ -90,7 +92,7 @@ func (f *Function) start(cfg Config, rdb redis.Cmdable, auth *httpauth.Authentic
 	mux.HandleFunc("GET /{model}/{key}", f.get)
 	mux.HandleFunc("GET /{model}", f.list)
 	f.mux = mux
-	f.ready.Store(true)
+	f.Started(rdb)
 	return nil
 }
 
@@ -129,25 +131,11 @@ func ParseModels(s string) (map[string][]string, error) {
 }
 
 // Stop closes Redis.
-func (f *Function) Stop(context.Context) error {
-	f.ready.Store(false)
-	if f.closer != nil {
-		return f.closer()
-	}
-	return nil
-}
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	return f.ready.Load() && f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive is true: a Redis outage is a readiness matter.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle authenticates the caller, then serves the read model.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		http.Error(w, "query is starting", http.StatusServiceUnavailable)
 		return
 	}

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -20,6 +19,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/httpauth"
 	"github.com/knfaas/knfaas/internal/process"
 	"github.com/knfaas/knfaas/internal/redisconn"
@@ -49,12 +49,12 @@ type Authenticator interface {
 
 // Function serves the tasks API.
 type Function struct {
-	cfg   Config
-	rdb   *redis.Client
-	auth  Authenticator
-	send  func(context.Context, event.Event) error
-	now   func() time.Time
-	ready atomic.Bool
+	cfg  Config
+	rdb  *redis.Client
+	auth Authenticator
+	send func(context.Context, event.Event) error
+	now  func() time.Time
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -88,28 +88,11 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 
 func (f *Function) start(cfg Config, rdb *redis.Client, auth Authenticator, send func(context.Context, event.Event) error) {
 	f.cfg, f.rdb, f.auth, f.send = cfg, rdb, auth, send
-	f.ready.Store(true)
+	f.Started(rdb)
 }
 
 // Stop closes Redis.
-func (f *Function) Stop(context.Context) error {
-	f.ready.Store(false)
-	if f.rdb != nil {
-		return f.rdb.Close()
-	}
-	return nil
-}
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	if !f.ready.Load() {
-		return false, nil
-	}
-	return f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive reports the process is running.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle routes:
 //
@@ -120,7 +103,7 @@ func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
 //
 // Task ids may contain "/" and ":"; the action is the last path segment.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		http.Error(w, "starting", http.StatusServiceUnavailable)
 		return
 	}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -17,6 +16,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/process/deadline"
 	"github.com/knfaas/knfaas/internal/redisconn"
 	"github.com/knfaas/knfaas/internal/sink"
@@ -42,11 +42,11 @@ type Config struct {
 
 // Function fires due deadlines.
 type Function struct {
-	cfg   Config
-	rdb   *redis.Client
-	send  func(context.Context, event.Event) error
-	now   func() time.Time
-	ready atomic.Bool
+	cfg  Config
+	rdb  *redis.Client
+	send func(context.Context, event.Event) error
+	now  func() time.Time
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -78,35 +78,18 @@ func (f *Function) start(cfg Config, rdb *redis.Client, send func(context.Contex
 		cfg.Concurrency = 64
 	}
 	f.cfg, f.rdb, f.send = cfg, rdb, send
-	f.ready.Store(true)
+	f.Started(rdb)
 }
 
 // Stop closes Redis.
-func (f *Function) Stop(context.Context) error {
-	f.ready.Store(false)
-	if f.rdb != nil {
-		return f.rdb.Close()
-	}
-	return nil
-}
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	if !f.ready.Load() {
-		return false, nil
-	}
-	return f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive reports the process is running.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle fires every deadline due at or before the tick's slot time (the event's time, which
 // PingSource sets to the cron slot; never later than now). Deadlines are moved to an outbox
 // atomically before they are sent, so a tick delivered twice finds nothing new to fire, and a
 // tick that crashed mid-way leaves its deadlines in the outbox for the next tick to send again.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		return nil, errors.New("timer is starting")
 	}
 	if e.Type() != TypePing {

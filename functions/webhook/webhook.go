@@ -24,6 +24,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/redisconn"
 	"github.com/knfaas/knfaas/internal/sink"
 	"github.com/knfaas/knfaas/internal/webhook/dedup"
@@ -65,7 +66,6 @@ type state struct {
 	sources map[string]*source.Source
 	claims  claimer
 	pub     publisher
-	rdb     *redis.Client // nil in tests that stub the claims
 	lease   time.Duration
 }
 
@@ -74,6 +74,7 @@ type Function struct {
 	state atomic.Pointer[state]
 	log   *slog.Logger
 	now   func() time.Time
+	funchealth.Redis
 }
 
 // New returns an unstarted Function.
@@ -121,42 +122,25 @@ func (f *Function) install(cfg Config, srcs map[string]*source.Source, claims cl
 		cfg.RetryAfter = 10 * time.Second
 	}
 	f.state.Store(&state{
-		cfg: cfg, sources: srcs, claims: claims, pub: pub, rdb: rdb,
+		cfg: cfg, sources: srcs, claims: claims, pub: pub,
 		// The claim must outlive any publish attempt (or a slow publish could be duplicated by a
 		// retry), yet expire soon after a crash so the sender's retry is not blocked for long.
 		lease: cfg.PublishTimeout + 5*time.Second,
 	})
+	var c redis.UniversalClient // a nil interface, not a nil *redis.Client, when tests stub the claims
+	if rdb != nil {
+		c = rdb
+	}
+	f.Started(c)
 }
 
 // Stop closes the dedup pipelines and Redis.
 func (f *Function) Stop(context.Context) error {
-	st := f.state.Load()
-	if st == nil {
-		return nil
+	if st := f.state.Load(); st != nil {
+		st.claims.Close()
 	}
-	st.claims.Close()
-	if st.rdb != nil {
-		return st.rdb.Close()
-	}
-	return nil
+	return f.Close()
 }
-
-// Ready is true once Start finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	st := f.state.Load()
-	if st == nil {
-		return false, nil
-	}
-	if st.rdb != nil {
-		if err := redisconn.Ping(ctx, st.rdb); err != nil {
-			return false, nil
-		}
-	}
-	return true, nil
-}
-
-// Alive is true while the process serves; Redis trouble is readiness, not liveness.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
 
 // Handle verifies, deduplicates and publishes one delivery: POST /<source>.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
