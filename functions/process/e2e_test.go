@@ -4,12 +4,10 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/knfaas/knfaas/internal/redistest"
 	"github.com/knfaas/knfaas/internal/runtimetest"
@@ -38,6 +36,8 @@ spec:
     spec:
       containers:
       - image: ko://github.com/knfaas/knfaas/functions/process
+        readinessProbe:
+          httpGet: {path: /health/readiness}
         env:
         - {name: PROCESS_DEFINITIONS_DIR, value: /etc/knfaas/process}
         - name: REDIS_URL
@@ -68,30 +68,30 @@ spec:
 `
 
 // TestBadDefinitionRefusedAtStart: under knfaas up, a process manager whose definition has an
-// error does not start, and says which process and step.
+// error never becomes ready, so knfaas up refuses to start (as a Knative Service whose first
+// revision cannot start never becomes Ready), and the output names the process and step.
 func TestBadDefinitionRefusedAtStart(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte(badDefinition), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rt := runtimetest.Start(t, runtimetest.Options{
-		Paths:    []string{"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml", "config/600-broker.yaml", "config/400-deadletter-config.yaml", "config/700-deadletter.yaml", dir},
-		RedisURL: srv.URL(),
-	})
-	e := cloudevents.NewEvent()
-	e.SetID("o1-placed")
-	e.SetType("e2e.order.placed")
-	e.SetSource("/e2e")
-	e.SetSubject("o1")
-	_ = e.SetData(cloudevents.ApplicationJSON, map[string]int{"amount": 1})
-	rt.Send("knfaas", "default", e)
-	runtimetest.Eventually(t, 3*time.Minute, "start-up refusal naming process and step in the function's log", func() bool {
-		// func-go logs the error as JSON, so the quotes arrive escaped.
-		out := strings.ReplaceAll(rt.Output(), `\"`, `"`)
-		return strings.Contains(out, `process "order" step 1 "cook": timeout is required`)
-	})
-	if n, _ := srv.Client().Exists(t.Context(), "knfaas:process:instance:o1").Result(); n != 0 {
-		t.Error("an instance was started by a manager whose definition is invalid")
+	args := []string{"up", "--defaults=false", "--addr", "127.0.0.1:0", "--start-timeout", "60s"}
+	for _, p := range []string{"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml", "config/600-broker.yaml", "config/400-deadletter-config.yaml", "config/700-deadletter.yaml", dir} {
+		args = append(args, "-f", p)
+	}
+	cmd := exec.Command(runtimetest.Binary(t), args...)
+	cmd.Dir = runtimetest.ModuleRoot(t)
+	cmd.Env = append(os.Environ(), "REDIS_URL="+srv.URL())
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("knfaas up started with an invalid process definition:\n%s", out)
+	}
+	// func-go logs the error as JSON, so the quotes arrive escaped.
+	text := strings.ReplaceAll(string(out), `\"`, `"`)
+	for _, want := range []string{`process "order" step 1 "cook": timeout is required`, "Service knfaas/bad-process", "exited before it became ready"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output does not name %q:\n%s", want, text)
+		}
 	}
 }
