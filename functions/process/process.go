@@ -126,7 +126,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		if f.acks.published(a) {
 			continue // published by this replica; its removal from the outbox is in flight
 		}
-		if err := f.send(ctx, toEvent(em)); err != nil {
+		if err := f.send(ctx, em.Event()); err != nil {
 			// Leave the rest in the outbox: the broker redelivers this event, the step is a
 			// duplicate by then, and the outbox is offered again.
 			f.acks.add(acked...)
@@ -150,20 +150,6 @@ func extension(e event.Event, name string) string {
 	}
 	s, _ := v.(string)
 	return s
-}
-
-func toEvent(em process.Emitted) event.Event {
-	e := cloudevents.NewEvent()
-	e.SetID(em.ID)
-	e.SetType(em.Type)
-	e.SetSource(em.Source)
-	e.SetSubject(em.Subject)
-	e.SetTime(time.Now())
-	for k, v := range em.Extensions {
-		e.SetExtension(k, v)
-	}
-	_ = e.SetData(cloudevents.ApplicationJSON, []byte(em.Data))
-	return e
 }
 
 // acker removes published entries from instance outboxes in batches, off the request path: an

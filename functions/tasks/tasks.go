@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
@@ -249,7 +248,7 @@ func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Id
 		http.Error(w, "recording the decision failed", http.StatusServiceUnavailable)
 		return
 	}
-	if err := f.send(r.Context(), toEvent(reply)); err != nil {
+	if err := f.send(r.Context(), reply.Event()); err != nil {
 		// The decision is recorded with its reply; the same call again sends it again.
 		slog.Error("publishing task reply", "task", taskID, "err", err)
 		http.Error(w, "decision recorded but not yet delivered; repeat the same request", http.StatusServiceUnavailable)
@@ -264,20 +263,6 @@ func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Id
 		return
 	}
 	writeJSON(w, http.StatusOK, t)
-}
-
-func toEvent(em process.Emitted) event.Event {
-	e := cloudevents.NewEvent()
-	e.SetID(em.ID)
-	e.SetType(em.Type)
-	e.SetSource(em.Source)
-	e.SetSubject(em.Subject)
-	e.SetTime(time.Now())
-	for k, v := range em.Extensions {
-		e.SetExtension(k, v)
-	}
-	_ = e.SetData(cloudevents.ApplicationJSON, []byte(em.Data))
-	return e
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/process/deadline"
@@ -78,6 +79,22 @@ type Emitted struct {
 	Data       string            `json:"data"`
 	Extensions map[string]string `json:"ext"`
 	raw        string
+}
+
+// Event builds the CloudEvent to publish: the stored attributes and JSON data, stamped with
+// the current time.
+func (em Emitted) Event() event.Event {
+	e := event.New()
+	e.SetID(em.ID)
+	e.SetType(em.Type)
+	e.SetSource(em.Source)
+	e.SetSubject(em.Subject)
+	e.SetTime(time.Now())
+	for k, v := range em.Extensions {
+		e.SetExtension(k, v)
+	}
+	_ = e.SetData(event.ApplicationJSON, []byte(em.Data))
+	return e
 }
 
 // Result is the outcome of Apply.
