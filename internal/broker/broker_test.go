@@ -18,6 +18,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	"knative.dev/eventing/pkg/eventingtls"
@@ -380,5 +381,45 @@ func TestBacklogLimitPushesBack(t *testing.T) {
 	in.maintainOnce(ctx, rdb, 5)
 	if code := post("after"); code != 202 {
 		t.Fatalf("event after the trigger caught up answered %d, want 202", code)
+	}
+}
+
+// TestNoDeadLetterSinkDropsAfterRetries follows Knative: without a dead-letter sink, an event
+// whose retries are exhausted is acknowledged and counted as dropped, not kept pending.
+func TestNoDeadLetterSinkDropsAfterRetries(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx := context.Background()
+	sub := newCapture(t, 500, "no")
+	m := metrics.New()
+	trig := &Trigger{Namespace: "ns", Name: "nodls", Broker: "b", Subscriber: addressable(t, sub.URL), ReplyURL: "http://127.0.0.1:1/ns/b", Retry: kncloudevents.NoRetries()}
+	stream := StreamKey("ns", "b")
+	if err := EnsureGroup(ctx, rdb, stream, trig.Group()); err != nil {
+		t.Fatal(err)
+	}
+	e := cloudevents.NewEvent()
+	e.SetID("x")
+	e.SetType("t")
+	e.SetSource("/s")
+	data, _ := json.Marshal(e)
+	rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{eventField, data}})
+	c := NewConsumer(trig, rdb, kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil), slog.New(slog.NewTextHandler(io.Discard, nil)), m, ConsumerOptions{Block: 50 * time.Millisecond})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = c.Run(runCtx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(m.EventsDropped.WithLabelValues("ns/b", "ns/nodls")) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the failed event was not counted as dropped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	<-done
+	if n := rdb.XPending(ctx, stream, trig.Group()).Val().Count; n != 0 {
+		t.Fatalf("%d entries pending; a dropped event is acknowledged", n)
+	}
+	if got := testutil.ToFloat64(m.EventsFailed.WithLabelValues("ns/b", "ns/nodls")); got != 0 {
+		t.Fatalf("failed = %v; a drop is not a pending failure", got)
 	}
 }

@@ -306,7 +306,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		return true
 	}
 	if c.t.DeadLetter == nil {
-		c.metrics.EventsFailed.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		c.metrics.EventsDropped.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		log.Error("delivery failed and the trigger has no dead-letter sink: the event is dropped, as Knative does", "error", err)
 		return true
 	}

@@ -20,6 +20,7 @@ type Runtime struct {
 	EventsRetried      *prometheus.CounterVec   // broker, trigger
 	EventsDeadLettered *prometheus.CounterVec   // broker, trigger
 	EventsFailed       *prometheus.CounterVec   // broker, trigger: neither subscriber nor dead-letter sink took it; redelivered later
+	EventsDropped      *prometheus.CounterVec   // broker, trigger: retries exhausted and no dead-letter sink
 	EventsFiltered     *prometheus.CounterVec   // broker, trigger
 	DeliveryLatency    *prometheus.HistogramVec // broker, trigger
 	ColdStarts         *prometheus.CounterVec   // namespace, service
@@ -43,6 +44,7 @@ func New() *Runtime {
 	r.EventsRetried = counter("trigger_events_retried_total", "Deliveries that needed more than one attempt.", "broker", "trigger")
 	r.EventsDeadLettered = counter("trigger_events_dead_lettered_total", "Events sent to a dead-letter sink.", "broker", "trigger")
 	r.EventsFailed = counter("trigger_events_failed_total", "Deliveries where neither the subscriber nor a dead-letter sink accepted the event; it stays pending and is redelivered.", "broker", "trigger")
+	r.EventsDropped = counter("trigger_events_dropped_total", "Events whose delivery failed after the retries on a trigger without a dead-letter sink: dropped, as Knative does.", "broker", "trigger")
 	r.EventsFiltered = counter("trigger_events_filtered_total", "Events a trigger's filter did not match.", "broker", "trigger")
 	r.DeliveryLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "knfaas", Name: "trigger_delivery_seconds", Help: "Time from ingress acceptance to the subscriber's answer.",
