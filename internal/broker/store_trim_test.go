@@ -33,8 +33,8 @@ var storeBackends = map[string]func(t *testing.T) (*redis.Options, func() *redis
 }
 
 // ackAfterFirstCommand acknowledges everything pending in one group right after the first
-// command Trim sends: between the reads of a trim that reads the groups and their pending
-// entries in separate calls.
+// command on the stream Trim sends: between the reads of a trim that reads the groups and
+// their pending entries in separate calls.
 type ackAfterFirstCommand struct {
 	other  *redis.Client
 	stream string
@@ -51,7 +51,7 @@ func (h *ackAfterFirstCommand) ProcessPipelineHook(next redis.ProcessPipelineHoo
 func (h *ackAfterFirstCommand) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
-		if h.fired.CompareAndSwap(false, true) {
+		if onStream(cmd, h.stream) && h.fired.CompareAndSwap(false, true) {
 			p, perr := h.other.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: h.stream, Group: h.group, Start: "-", End: "+", Count: 1000}).Result()
 			if perr != nil {
 				return perr
@@ -64,6 +64,15 @@ func (h *ackAfterFirstCommand) ProcessHook(next redis.ProcessHook) redis.Process
 	}
 }
 
+func onStream(cmd redis.Cmder, stream string) bool {
+	for _, a := range cmd.Args() {
+		if a == stream {
+			return true
+		}
+	}
+	return false
+}
+
 // TestTrimSafeWhenAGroupAcksBetweenReads is the regression test for a trim that read the
 // groups and their pending entries in separate calls: a group acknowledging everything in
 // between made it trim the entries another group had read but not acknowledged.
@@ -74,7 +83,7 @@ func TestTrimSafeWhenAGroupAcksBetweenReads(t *testing.T) {
 			setup := client()
 			ctx := context.Background()
 			stream := StreamKey("ns", "ack-between")
-			for _, g := range []string{"quick", "slow"} {
+			for _, g := range []string{"holder", "quick"} {
 				if err := EnsureGroup(ctx, setup, stream, g); err != nil {
 					t.Fatal(err)
 				}
@@ -87,13 +96,15 @@ func TestTrimSafeWhenAGroupAcksBetweenReads(t *testing.T) {
 				}
 				ids = append(ids, id)
 			}
-			for _, g := range []string{"quick", "slow"} {
+			for _, g := range []string{"holder", "quick"} {
 				if err := setup.XReadGroup(ctx, &redis.XReadGroupArgs{Group: g, Consumer: "c", Streams: []string{stream, ">"}, Count: 100}).Err(); err != nil {
 					t.Fatal(err)
 				}
 			}
-			setup.XAck(ctx, stream, "slow", ids[:3]...)
+			setup.XAck(ctx, stream, "holder", ids[:3]...)
 
+			// Groups are listed by name: quick comes after holder, the order in which an empty
+			// pending range of quick replaced holder's bound.
 			trimmer := redis.NewClient(opts)
 			defer trimmer.Close()
 			hook := &ackAfterFirstCommand{other: setup, stream: stream, group: "quick"}
@@ -114,15 +125,15 @@ func TestTrimSafeWhenAGroupAcksBetweenReads(t *testing.T) {
 			}
 			for _, id := range ids[3:] {
 				if !have[id] {
-					t.Fatalf("entry %s, pending in group slow, was trimmed; the stream holds %d entries", id, len(msgs))
+					t.Fatalf("entry %s, pending in group holder, was trimmed; the stream holds %d entries", id, len(msgs))
 				}
 			}
-			// The next trim sees quick's acknowledgements and keeps exactly slow's pending entries.
+			// The next trim sees quick's acknowledgements and keeps exactly holder's pending entries.
 			if _, err := Trim(ctx, setup, stream); err != nil {
 				t.Fatal(err)
 			}
 			if n := setup.XLen(ctx, stream).Val(); n != 7 {
-				t.Fatalf("after a second trim the stream holds %d entries, want the 7 pending in slow", n)
+				t.Fatalf("after a second trim the stream holds %d entries, want the 7 pending in holder", n)
 			}
 		})
 	}
@@ -133,7 +144,7 @@ func TestTrimSafeWhenAGroupAcksBetweenReads(t *testing.T) {
 // trimmed before a group read it would never reach it), and every entry a group holds
 // unacknowledged must still be in the stream whenever the group looks.
 func TestTrimNeverRemovesUnacknowledged(t *testing.T) {
-	const groups, events = 6, 1500
+	const groups, events = 6, 1000
 	for name, start := range storeBackends {
 		t.Run(name, func(t *testing.T) {
 			_, client := start(t)
