@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -65,7 +66,8 @@ func WithAppendTimeout(d time.Duration) StoreOption {
 
 // WithClockMargin sets how much earlier than Append's timeout Redis must have stored an
 // event (DefaultClockMargin when d <= 0). It must exceed the difference between the clocks
-// of the runtime and Redis plus a reply's latency.
+// of the runtime and Redis plus a reply's latency. A margin not below the append timeout is
+// cut to a quarter of it.
 func WithClockMargin(d time.Duration) StoreOption {
 	return func(s *Store) {
 		if d > 0 {
@@ -105,6 +107,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
 	s := &Store{rdb: rdb, reqs: make(chan *appendReq, 4096), timeout: DefaultAppendTimeout, margin: DefaultClockMargin, log: slog.Default()}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.margin >= s.timeout {
+		s.margin = s.timeout / 4
 	}
 	return s
 }
@@ -181,19 +186,52 @@ func (s *Store) send(batch []*appendReq) {
 	defer cancel()
 	cmds := s.exec(ctx, live, "evalsha", appendScript.Hash())
 	var again []*appendReq
+	var unknown error
 	for i, r := range live {
 		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
 			again = append(again, r) // not run: Redis lost its script cache
 			continue
 		}
-		s.result(r, cmds[i])
+		if err := s.result(r, cmds[i]); err != nil {
+			unknown = err
+		}
 	}
 	if len(again) > 0 {
 		cmds = s.exec(ctx, again, "eval", appendSource)
 		for i, r := range again {
-			s.result(r, cmds[i])
+			if err := s.result(r, cmds[i]); err != nil {
+				unknown = err
+			}
 		}
 	}
+	if unknown != nil {
+		s.log.Warn("no answer from redis to appends; they fail at their deadline unless redis answers in time", "error", unknown)
+	}
+}
+
+// result hands a script's answer to its Append. A transport error after the request may
+// have been written (a timeout, a broken connection) leaves the outcome unknown: Redis may
+// still run the script until its deadline, so the request is left to fail at Append's
+// timeout, when the script can no longer store it; result returns that error.
+func (s *Store) result(r *appendReq, cmd *redis.Cmd) error {
+	id, err := cmd.Text()
+	var rerr redis.Error
+	switch {
+	case err == nil:
+	case redis.HasErrorPrefix(err, errLatePrefix):
+		err = fmt.Errorf("%w: %w", ErrAppendTimeout, err)
+	case errors.As(err, &rerr), notSent(err):
+	default:
+		return err
+	}
+	s.finish(r, id, err)
+	return nil
+}
+
+// notSent reports errors go-redis returns before a command reached Redis.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed) || (errors.As(err, &op) && op.Op == "dial")
 }
 
 // appendSource is appendScript's text, sent when Redis does not have it cached. ARGV[1] is the
@@ -230,14 +268,6 @@ func (s *Store) exec(ctx context.Context, reqs []*appendReq, verb, script string
 	}
 	_, _ = pipe.Exec(ctx)
 	return cmds
-}
-
-func (s *Store) result(r *appendReq, cmd *redis.Cmd) {
-	id, err := cmd.Text()
-	if redis.HasErrorPrefix(err, errLatePrefix) {
-		err = fmt.Errorf("%w: %w", ErrAppendTimeout, err)
-	}
-	s.finish(r, id, err)
 }
 
 // finish hands a request's outcome to its Append, unless Append already gave up.
