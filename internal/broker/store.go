@@ -114,9 +114,6 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
 	return s
 }
 
-// Timeout is the longest Append takes.
-func (s *Store) Timeout() time.Duration { return s.timeout }
-
 // appendScript adds the entry only while Redis' clock has not passed the deadline.
 var appendScript = redis.NewScript(appendSource)
 
@@ -312,7 +309,7 @@ func (s *Store) Append(ctx context.Context, stream string, fields ...any) (strin
 	case <-r.done:
 	case <-timer.C:
 		if r.state.CompareAndSwap(reqPending, reqAbandoned) {
-			return "", fmt.Errorf("storing event in %s: %w (no answer within %s)", stream, ErrAppendTimeout, s.timeout)
+			return "", fmt.Errorf("storing event in %s: %w (no answer from redis)", stream, ErrAppendTimeout)
 		}
 		<-r.done // the writer has the outcome already
 	}
