@@ -218,7 +218,7 @@ func TestConsumerDeliversAndTrims(t *testing.T) {
 		e.SetType("t")
 		e.SetSource("/s")
 		data, _ := json.Marshal(e)
-		if _, err := store.Append(ctx, stream, data); err != nil {
+		if _, err := store.Append(ctx, stream, eventField, data); err != nil {
 			t.Fatal(err)
 		}
 	}

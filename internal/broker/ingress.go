@@ -131,7 +131,7 @@ func (in *Ingress) receive(ctx context.Context, r *http.Request, namespace, name
 	if err != nil {
 		return http.StatusBadRequest, fmt.Errorf("encoding event: %w", err)
 	}
-	if _, err := in.store.Append(ctx, StreamKey(namespace, name), data); err != nil {
+	if _, err := in.store.Append(ctx, StreamKey(namespace, name), eventField, data); err != nil {
 		return http.StatusServiceUnavailable, err
 	}
 	return http.StatusAccepted, nil

@@ -7,8 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,30 +25,103 @@ func StreamKey(namespace, name string) string {
 // eventField is the stream entry field holding the event in CloudEvents JSON format.
 const eventField = "e"
 
+// DefaultAppendTimeout bounds how long Append waits for Redis by default.
+const DefaultAppendTimeout = 2 * time.Second
+
+// DefaultClockMargin is the default allowance for the difference between the runtime's and
+// Redis' clocks plus the time a reply takes to come back.
+const DefaultClockMargin = 500 * time.Millisecond
+
+// ErrAppendTimeout reports an append that did not complete within its time. The event was
+// not stored and never will be: the caller may answer 503 and the sender may retry.
+var ErrAppendTimeout = errors.New("redis did not store the event in time")
+
 // Store appends events to broker streams, coalescing concurrent appends into pipelines so that
 // many requests share one Redis round trip (group commit) without giving up per-event acks.
+//
+// Every append is a script that compares Redis' clock with the request's deadline and adds
+// nothing once it has passed, so an append that Append reported as failed can never land
+// later (a hung Redis resuming, a request still in a socket buffer). Append gives up at
+// its timeout; the script's deadline is that instant minus the clock margin. The guarantee
+// holds while the two clocks differ by less than the margin, minus the time a reply takes.
 type Store struct {
-	rdb  redis.UniversalClient
-	reqs chan *appendReq
+	rdb     redis.UniversalClient
+	reqs    chan *appendReq
+	timeout time.Duration
+	margin  time.Duration
+	log     *slog.Logger
 }
 
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithAppendTimeout bounds how long Append may take (DefaultAppendTimeout when d <= 0).
+func WithAppendTimeout(d time.Duration) StoreOption {
+	return func(s *Store) {
+		if d > 0 {
+			s.timeout = d
+		}
+	}
+}
+
+// WithClockMargin sets how much earlier than Append's timeout Redis must have stored an
+// event (DefaultClockMargin when d <= 0). It must exceed the difference between the clocks
+// of the runtime and Redis plus a reply's latency. A margin not below the append timeout is
+// cut to a quarter of it.
+func WithClockMargin(d time.Duration) StoreOption {
+	return func(s *Store) {
+		if d > 0 {
+			s.margin = d
+		}
+	}
+}
+
+// WithLogger sets where the Store reports an append acknowledged after its caller gave up,
+// which only a clock difference beyond the margin can cause.
+func WithLogger(l *slog.Logger) StoreOption {
+	return func(s *Store) { s.log = l }
+}
+
+// Request states: the writer and the waiting Append race to move a request out of pending.
+const (
+	reqPending int32 = iota
+	reqDone
+	reqAbandoned
+)
+
 type appendReq struct {
-	stream string
-	data   []byte
-	id     string
-	err    error
-	done   chan struct{}
+	stream   string
+	fields   []any
+	deadline time.Time // Redis refuses the write once its clock is past this
+	id       string
+	err      error
+	state    atomic.Int32
+	done     chan struct{}
 }
 
 // maxBatch bounds how many appends share one pipeline.
 const maxBatch = 256
 
 // NewStore returns a Store; Run must be running for Append to complete.
-func NewStore(rdb redis.UniversalClient) *Store {
-	return &Store{rdb: rdb, reqs: make(chan *appendReq, 4096)}
+func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
+	s := &Store{rdb: rdb, reqs: make(chan *appendReq, 4096), timeout: DefaultAppendTimeout, margin: DefaultClockMargin, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.margin >= s.timeout {
+		s.margin = s.timeout / 4
+	}
+	return s
 }
 
-// Run drains appends with writers concurrent pipelines until ctx ends.
+// appendScript adds the entry only while Redis' clock has not passed the deadline.
+var appendScript = redis.NewScript(appendSource)
+
+// errLatePrefix starts the error appendScript answers when it refused a write.
+const errLatePrefix = "KNFAAS_LATE"
+
+// Run drains appends with writers concurrent pipelines until ctx ends. Appends queued when it
+// returns fail at their deadline.
 func (s *Store) Run(ctx context.Context, writers int) {
 	done := make(chan struct{})
 	for i := 0; i < writers; i++ {
@@ -78,29 +154,165 @@ func (s *Store) write(ctx context.Context) {
 				break fill
 			}
 		}
-		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.StringCmd, len(batch))
-		for i, r := range batch {
-			cmds[i] = pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: r.stream, Values: []any{eventField, r.data}})
-		}
-		_, _ = pipe.Exec(context.Background())
-		for i, r := range batch {
-			r.id, r.err = cmds[i].Result()
-			close(r.done)
-		}
+		s.send(batch)
 	}
 }
 
-// Append stores data at the end of stream and returns its entry id once Redis acknowledged it.
-func (s *Store) Append(ctx context.Context, stream string, data []byte) (string, error) {
-	r := &appendReq{stream: stream, data: data, done: make(chan struct{})}
+// send runs a batch of appends in one pipeline. Requests already past their deadline are
+// failed without being sent: Redis would refuse them anyway.
+func (s *Store) send(batch []*appendReq) {
+	now := time.Now()
+	live := make([]*appendReq, 0, len(batch))
+	var last time.Time
+	for _, r := range batch {
+		if !now.Before(r.deadline) {
+			s.finish(r, "", ErrAppendTimeout)
+			continue
+		}
+		live = append(live, r)
+		if r.deadline.After(last) {
+			last = r.deadline
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	// The context bounds only waiting for a connection; a request already written is
+	// answered by Redis (its script refuses once late) or fails with the connection.
+	ctx, cancel := context.WithDeadline(context.Background(), last.Add(s.margin))
+	defer cancel()
+	cmds := s.exec(ctx, live, "evalsha", appendScript.Hash())
+	var again []*appendReq
+	var unknown error
+	for i, r := range live {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			again = append(again, r) // not run: Redis lost its script cache
+			continue
+		}
+		if err := s.result(r, cmds[i]); err != nil {
+			unknown = err
+		}
+	}
+	if len(again) > 0 {
+		cmds = s.exec(ctx, again, "eval", appendSource)
+		for i, r := range again {
+			if err := s.result(r, cmds[i]); err != nil {
+				unknown = err
+			}
+		}
+	}
+	if unknown != nil {
+		s.log.Warn("no answer from redis to appends; they fail at their deadline unless redis answers in time", "error", unknown)
+	}
+}
+
+// result hands a script's answer to its Append. A transport error after the request may
+// have been written (a timeout, a broken connection) leaves the outcome unknown: Redis may
+// still run the script until its deadline, so the request is left to fail at Append's
+// timeout, when the script can no longer store it; result returns that error.
+func (s *Store) result(r *appendReq, cmd *redis.Cmd) error {
+	id, err := cmd.Text()
+	var rerr redis.Error
+	switch {
+	case err == nil:
+	case redis.HasErrorPrefix(err, errLatePrefix):
+		err = fmt.Errorf("%w: %w", ErrAppendTimeout, err)
+	case errors.As(err, &rerr), notSent(err):
+	default:
+		return err
+	}
+	s.finish(r, id, err)
+	return nil
+}
+
+// notSent reports errors go-redis returns before a command reached Redis.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed) || (errors.As(err, &op) && op.Op == "dial")
+}
+
+// appendSource is appendScript's text, sent when Redis does not have it cached. ARGV[1] is the
+// deadline in microseconds since the Unix epoch, ARGV[2..] the entry's field/value pairs. TIME
+// is non-deterministic, which Redis allows before a write since scripts replicate their
+// effects (the default since Redis 5, the only mode since 7).
+const appendSource = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[1])
+if now > deadline then
+  return redis.error_reply('KNFAAS_LATE deadline passed ' .. tostring(now - deadline) .. 'us ago by the Redis clock; nothing stored')
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+`
+
+// onceCmd is a command go-redis must not send again after a timeout or a broken connection:
+// the first attempt may have run, and a second one would store the event twice. A pipeline
+// holding one is never retried.
+type onceCmd struct{ *redis.Cmd }
+
+// NoRetry tells go-redis not to retry the pipeline.
+func (onceCmd) NoRetry() bool { return true }
+
+func (s *Store) exec(ctx context.Context, reqs []*appendReq, verb, script string) []*redis.Cmd {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(reqs))
+	for i, r := range reqs {
+		args := make([]any, 0, 5+len(r.fields))
+		args = append(args, verb, script, 1, r.stream, r.deadline.UnixMicro())
+		args = append(args, r.fields...)
+		cmds[i] = redis.NewCmd(ctx, args...)
+		_ = pipe.Process(ctx, onceCmd{cmds[i]})
+	}
+	_, _ = pipe.Exec(ctx)
+	return cmds
+}
+
+// finish hands a request's outcome to its Append, unless Append already gave up.
+func (s *Store) finish(r *appendReq, id string, err error) {
+	r.id, r.err = id, err
+	if !r.state.CompareAndSwap(reqPending, reqDone) && err == nil {
+		// Only a clock difference beyond the margin (or a reply slower than it) lets Redis
+		// accept a write after Append answered that it failed: a sender's retry duplicates it.
+		s.log.Error("redis stored an event after the append had been reported as failed; clocks of the runtime and redis differ by more than the margin?",
+			"stream", r.stream, "id", id, "deadline", r.deadline, "margin", s.margin)
+	}
+	close(r.done)
+}
+
+// Append adds an entry with the given field/value pairs to the end of stream and returns its
+// id once Redis acknowledged it. It returns within the store's timeout (or ctx's deadline, if
+// earlier); an error means the entry was not stored and will not be: an append that did not
+// complete in time fails with ErrAppendTimeout. Cancelling ctx does not abandon a queued
+// append: its outcome decides the answer.
+func (s *Store) Append(ctx context.Context, stream string, fields ...any) (string, error) {
+	if len(fields) == 0 || len(fields)%2 != 0 {
+		return "", fmt.Errorf("storing event in %s: %d fields, want field/value pairs", stream, len(fields))
+	}
+	giveUp := time.Now().Add(s.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(giveUp) {
+		giveUp = d
+	}
+	r := &appendReq{stream: stream, fields: fields, deadline: giveUp.Add(-s.margin), done: make(chan struct{})}
+	if !time.Now().Before(r.deadline) {
+		return "", fmt.Errorf("storing event in %s: %w (less than the clock margin %s left)", stream, ErrAppendTimeout, s.margin)
+	}
+	timer := time.NewTimer(time.Until(giveUp))
+	defer timer.Stop()
 	select {
 	case s.reqs <- r:
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return "", fmt.Errorf("storing event in %s: %w", stream, ctx.Err())
+	case <-timer.C:
+		return "", fmt.Errorf("storing event in %s: %w (the store's queue stayed full)", stream, ErrAppendTimeout)
 	}
-	// Once queued the write is not abandoned: its outcome decides the answer.
-	<-r.done
+	select {
+	case <-r.done:
+	case <-timer.C:
+		if r.state.CompareAndSwap(reqPending, reqAbandoned) {
+			return "", fmt.Errorf("storing event in %s: %w (no answer from redis)", stream, ErrAppendTimeout)
+		}
+		<-r.done // the writer has the outcome already
+	}
 	if r.err != nil {
 		return "", fmt.Errorf("storing event in %s: %w", stream, r.err)
 	}
@@ -111,7 +323,7 @@ func (s *Store) Append(ctx context.Context, stream string, data []byte) (string,
 // sees events accepted from now on, and leaves an existing group where it is.
 func EnsureGroup(ctx context.Context, rdb redis.UniversalClient, stream, group string) error {
 	err := rdb.XGroupCreateMkStream(ctx, stream, group, "$").Err()
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 		return fmt.Errorf("creating consumer group %s on %s: %w", group, stream, err)
 	}
 	return nil
@@ -119,7 +331,7 @@ func EnsureGroup(ctx context.Context, rdb redis.UniversalClient, stream, group s
 
 // isNoGroup reports a consumer group that vanished (a Redis without persistence restarted).
 func isNoGroup(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOGROUP")
+	return redis.HasErrorPrefix(err, "NOGROUP")
 }
 
 // entryTime is the acceptance time encoded in a stream entry id (milliseconds since epoch).
@@ -131,53 +343,50 @@ func entryTime(id string) time.Time {
 	return time.UnixMilli(ms)
 }
 
+// trimScript removes the entries every consumer group of KEYS[1] has acknowledged, reading the
+// groups and their pending entries and trimming in one atomic step: a group acknowledging in
+// between cannot make the bound pass entries another group still has to read. A group keeps
+// its oldest pending entry or, with none pending, everything after its last delivered one.
+// Stream ids compare as (milliseconds, sequence); milliseconds are compared as decimal
+// strings so that no precision is lost. Without groups all but the last entry go.
+var trimScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return redis.call('XTRIM', KEYS[1], 'MAXLEN', 1) end
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return ms, tonumber(seq)
+end
+local function less(ams, aseq, bms, bseq)
+  if #ams ~= #bms then return #ams < #bms end
+  if ams ~= bms then return ams < bms end
+  return aseq < bseq
+end
+local minms, minseq
+for _, g in ipairs(groups) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  local ms, seq
+  if tonumber(f['pending']) > 0 then
+    local p = redis.call('XPENDING', KEYS[1], f['name'])
+    if p[2] then ms, seq = split(p[2]) end
+  end
+  if not ms then
+    ms, seq = split(f['last-delivered-id'])
+    seq = seq + 1
+  end
+  if not minms or less(ms, seq, minms, minseq) then minms, minseq = ms, seq end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', minms .. '-' .. string.format('%d', minseq))
+`)
+
 // Trim removes entries that every consumer group has acknowledged: everything before the
-// oldest entry still pending or not yet delivered in any group. Without groups, nothing can
-// ever read the entries, so all but the last are removed.
+// oldest entry still pending or not yet delivered in any group, decided and done atomically
+// in Redis. Without groups, nothing can ever read the entries, so all but the last are removed.
 func Trim(ctx context.Context, rdb redis.UniversalClient, stream string) (int64, error) {
-	groups, err := rdb.XInfoGroups(ctx, stream).Result()
+	n, err := trimScript.Run(ctx, rdb, []string{stream}).Int64()
 	if err != nil {
-		if errors.Is(err, redis.Nil) || strings.Contains(err.Error(), "no such key") {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("reading groups of %s: %w", stream, err)
+		return 0, fmt.Errorf("trimming %s: %w", stream, err)
 	}
-	minID := ""
-	for _, g := range groups {
-		keep := nextID(g.LastDeliveredID)
-		if g.Pending > 0 {
-			p, err := rdb.XPending(ctx, stream, g.Name).Result()
-			if err != nil {
-				return 0, fmt.Errorf("reading pending entries of %s on %s: %w", g.Name, stream, err)
-			}
-			keep = p.Lower
-		}
-		if minID == "" || lessID(keep, minID) {
-			minID = keep
-		}
-	}
-	if minID == "" {
-		return rdb.XTrimMaxLen(ctx, stream, 1).Result()
-	}
-	return rdb.XTrimMinID(ctx, stream, minID).Result()
-}
-
-func parseID(id string) (ms, seq uint64) {
-	parts := strings.SplitN(id, "-", 2)
-	ms, _ = strconv.ParseUint(parts[0], 10, 64)
-	if len(parts) == 2 {
-		seq, _ = strconv.ParseUint(parts[1], 10, 64)
-	}
-	return ms, seq
-}
-
-func lessID(a, b string) bool {
-	am, as := parseID(a)
-	bm, bs := parseID(b)
-	return am < bm || (am == bm && as < bs)
-}
-
-func nextID(id string) string {
-	ms, seq := parseID(id)
-	return fmt.Sprintf("%d-%d", ms, seq+1)
+	return n, nil
 }

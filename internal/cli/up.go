@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/knfaas/knfaas/internal/broker"
 	"github.com/knfaas/knfaas/internal/embedded"
 	"github.com/knfaas/knfaas/internal/redisconn"
 )
@@ -32,6 +33,7 @@ func newUpCommand() *cobra.Command {
 		pprofAddr      string
 		startTimeout   time.Duration
 		maxBacklog     int64
+		appendTimeout  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -92,7 +94,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
 				ModuleDir: wd, CacheDir: cacheDir, StateDir: stateDir, RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog,
-				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
+				AppendTimeout: appendTimeout, Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
 			})
 		},
 	}
@@ -103,6 +105,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.DurationVar(&idle, "idle", 30*time.Second, "scale-to-zero window: an instance idle this long is stopped (min-scale permitting)")
 	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
 	f.DurationVar(&redeliverAfter, "redeliver-after", 30*time.Second, "a delivery pending this long (both subscriber and dead-letter sink failed, or a crash) is attempted again")
+	f.DurationVar(&appendTimeout, "append-timeout", broker.DefaultAppendTimeout, "a broker ingress answers 503 when redis has not stored an event within this; such an event is never stored later")
 	f.Int64Var(&maxBacklog, "max-backlog", 1_000_000, "a broker whose stream holds more events than this (not yet acknowledged by every trigger) answers 503 until its triggers catch up; 0 is no limit")
 	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -66,6 +66,8 @@ type Options struct {
 	Parallelism int
 	// MaxBacklog bounds the entries a broker's stream may hold before its ingress answers 503.
 	MaxBacklog int64
+	// AppendTimeout bounds how long a broker ingress waits for Redis to store an event.
+	AppendTimeout time.Duration
 	// Out receives the start-up summary; Log the structured logs; FunctionLogs the functions' output.
 	Out          io.Writer
 	Log          *slog.Logger
@@ -467,7 +469,7 @@ func (r *Runtime) serviceSpec(s *servingv1.Service, binary string, addrs *addres
 }
 
 func (r *Runtime) startEventing(ctx context.Context) error {
-	r.store = broker.NewStore(r.rdb)
+	r.store = broker.NewStore(r.rdb, broker.WithAppendTimeout(r.opts.AppendTimeout), broker.WithLogger(r.log))
 	r.ingress = broker.NewIngress(r.store, r.log, r.metrics)
 	brokers := map[string]*eventingv1.Broker{}
 	for _, b := range r.set.Brokers() {

@@ -78,6 +78,29 @@ func (s *Server) Kill() {
 	s.cmd = nil
 }
 
+// Stop sends SIGSTOP: the server keeps its connections open but answers nothing, as a hung
+// Redis does, until Cont. The test's cleanup resumes it before stopping it.
+func (s *Server) Stop() {
+	s.t.Helper()
+	s.signal(syscall.SIGSTOP)
+}
+
+// Cont sends SIGCONT to a server paused by Stop.
+func (s *Server) Cont() {
+	s.t.Helper()
+	s.signal(syscall.SIGCONT)
+}
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatalf("redis-server on %s is not running", s.Addr())
+	}
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		s.t.Fatalf("sending %v to redis-server: %v", sig, err)
+	}
+}
+
 // Restart kills the server and starts it again on the same port and data directory.
 func (s *Server) Restart() {
 	s.t.Helper()
@@ -129,6 +152,8 @@ func (s *Server) stop() {
 	if s.cmd == nil {
 		return
 	}
+	// A server paused by Stop would not act on SIGTERM.
+	_ = s.cmd.Process.Signal(syscall.SIGCONT)
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = s.cmd.Wait(); close(done) }()
