@@ -46,10 +46,18 @@ type Config struct {
 // an operator purges or redrives them, or they age out, so retrying sooner rarely helps.
 const RetryAfter = 60 * time.Second
 
+// MaxInflightBytes bounds the request bodies handled at once. A letter is held about three and a
+// half times while it is stored (body, parsed data, encoded letter), so 24 MiB keeps a burst of
+// large letters under the ksvc's 128 MiB memory limit whatever containerConcurrency says. A
+// request over the bound is answered 503 with Retry-After and the broker retries it; one request
+// is always admitted, so the largest letter always gets through.
+const MaxInflightBytes = 24 << 20
+
 // Function stores dead letters.
 type Function struct {
-	store   atomic.Pointer[deadletter.Store]
-	maxBody int64
+	store    atomic.Pointer[deadletter.Store]
+	maxBody  int64
+	inflight atomic.Int64
 	funchealth.Redis
 }
 
@@ -115,6 +123,18 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
+	reserve := r.ContentLength
+	if reserve < 0 || reserve > f.maxBody {
+		reserve = f.maxBody
+	}
+	if n := f.inflight.Add(reserve); n > MaxInflightBytes && n != reserve {
+		f.inflight.Add(-reserve)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("busy: %d bytes of dead letters being stored already, at most %d at once", n-reserve, MaxInflightBytes),
+			http.StatusServiceUnavailable)
+		return
+	}
+	defer f.inflight.Add(-reserve)
 	body, err := readBody(w, r, f.maxBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError

@@ -48,6 +48,11 @@ var failed = map[string]string{
 
 // start runs the function on a fresh redis-server with env set and returns its HTTP handler.
 func start(t *testing.T, env map[string]string) (http.Handler, *redistest.Server) {
+	h, srv, _ := startFunction(t, env)
+	return h, srv
+}
+
+func startFunction(t *testing.T, env map[string]string) (http.Handler, *redistest.Server, *Function) {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{})
 	t.Setenv("REDIS_URL", srv.URL())
@@ -66,7 +71,7 @@ func start(t *testing.T, env map[string]string) (http.Handler, *redistest.Server
 	if ready, _ := f.Ready(ctx); !ready {
 		t.Fatal("not ready with Redis up")
 	}
-	return fhttp.New(f).Handler, srv
+	return fhttp.New(f).Handler, srv, f
 }
 
 func TestHandleStoresDeadLetters(t *testing.T) {
@@ -210,6 +215,35 @@ func TestStartRejectsBadConfig(t *testing.T) {
 			err := New().Start(context.Background(), nil)
 			if err == nil || !strings.Contains(err.Error(), tc.env) {
 				t.Errorf("err = %v, want one naming %s", err, tc.env)
+			}
+		})
+	}
+}
+
+func TestBodiesInFlightAreBounded(t *testing.T) {
+	h, _, f := startFunction(t, nil)
+	body := []byte(`{"order":"o-1"}`)
+	tests := []struct {
+		name     string
+		inflight int64 // bytes other requests hold
+		want     int
+	}{
+		{"room left", MaxInflightBytes - int64(len(body)), http.StatusAccepted},
+		{"no room left", MaxInflightBytes, http.StatusServiceUnavailable},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f.inflight.Store(tc.inflight)
+			defer f.inflight.Store(0)
+			rec := post(t, h, ceHeaders(strings.Repeat("i", i+1), failed), body)
+			if rec.Code != tc.want {
+				t.Fatalf("answered %d %q, want %d", rec.Code, rec.Body, tc.want)
+			}
+			if tc.want == http.StatusServiceUnavailable && rec.Header().Get("Retry-After") == "" {
+				t.Error("503 without Retry-After")
+			}
+			if got := f.inflight.Load(); got != tc.inflight {
+				t.Errorf("in-flight bytes %d after the request, want %d (released)", got, tc.inflight)
 			}
 		})
 	}
