@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
@@ -117,6 +119,9 @@ func TestFullRefusesAndEvictsNothing(t *testing.T) {
 				}
 			}
 			before := counter(t, c)
+			if u, err := s.Usage(ctx); err != nil || u.Letters != 3 || u.Bytes != before {
+				t.Errorf("Usage = %+v (%v), want 3 letters and %d bytes", u, err, before)
+			}
 
 			_, stored, err := s.Add(ctx, bigLetter(t, "3", dataBytes))
 
@@ -410,6 +415,35 @@ func TestRedriveSendsDataByteForByte(t *testing.T) {
 			defer b.mu.Unlock()
 			if !bytes.Equal(b.bodies[id], tc.data) {
 				t.Errorf("broker received %q, want %q", b.bodies[id], tc.data)
+			}
+		})
+	}
+}
+
+func TestAddBoundsTheDetail(t *testing.T) {
+	s, _ := newStore(t, Options{})
+	ctx := context.Background()
+	tests := []struct {
+		name, detail string
+		wantLen      int
+	}{
+		{"short detail is kept", "subscriber: 431", len("subscriber: 431")},
+		{"long detail is cut", strings.Repeat("é", MaxDetailBytes), MaxDetailBytes},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := letterSpec{id: fmt.Sprint("d", i), typ: "t", source: "/s"}.letter(t)
+			l.Reason, l.Detail = ReasonParked, tc.detail
+			id, _, err := s.Add(ctx, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got.Detail) > tc.wantLen || len(got.Detail) < tc.wantLen-4 || !utf8.ValidString(got.Detail) {
+				t.Errorf("stored detail of %d bytes (valid UTF-8: %v), want about %d", len(got.Detail), utf8.ValidString(got.Detail), tc.wantLen)
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -153,6 +154,7 @@ func IdempotencyKey(source, id, dest string) string {
 // with Reason ReasonParked and Detail set. l.Event should be made by FromEvent's encoding (or be
 // the event's JSON structured format) so that a redrive sends the original data.
 func (s *Store) Add(ctx context.Context, l Letter) (id string, stored bool, err error) {
+	l.Detail = truncate(l.Detail, MaxDetailBytes)
 	seen := IdempotencyKey(l.Source, l.EventID, l.Dest)
 	code := ""
 	if l.Code != 0 {
@@ -196,6 +198,23 @@ func (s *Store) Add(ctx context.Context, l Letter) (id string, stored bool, err 
 	n, _ := res[0].(int64)
 	id, _ = res[1].(string)
 	return id, n == 1, nil
+}
+
+// MaxDetailBytes bounds Letter.Detail as stored; Add cuts a longer detail (at a UTF-8 boundary)
+// and marks the cut, so free text from failing endpoints cannot grow a letter unboundedly.
+const MaxDetailBytes = 4 << 10
+
+const truncatedMark = " …(truncated)"
+
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len(truncatedMark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + truncatedMark
 }
 
 // Filter selects letters. Empty fields match everything.
