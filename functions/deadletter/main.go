@@ -1,5 +1,5 @@
 package main
 
-import "knative.dev/func-go/cloudevents"
+import "knative.dev/func-go/http"
 
-func main() { cloudevents.Start(New()) }
+func main() { http.Start(New()) }

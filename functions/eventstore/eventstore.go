@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/eventlog"
+	"github.com/knfaas/knfaas/internal/eventsize"
 	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/redisconn"
 )
@@ -37,8 +38,10 @@ type Config struct {
 	// DedupTTL is how long a (source, id) is remembered; at least Retention, so that replaying
 	// any event still in the log (which routes it back here) does not log it twice.
 	DedupTTL time.Duration `envconfig:"EVENTSTORE_DEDUP_TTL" default:"720h"`
-	// MaxEventBytes refuses larger requests with 413.
-	MaxEventBytes int64 `envconfig:"EVENTSTORE_MAX_EVENT_BYTES" default:"1048576"`
+	// MaxEventBytes refuses larger request bodies with 413. Unset, it is
+	// eventsize.DefaultMaxEventBytes, what a Broker accepts, so that every event a Broker took
+	// can be logged.
+	MaxEventBytes int64 `envconfig:"EVENTSTORE_MAX_EVENT_BYTES"`
 }
 
 // DefaultLimit is the page size when a read does not ask for one.
@@ -60,6 +63,16 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
 	if err := envconfig.Process("", &cfg); err != nil {
 		return fmt.Errorf("eventstore: reading configuration: %w", err)
+	}
+	if cfg.MaxEventBytes == 0 {
+		cfg.MaxEventBytes = eventsize.DefaultMaxEventBytes
+	}
+	if cfg.MaxEventBytes < 0 {
+		return fmt.Errorf("eventstore: EVENTSTORE_MAX_EVENT_BYTES (%d) must be positive", cfg.MaxEventBytes)
+	}
+	if cfg.MaxEventBytes < eventsize.DefaultMaxEventBytes {
+		slog.Warn("EVENTSTORE_MAX_EVENT_BYTES is below what a Broker accepts by default: larger events will be refused here (413) and dead-lettered",
+			"maxEventBytes", cfg.MaxEventBytes, "brokerDefault", eventsize.DefaultMaxEventBytes)
 	}
 	if cfg.DedupTTL < cfg.Retention {
 		return fmt.Errorf("eventstore: EVENTSTORE_DEDUP_TTL (%s) is shorter than EVENTSTORE_RETENTION (%s): replayed events would be logged twice", cfg.DedupTTL, cfg.Retention)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/eventlog"
+	"github.com/knfaas/knfaas/internal/eventsize"
 	"github.com/knfaas/knfaas/internal/redistest"
 )
 
@@ -140,5 +142,64 @@ func TestStartRefusesDedupShorterThanRetention(t *testing.T) {
 	err := New().Start(context.Background(), nil)
 	if err == nil || !strings.Contains(err.Error(), "EVENTSTORE_DEDUP_TTL") {
 		t.Fatalf("Start = %v, want a refusal naming EVENTSTORE_DEDUP_TTL", err)
+	}
+}
+
+func TestMaxEventBytesDefaultsToWhatABrokerAccepts(t *testing.T) {
+	tests := []struct {
+		name, value string
+		want        int64 // 0: Start refuses, naming the variable
+	}{
+		{"unset", "", eventsize.DefaultMaxEventBytes},
+		{"raised", "8388608", 8 << 20},
+		{"negative", "-1", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t, redistest.Options{})
+			t.Setenv("REDIS_URL", srv.URL())
+			t.Setenv("EVENTSTORE_MAX_EVENT_BYTES", tc.value)
+			if tc.value == "" {
+				os.Unsetenv("EVENTSTORE_MAX_EVENT_BYTES") // t.Setenv restores it after the test
+			}
+			f := New()
+			err := f.Start(context.Background(), nil)
+			if tc.want == 0 {
+				if err == nil || !strings.Contains(err.Error(), "EVENTSTORE_MAX_EVENT_BYTES") {
+					t.Fatalf("Start = %v, want a refusal naming EVENTSTORE_MAX_EVENT_BYTES", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = f.Stop(context.Background()) })
+			if f.cfg.MaxEventBytes != tc.want {
+				t.Errorf("MaxEventBytes = %d, want %d", f.cfg.MaxEventBytes, tc.want)
+			}
+		})
+	}
+}
+
+func TestAcceptsTheLargestEventABrokerAccepts(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	t.Setenv("REDIS_URL", srv.URL())
+	f := New()
+	if err := f.Start(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Stop(context.Background()) })
+	hs := httptest.NewServer(http.HandlerFunc(f.Handle))
+	t.Cleanup(hs.Close)
+	e := event.New()
+	e.SetID("big")
+	e.SetSource("/s")
+	e.SetType("t")
+	e.SetDataContentType("application/octet-stream")
+	e.DataEncoded = make([]byte, eventsize.DefaultMaxEventBytes-1024) // room for the attributes
+	resp := post(t, hs.URL, e)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("status %d for an event a Broker accepts, want 202", resp.StatusCode)
 	}
 }

@@ -30,7 +30,11 @@ first, e.g.:
   export REDIS_URL=redis://127.0.0.1:6379/0
 
 Letters are selected by id (arguments) and/or filters; --since/--until take an RFC 3339 time or
-an age such as 30m, 2h or 7d.`
+an age such as 30m, 2h or 7d.
+
+A letter's REASON is "dead-letter" when the dead-letter sink received it, and "parked" when the
+broker stored the event itself because subscriber and dead-letter sink both kept failing
+(dlq show prints their last answers); --parked selects those.`
 
 // newDLQCommand returns `dlq` with list, show, redrive and purge.
 func newDLQCommand() *cobra.Command {
@@ -52,6 +56,7 @@ func addFilterFlags(cmd *cobra.Command, f *dlqFilterFlags, defaultLimit int) {
 	fl.StringVar(&f.since, "since", "", "only letters received at or after this time or age (RFC 3339, or 2h, 7d)")
 	fl.StringVar(&f.until, "until", "", "only letters received at or before this time or age")
 	fl.IntVar(&f.limit, "limit", defaultLimit, "at most this many letters, oldest first (0: no limit)")
+	fl.BoolVar(&f.parked, "parked", false, "only events the broker parked after subscriber and dead-letter sink kept failing")
 }
 
 func addOutputFlag(cmd *cobra.Command, output *string) {
@@ -87,12 +92,14 @@ func openFiltered(f dlqFilterFlags, ids []string, output string) (deadletter.Fil
 	return filter, store, rdb, err
 }
 
-// selectLetters validates the flags, then lists the matching letters.
+// selectLetters validates the flags, then lists the matching letters. A table shows no event,
+// so the events (the bulk of the store) are not read for it.
 func selectLetters(cmd *cobra.Command, f dlqFilterFlags, ids []string, output string) ([]deadletter.Letter, func(), error) {
 	filter, store, rdb, err := openFiltered(f, ids, output)
 	if err != nil {
 		return nil, nil, err
 	}
+	filter.OmitEvent = output == "table"
 	letters, err := store.List(cmd.Context(), filter)
 	if err != nil {
 		rdb.Close()
@@ -320,6 +327,7 @@ func newDLQPurgeCommand() *cobra.Command {
 
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // show <, > and & in events as they are
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
@@ -332,7 +340,7 @@ func printLetters(w io.Writer, output string, letters []deadletter.Letter) error
 		return writeJSON(w, letters)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "LETTER\tRECEIVED\tTYPE\tSOURCE\tID\tDEST\tCODE\tTRIGGER\tREDRIVES")
+	fmt.Fprintln(tw, "LETTER\tRECEIVED\tREASON\tTYPE\tSOURCE\tID\tDEST\tCODE\tTRIGGER\tREDRIVES")
 	for _, l := range letters {
 		code := "-"
 		if l.Code != 0 {
@@ -345,7 +353,7 @@ func printLetters(w io.Writer, output string, letters []deadletter.Letter) error
 		if l.Redrive != nil {
 			redrives = strconv.Itoa(l.Redrive.Attempts)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.Received.Format(time.RFC3339),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.Received.Format(time.RFC3339), reason(l),
 			l.EventType, l.Source, l.EventID, dash(l.Dest), code, dash(l.Trigger), redrives)
 	}
 	return tw.Flush()
@@ -355,6 +363,7 @@ func printLetterDetail(w io.Writer, l deadletter.Letter) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Letter:\t%s\n", l.ID)
 	fmt.Fprintf(tw, "Received:\t%s\n", l.Received.Format(time.RFC3339Nano))
+	fmt.Fprintf(tw, "Reason:\t%s\n", reason(l))
 	fmt.Fprintf(tw, "Type:\t%s\nSource:\t%s\nID:\t%s\nSubject:\t%s\n", l.EventType, l.Source, l.EventID, dash(l.Subject))
 	if l.ErrorExtensions {
 		fmt.Fprintf(tw, "Destination:\t%s\nCode:\t%d\n", dash(l.Dest), l.Code)
@@ -377,6 +386,9 @@ func printLetterDetail(w io.Writer, l deadletter.Letter) error {
 	if l.ErrorData != "" {
 		fmt.Fprintf(w, "Subscriber answered:\n%s\n", l.ErrorData)
 	}
+	if l.Detail != "" {
+		fmt.Fprintf(w, "Detail:\n%s\n", l.Detail)
+	}
 	var pretty any
 	if err := json.Unmarshal(l.Event, &pretty); err != nil {
 		fmt.Fprintf(w, "Event:\n%s\n", l.Event)
@@ -384,6 +396,14 @@ func printLetterDetail(w io.Writer, l deadletter.Letter) error {
 	}
 	fmt.Fprintln(w, "Event:")
 	return writeJSON(w, pretty)
+}
+
+// reason names why a letter is stored: "dead-letter" for one the dead-letter sink received.
+func reason(l deadletter.Letter) string {
+	if l.Reason == "" {
+		return "dead-letter"
+	}
+	return l.Reason
 }
 
 func dash(s string) string {

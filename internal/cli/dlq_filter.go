@@ -16,11 +16,15 @@ type dlqFilterFlags struct {
 	code                    string
 	since, until            string
 	limit                   int
+	parked                  bool
 }
 
 // filter validates the flags and turns them into a store filter; every error names its flag.
 func (f dlqFilterFlags) filter(ids []string, now time.Time) (deadletter.Filter, error) {
 	out := deadletter.Filter{IDs: ids, Type: f.eventType, Source: f.source, Dest: f.dest}
+	if f.parked {
+		out.Reason = deadletter.ReasonParked
+	}
 	if f.code != "" {
 		code, err := strconv.Atoi(f.code)
 		if err != nil || code < 100 || code > 599 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -328,4 +329,76 @@ func TestDLQPurgeManyBatches(t *testing.T) {
 			t.Errorf("letter %s with code %d survived", l.EventID, l.Code)
 		}
 	}
+}
+
+func TestDLQParkedLetters(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	t.Setenv("REDIS_URL", srv.URL())
+	store := deadletter.NewStore(srv.Client(), deadletter.Options{})
+	seedLetters(t, store, [3]string{"received", "com.example.order", "503"})
+	data := []byte("{ \"order\" : \"<o-2>&\" }")
+	e := event.New()
+	e.SetID("parked")
+	e.SetType("com.example.order")
+	e.SetSource("/shop")
+	e.SetDataContentType("application/json")
+	e.DataEncoded = data
+	l, err := deadletter.FromEvent(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Reason, l.Detail, l.Dest = deadletter.ReasonParked, "subscriber: 431; dead-letter sink: 431", "http://orders"
+	parkedID, _, err := store.Add(context.Background(), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("list shows the reason", func(t *testing.T) {
+		out, err := runCLI(t, "dlq", "list")
+		if err != nil || !strings.Contains(out, "REASON") {
+			t.Fatalf("list = %q (%v)", out, err)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "received") && !strings.Contains(line, "dead-letter") ||
+				strings.Contains(line, " parked ") && !strings.Contains(line, parkedID) {
+				t.Errorf("line %q has the wrong reason", line)
+			}
+		}
+	})
+	t.Run("--parked selects parked letters", func(t *testing.T) {
+		out, err := runCLI(t, "dlq", "list", "--parked", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var letters []deadletter.Letter
+		if err := json.Unmarshal([]byte(out), &letters); err != nil {
+			t.Fatal(err)
+		}
+		if len(letters) != 1 || letters[0].EventID != "parked" || letters[0].Reason != deadletter.ReasonParked ||
+			letters[0].Detail != l.Detail {
+			t.Errorf("list --parked = %s", out)
+		}
+	})
+	t.Run("show prints reason and detail", func(t *testing.T) {
+		out, err := runCLI(t, "dlq", "show", parkedID)
+		if err != nil || !strings.Contains(out, "Reason:") || !strings.Contains(out, "parked") ||
+			!strings.Contains(out, l.Detail) || !strings.Contains(out, "<o-2>&") {
+			t.Errorf("show = %q (%v)", out, err)
+		}
+	})
+	t.Run("redrive sends the parked event byte for byte", func(t *testing.T) {
+		var got []byte
+		bs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got, _ = io.ReadAll(r.Body)
+			w.WriteHeader(http.StatusAccepted)
+		}))
+		t.Cleanup(bs.Close)
+		out, err := runCLI(t, "dlq", "redrive", "--parked", "--broker", bs.URL)
+		if err != nil || !strings.Contains(out, "accepted 1") {
+			t.Fatalf("redrive = %q (%v)", out, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("broker got %q, want %q", got, data)
+		}
+	})
 }

@@ -1,8 +1,10 @@
 package deadletter
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -91,4 +93,57 @@ func TestFromEvent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dataCases are bodies the SDK's own JSON encoding does not keep byte for byte.
+var dataCases = []struct {
+	name, contentType string
+	data              []byte
+}{
+	{"JSON with whitespace and HTML characters", "application/json", []byte("{ \"a\" :  \"<b>&</b>\",\n \"n\": 1.50 }")},
+	{"JSON with surrounding whitespace", "application/json", []byte("  \t{\"a\":1}\n")},
+	{"invalid JSON labelled JSON", "application/json; charset=utf-8", []byte("{not json")},
+	{"JSON without a content type", "", []byte(`{"a": [1, 2,  3]}`)},
+	{"text with controls and HTML characters", "text/plain", []byte("a <b> & \"c\" \\ \x00\x1f\r\n\u2028 é")},
+	{"text that is not UTF-8", "text/plain", []byte("caf\xe9 \xff")},
+	{"binary", "application/octet-stream", []byte{0, 1, 2, 0x7f, 0x80, 0xfe, 0xff, '"', '\\'}},
+	{"a +json type is read as a string", "application/vnd.example+json", []byte(" [1, 2] ")},
+}
+
+func TestDataIsKeptByteForByte(t *testing.T) {
+	check := func(t *testing.T, contentType string, data []byte) {
+		t.Helper()
+		e := newEvent(t, "1", "t", "/s", map[string]any{ExtErrorCode: "500"})
+		e.SetDataContentType(contentType)
+		e.DataEncoded = data
+		l, err := FromEvent(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !json.Valid(l.Event) {
+			t.Fatalf("stored event is not valid JSON: %s", l.Event)
+		}
+		got, err := l.OriginalEvent()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.DataEncoded, data) || got.DataContentType() != contentType {
+			t.Fatalf("data %q (%s), want %q (%s)", got.DataEncoded, got.DataContentType(), data, contentType)
+		}
+	}
+	for _, tc := range dataCases {
+		t.Run(tc.name, func(t *testing.T) { check(t, tc.contentType, tc.data) })
+	}
+	t.Run("random bodies", func(t *testing.T) {
+		rnd := rand.New(rand.NewPCG(1, 2))
+		alphabet := []byte("{}[]\",:\\ \t\n<>&aé\x00\xff0")
+		for i := range 2000 {
+			data := make([]byte, rnd.IntN(64))
+			for j := range data {
+				data[j] = alphabet[rnd.IntN(len(alphabet))]
+			}
+			ct := []string{"application/json", "text/plain", "application/octet-stream", ""}[i%4]
+			check(t, ct, data)
+		}
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -23,25 +24,68 @@ const (
 	keyIndexAll = Prefix + "index:all" // zset entry id scored by arrival ms*1000+seq
 	keyIndex    = Prefix + "index:"    // + <type|source|dest|code>:<value> → zset like index:all
 	keyRedrive  = Prefix + "redrive:"  // + entry id → hash attempts, lease_until, last_error
+	keyBytes    = Prefix + "bytes"     // sum of the sizes of the stored letters (field "size")
 )
 
 // Defaults for Options.
 const (
 	DefaultMaxLetters = 100000
 	DefaultMaxAge     = 7 * 24 * time.Hour
-	defaultTrimBatch  = 100
-	listPage          = 256
+	// DefaultMaxBytes bounds the letters' total size: room for 60 dead letters of the largest
+	// event a Broker accepts by default, small enough for a laptop and for a cluster's Redis.
+	DefaultMaxBytes  = 256 << 20
+	defaultTrimBatch = 100
+	listPage         = 256
 )
 
 // ErrNotFound is returned for a letter id that is not stored (never was, purged, or redriven).
 var ErrNotFound = errors.New("dead letter not found")
 
-// Options bound the store.
+// ErrFull is matched (errors.Is) by the *FullError that Add returns when the store holds as many
+// letters or bytes as it may. Nothing was stored and nothing was evicted: the sender should keep
+// the event and try again later.
+var ErrFull = errors.New("dead-letter store full")
+
+// ErrTooLarge is matched by the *FullError that Add returns for a letter larger than the whole
+// byte bound: it could never be stored, so trying again does not help.
+var ErrTooLarge = errors.New("dead letter larger than the dead-letter store's byte bound")
+
+// FullError says why Add refused a letter.
+type FullError struct {
+	// Letters and Bytes are what the store held; MaxLetters and MaxBytes its bounds.
+	Letters, MaxLetters int64
+	Bytes, MaxBytes     int64
+	// Size is the refused letter's size in bytes.
+	Size int64
+}
+
+func (e *FullError) Error() string {
+	if e.Size > e.MaxBytes {
+		return fmt.Sprintf("dead letter of %d bytes is larger than the store's bound of %d bytes", e.Size, e.MaxBytes)
+	}
+	return fmt.Sprintf("dead-letter store full: %d letters of %d, %d bytes of %d, and this letter needs %d bytes",
+		e.Letters, e.MaxLetters, e.Bytes, e.MaxBytes, e.Size)
+}
+
+// Is matches ErrTooLarge for a letter that could never fit and ErrFull otherwise.
+func (e *FullError) Is(target error) bool {
+	if e.Size > e.MaxBytes {
+		return target == ErrTooLarge
+	}
+	return target == ErrFull
+}
+
+// Options bound the store. All three bounds always apply. Age is retention: letters older than
+// MaxAge are removed. Count and bytes are capacity: when either is reached, Add refuses new
+// letters (ErrFull) rather than drop stored ones.
 type Options struct {
-	// MaxLetters is the most letters kept; the oldest are dropped first (0 means the default).
+	// MaxLetters is the most letters kept (0 means the default).
 	MaxLetters int
 	// MaxAge is how long a letter is kept (0 means the default).
 	MaxAge time.Duration
+	// MaxBytes bounds the total size of the letters kept (0 means the default); a letter's size
+	// is the bytes of its stored fields, mostly its event.
+	MaxBytes int64
 }
 
 // Store keeps dead letters in Redis.
@@ -49,6 +93,7 @@ type Store struct {
 	rdb        redis.UniversalClient
 	maxLetters int
 	maxAgeMs   int64
+	maxBytes   int64
 }
 
 // NewStore returns a store on rdb.
@@ -59,7 +104,33 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.MaxAge <= 0 {
 		opts.MaxAge = DefaultMaxAge
 	}
-	return &Store{rdb: rdb, maxLetters: opts.MaxLetters, maxAgeMs: opts.MaxAge.Milliseconds()}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	return &Store{rdb: rdb, maxLetters: opts.MaxLetters, maxAgeMs: opts.MaxAge.Milliseconds(), maxBytes: opts.MaxBytes}
+}
+
+// Usage is how much of the store is in use.
+type Usage struct {
+	Letters, MaxLetters int64
+	// Bytes counts the letters stored with a size, which is every letter stored since the byte
+	// bound exists.
+	Bytes, MaxBytes int64
+}
+
+// Usage reads how many letters and bytes the store holds, against its bounds.
+func (s *Store) Usage(ctx context.Context) (Usage, error) {
+	pipe := s.rdb.Pipeline()
+	n := pipe.XLen(ctx, keyStream)
+	b := pipe.Get(ctx, keyBytes)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return Usage{}, fmt.Errorf("reading dead-letter store usage: %w", err)
+	}
+	bytes, err := b.Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return Usage{}, fmt.Errorf("reading dead-letter byte counter: %w", err)
+	}
+	return Usage{Letters: n.Val(), MaxLetters: int64(s.maxLetters), Bytes: bytes, MaxBytes: s.maxBytes}, nil
 }
 
 // IdempotencyKey identifies a dead letter by (source, id, destination): the same event failing
@@ -74,8 +145,16 @@ func IdempotencyKey(source, id, dest string) string {
 }
 
 // Add stores l and returns its letter id. stored is false when a letter for the same
-// (source, id, destination) is already kept; id is then the earlier letter's.
+// (source, id, destination) is already kept; id is then the earlier letter's. When the store
+// holds MaxLetters letters or l does not fit in MaxBytes (after letters older than MaxAge were
+// removed), Add stores nothing, evicts nothing, and returns a *FullError matching ErrFull (or
+// ErrTooLarge when l alone is larger than MaxBytes).
+//
+// Any Letter can be added, not only one made by FromEvent: the broker adds the events it parks
+// with Reason ReasonParked and Detail set. l.Event should be made by FromEvent's encoding (or be
+// the event's JSON structured format) so that a redrive sends the original data.
 func (s *Store) Add(ctx context.Context, l Letter) (id string, stored bool, err error) {
+	l.Detail = truncate(l.Detail, MaxDetailBytes)
 	seen := IdempotencyKey(l.Source, l.EventID, l.Dest)
 	code := ""
 	if l.Code != 0 {
@@ -85,23 +164,33 @@ func (s *Store) Add(ctx context.Context, l Letter) (id string, stored bool, err 
 	if l.ErrorExtensions {
 		errExt = "1"
 	}
-	keys := []string{keyStream, keySeen + seen, keyIndexAll}
+	keys := []string{keyStream, keySeen + seen, keyBytes, keyIndexAll}
 	for _, ix := range []struct{ attr, value string }{
-		{"type", l.EventType}, {"source", l.Source}, {"dest", l.Dest}, {"code", code},
+		{"type", l.EventType}, {"source", l.Source}, {"dest", l.Dest}, {"code", code}, {"reason", l.Reason},
 	} {
 		if ix.value != "" {
 			keys = append(keys, keyIndex+ix.attr+":"+ix.value)
 		}
 	}
+	// l.Event goes as []byte: go-redis writes it to the connection without another copy.
 	args := []any{
-		Prefix, s.maxLetters, s.maxAgeMs, defaultTrimBatch,
+		Prefix, s.maxLetters, s.maxAgeMs, defaultTrimBatch, s.maxBytes,
 		"type", l.EventType, "source", l.Source, "id", l.EventID, "subject", l.Subject,
 		"dest", l.Dest, "code", code, "data", l.ErrorData, "errext", errExt,
-		"trigger", l.Trigger, "event", string(l.Event), "key", seen,
+		"trigger", l.Trigger, "reason", l.Reason, "detail", l.Detail, "event", []byte(l.Event), "key", seen,
 	}
 	res, err := addScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return "", false, fmt.Errorf("storing dead letter for event %s: %w", l.EventID, err)
+	}
+	if len(res) == 4 {
+		if n, _ := res[0].(int64); n == -1 {
+			full := &FullError{MaxLetters: int64(s.maxLetters), MaxBytes: s.maxBytes}
+			full.Letters, _ = res[1].(int64)
+			full.Bytes, _ = res[2].(int64)
+			full.Size, _ = res[3].(int64)
+			return "", false, fmt.Errorf("storing dead letter for event %s: %w", l.EventID, full)
+		}
 	}
 	if len(res) != 2 {
 		return "", false, fmt.Errorf("storing dead letter for event %s: unexpected reply %v", l.EventID, res)
@@ -111,6 +200,23 @@ func (s *Store) Add(ctx context.Context, l Letter) (id string, stored bool, err 
 	return id, n == 1, nil
 }
 
+// MaxDetailBytes bounds Letter.Detail as stored; Add cuts a longer detail (at a UTF-8 boundary)
+// and marks the cut, so free text from failing endpoints cannot grow a letter unboundedly.
+const MaxDetailBytes = 4 << 10
+
+const truncatedMark = " …(truncated)"
+
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len(truncatedMark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + truncatedMark
+}
+
 // Filter selects letters. Empty fields match everything.
 type Filter struct {
 	IDs    []string // letter ids; when set, only these are considered
@@ -118,9 +224,13 @@ type Filter struct {
 	Source string
 	Dest   string
 	Code   int
+	Reason string    // ReasonParked selects parked letters
 	Since  time.Time // inclusive
 	Until  time.Time // inclusive
 	Limit  int       // 0 means no limit
+	// OmitEvent leaves Letter.Event empty, for listings that show only the attributes: the
+	// events, the bulk of a store, are then neither sent by Redis nor held.
+	OmitEvent bool
 }
 
 func (f Filter) match(l Letter) bool {
@@ -128,6 +238,7 @@ func (f Filter) match(l Letter) bool {
 		(f.Source == "" || l.Source == f.Source) &&
 		(f.Dest == "" || l.Dest == f.Dest) &&
 		(f.Code == 0 || l.Code == f.Code) &&
+		(f.Reason == "" || l.Reason == f.Reason) &&
 		(f.Since.IsZero() || !l.Received.Before(f.Since)) &&
 		(f.Until.IsZero() || !l.Received.After(f.Until))
 }
@@ -183,22 +294,25 @@ func (s *Store) Scan(ctx context.Context, f Filter, fn func(Letter) (bool, error
 		for i, z := range page {
 			ids[i], _ = z.Member.(string)
 		}
-		letters, err := s.fetch(ctx, ids)
-		if err != nil {
-			return err
-		}
-		for _, l := range letters {
+		done := false
+		err = s.fetchEach(ctx, ids, f.OmitEvent, func(l Letter) (bool, error) {
 			if !f.match(l) {
-				continue
+				return true, nil
 			}
 			more, err := fn(l)
 			if err != nil || !more {
-				return err
+				done = true
+				return false, err
 			}
 			passed++
 			if f.Limit > 0 && passed == f.Limit {
-				return nil
+				done = true
+				return false, nil
 			}
+			return true, nil
+		})
+		if err != nil || done {
+			return err
 		}
 		if len(page) < listPage {
 			return nil
@@ -210,7 +324,7 @@ func (s *Store) Scan(ctx context.Context, f Filter, fn func(Letter) (bool, error
 func (s *Store) smallestIndex(ctx context.Context, f Filter, min, max string) (string, error) {
 	var candidates []string
 	for _, ix := range []struct{ attr, value string }{
-		{"type", f.Type}, {"source", f.Source}, {"dest", f.Dest}, {"code", codeString(f.Code)},
+		{"type", f.Type}, {"source", f.Source}, {"dest", f.Dest}, {"code", codeString(f.Code)}, {"reason", f.Reason},
 	} {
 		if ix.value != "" {
 			candidates = append(candidates, keyIndex+ix.attr+":"+ix.value)
@@ -247,61 +361,79 @@ func codeString(code int) string {
 }
 
 func (s *Store) listIDs(ctx context.Context, f Filter) ([]Letter, error) {
-	letters, err := s.fetch(ctx, f.IDs)
-	if err != nil {
-		return nil, err
-	}
-	out := letters[:0]
-	for _, l := range letters {
+	var out []Letter
+	err := s.fetchEach(ctx, f.IDs, f.OmitEvent, func(l Letter) (bool, error) {
 		if f.match(l) {
 			out = append(out, l)
 		}
-	}
-	if f.Limit > 0 && len(out) > f.Limit {
-		out = out[:f.Limit]
-	}
-	return out, nil
+		return f.Limit == 0 || len(out) < f.Limit, nil
+	})
+	return out, err
 }
 
 // Get returns one letter.
 func (s *Store) Get(ctx context.Context, id string) (Letter, error) {
-	letters, err := s.fetch(ctx, []string{id})
+	var found []Letter
+	err := s.fetchEach(ctx, []string{id}, false, func(l Letter) (bool, error) {
+		found = append(found, l)
+		return false, nil
+	})
 	if err != nil {
 		return Letter{}, err
 	}
-	if len(letters) == 0 {
+	if len(found) == 0 {
 		return Letter{}, fmt.Errorf("letter %s: %w", id, ErrNotFound)
 	}
-	return letters[0], nil
+	return found[0], nil
 }
 
-func (s *Store) fetch(ctx context.Context, ids []string) ([]Letter, error) {
-	if len(ids) == 0 {
-		return nil, nil
-	}
+// fetchBudget bounds the letter bytes one fetch script returns (at least one letter is always
+// returned), so neither Redis nor this process builds a reply of many large letters at once.
+const fetchBudget = 8 << 20
+
+// fetchEach reads letters by id, in order, skipping ids that are gone, and calls fn with each
+// until fn returns false or an error. Letters are read in chunks of at most fetchBudget bytes and
+// passed on before the next chunk is read.
+func (s *Store) fetchEach(ctx context.Context, ids []string, omitEvent bool, fn func(Letter) (bool, error)) error {
 	for _, id := range ids {
 		if !validEntryID(id) {
-			return nil, fmt.Errorf("letter id %q is not a stream entry id like 1700000000000-0", id)
+			return fmt.Errorf("letter id %q is not a stream entry id like 1700000000000-0", id)
 		}
 	}
-	args := make([]any, 0, len(ids)+1)
-	args = append(args, Prefix)
-	for _, id := range ids {
-		args = append(args, id)
+	omit := "0"
+	if omitEvent {
+		omit = "1"
 	}
-	res, err := fetchScript.Run(ctx, s.rdb, []string{keyStream}, args...).Slice()
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	out := make([]Letter, 0, len(res)/2)
-	for i := 0; i+1 < len(res); i += 2 {
-		l, err := parseEntry(res[i], res[i+1])
+	for len(ids) > 0 {
+		args := make([]any, 0, len(ids)+3)
+		args = append(args, Prefix, fetchBudget, omit)
+		for _, id := range ids {
+			args = append(args, id)
+		}
+		res, err := fetchScript.Run(ctx, s.rdb, []string{keyStream}, args...).Slice()
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("reading dead letters: %w", err)
 		}
-		out = append(out, l)
+		if len(res) == 0 {
+			return fmt.Errorf("reading dead letters: empty reply")
+		}
+		consumed, _ := res[0].(int64)
+		if consumed < 1 || int(consumed) > len(ids) {
+			return fmt.Errorf("reading dead letters: unexpected reply consuming %d of %d ids", consumed, len(ids))
+		}
+		ids = ids[consumed:]
+		for i := 1; i+1 < len(res); i += 2 {
+			l, err := parseEntry(res[i], res[i+1])
+			if err != nil {
+				return err
+			}
+			res[i] = nil // let a large letter go as soon as fn is done with it
+			if more, err := fn(l); err != nil || !more {
+				return err
+			}
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // validEntryID accepts "<ms>-<seq>" only, so user input never reaches XRANGE as "-" or "+".
@@ -337,6 +469,8 @@ func parseEntry(entry, redrive any) (Letter, error) {
 		Code:            code,
 		ErrorData:       fields["data"],
 		Trigger:         fields["trigger"],
+		Reason:          fields["reason"], // absent in letters stored before parking existed
+		Detail:          fields["detail"],
 		Event:           []byte(fields["event"]),
 	}
 	if h := pairs(redrive); len(h) > 0 {

@@ -171,46 +171,6 @@ func TestListPagesThroughLargeIndexes(t *testing.T) {
 	}
 }
 
-func TestRetentionByCountTrimsIndexes(t *testing.T) {
-	s, c := newStore(t, Options{MaxLetters: 5})
-	ctx := context.Background()
-	var specs []letterSpec
-	for i := range 8 {
-		specs = append(specs, letterSpec{fmt.Sprint(i), "t", "/s", "http://d", 500 + i%2})
-	}
-	add(t, s, specs...)
-
-	all, err := s.List(ctx, Filter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, l := range all {
-		got = append(got, l.EventID)
-	}
-	if fmt.Sprint(got) != "[3 4 5 6 7]" {
-		t.Errorf("kept %v, want the 5 newest [3 4 5 6 7]", got)
-	}
-	for key, want := range map[string]int64{
-		keyStream: 5, keyIndexAll: 5, keyIndex + "type:t": 5, keyIndex + "source:/s": 5,
-		keyIndex + "dest:http://d": 5, keyIndex + "code:500": 2, keyIndex + "code:501": 3,
-	} {
-		var n int64
-		if key == keyStream {
-			n = c.XLen(ctx, key).Val()
-		} else {
-			n = c.ZCard(ctx, key).Val()
-		}
-		if n != want {
-			t.Errorf("%s holds %d, want %d", key, n, want)
-		}
-	}
-	// The dropped letters' idempotency keys went with them: the event can be dead-lettered again.
-	if _, stored, err := s.Add(ctx, specs[0].letter(t)); err != nil || !stored {
-		t.Errorf("re-adding a trimmed letter: stored=%v err=%v, want stored", stored, err)
-	}
-}
-
 func TestRetentionByAgeAndEveryKeyExpires(t *testing.T) {
 	const maxAge = 300 * time.Millisecond
 	s, c := newStore(t, Options{MaxAge: maxAge})
