@@ -345,7 +345,7 @@ func TestPointOfSaleThroughKnfaasUp(t *testing.T) {
 		}
 		// Straight to the projector, as the README says: in log order, replies dropped.
 		out := knfaas(t, "events", "replay", "--rate", "0", "--allow-beyond-horizon",
-			"--to", rt.ServiceURL("knfaas", "pos-stock"), "--type", types)
+			"--to", rt.InternalBase()+"/services/knfaas/pos-stock", "--type", types)
 		t.Log(strings.TrimSpace(out))
 		if !strings.Contains(out, "bad-1") || !strings.Contains(out, "1 events refused") {
 			t.Errorf("the replay did not report the refused bad-1: %s", out)

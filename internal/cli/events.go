@@ -31,7 +31,10 @@ Rebuilding a read model from the log (the result is identical to the live model)
   1. pause the projector's Triggers (or accept that live events race with the rebuild)
   2. knfaas events drop --model stock --projector stock-projector
   3. knfaas events replay --type dev.knfaas.example.pos.sale.recorded,... \
-       --to http://pos-stock.knfaas.localhost:8080 --allow-beyond-horizon
+       --to http://127.0.0.1:<port>/_knfaas/<token>/services/knfaas/pos-stock --allow-beyond-horizon
+
+     (pos-stock is cluster-local: under knfaas up, use the internal address its start-up line
+     "internal:" prints; on a cluster, kubectl port-forward)
 
 Sent straight to the projector, the replay reaches nothing else, arrives in log order (a Broker
 delivers in parallel), and the projector's replies come back to this command, which drops them:

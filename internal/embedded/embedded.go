@@ -92,7 +92,13 @@ type Runtime struct {
 	services map[string]*serving.Service
 	initial  []warmUp
 
+	// token is the per-run capability of the internal listener at internalAddr (see internal.go).
+	token        string
+	internalAddr string
+	serviceHosts map[string]string // <name>.<namespace>.svc.cluster.local → namespace/name
+	clusterLocal map[string]bool   // namespace/name of the cluster-local ksvcs
 	pipes        map[string]*serving.PipeListener
+	brokerPipe   *serving.PipeListener
 	public       atomic.Pointer[http.Handler]
 	publicServer *http.Server
 	listeners    map[string]net.Listener
@@ -255,21 +261,27 @@ func (r *Runtime) brokerURL(ns, name string) string {
 func (r *Runtime) startServices(ctx context.Context) error {
 	svcs := r.set.Services()
 	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Namespace+svcs[i].Name < svcs[j].Namespace+svcs[j].Name })
+	// Triggers and sinks address Services and Brokers as inside a cluster; the runtime reaches
+	// those addresses in process, functions through the internal listener (internal.go).
 	addrs := &addresses{set: r.set, brokers: map[string]string{}, services: map[string]string{}}
 	for _, b := range r.set.Brokers() {
-		addrs.brokers[b.Namespace+"/"+b.Name] = r.brokerURL(b.Namespace, b.Name)
+		addrs.brokers[b.Namespace+"/"+b.Name] = inProcessBrokerURL(b.Namespace, b.Name)
 	}
-	// Every ksvc gets its own loopback listener, the address triggers and sinks use.
+	r.serviceHosts, r.clusterLocal = map[string]string{}, map[string]bool{}
 	for _, s := range svcs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return fmt.Errorf("Service %s/%s: listening: %w", s.Namespace, s.Name, err)
-		}
 		key := s.Namespace + "/" + s.Name
-		r.listeners[key] = l
-		addrs.services[key] = "http://" + l.Addr().String()
+		addrs.services[key] = inProcessServiceURL(s.Namespace, s.Name)
+		r.serviceHosts[serviceHost(s.Namespace, s.Name)] = key
+		r.clusterLocal[key] = isClusterLocal(s)
 	}
 	r.addrs = addrs
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("internal listener: %w", err)
+	}
+	r.listeners["internal"] = l
+	r.internalAddr = l.Addr().String()
+	r.token = newToken()
 
 	// Build every ko:// image in one go.
 	var paths []string
@@ -311,8 +323,12 @@ func (r *Runtime) startServices(ctx context.Context) error {
 		if b.Cached {
 			cached = ", cached build"
 		}
-		fmt.Fprintf(r.opts.Out, "service %-28s http://%s.%s.localhost:%s  (%s; scale %d..%d, concurrency %s, timeout %s%s)\n",
-			key, s.Name, s.Namespace, r.port(), pathOf[key], spec.MinScale, spec.MaxScale, concurrencyText(spec.ContainerConcurrency), spec.Timeout, cached)
+		public := fmt.Sprintf("http://%s.%s.localhost:%s", s.Name, s.Namespace, r.port())
+		if r.clusterLocal[key] {
+			public = "cluster-local, not public"
+		}
+		fmt.Fprintf(r.opts.Out, "service %-28s %s  (%s; scale %d..%d, concurrency %s, timeout %s%s)\n",
+			key, public, pathOf[key], spec.MinScale, spec.MaxScale, concurrencyText(spec.ContainerConcurrency), spec.Timeout, cached)
 		for _, n := range notes {
 			fmt.Fprintf(r.opts.Out, "  %s\n", n)
 		}
@@ -418,8 +434,10 @@ func (r *Runtime) serviceSpec(s *servingv1.Service, binary string, addrs *addres
 		if err != nil {
 			return serving.Spec{}, nil, err
 		}
-		env = append(env, "K_SINK="+u.String())
-		notes = append(notes, "K_SINK="+u.String()+" (SinkBinding "+sb.Name+")")
+		// The function publishes over the internal listener, which stays open until every
+		// function stopped: a shutdown never cuts off its publishes.
+		env = append(env, "K_SINK="+r.forFunctions(u).String())
+		notes = append(notes, "K_SINK="+u.String()+" (SinkBinding "+sb.Name+"; the function gets its internal address)")
 	}
 	env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+dir, "TMPDIR="+os.TempDir())
 	spec := serving.Spec{
@@ -502,7 +520,7 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 		trig := &broker.Trigger{
 			Namespace: t.Namespace, Name: t.Name, Broker: t.Spec.Broker,
 			Subscriber: duckv1.Addressable{URL: apis.HTTP("")},
-			ReplyURL:   r.brokerURL(t.Namespace, t.Spec.Broker),
+			ReplyURL:   r.addrs.brokers[t.Namespace+"/"+t.Spec.Broker],
 			Retry:      kncloudevents.NoRetries(),
 		}
 		trig.Subscriber.URL = (*apis.URL)(sub)
@@ -540,7 +558,7 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := r.pings.Add(ping.Source{PingSource: ps, SinkURL: u.String()}); err != nil {
+		if err := r.pings.Add(ping.Source{PingSource: ps, SinkURL: r.forFunctions(u).String()}); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
 		tz := ps.Spec.Timezone
@@ -574,35 +592,6 @@ func describeFilter(t *eventingv1.Trigger) string {
 		return strings.Join(parts, ",")
 	}
 	return "all events"
-}
-
-// routeDeliveriesInProcess makes the runtime's own HTTP clients reach its Services through
-// in-memory pipes instead of loopback TCP. Knative's dispatcher builds its clients from a clone
-// of http.DefaultTransport, so the dial function set here is the only way in; addresses that
-// are not a Service's pass through to the network unchanged. Function processes still use TCP.
-func (r *Runtime) routeDeliveriesInProcess() {
-	r.pipes = map[string]*serving.PipeListener{}
-	byAddr := map[string]*serving.PipeListener{}
-	for key := range r.services {
-		l := r.listeners[key]
-		pl := serving.NewPipeListener(l.Addr())
-		r.pipes[key] = pl
-		byAddr[l.Addr().String()] = pl
-	}
-	t, ok := http.DefaultTransport.(*http.Transport)
-	if !ok {
-		return
-	}
-	network := t.DialContext
-	if network == nil {
-		network = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	}
-	t.DialContext = func(ctx context.Context, netw, addr string) (net.Conn, error) {
-		if pl, ok := byAddr[addr]; ok {
-			return pl.Dial(ctx)
-		}
-		return network(ctx, netw, addr)
-	}
 }
 
 // triggerFilter builds the filter the Knative broker filter applies: the newer filters when
@@ -653,11 +642,14 @@ func (r *Runtime) serve(ctx context.Context) error {
 	for key, svc := range r.services {
 		svcWG.Add(1)
 		go func() { defer svcWG.Done(); svc.Run(serviceCtx) }()
-		serveOn(r.listeners[key], svc)
 		if pl := r.pipes[key]; pl != nil {
 			serveOn(pl, svc)
 		}
 	}
+	if r.brokerPipe != nil {
+		serveOn(r.brokerPipe, r.ingress)
+	}
+	serveOn(r.listeners["internal"], r.internalHandler())
 	router := r.router()
 	r.public.Store(&router)
 
@@ -676,26 +668,38 @@ func (r *Runtime) serve(ctx context.Context) error {
 	go func() { defer bg.Done(); r.ingress.Maintain(ctx, r.rdb, 5*time.Second, r.opts.MaxBacklog) }()
 	r.pings.Start()
 	fmt.Fprintf(r.opts.Out, "listening on http://%s (ingress: Host <service>.<namespace>.localhost; brokers: /<namespace>/<broker>; metrics: /metrics)\n", r.addr)
+	fmt.Fprintf(r.opts.Out, "internal: cluster-local services are not served on http://%s; Triggers, replies and dead letters reach every Service and Broker in process (http://<service>.<namespace>.svc.cluster.local, http://%s/<namespace>/<broker>); functions (K_SINK, pings) and operators use %s/services/<namespace>/<service>/ and %s/brokers/<namespace>/<broker> (capability drawn per run; without it: 403)\n",
+		r.addr, brokerIngressHost, r.capabilityBase(), r.capabilityBase())
 	if r.opts.Ready != nil {
 		close(r.opts.Ready)
 	}
 
 	<-ctx.Done()
+	// Intake stops first: pings and the public listener. The paths deliveries, replies, dead
+	// letters and function publishes take stay open until those have finished: an event is
+	// never failed (and so dead-lettered) because the runtime is stopping.
 	fmt.Fprintln(r.opts.Out, "shutting down: stopping intake")
 	r.pings.Stop()
-	// Stop intake on the public listener; the per-service listeners keep serving the
-	// deliveries that are finishing.
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancelShutdown()
-	_ = r.publicServer.Shutdown(shutdownCtx)
+	stage := func(d time.Duration) (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), d)
+	}
+	publicCtx, cancelPublic := stage(15 * time.Second)
+	_ = r.publicServer.Shutdown(publicCtx)
+	cancelPublic()
+	// Deliveries in flight finish (within the consumers' grace), their replies and dead
+	// letters going to the broker ingress and the dead-letter sink in process.
 	stopConsumers()
 	consWG.Wait()
 	fmt.Fprintln(r.opts.Out, "shutting down: deliveries finished; stopping functions")
-	for _, srv := range servers {
-		_ = srv.Shutdown(shutdownCtx)
-	}
+	// Functions stop while the internal listener still takes their publishes.
 	stopServices()
 	svcWG.Wait()
+	serversCtx, cancelServers := stage(5 * time.Second)
+	for _, srv := range servers {
+		_ = srv.Shutdown(serversCtx)
+	}
+	cancelServers()
+	// Last, the store: everything accepted until now is written.
 	stopStore()
 	<-storeDone
 	cancel()
@@ -720,7 +724,12 @@ func (r *Runtime) router() http.Handler {
 		if strings.HasSuffix(host, ".localhost") {
 			parts := strings.Split(strings.TrimSuffix(host, ".localhost"), ".")
 			if len(parts) == 2 {
-				if svc, ok := r.services[parts[1]+"/"+parts[0]]; ok {
+				key := parts[1] + "/" + parts[0]
+				if r.clusterLocal[key] {
+					notPublic(w, key)
+					return
+				}
+				if svc, ok := r.services[key]; ok {
 					svc.ServeHTTP(w, req)
 					return
 				}

@@ -18,11 +18,12 @@ import (
 	"github.com/knfaas/knfaas/internal/manifest"
 )
 
-// addresses resolves Knative references to local URLs.
+// addresses resolves Knative references to the addresses they have inside a cluster, which the
+// runtime dials in process; Runtime.forFunctions turns them into what a function process can use.
 type addresses struct {
 	set      *manifest.Set
-	brokers  map[string]string // ns/name → ingress URL
-	services map[string]string // ns/name → internal URL of the ksvc
+	brokers  map[string]string // ns/name → http://broker-ingress.knative-eventing.svc.cluster.local/ns/name
+	services map[string]string // ns/name → http://name.ns.svc.cluster.local
 }
 
 func (a *addresses) destination(d *duckv1.Destination, namespace, what string) (*url.URL, error) {

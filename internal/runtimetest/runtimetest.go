@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -195,6 +196,27 @@ func (r *Runtime) Restart() {
 
 // Addr is host:port of the runtime.
 func (r *Runtime) Addr() string { return r.addr }
+
+// PID is the process id of the running knfaas up (0 when stopped).
+func (r *Runtime) PID() int {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}
+
+var capabilityBase = regexp.MustCompile(`http://127\.0\.0\.1:[0-9]+/_knfaas/[A-Za-z0-9]+`)
+
+// InternalBase is the base of the internal listener's capability URLs that the runtime printed
+// at its latest start (http://127.0.0.1:<port>/_knfaas/<token>), or "" when it printed none.
+// Cluster-local Services are at <base>/services/<namespace>/<name>.
+func (r *Runtime) InternalBase() string {
+	all := capabilityBase.FindAllString(r.out.String(), -1)
+	if len(all) == 0 {
+		return ""
+	}
+	return all[len(all)-1]
+}
 
 // Output is everything the runtime printed so far.
 func (r *Runtime) Output() string { return r.out.String() }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -32,6 +33,8 @@ func New() *Function { return &Function{started: time.Now()} }
 //	*    /?sleep=D&status=N  waits D, then answers N (default 200) with the request body;
 //	                     a CloudEvent request gets its own event back as a reply when reply=1
 //	POST /crash          exits the process at once
+//	POST /publish        sends the request (a binary-mode CloudEvent) to K_SINK and answers
+//	                     with the status K_SINK answered
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 	n := f.inflight.Add(1)
 	defer f.inflight.Add(-1)
@@ -62,6 +65,9 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		return
 	case "/crash":
 		os.Exit(3)
+	case "/publish":
+		f.publish(w, r)
+		return
 	}
 	if d, err := time.ParseDuration(q.Get("sleep")); err == nil {
 		select {
@@ -86,6 +92,29 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Ce-Id") != "" && q.Get("reply") != "1" {
 		return
 	}
+	_, _ = w.Write(body)
+}
+
+// publish forwards r's CloudEvent headers and body to K_SINK, as a function publishing there.
+func (f *Function) publish(w http.ResponseWriter, r *http.Request) {
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, os.Getenv("K_SINK"), r.Body)
+	if err != nil {
+		http.Error(w, "K_SINK: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	for k, v := range r.Header {
+		if strings.HasPrefix(k, "Ce-") || k == "Content-Type" {
+			req.Header[k] = v
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		http.Error(w, "publishing to K_SINK: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(body)
 }
 
