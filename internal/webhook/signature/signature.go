@@ -42,8 +42,8 @@ const DefaultTolerance = 5 * time.Minute
 const maxSignatureHeaderBytes = 4096
 
 // maxSignatureEntries bounds how many entries of such a header are examined. A header with
-// more is refused when its first extra entry is reached, so that 10,000 tiny entries cost no
-// more than the first few.
+// more is refused when its first extra entry is reached, before anything else is decoded or
+// compared, so a header of many tiny entries costs no more than its first 16.
 const maxSignatureEntries = 16
 
 // skipped records why entries of a multi-signature header could not be used. The Standard
