@@ -1,5 +1,15 @@
 package main
 
-import "knative.dev/func-go/http"
+import (
+	"log"
 
-func main() { http.Start(New()) }
+	"knative.dev/func-go/http"
+)
+
+// A non-zero exit when Start fails lets Knative (and knfaas up) report the revision as failed
+// instead of serving 503s; func-go returns the error of the function's Start.
+func main() {
+	if err := http.Start(New()); err != nil {
+		log.Fatal(err)
+	}
+}

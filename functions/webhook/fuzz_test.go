@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/knfaas/knfaas/internal/webhook/dedup"
+	"github.com/knfaas/knfaas/internal/webhook/signature"
 	"github.com/knfaas/knfaas/internal/webhook/source"
 )
 
@@ -75,6 +78,19 @@ func FuzzHandle(f *testing.F) {
 	f.Add("POST", "/slack", "Content-Type: application/x-www-form-urlencoded\nX-Slack-Request-Timestamp: 1531420618\nX-Slack-Signature: "+slackDocSignature, []byte(slackDocBody))
 	f.Add("POST", "/stripe", "Stripe-Signature: t=1531420618,v1=00", []byte(`{"id":"evt_1","type":"x"}`))
 	f.Add("GET", "/", "", []byte(nil))
+	// Multi-signature headers: an unusable entry before the genuine one.
+	stripeBody := `{"id":"evt_2","type":"invoice.paid"}`
+	stripeMulti := stripeDelivery(stripeSecret, fuzzNow, stripeBody)
+	stripeMulti.Set("Stripe-Signature", strings.Replace(stripeMulti.Get("Stripe-Signature"), ",v1=", ",v1=zz,v1=", 1))
+	f.Add("POST", "/stripe", headerLines(stripeMulti), []byte(stripeBody))
+	svixKey, err := signature.DecodeStandardSecret(svixSecret)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ts := strconv.FormatInt(fuzzNow.Unix(), 10)
+	svixBody := `{"n":1}`
+	svixSig := base64.StdEncoding.EncodeToString(signature.Sum(signature.SHA256, svixKey, []byte("msg_1."+ts+"."+svixBody)))
+	f.Add("POST", "/svix", "Content-Type: application/json\nwebhook-id: msg_1\nwebhook-timestamp: "+ts+"\nwebhook-signature: v1,!!! v2,x v1,"+svixSig, []byte(svixBody))
 
 	srcs, err := source.Load("testdata/sources.yaml", fuzzSecrets)
 	if err != nil {

@@ -88,6 +88,10 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	if err := envconfig.Process("", &cfg); err != nil {
 		return fmt.Errorf("webhook: reading configuration: %w", err)
 	}
+	// envconfig's required accepts a variable that is set but empty.
+	if cfg.SourcesFile == "" {
+		return errors.New("webhook: WEBHOOK_SOURCES_FILE is empty: set it to the mounted sources file")
+	}
 	srcs, err := source.Load(cfg.SourcesFile, os.LookupEnv)
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)

@@ -92,6 +92,11 @@ func TestAnswers(t *testing.T) {
 		{name: "stripe", path: "stripe", header: stripeDelivery(stripeSecret, now, stripeBody), body: stripeBody,
 			wantStatus: 202, wantPublish: true, wantEvent: map[string]string{
 				"Ce-Id": "evt_1", "Ce-Type": "com.stripe.invoice.paid", "Ce-Source": "/webhooks/stripe", "Ce-Subject": "in_1", "Content-Type": "application/json; charset=utf-8"}},
+		{name: "stripe: a malformed v1 before the valid one", path: "stripe", header: func() http.Header {
+			h := stripeDelivery(stripeSecret, now, stripeBody)
+			h.Set("Stripe-Signature", strings.Replace(h.Get("Stripe-Signature"), ",v1=", ",v1=zz,v1=", 1))
+			return h
+		}(), body: stripeBody, wantStatus: 202, wantPublish: true},
 		{name: "stripe stale timestamp", path: "stripe", header: stripeDelivery(stripeSecret, now.Add(-6*time.Minute), stripeBody), body: stripeBody,
 			wantStatus: 401, wantBody: "unauthorized\n", wantLog: "outside tolerance"},
 		{name: "stripe signed form body", path: "stripe", header: stripeDelivery(stripeSecret, now, "id=evt_9"), body: "id=evt_9",
@@ -115,6 +120,12 @@ func TestAnswers(t *testing.T) {
 			header: hdr("Content-Type", "application/json", "webhook-id", svixDocID, "webhook-timestamp", fmt.Sprint(svixDocTimestamp), "webhook-signature", svixDocSignature),
 			body:   svixDocBody, wantStatus: 202, wantPublish: true, wantEvent: map[string]string{
 				"Ce-Id": svixDocID, "Ce-Type": "com.example.svix.message", "Ce-Source": "/webhooks/svix"}},
+		{name: "standard webhooks: a malformed entry before the valid one", path: "svix", now: time.Unix(svixDocTimestamp, 0),
+			header: hdr("Content-Type", "application/json", "webhook-id", svixDocID, "webhook-timestamp", fmt.Sprint(svixDocTimestamp), "webhook-signature", "v1,not-base64! v2,x "+svixDocSignature),
+			body:   svixDocBody, wantStatus: 202, wantPublish: true},
+		{name: "standard webhooks: only malformed entries", path: "svix", now: time.Unix(svixDocTimestamp, 0),
+			header: hdr("Content-Type", "application/json", "webhook-id", svixDocID, "webhook-timestamp", fmt.Sprint(svixDocTimestamp), "webhook-signature", "v1,not-base64! v1,"),
+			body:   svixDocBody, wantStatus: 401, wantLog: "webhook-signature: no usable v1 signature among 2 entries"},
 		{name: "standard webhooks docs example replayed now", path: "svix",
 			header: hdr("Content-Type", "application/json", "webhook-id", svixDocID, "webhook-timestamp", fmt.Sprint(svixDocTimestamp), "webhook-signature", svixDocSignature),
 			body:   svixDocBody, wantStatus: 401, wantLog: "outside tolerance"},
@@ -373,7 +384,16 @@ func TestStartRejectsBadConfiguration(t *testing.T) {
 		"secret env unset": {"sources:\n- name: gh\n  provider: github\n  secretEnv: [NOT_SET_ANYWHERE]\n", nil,
 			[]string{`source "gh"`, "secretEnv", "NOT_SET_ANYWHERE"}},
 		"missing file": {"", nil, []string{"reading sources file"}},
-		"no K_SINK":    {"sources:\n- name: gh\n  provider: github\n  secretEnv: [GITHUB_WEBHOOK_SECRET]\n", map[string]string{"K_SINK": ""}, []string{"K_SINK"}},
+		"template secret": {"sources:\n- name: gh\n  provider: github\n  secretEnv: [GITHUB_WEBHOOK_SECRET]\n",
+			map[string]string{"GITHUB_WEBHOOK_SECRET": "CHANGE-ME-github-webhook-secret"},
+			[]string{`source "gh"`, "GITHUB_WEBHOOK_SECRET", `"CHANGE-ME-github-webhook-secret"`}},
+		"template previous secret": {"sources:\n- name: gh\n  provider: github\n  secretEnv: [GITHUB_WEBHOOK_SECRET, GITHUB_WEBHOOK_SECRET_PREVIOUS]\n",
+			map[string]string{"GITHUB_WEBHOOK_SECRET_PREVIOUS": "CHANGE-ME"},
+			[]string{"GITHUB_WEBHOOK_SECRET_PREVIOUS", "template placeholder"}},
+		"template standard webhooks secret": {"sources:\n- name: svix\n  provider: standardwebhooks\n  type: t\n  secretEnv: [SVIX_WEBHOOK_SECRET]\n",
+			map[string]string{"SVIX_WEBHOOK_SECRET": "whsec_Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ="},
+			[]string{`source "svix"`, "SVIX_WEBHOOK_SECRET", "CHANGE-ME"}},
+		"no K_SINK": {"sources:\n- name: gh\n  provider: github\n  secretEnv: [GITHUB_WEBHOOK_SECRET]\n", map[string]string{"K_SINK": ""}, []string{"K_SINK"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

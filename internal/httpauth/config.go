@@ -2,12 +2,15 @@ package httpauth
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/knfaas/knfaas/internal/placeholder"
 )
 
 // EnvSettings are the environment variables ConfigFromEnv reads. A function sets them in its
@@ -72,9 +75,11 @@ func (s EnvSettings) Config() (Config, error) {
 
 // ParseTokens reads lines of the form name:groups:secret, where groups is a comma-separated
 // list (possibly empty) and the secret is everything after the second colon. Blank lines and
-// lines starting with # are skipped. The secrets are checked by New, not here.
+// lines starting with # are skipped. A secret still holding a CHANGE-ME placeholder of the
+// Secret templates is refused, every such line named; the other checks are New's.
 func ParseTokens(r io.Reader) ([]Token, error) {
 	var out []Token
+	var placeholders []error
 	sc := bufio.NewScanner(r)
 	n := 0
 	for sc.Scan() {
@@ -95,6 +100,10 @@ func ParseTokens(r io.Reader) ([]Token, error) {
 		if secret == "" {
 			return nil, fmt.Errorf("line %d: empty secret", n)
 		}
+		if err := placeholder.Check(fmt.Sprintf("line %d: the secret of token %q", n, name), secret); err != nil {
+			placeholders = append(placeholders, err)
+			continue
+		}
 		t := Token{Name: name, Secret: secret}
 		for g := range strings.SplitSeq(groups, ",") {
 			if g = strings.TrimSpace(g); g != "" {
@@ -105,6 +114,9 @@ func ParseTokens(r io.Reader) ([]Token, error) {
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading tokens: %w", err)
+	}
+	if len(placeholders) > 0 {
+		return nil, errors.Join(placeholders...)
 	}
 	return out, nil
 }

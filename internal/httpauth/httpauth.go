@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+
+	"github.com/knfaas/knfaas/internal/placeholder"
 )
 
 // Methods reported in Identity.Method.
@@ -140,7 +142,8 @@ func validateToken(t Token) error {
 	case strings.IndexFunc(t.Secret, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
 		return errors.New("secret holds a character other than printable ASCII")
 	}
-	return nil
+	// ParseTokens names the line; this catches tokens configured some other way.
+	return placeholder.Check("secret", t.Secret)
 }
 
 // Authenticate returns the identity behind r's "Authorization: Bearer …" header. Every error

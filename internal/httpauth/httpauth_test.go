@@ -93,6 +93,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		"empty name":       {Tokens: []Token{{Secret: secretA}}},
 		"duplicate secret": {Tokens: []Token{{Name: "x", Secret: secretA}, {Name: "y", Secret: secretA}}},
 		"space in secret":  {Tokens: []Token{{Name: "x", Secret: "has a space inside it"}}},
+		"template secret":  {Tokens: []Token{{Name: "manager", Secret: "CHANGE-ME-manager-token-000000"}}},
 		"oidc no audience": {OIDC: &OIDCConfig{Issuer: "https://issuer.example", JWKSURL: "https://issuer.example/keys"}},
 	}
 	for name, cfg := range cases {
@@ -298,6 +299,51 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 }
 
+// TestTemplateTokensRefused feeds the lines of the tokens Secret templates (config/3xx-*) as
+// shipped: each placeholder must be refused, naming the variable, the file and the line.
+func TestTemplateTokensRefused(t *testing.T) {
+	const template = "dashboard:stock-readers:CHANGE-ME-dashboard-token-000\n" +
+		"buyer:purchasing:CHANGE-ME-buyer-token-0000000000\n"
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte(template), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	partly := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(partly, []byte("dashboard:stock-readers:"+secretA+"\nbuyer:purchasing:CHANGE-ME\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		env  map[string]string
+		want []string
+	}{
+		"tokens file as shipped": {map[string]string{"AUTH_TOKENS_FILE": file}, []string{
+			"AUTH_TOKENS_FILE " + file, `line 1: the secret of token "dashboard" holds the template placeholder "CHANGE-ME-dashboard-token-000"`,
+			`line 2: the secret of token "buyer" holds the template placeholder "CHANGE-ME-buyer-token-0000000000"`}},
+		"one template line among real ones": {map[string]string{"AUTH_TOKENS_FILE": partly}, []string{
+			"AUTH_TOKENS_FILE " + partly, `line 2: the secret of token "buyer" holds the template placeholder "CHANGE-ME"`}},
+		"inline tokens": {map[string]string{"AUTH_TOKENS": "ops:ops:" + secretA + ";manager:managers:CHANGE-ME-manager-token-000000"}, []string{
+			"AUTH_TOKENS", `line 2: the secret of token "manager" holds the template placeholder`}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("AUTH_TOKENS_FILE", "")
+			t.Setenv("AUTH_TOKENS", "")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			_, err := ConfigFromEnv()
+			if err == nil {
+				t.Fatal("template tokens accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
 func TestParseTokens(t *testing.T) {
 	cases := map[string]struct {
 		in      string
@@ -310,6 +356,7 @@ func TestParseTokens(t *testing.T) {
 		"missing secret":  {in: "a:g", wantErr: true},
 		"empty secret":    {in: "a:g:", wantErr: true},
 		"empty name":      {in: ":g:secret", wantErr: true},
+		"template secret": {in: "buyer:purchasing:CHANGE-ME-buyer-token-0000000000", wantErr: true},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -129,23 +129,23 @@ func (s *Server) launch() {
 	deadline := time.Now().Add(10 * time.Second)
 	c := redis.NewClient(&redis.Options{Addr: s.Addr(), Password: s.opts.Password, MaxRetries: -1})
 	defer c.Close()
-	for {
+	// A refused connection (not listening yet) and a LOADING reply (still reading the AOF)
+	// both mean "not yet"; anything else that persists to the deadline is reported.
+	var err error
+	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := c.Ping(ctx).Err()
+		err = c.Ping(ctx).Err()
 		cancel()
 		if err == nil {
 			return
 		}
-		if strings.Contains(err.Error(), "LOADING") || time.Now().Before(deadline) {
-			if time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		break
+		time.Sleep(20 * time.Millisecond)
 	}
-	s.t.Fatalf("redis-server on %s did not answer within 10s; log:\n%s", s.Addr(), s.logTail())
+	state := "not answering"
+	if redis.IsLoadingError(err) {
+		state = "still loading its data"
+	}
+	s.t.Fatalf("redis-server on %s %s after 10s (%v); log:\n%s", s.Addr(), state, err, s.logTail())
 }
 
 func (s *Server) stop() {

@@ -3,7 +3,6 @@ package dedup
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -133,7 +132,8 @@ func (b *batcher) close() {
 }
 
 // isNoScript reports Redis' answer to EVALSHA of a script it does not hold (after a restart
-// or SCRIPT FLUSH).
+// or SCRIPT FLUSH): a Redis error reply, possibly wrapped, never any error whose text happens
+// to start the same way.
 func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+	return redis.HasErrorPrefix(err, "NOSCRIPT")
 }

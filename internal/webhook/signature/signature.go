@@ -10,6 +10,7 @@ import (
 	"hash"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -34,6 +35,41 @@ type Verifier interface {
 // DefaultTolerance is the timestamp window the timestamped schemes use unless configured
 // otherwise; Stripe, Slack and Standard Webhooks all document five minutes.
 const DefaultTolerance = 5 * time.Minute
+
+// maxSignatureHeaderBytes bounds a header that may carry several signatures (Stripe-Signature,
+// webhook-signature), all its field lines together: a sender rotating keys sends two or three
+// entries of under 100 bytes each, and a longer header is refused before any entry is read.
+const maxSignatureHeaderBytes = 4096
+
+// maxSignatureEntries bounds how many entries of such a header are examined. A header with
+// more is refused when its first extra entry is reached, before anything else is decoded or
+// compared, so a header of many tiny entries costs no more than its first 16.
+const maxSignatureEntries = 16
+
+// skipped records why entries of a multi-signature header could not be used. The Standard
+// Webhooks and Stripe reference verifiers skip such entries and accept the delivery if another
+// entry matches; the reasons only reach the log, when no entry matched.
+type skipped []string
+
+func (s *skipped) add(entry int, format string, args ...any) {
+	*s = append(*s, fmt.Sprintf("entry %d ", entry)+fmt.Sprintf(format, args...))
+}
+
+// String lists the reasons; empty when no entry was skipped.
+func (s skipped) String() string { return strings.Join(s, "; ") }
+
+// note returns the reasons as a parenthesised suffix for an error, or nothing.
+func (s skipped) note() string {
+	if len(s) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (skipped %s)", s)
+}
+
+// joined returns the field lines of a list header as one value, separated by sep.
+func joined(h http.Header, name, sep string) string {
+	return strings.Join(h.Values(name), sep)
+}
 
 // maxTimestampDigits bounds a timestamp header so that parsing cannot overflow silently.
 const maxTimestampDigits = 12

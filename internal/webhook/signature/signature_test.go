@@ -61,7 +61,7 @@ func header(kv ...string) http.Header {
 	return h
 }
 
-func mustStandardSecret(t *testing.T, s string) []byte {
+func mustStandardSecret(t testing.TB, s string) []byte {
 	t.Helper()
 	k, err := DecodeStandardSecret(s)
 	if err != nil {

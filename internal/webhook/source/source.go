@@ -13,6 +13,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/knfaas/knfaas/internal/placeholder"
 	"github.com/knfaas/knfaas/internal/webhook/delivery"
 	"github.com/knfaas/knfaas/internal/webhook/signature"
 )
@@ -278,22 +279,50 @@ func buildHMAC(c Config, secrets [][]byte, tolerance time.Duration) (*signature.
 }
 
 // resolveSecrets reads the named env vars. Unset or empty ones are skipped, so a
-// "…_PREVIOUS" variable only needs a value during a rotation; at least one must be set.
+// "…_PREVIOUS" variable only needs a value during a rotation; at least one must be set. A value
+// still holding a CHANGE-ME placeholder of the Secret template (for a Standard Webhooks secret,
+// also inside its base64) is refused: anyone who read the template could sign with it.
 func resolveSecrets(c Config, env LookupEnv) ([][]byte, error) {
 	if len(c.SecretEnv) == 0 {
 		return nil, fieldError("secretEnv", "required: the env vars (fed by secretKeyRef) holding the signing secret")
 	}
 	var secrets [][]byte
+	var placeholders []error
 	for _, name := range c.SecretEnv {
 		if strings.TrimSpace(name) == "" {
 			return nil, fieldError("secretEnv", "contains an empty name")
 		}
-		if v, ok := env(name); ok && v != "" {
-			secrets = append(secrets, []byte(v))
+		v, ok := env(name)
+		if !ok || v == "" {
+			continue
 		}
+		if err := templateSecret(c.Provider, name, v); err != nil {
+			placeholders = append(placeholders, err)
+			continue
+		}
+		secrets = append(secrets, []byte(v))
+	}
+	if len(placeholders) > 0 {
+		return nil, fieldError("secretEnv", "%v", errors.Join(placeholders...))
 	}
 	if len(secrets) == 0 {
 		return nil, fieldError("secretEnv", "none of %v is set", c.SecretEnv)
 	}
 	return secrets, nil
+}
+
+// templateSecret reports a secret that is still the Secret template's placeholder. The
+// template's Standard Webhooks secret is "whsec_" + the base64 of a placeholder, so that it
+// decodes like a real one; it is recognised after decoding.
+func templateSecret(provider, envName, v string) error {
+	if err := placeholder.Check(envName, v); err != nil {
+		return err
+	}
+	if provider != ProviderStandardWebhooks {
+		return nil
+	}
+	if key, err := signature.DecodeStandardSecret(v); err == nil {
+		return placeholder.Check(envName+" (base64-decoded after "+signature.StandardSecretPrefix+")", string(key))
+	}
+	return nil
 }

@@ -24,6 +24,10 @@ var secrets = env(map[string]string{
 	"STD_BAD": "not-a-whsec",
 	"GENERIC": "generic",
 	"EMPTY":   "",
+	// The values of config/340-webhook-secrets.yaml as shipped.
+	"TEMPLATE_GH":     "CHANGE-ME-github-webhook-secret",
+	"TEMPLATE_STRIPE": "whsec_CHANGE-ME-stripe-signing-secret",
+	"TEMPLATE_SVIX":   "whsec_Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ=",
 })
 
 func TestParseValid(t *testing.T) {
@@ -126,6 +130,10 @@ func TestParseInvalid(t *testing.T) {
 		{"type on github", "sources:\n- name: a\n  provider: github\n  type: x\n  secretEnv: [GH]", []string{"type", "from the delivery"}},
 		{"hmac field on stripe", "sources:\n- name: a\n  provider: stripe\n  header: X\n  secretEnv: [STRIPE]", []string{"header", "only hmac"}},
 		{"bad durations and size", "sources:\n- name: a\n  provider: stripe\n  tolerance: 5 minutes\n  dedupTTL: 3d\n  maxBodyBytes: -1\n  secretEnv: [STRIPE]", []string{"tolerance", "dedupTTL", "maxBodyBytes"}},
+		{"template github secret", "sources:\n- name: a\n  provider: github\n  secretEnv: [TEMPLATE_GH]", []string{`source "a"`, "secretEnv", "TEMPLATE_GH", `"CHANGE-ME-github-webhook-secret"`}},
+		{"template secret beside a real one", "sources:\n- name: a\n  provider: github\n  secretEnv: [GH, TEMPLATE_GH]", []string{`source "a"`, "TEMPLATE_GH", "template placeholder"}},
+		{"template stripe secret after whsec_", "sources:\n- name: a\n  provider: stripe\n  secretEnv: [TEMPLATE_STRIPE]", []string{"TEMPLATE_STRIPE", `"CHANGE-ME-stripe-signing-secret"`}},
+		{"template standard secret inside its base64", "sources:\n- name: a\n  provider: standardwebhooks\n  type: t\n  secretEnv: [TEMPLATE_SVIX]", []string{"TEMPLATE_SVIX (base64-decoded after whsec_)", `"CHANGE-ME-generate-a-real-secret"`}},
 		{"every source reported", "sources:\n- name: a\n  provider: nope\n  secretEnv: [GH]\n- name: b\n  provider: github", []string{`source "a"`, `source "b"`}},
 	}
 	for _, tc := range tests {
