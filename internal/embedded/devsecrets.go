@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,13 +81,13 @@ type devSecretsApplied struct {
 // value reaches a function (env, envFrom, volumes) sees the replacement.
 func applyDevSecrets(set *manifest.Set, path string) (devSecretsApplied, error) {
 	res := devSecretsApplied{Path: path}
-	var secrets []*corev1.Secret
+	found := false
 	for _, o := range set.Objects {
 		if s, ok := o.Obj.(*corev1.Secret); ok && hasPlaceholder(s) {
-			secrets = append(secrets, s)
+			found = true
 		}
 	}
-	if len(secrets) == 0 {
+	if !found {
 		return res, nil
 	}
 	dir := filepath.Dir(path)
@@ -102,24 +104,34 @@ func applyDevSecrets(set *manifest.Set, path string) (devSecretsApplied, error) 
 	if err != nil {
 		return res, err
 	}
-	replace := func(s *corev1.Secret, key, v string) string {
-		return placeholder.Pattern.ReplaceAllStringFunc(v, func(ph string) string {
-			res.Replaced++
-			if val, ok := d.Lookup(s.Namespace, s.Name, key, ph); ok {
-				return val
-			}
-			val := randomHex(devSecretBytes)
-			d.Secrets = append(d.Secrets, DevSecret{Namespace: s.Namespace, Secret: s.Name, Key: key, Placeholder: ph, Value: val})
-			res.Generated++
+	generate := func(s *corev1.Secret, key, ph string) string {
+		res.Replaced++
+		if val, ok := d.Lookup(s.Namespace, s.Name, key, ph); ok {
 			return val
-		})
+		}
+		val := randomHex(devSecretBytes)
+		d.Secrets = append(d.Secrets, DevSecret{Namespace: s.Namespace, Secret: s.Name, Key: key, Placeholder: ph, Value: val})
+		res.Generated++
+		return val
 	}
-	for _, s := range secrets {
+	replace := func(s *corev1.Secret, key, v string) string {
+		if payload, ok := encodedPlaceholder(v); ok {
+			return standardSecretPrefix + generate(s, key, payload)
+		}
+		return placeholder.Pattern.ReplaceAllStringFunc(v, func(ph string) string { return generate(s, key, ph) })
+	}
+	for _, s := range set.Objects {
+		s, ok := s.Obj.(*corev1.Secret)
+		if !ok {
+			continue
+		}
 		for _, k := range sortedKeys(s.StringData) {
-			s.StringData[k] = replace(s, k, s.StringData[k])
+			if isPlaceholder(s.StringData[k]) {
+				s.StringData[k] = replace(s, k, s.StringData[k])
+			}
 		}
 		for _, k := range sortedKeys(s.Data) {
-			if placeholder.Contains(string(s.Data[k])) {
+			if isPlaceholder(string(s.Data[k])) {
 				s.Data[k] = []byte(replace(s, k, string(s.Data[k])))
 			}
 		}
@@ -140,21 +152,44 @@ func (a devSecretsApplied) print(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "development secrets: %s (%d CHANGE-ME placeholders replaced, %d generated now; kept across runs)\n", a.Path, a.Replaced, a.Generated)
-	fmt.Fprintf(w, "  read one with jq; sign a test webhook with it: functions/webhook/README.md, \"Trying it under knfaas up\"\n")
+	fmt.Fprintf(w, "  read one: jq -r '.secrets[] | select(.placeholder==\"CHANGE-ME-…\") | .value' %s; sign a test webhook: functions/webhook/README.md, \"Trying it under knfaas up\"\n", a.Path)
 }
 
 func hasPlaceholder(s *corev1.Secret) bool {
 	for _, v := range s.StringData {
-		if placeholder.Contains(v) {
+		if isPlaceholder(v) {
 			return true
 		}
 	}
 	for _, v := range s.Data {
-		if placeholder.Contains(string(v)) {
+		if isPlaceholder(string(v)) {
 			return true
 		}
 	}
 	return false
+}
+
+// standardSecretPrefix starts a Standard Webhooks secret: whsec_ and base64.
+const standardSecretPrefix = "whsec_"
+
+// isPlaceholder reports whether a Secret value holds a template placeholder, in clear or as
+// the base64 payload of a Standard Webhooks secret (which must be base64 even in a template).
+func isPlaceholder(v string) bool {
+	_, encoded := encodedPlaceholder(v)
+	return encoded || placeholder.Contains(v)
+}
+
+// encodedPlaceholder returns the base64 payload of a whsec_ value that decodes to a placeholder.
+func encodedPlaceholder(v string) (string, bool) {
+	payload, ok := strings.CutPrefix(v, standardSecretPrefix)
+	if !ok {
+		return "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(payload)
+	if err != nil || !placeholder.Contains(string(b)) {
+		return "", false
+	}
+	return payload, true
 }
 
 // writeDevSecrets replaces the file at path (0600) in one rename.

@@ -24,6 +24,8 @@ stringData:
     operator:ops:CHANGE-ME-operator-token-00000
   github: CHANGE-ME-github-webhook-secret
   stripe: whsec_CHANGE-ME-stripe-signing-secret
+  svix: whsec_Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ=
+  svix-real: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
   plain: a-real-value
   empty: ""
 data:
@@ -154,6 +156,8 @@ func TestDevSecretsReplacePlaceholders(t *testing.T) {
 		{name: "placeholders inside a value by envFrom", got: env["tokens"], want: wantTokens},
 		{name: "placeholders inside a value in a volume", got: tokensFile, want: wantTokens},
 		{name: "whsec_ prefix kept", got: env["stripe"], want: "whsec_" + gen("auth", "stripe", "CHANGE-ME-stripe-signing-secret")},
+		{name: "whsec_ base64 of a placeholder", got: env["svix"], want: "whsec_" + gen("auth", "svix", "Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ=")},
+		{name: "real whsec_ value unchanged", got: env["svix-real"], want: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
 		{name: "binary data", got: env["binary"], want: gen("auth", "binary", "CHANGE-ME-binary")},
 		{name: "value without placeholder unchanged", got: env["plain"], want: "a-real-value"},
 		{name: "empty value unchanged", got: env["empty"], want: ""},
@@ -172,12 +176,14 @@ func TestDevSecretsReplacePlaceholders(t *testing.T) {
 		}
 	}
 	// A whsec_ value stays a valid Standard Webhooks secret.
-	if _, err := signature.DecodeStandardSecret(env["stripe"]); err != nil {
-		t.Errorf("whsec_ + development secret is not a valid Standard Webhooks secret: %v", err)
+	for _, k := range []string{"stripe", "svix"} {
+		if _, err := signature.DecodeStandardSecret(env[k]); err != nil {
+			t.Errorf("%s: whsec_ + development secret is not a valid Standard Webhooks secret: %v", k, err)
+		}
 	}
-	// manager, operator, github, stripe, binary, redis password, redis url.
-	if applied.Replaced != 7 || applied.Generated != 7 {
-		t.Errorf("applied = %+v, want 7 replaced, 7 generated", applied)
+	// manager, operator, github, stripe, svix, binary, redis password, redis url.
+	if applied.Replaced != 8 || applied.Generated != 8 {
+		t.Errorf("applied = %+v, want 8 replaced, 8 generated", applied)
 	}
 	if manager == operator {
 		t.Error("two placeholders got the same value")
@@ -198,13 +204,13 @@ func TestDevSecretsAreKeptAcrossRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	second, applied, _ := resolvedEnv(t, file)
-	for _, k := range []string{"GITHUB_SECRET", "tokens", "stripe"} {
+	for _, k := range []string{"GITHUB_SECRET", "tokens", "stripe", "svix"} {
 		if first[k] != second[k] {
 			t.Errorf("%s changed between runs: %q, then %q", k, first[k], second[k])
 		}
 	}
-	if applied.Generated != 0 || applied.Replaced != 7 {
-		t.Errorf("second run: %+v, want 7 replaced, 0 generated", applied)
+	if applied.Generated != 0 || applied.Replaced != 8 {
+		t.Errorf("second run: %+v, want 8 replaced, 0 generated", applied)
 	}
 	d, err = ReadDevSecrets(file)
 	if err != nil {
