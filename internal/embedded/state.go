@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,6 +31,10 @@ const DevSecretsFile = "dev-secrets.json"
 const RunsDir = "runs"
 
 const lockSuffix = ".lock"
+
+// runName is the name of a per-run directory: the pid and 8 random hex digits. Nothing else
+// under the runs directory is ever removed, even when --run-dir points at a shared folder.
+var runName = regexp.MustCompile(`^[0-9]+-[0-9a-f]{8}$`)
 
 // DefaultStateDir is $XDG_STATE_HOME/knfaas, or ~/.local/state/knfaas.
 func DefaultStateDir() (string, error) {
@@ -119,9 +124,9 @@ func RemoveStaleRuns(parent string) ([]string, error) {
 	for _, e := range entries {
 		n := e.Name()
 		switch {
-		case strings.HasSuffix(n, lockSuffix):
+		case strings.HasSuffix(n, lockSuffix) && runName.MatchString(strings.TrimSuffix(n, lockSuffix)):
 			names[strings.TrimSuffix(n, lockSuffix)] = true
-		case e.IsDir():
+		case e.IsDir() && runName.MatchString(n):
 			names[n] = true
 		}
 	}

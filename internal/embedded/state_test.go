@@ -51,8 +51,18 @@ func TestRunDirLifecycle(t *testing.T) {
 	}
 
 	// A directory without a lock file (its run died mid-cleanup) is stale as well.
-	orphan := filepath.Join(runs, "123-orphan")
+	orphan := filepath.Join(runs, "123-0badf00d")
 	if err := os.MkdirAll(filepath.Join(orphan, "volumes"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// What is not named like a run is never touched (--run-dir may name a shared folder).
+	foreign := []string{filepath.Join(runs, "photos"), filepath.Join(runs, "123-notarun")}
+	for _, d := range foreign {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(runs, "notes.lock"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -68,6 +78,18 @@ func TestRunDirLifecycle(t *testing.T) {
 	}
 	if next.Path == live.Path {
 		t.Error("two live runs share a directory")
+	}
+
+	for _, d := range foreign {
+		if !exists(d) {
+			t.Errorf("a start removed %s, which is not a run directory", d)
+		}
+		if err := os.Remove(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(runs, "notes.lock")); err != nil {
+		t.Fatal(err)
 	}
 
 	// A normal exit removes the per-run part and keeps the persistent part.
