@@ -33,8 +33,6 @@ const (
 	typeSaleRecorded  = "dev.knfaas.example.pos.sale.recorded"
 	typeSaleReturned  = "dev.knfaas.example.pos.sale.returned"
 	typeStockReceived = "dev.knfaas.example.pos.stock.received"
-	// dashboardToken is the placeholder token of config/330-query-auth-secret.yaml.
-	dashboardToken = "CHANGE-ME-dashboard-token-000"
 )
 
 // paths loads the platform parts the example needs and the example itself, with pos-stock's
@@ -310,6 +308,9 @@ func TestPointOfSaleThroughKnfaasUp(t *testing.T) {
 			resp.Body.Close()
 			return resp
 		}
+		// The dashboard's bearer token: the development secret knfaas up generated for the
+		// placeholder in config/330-query-auth-secret.yaml.
+		dashboardToken := rt.DevSecret("knfaas", "query-auth", "tokens", "CHANGE-ME-dashboard-token-000")
 		if resp := get(dashboardToken, ""); resp.StatusCode != 200 || resp.Header.Get("ETag") != `"8"` {
 			t.Fatalf("GET: %d etag %s", resp.StatusCode, resp.Header.Get("ETag"))
 		}

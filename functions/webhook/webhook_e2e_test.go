@@ -65,10 +65,6 @@ spec:
       namespace: knfaas
 `
 
-// templateGitHubSecret is the github key of config/340-webhook-secrets.yaml, which the test
-// applies unchanged.
-const templateGitHubSecret = "CHANGE-ME-github-webhook-secret"
-
 // TestGitHubDeliveryPublishedOnceThroughKnfaasUp runs the platform's webhook manifests (Secret
 // template, sources ConfigMap, public ksvc, SinkBinding, Broker with its dead-letter sink) under knfaas up, posts one
 // GitHub delivery three times in a row and another three times at once, and checks that the
@@ -89,9 +85,12 @@ func TestGitHubDeliveryPublishedOnceThroughKnfaasUp(t *testing.T) {
 	rt := runtimetest.Start(t, runtimetest.Options{Paths: append(paths, dir), RedisURL: srv.URL()})
 	client := rt.Client()
 	url := rt.ServiceURL("knfaas", "webhook") + "/github"
+	// config/340-webhook-secrets.yaml is applied unchanged: its github key is a template
+	// placeholder, which knfaas up replaces with a development secret.
+	githubSecret := rt.DevSecret("knfaas", "webhook-secrets", "github", "CHANGE-ME-github-webhook-secret")
 
 	post := func(id, body string) (int, string) {
-		mac := hmac.New(sha256.New, []byte(templateGitHubSecret))
+		mac := hmac.New(sha256.New, []byte(githubSecret))
 		mac.Write([]byte(body))
 		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")

@@ -30,6 +30,8 @@ func newUpCommand() *cobra.Command {
 		parallelism    int
 		logLevel       string
 		cacheDir       string
+		stateDir       string
+		runDir         string
 		pprofAddr      string
 		startTimeout   time.Duration
 		maxBacklog     int64
@@ -43,6 +45,9 @@ Knative Services become processes built from their ko:// import paths, started o
 request and stopped after the idle window; Brokers are durable on Redis Streams; each Trigger
 is a consumer group delivering with Knative's filters, retries and dead-letter semantics;
 PingSources fire on their schedules.
+
+Secrets: every CHANGE-ME placeholder of a loaded Secret is replaced by a random development
+secret, generated on first start and kept in <state-dir>/dev-secrets.json (0600).
 
 Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
 (miniredis) runs in-process and its data is lost on exit.
@@ -69,11 +74,29 @@ Run it from the module root (ko:// paths are built with go build there).`,
 				}
 				cacheDir = filepath.Join(base, "knfaas", "bin")
 			}
-			stateDir, err := os.MkdirTemp("", "knfaas-up-")
+			if stateDir == "" {
+				d, err := embedded.DefaultStateDir()
+				if err != nil {
+					return err
+				}
+				stateDir = d
+			}
+			if runDir == "" {
+				runDir = filepath.Join(stateDir, embedded.RunsDir)
+			}
+			run, stale, err := embedded.NewRunDir(runDir)
+			for _, d := range stale {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s: left by a run that did not exit cleanly\n", d)
+			}
 			if err != nil {
 				return err
 			}
-			defer os.RemoveAll(stateDir)
+			defer func() {
+				if err := run.Remove(); err != nil {
+					log.Error("removing the per-run state", "error", err)
+				}
+			}()
+			fmt.Fprintf(cmd.OutOrStdout(), "state: %s (kept); this run: %s (removed on exit)\n", stateDir, run.Path)
 			if os.Getenv("GOGC") == "" {
 				// The runtime allocates per event and has memory to spare: collecting less often
 				// buys delivery throughput. GOGC in the environment wins.
@@ -93,8 +116,9 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			}
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
-				ModuleDir: wd, CacheDir: cacheDir, StateDir: stateDir, RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog,
-				AppendTimeout: appendTimeout, Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
+				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
+				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout,
+				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
 			})
 		},
 	}
@@ -110,6 +134,8 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cacheDir, "cache-dir", "", "where built function binaries are cached (default: the user cache dir)")
+	f.StringVar(&stateDir, "state-dir", "", "persistent local state: the development secrets that replace CHANGE-ME placeholders, kept across runs (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
+	f.StringVar(&runDir, "run-dir", "", "where each run keeps its projected volumes and instance files, removed on exit and, after a crash, at the next start (default <state-dir>/runs)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles of the runtime on this address (debugging)")
 	return cmd
 }

@@ -56,8 +56,12 @@ type Options struct {
 	RedisURL string
 	// ModuleDir is where ko:// import paths are built.
 	ModuleDir string
-	// CacheDir holds built binaries; StateDir projected volumes.
+	// CacheDir holds built binaries; StateDir is the per-run directory: projected volumes and
+	// the instances' files (see NewRunDir).
 	CacheDir, StateDir string
+	// DevSecretsFile, if set, is the persistent file of development secrets: every template
+	// placeholder (CHANGE-ME…) in a loaded Secret is replaced by a random value kept there.
+	DevSecretsFile string
 	// StartTimeout bounds how long a function instance may take to become ready.
 	StartTimeout time.Duration
 	// RedeliverAfter is how long a pending event waits before it is delivered again.
@@ -143,6 +147,13 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 		return nil, err
 	}
 	fmt.Fprintf(opts.Out, "loaded %d objects from %s\n", len(r.set.Objects), strings.Join(opts.Paths, ", "))
+	if opts.DevSecretsFile != "" {
+		applied, err := applyDevSecrets(r.set, opts.DevSecretsFile)
+		if err != nil {
+			return nil, err
+		}
+		applied.print(opts.Out)
+	}
 
 	// The listener first: a port in use is the most common start-up failure.
 	main, err := net.Listen("tcp", opts.Addr)

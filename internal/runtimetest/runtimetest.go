@@ -4,6 +4,7 @@ package runtimetest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -38,6 +39,10 @@ type Options struct {
 	RedeliverAfter time.Duration
 	// Args are extra flags for knfaas up.
 	Args []string
+	// StateDir is the runtime's persistent state directory (--state-dir: development secrets,
+	// per-run directories under runs/). Empty: a new temporary one per Start, shared by its
+	// restarts and removed when the test ends.
+	StateDir string
 }
 
 // Runtime is one knfaas up process (and its restarts).
@@ -108,6 +113,15 @@ func Start(t testing.TB, opts Options) *Runtime {
 	if opts.RedeliverAfter == 0 {
 		opts.RedeliverAfter = 2 * time.Second
 	}
+	if opts.StateDir == "" {
+		// Not t.TempDir: a short path leaves room for Unix sockets in the per-run directory.
+		dir, err := os.MkdirTemp("", "knfaas-state-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(dir) })
+		opts.StateDir = dir
+	}
 	r := &Runtime{t: t, opts: opts, root: ModuleRoot(t), out: &syncBuffer{}}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,7 +136,7 @@ func Start(t testing.TB, opts Options) *Runtime {
 
 func (r *Runtime) launch() {
 	r.t.Helper()
-	args := []string{"up", "--defaults=false", "--addr", r.addr, "--idle", r.opts.Idle.String(), "--redeliver-after", r.opts.RedeliverAfter.String()}
+	args := []string{"up", "--defaults=false", "--addr", r.addr, "--idle", r.opts.Idle.String(), "--redeliver-after", r.opts.RedeliverAfter.String(), "--state-dir", r.opts.StateDir}
 	for _, p := range r.opts.Paths {
 		args = append(args, "-f", p)
 	}
@@ -192,6 +206,37 @@ func (r *Runtime) Restart() {
 		r.stop()
 	}
 	r.launch()
+}
+
+// StateDir is the runtime's persistent state directory (--state-dir).
+func (r *Runtime) StateDir() string { return r.opts.StateDir }
+
+// DevSecretsFile is the file of development secrets that knfaas up generates for the CHANGE-ME
+// placeholders of the loaded Secrets (see the top README, "Local state").
+func (r *Runtime) DevSecretsFile() string { return filepath.Join(r.opts.StateDir, "dev-secrets.json") }
+
+// DevSecret returns the development secret that replaced placeholder (e.g.
+// "CHANGE-ME-manager-token-000000") in key of Secret namespace/secret, and fails the test when
+// there is none. Where the placeholder is the whole template value, it is the value itself.
+func (r *Runtime) DevSecret(namespace, secret, key, placeholder string) string {
+	r.t.Helper()
+	raw, err := os.ReadFile(r.DevSecretsFile())
+	if err != nil {
+		r.t.Fatalf("development secrets: %v\n%s", err, r.out.Tail(50))
+	}
+	var file struct {
+		Secrets []struct{ Namespace, Secret, Key, Placeholder, Value string }
+	}
+	if err := json.Unmarshal(raw, &file); err != nil {
+		r.t.Fatalf("development secrets: %v", err)
+	}
+	for _, s := range file.Secrets {
+		if s.Namespace == namespace && s.Secret == secret && s.Key == key && s.Placeholder == placeholder {
+			return s.Value
+		}
+	}
+	r.t.Fatalf("no development secret for %s in Secret %s/%s key %s", placeholder, namespace, secret, key)
+	return ""
 }
 
 // Addr is host:port of the runtime.

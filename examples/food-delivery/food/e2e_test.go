@@ -20,8 +20,12 @@ import (
 	"github.com/knfaas/knfaas/internal/runtimetest"
 )
 
-// managerToken is the placeholder token of config/320-tasks-auth-secret.yaml.
-const managerToken = "CHANGE-ME-manager-token-000000"
+// managerToken is the manager's bearer token: the development secret knfaas up generated for
+// the placeholder in config/320-tasks-auth-secret.yaml.
+func managerToken(t testing.TB, rt *runtimetest.Runtime) string {
+	t.Helper()
+	return rt.DevSecret("knfaas", "tasks-auth", "tokens", "CHANGE-ME-manager-token-000000")
+}
 
 var e2ePaths = []string{
 	"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/320-tasks-auth-secret.yaml",
@@ -70,7 +74,7 @@ func commandsOut(t *testing.T, rdb *redis.Client, id string) []string {
 func decideTask(t *testing.T, rt *runtimetest.Runtime, taskID, action string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, rt.ServiceURL("knfaas", "tasks")+"/tasks/"+taskID+"/"+action, strings.NewReader(`{"by":"e2e"}`))
-	req.Header.Set("Authorization", "Bearer "+managerToken)
+	req.Header.Set("Authorization", "Bearer "+managerToken(t, rt))
 	resp, err := rt.Client().Do(req)
 	if err != nil {
 		return 0, err.Error()
@@ -80,9 +84,9 @@ func decideTask(t *testing.T, rt *runtimetest.Runtime, taskID, action string) (i
 	return resp.StatusCode, string(b)
 }
 
-func openTasks(rt *runtimetest.Runtime) []process.Task {
+func openTasks(t *testing.T, rt *runtimetest.Runtime) []process.Task {
 	req, _ := http.NewRequest(http.MethodGet, rt.ServiceURL("knfaas", "tasks")+"/tasks?process=food-order", nil)
-	req.Header.Set("Authorization", "Bearer "+managerToken)
+	req.Header.Set("Authorization", "Bearer "+managerToken(t, rt))
 	resp, err := rt.Client().Do(req)
 	if err != nil {
 		return nil
@@ -123,7 +127,7 @@ func TestFoodDeliveryThroughKnfaasUp(t *testing.T) {
 	rt.Kill()
 	rt.Restart()
 
-	runtimetest.Eventually(t, 3*time.Minute, "approval tasks open", func() bool { return len(openTasks(rt)) == 2 })
+	runtimetest.Eventually(t, 3*time.Minute, "approval tasks open", func() bool { return len(openTasks(t, rt)) == 2 })
 	if code, body := decideTask(t, rt, "approved:manager-approval:1", "complete"); code != 200 {
 		t.Fatalf("completing the approval: %d %s", code, body)
 	}
