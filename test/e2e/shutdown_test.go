@@ -31,11 +31,11 @@ var foodPaths = []string{
 	"examples/food-delivery",
 }
 
-// tasksManagerToken is the bearer token of the tasks API's manager role in the loaded
-// manifests; the one place a test learns it.
-func tasksManagerToken(t *testing.T) string {
+// tasksManagerToken is the bearer token of the tasks API's manager role: the development
+// secret knfaas up generated for the template's placeholder.
+func tasksManagerToken(t *testing.T, rt *runtimetest.Runtime) string {
 	t.Helper()
-	return "CHANGE-ME-manager-token-000000"
+	return rt.DevSecret("knfaas", "tasks-auth", "tokens", "CHANGE-ME-manager-token-000000")
 }
 
 func placeFoodOrder(t *testing.T, rt *runtimetest.Runtime, id string, amount float64, simulate map[string]string) {
@@ -76,7 +76,7 @@ func deadLetters(t *testing.T, rdb *redis.Client) []deadletter.Letter {
 func decideFoodTask(t *testing.T, rt *runtimetest.Runtime, taskID, action string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, rt.ServiceURL("knfaas", "tasks")+"/tasks/"+taskID+"/"+action, strings.NewReader(`{"by":"e2e"}`))
-	req.Header.Set("Authorization", "Bearer "+tasksManagerToken(t))
+	req.Header.Set("Authorization", "Bearer "+tasksManagerToken(t, rt))
 	resp, err := rt.Client().Do(req)
 	if err != nil {
 		return 0, err.Error()
