@@ -19,9 +19,6 @@ func StreamKey(namespace, name string) string {
 	return "knfaas:broker:stream:" + namespace + "/" + name
 }
 
-// eventField is the stream entry field holding the event in CloudEvents JSON format.
-const eventField = "e"
-
 // Store appends events to broker streams, coalescing concurrent appends into pipelines so that
 // many requests share one Redis round trip (group commit) without giving up per-event acks.
 type Store struct {
@@ -31,7 +28,7 @@ type Store struct {
 
 type appendReq struct {
 	stream string
-	data   []byte
+	fields []any
 	id     string
 	err    error
 	done   chan struct{}
@@ -81,7 +78,7 @@ func (s *Store) write(ctx context.Context) {
 		pipe := s.rdb.Pipeline()
 		cmds := make([]*redis.StringCmd, len(batch))
 		for i, r := range batch {
-			cmds[i] = pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: r.stream, Values: []any{eventField, r.data}})
+			cmds[i] = pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: r.stream, Values: r.fields})
 		}
 		_, _ = pipe.Exec(context.Background())
 		for i, r := range batch {
@@ -91,9 +88,10 @@ func (s *Store) write(ctx context.Context) {
 	}
 }
 
-// Append stores data at the end of stream and returns its entry id once Redis acknowledged it.
-func (s *Store) Append(ctx context.Context, stream string, data []byte) (string, error) {
-	r := &appendReq{stream: stream, data: data, done: make(chan struct{})}
+// Append stores an entry of fields (a flat field/value list, see Entry) at the end of stream
+// and returns its entry id once Redis acknowledged it.
+func (s *Store) Append(ctx context.Context, stream string, fields ...any) (string, error) {
+	r := &appendReq{stream: stream, fields: fields, done: make(chan struct{})}
 	select {
 	case s.reqs <- r:
 	case <-ctx.Done():
