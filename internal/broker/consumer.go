@@ -146,7 +146,7 @@ type Consumer struct {
 	deliverCtx context.Context
 
 	sem      chan struct{}
-	acks     chan string
+	acks     chan ack
 	mu       sync.Mutex
 	inflight map[string]bool
 	wg       sync.WaitGroup
@@ -174,7 +174,7 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	return &Consumer{
 		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", t.Namespace+"/"+t.Broker), metrics: m, opts: opts,
 		stream: stream, brokerKey: t.Namespace + "/" + t.Broker, roundsKey: RoundsKey(stream, tc.Group()),
-		sem: make(chan struct{}, opts.Parallelism), acks: make(chan string, opts.Parallelism*2), inflight: map[string]bool{},
+		sem: make(chan struct{}, opts.Parallelism), acks: make(chan ack, opts.Parallelism*2), inflight: map[string]bool{},
 	}
 }
 
@@ -311,13 +311,19 @@ func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage, redelivered b
 		// Deliveries in flight may finish within the shutdown grace: cutting them off would
 		// only cause a redelivery.
 		if c.deliver(c.deliverCtx, m) {
-			c.acks <- m.ID
-			if redelivered {
-				c.forgetRounds(m.ID)
-			}
+			// The entry stays in flight until it is acknowledged: a reclaim in between would
+			// deliver it again.
+			c.acks <- ack{id: m.ID, forgetRounds: redelivered}
+			return
 		}
 		c.done(m.ID)
 	}()
+}
+
+// ack is an entry to acknowledge; forgetRounds drops its failed rounds too.
+type ack struct {
+	id           string
+	forgetRounds bool
 }
 
 func (c *Consumer) done(id string) {
@@ -453,14 +459,6 @@ func (c *Consumer) countRound(ctx context.Context, id string) (int, error) {
 	return int(n.Val()), nil
 }
 
-// forgetRounds drops the failed rounds of an acknowledged entry; the key's expiry collects what
-// a failure here leaves behind.
-func (c *Consumer) forgetRounds(id string) {
-	if err := c.rdb.HDel(context.Background(), c.roundsKey, id).Err(); err != nil {
-		c.log.Debug("forgetting failed rounds failed", "entry", id, "error", err)
-	}
-}
-
 // countSubscriberAttempts returns a copy of rc for one SendEvent to a subscriber, and the
 // number of attempts made to the subscriber. The dispatcher uses rc for the subscriber and
 // then for the reply; the subscriber's attempts are those up to the first that is not retried
@@ -521,28 +519,46 @@ func ErrorTransformers(dest *apis.URL, info *kncloudevents.DispatchInfo) binding
 }
 
 // ackLoop acknowledges delivered entries in batches: one XACK for all entries finished since
-// the last one.
+// the last one. Then it drops their failed rounds, and they are no longer in flight.
 func (c *Consumer) ackLoop() {
-	batch := make([]string, 0, 256)
+	batch := make([]ack, 0, 256)
+	ids := make([]string, 0, cap(batch))
+	var forget []string
 	flush := func() {
-		for len(batch) > 0 {
-			if err := c.rdb.XAck(context.Background(), c.stream, c.t.Group(), batch...).Err(); err != nil {
-				// Unacknowledged entries are redelivered later: at-least-once, never lost.
-				c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(batch), "error", err)
-			}
-			batch = batch[:0]
+		if len(batch) == 0 {
+			return
 		}
+		ids, forget = ids[:0], forget[:0]
+		for _, a := range batch {
+			ids = append(ids, a.id)
+			if a.forgetRounds {
+				forget = append(forget, a.id)
+			}
+		}
+		if err := c.rdb.XAck(context.Background(), c.stream, c.t.Group(), ids...).Err(); err != nil {
+			// Unacknowledged entries are redelivered later: at-least-once, never lost.
+			c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(ids), "error", err)
+		} else if len(forget) > 0 {
+			// The key's expiry collects what a failure here leaves behind.
+			if err := c.rdb.HDel(context.Background(), c.roundsKey, forget...).Err(); err != nil {
+				c.log.Debug("forgetting failed rounds failed", "count", len(forget), "error", err)
+			}
+		}
+		for _, id := range ids {
+			c.done(id)
+		}
+		batch = batch[:0]
 	}
-	for id := range c.acks {
-		batch = append(batch, id)
+	for a := range c.acks {
+		batch = append(batch, a)
 	drain:
 		for len(batch) < cap(batch) {
 			select {
-			case id, ok := <-c.acks:
+			case a, ok := <-c.acks:
 				if !ok {
 					break drain
 				}
-				batch = append(batch, id)
+				batch = append(batch, a)
 			default:
 				break drain
 			}

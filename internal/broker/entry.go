@@ -134,10 +134,14 @@ func needsBase64(e *cloudevents.Event) bool {
 		return true
 	}
 	if isJSONMediaType(e.DataMediaType()) {
-		return !json.Valid(d)
+		// Written as a JSON value, whitespace around it would be lost.
+		return !json.Valid(d) || len(bytes.Trim(d, jsonSpace)) != len(d)
 	}
 	return false
 }
+
+// jsonSpace is the insignificant whitespace of JSON.
+const jsonSpace = " \t\r\n"
 
 // isJSONMediaType follows the CloudEvents SDK's JSON format: these media types are written as a
 // JSON value, every other one as a JSON string.

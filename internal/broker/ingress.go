@@ -163,7 +163,7 @@ func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.R
 	if structured && !event.DataBase64 && len(event.DataEncoded) > 0 && isJSONMediaType(event.DataMediaType()) {
 		// The SDK keeps the whitespace between "data": and the value; it is the envelope's,
 		// not the data's.
-		event.DataEncoded = bytes.TrimLeft(event.DataEncoded, " \t\r\n")
+		event.DataEncoded = bytes.TrimLeft(event.DataEncoded, jsonSpace)
 	}
 	if v := r.URL.Query().Get(ReplyTTLParam); v != "" {
 		if ttl, err := strconv.Atoi(v); err == nil {
