@@ -390,6 +390,32 @@ func TestParseMaxEventBytes(t *testing.T) {
 	}
 }
 
+func TestMaxEventBytesOf(t *testing.T) {
+	tests := map[string]struct {
+		annotations map[string]string
+		want        int64
+		wantErr     string
+	}{
+		"no annotation": {want: eventsize.DefaultMaxEventBytes},
+		"lowered":       {annotations: map[string]string{MaxEventBytesAnnotation: "64Ki"}, want: 64 << 10},
+		"bad value":     {annotations: map[string]string{MaxEventBytesAnnotation: "big"}, wantErr: "metadata.annotations[knfaas.dev/max-event-bytes]: \"big\""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := MaxEventBytesOf(tc.annotations)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("MaxEventBytesOf = %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+}
+
 // fakeParker records parked events; fail makes Park fail while it is true.
 type fakeParker struct {
 	mu     sync.Mutex

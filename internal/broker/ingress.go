@@ -37,6 +37,20 @@ const DefaultTTL = 255
 // dead-letter store, the parked events) accepts that much and no more.
 const MaxEventBytesAnnotation = "knfaas.dev/max-event-bytes"
 
+// MaxEventBytesOf is the maximum event size a Broker with these annotations accepts:
+// MaxEventBytesAnnotation, or eventsize.DefaultMaxEventBytes without it.
+func MaxEventBytesOf(annotations map[string]string) (int64, error) {
+	v, ok := annotations[MaxEventBytesAnnotation]
+	if !ok {
+		return eventsize.DefaultMaxEventBytes, nil
+	}
+	n, err := ParseMaxEventBytes(v)
+	if err != nil {
+		return 0, fmt.Errorf("metadata.annotations[%s]: %w", MaxEventBytesAnnotation, err)
+	}
+	return n, nil
+}
+
 // ParseMaxEventBytes reads a MaxEventBytesAnnotation value.
 func ParseMaxEventBytes(v string) (int64, error) {
 	q, err := resource.ParseQuantity(strings.TrimSpace(v))

@@ -37,7 +37,6 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/knfaas/knfaas/internal/broker"
-	"github.com/knfaas/knfaas/internal/eventsize"
 	"github.com/knfaas/knfaas/internal/manifest"
 	"github.com/knfaas/knfaas/internal/metrics"
 	"github.com/knfaas/knfaas/internal/ping"
@@ -472,13 +471,9 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 	r.ingress = broker.NewIngress(r.store, r.log, r.metrics)
 	brokers := map[string]*eventingv1.Broker{}
 	for _, b := range r.set.Brokers() {
-		maxBytes := int64(eventsize.DefaultMaxEventBytes)
-		if v, ok := b.Annotations[broker.MaxEventBytesAnnotation]; ok {
-			n, err := broker.ParseMaxEventBytes(v)
-			if err != nil {
-				return fmt.Errorf("%s: metadata.annotations[%s]: %w", r.where(b), broker.MaxEventBytesAnnotation, err)
-			}
-			maxBytes = n
+		maxBytes, err := broker.MaxEventBytesOf(b.Annotations)
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.where(b), err)
 		}
 		r.ingress.Add(b.Namespace, b.Name, maxBytes)
 		brokers[b.Namespace+"/"+b.Name] = b
