@@ -217,8 +217,11 @@ func TestConsumerDeliversAndTrims(t *testing.T) {
 		e.SetID(fmt.Sprint(i))
 		e.SetType("t")
 		e.SetSource("/s")
-		data, _ := json.Marshal(e)
-		if _, err := store.Append(ctx, stream, eventField, data); err != nil {
+		entry, err := EncodeEntry(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Append(ctx, stream, entry.Fields()...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -343,7 +346,7 @@ func TestBacklogLimitPushesBack(t *testing.T) {
 	store := NewStore(rdb)
 	go store.Run(ctx, 1)
 	in := NewIngress(store, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
-	in.Add("ns", "b")
+	in.Add("ns", "b", 0)
 	stream := StreamKey("ns", "b")
 	if err := EnsureGroup(ctx, rdb, stream, "trigger:ns/slow"); err != nil {
 		t.Fatal(err)

@@ -1,8 +1,8 @@
 package broker
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,12 +12,18 @@ import (
 	"sync"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/format"
+	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/api/resource"
 	knbroker "knative.dev/eventing/pkg/broker"
 
+	"github.com/knfaas/knfaas/internal/eventsize"
 	"github.com/knfaas/knfaas/internal/metrics"
 )
 
@@ -25,8 +31,38 @@ import (
 // Knative MT broker ingress uses.
 const DefaultTTL = 255
 
-// MaxEventBytes bounds a request body the ingress reads.
-const MaxEventBytes = 10 << 20
+// MaxEventBytesAnnotation on a Broker sets the largest event, attributes and data as stored, its
+// ingress accepts: a byte count or a Kubernetes quantity ("1Mi"). It may lower the bound, not
+// raise it over eventsize.DefaultMaxEventBytes: every store an event reaches downstream (the
+// dead-letter store, the parked events) accepts that much and no more.
+const MaxEventBytesAnnotation = "knfaas.dev/max-event-bytes"
+
+// MaxEventBytesOf is the maximum event size a Broker with these annotations accepts:
+// MaxEventBytesAnnotation, or eventsize.DefaultMaxEventBytes without it.
+func MaxEventBytesOf(annotations map[string]string) (int64, error) {
+	v, ok := annotations[MaxEventBytesAnnotation]
+	if !ok {
+		return eventsize.DefaultMaxEventBytes, nil
+	}
+	n, err := ParseMaxEventBytes(v)
+	if err != nil {
+		return 0, fmt.Errorf("metadata.annotations[%s]: %w", MaxEventBytesAnnotation, err)
+	}
+	return n, nil
+}
+
+// ParseMaxEventBytes reads a MaxEventBytesAnnotation value.
+func ParseMaxEventBytes(v string) (int64, error) {
+	q, err := resource.ParseQuantity(strings.TrimSpace(v))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a byte count (e.g. 1048576 or 1Mi): %w", v, err)
+	}
+	n, ok := q.AsInt64()
+	if !ok || n <= 0 || n > eventsize.DefaultMaxEventBytes {
+		return 0, fmt.Errorf("%q is out of range: 1 to %d bytes", v, eventsize.DefaultMaxEventBytes)
+	}
+	return n, nil
+}
 
 // ReplyTTLParam carries the TTL of the event a reply answers; the reply gets it back, as the
 // Knative broker filter reattaches it, so reply loops end.
@@ -38,8 +74,9 @@ type Ingress struct {
 	log     *slog.Logger
 	metrics *metrics.Runtime
 
-	mu      sync.RWMutex
-	brokers map[string]bool
+	mu sync.RWMutex
+	// brokers holds the maximum event size of each known broker.
+	brokers map[string]int64
 	// full marks brokers whose backlog is over the limit: they refuse events with 503 until
 	// their triggers catch up.
 	full map[string]bool
@@ -47,13 +84,17 @@ type Ingress struct {
 
 // NewIngress returns an ingress for no brokers; Add registers them.
 func NewIngress(store *Store, log *slog.Logger, m *metrics.Runtime) *Ingress {
-	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]bool{}, full: map[string]bool{}}
+	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]int64{}, full: map[string]bool{}}
 }
 
-// Add makes a broker known.
-func (in *Ingress) Add(namespace, name string) {
+// Add makes a broker known. It accepts events of up to maxEventBytes (attributes and data, as
+// stored); 0 means eventsize.DefaultMaxEventBytes.
+func (in *Ingress) Add(namespace, name string, maxEventBytes int64) {
+	if maxEventBytes <= 0 {
+		maxEventBytes = eventsize.DefaultMaxEventBytes
+	}
 	in.mu.Lock()
-	in.brokers[namespace+"/"+name] = true
+	in.brokers[namespace+"/"+name] = maxEventBytes
 	in.mu.Unlock()
 }
 
@@ -69,9 +110,9 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	key := parts[0] + "/" + parts[1]
 	in.mu.RLock()
-	known, full := in.brokers[key], in.full[key]
+	maxBytes, full := in.brokers[key], in.full[key]
 	in.mu.RUnlock()
-	if !known {
+	if maxBytes == 0 {
 		http.Error(w, fmt.Sprintf("broker %s not found", key), http.StatusNotFound)
 		return
 	}
@@ -86,8 +127,7 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("broker %s has reached its backlog limit; its triggers are behind: retry later", key), http.StatusServiceUnavailable)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxEventBytes)
-	status, err := in.receive(r.Context(), r, parts[0], parts[1])
+	status, err := in.receive(r.Context(), w, r, parts[0], parts[1], maxBytes)
 	if err != nil {
 		in.metrics.EventsRejected.WithLabelValues(key, strconv.Itoa(status)).Inc()
 		if status == http.StatusServiceUnavailable {
@@ -101,7 +141,15 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
-func (in *Ingress) receive(ctx context.Context, r *http.Request, namespace, name string) (int, error) {
+func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.Request, namespace, name string, maxBytes int64) (int, error) {
+	// A binary-mode body is the data; a structured-mode body also holds the attributes and may
+	// carry the data base64-encoded or JSON-escaped, so it may be larger than what is stored.
+	structured := format.Lookup(r.Header.Get("Content-Type")) != nil
+	bodyLimit := maxBytes
+	if structured {
+		bodyLimit = 2 * maxBytes
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, bodyLimit)
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
 	if msg.ReadEncoding() == binding.EncodingUnknown {
@@ -111,12 +159,25 @@ func (in *Ingress) receive(ctx context.Context, r *http.Request, namespace, name
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("event larger than %d bytes", MaxEventBytes)
+			what := "event data (the binary-mode body)"
+			if structured {
+				what = "structured-mode event (twice the stored maximum: base64 and JSON escaping grow data)"
+			}
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("%s larger than %d bytes; broker %s/%s accepts events of at most %d bytes (%s)",
+				what, bodyLimit, namespace, name, maxBytes, MaxEventBytesAnnotation)
 		}
 		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
 	}
 	if err := event.Validate(); err != nil {
 		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
+	}
+	if err := checkAttributeSizes(event); err != nil {
+		return http.StatusBadRequest, err
+	}
+	if structured && !event.DataBase64 && len(event.DataEncoded) > 0 && isJSONMediaType(event.DataMediaType()) {
+		// The SDK keeps the whitespace between "data": and the value; it is the envelope's,
+		// not the data's.
+		event.DataEncoded = bytes.TrimLeft(event.DataEncoded, jsonSpace)
 	}
 	if v := r.URL.Query().Get(ReplyTTLParam); v != "" {
 		if ttl, err := strconv.Atoi(v); err == nil {
@@ -127,14 +188,57 @@ func (in *Ingress) receive(ctx context.Context, r *http.Request, namespace, name
 	if ttl, err := knbroker.GetTTL(event.Context); err != nil || ttl <= 0 {
 		return http.StatusBadRequest, fmt.Errorf("event %s exhausted its broker TTL (%s): a reply loop?", event.ID(), knbroker.TTLAttribute)
 	}
-	data, err := json.Marshal(event)
+	entry, err := EncodeEntry(event)
 	if err != nil {
-		return http.StatusBadRequest, fmt.Errorf("encoding event: %w", err)
+		return http.StatusBadRequest, err
 	}
-	if _, err := in.store.Append(ctx, StreamKey(namespace, name), eventField, data); err != nil {
+	if int64(entry.Size()) > maxBytes {
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("event %s is %d bytes (attributes and data); broker %s/%s accepts events of at most %d bytes (%s)",
+			event.ID(), entry.Size(), namespace, name, maxBytes, MaxEventBytesAnnotation)
+	}
+	if _, err := in.store.Append(ctx, StreamKey(namespace, name), entry.Fields()...); err != nil {
 		return http.StatusServiceUnavailable, err
 	}
 	return http.StatusAccepted, nil
+}
+
+// checkAttributeSizes refuses an event no subscriber could receive: in binary mode every
+// attribute travels as an HTTP header, and servers and proxies bound headers.
+func checkAttributeSizes(e *cloudevents.Event) error {
+	total := 0
+	largest, largestSize := "", 0
+	add := func(name string, value any) error {
+		s, err := types.Format(value)
+		if err != nil {
+			return fmt.Errorf("invalid CloudEvent: attribute %q: %w", name, err)
+		}
+		if len(s) > eventsize.MaxAttributeValueBytes {
+			return fmt.Errorf("attribute %q is %d bytes; an attribute value may be at most %d bytes (it travels as an HTTP header)",
+				name, len(s), eventsize.MaxAttributeValueBytes)
+		}
+		total += len(name) + len(s)
+		if len(s) > largestSize {
+			largest, largestSize = name, len(s)
+		}
+		return nil
+	}
+	for _, a := range spec.VS.Version(e.SpecVersion()).Attributes() {
+		if v := a.Get(e.Context); v != nil {
+			if err := add(a.Name(), v); err != nil {
+				return err
+			}
+		}
+	}
+	for name, v := range e.Extensions() {
+		if err := add(name, v); err != nil {
+			return err
+		}
+	}
+	if total > eventsize.MaxAttributesBytes {
+		return fmt.Errorf("attributes are %d bytes together (largest: %q, %d bytes); an event's attribute names and values may be at most %d bytes (they travel as HTTP headers)",
+			total, largest, largestSize, eventsize.MaxAttributesBytes)
+	}
+	return nil
 }
 
 // Maintain trims every broker's stream of the entries all its triggers have acknowledged and

@@ -22,9 +22,6 @@ func StreamKey(namespace, name string) string {
 	return "knfaas:broker:stream:" + namespace + "/" + name
 }
 
-// eventField is the stream entry field holding the event in CloudEvents JSON format.
-const eventField = "e"
-
 // DefaultAppendTimeout bounds how long Append waits for Redis by default.
 const DefaultAppendTimeout = 2 * time.Second
 

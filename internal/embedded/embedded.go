@@ -502,10 +502,17 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 	r.ingress = broker.NewIngress(r.store, r.log, r.metrics)
 	brokers := map[string]*eventingv1.Broker{}
 	for _, b := range r.set.Brokers() {
-		r.ingress.Add(b.Namespace, b.Name)
+		maxBytes, err := broker.MaxEventBytesOf(b.Annotations)
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.where(b), err)
+		}
+		r.ingress.Add(b.Namespace, b.Name, maxBytes)
 		brokers[b.Namespace+"/"+b.Name] = b
-		fmt.Fprintf(r.opts.Out, "broker  %-28s %s\n", b.Namespace+"/"+b.Name, r.brokerURL(b.Namespace, b.Name))
+		fmt.Fprintf(r.opts.Out, "broker  %-28s %s (events up to %d bytes)\n", b.Namespace+"/"+b.Name, r.brokerURL(b.Namespace, b.Name), maxBytes)
 	}
+	// parker takes events no Trigger can ever deliver. While it is nil they stay pending (and
+	// are logged) rather than being dropped.
+	var parker broker.Parker
 	kncloudevents.ConfigureConnectionArgs(&kncloudevents.ConnectionArgs{MaxIdleConns: 2048, MaxIdleConnsPerHost: 512})
 	r.routeDeliveriesInProcess()
 	dispatcher := kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil)
@@ -553,7 +560,7 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 		if err := broker.EnsureGroup(ctx, r.rdb, broker.StreamKey(t.Namespace, t.Spec.Broker), trig.Group()); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
-		c := broker.NewConsumer(trig, r.rdb, dispatcher, r.log, r.metrics, broker.ConsumerOptions{RedeliverAfter: r.opts.RedeliverAfter, Parallelism: r.opts.Parallelism})
+		c := broker.NewConsumer(trig, r.rdb, dispatcher, r.log, r.metrics, broker.ConsumerOptions{RedeliverAfter: r.opts.RedeliverAfter, Parallelism: r.opts.Parallelism, Parker: parker})
 		r.consumers = append(r.consumers, c)
 		dl := "no dead-letter sink: failed events are dropped"
 		if trig.DeadLetter != nil {

@@ -22,6 +22,8 @@ type Runtime struct {
 	EventsFailed       *prometheus.CounterVec   // broker, trigger: neither subscriber nor dead-letter sink took it; redelivered later
 	EventsDropped      *prometheus.CounterVec   // broker, trigger: retries exhausted and no dead-letter sink
 	EventsFiltered     *prometheus.CounterVec   // broker, trigger
+	EventsParked       *prometheus.CounterVec   // broker, trigger, reason: taken off the trigger, never deliverable
+	DeadLetterFailures *prometheus.CounterVec   // broker, trigger, code: sends to a dead-letter sink that failed
 	DeliveryLatency    *prometheus.HistogramVec // broker, trigger
 	ColdStarts         *prometheus.CounterVec   // namespace, service
 	ColdStartSeconds   *prometheus.HistogramVec // namespace, service
@@ -41,10 +43,12 @@ func New() *Runtime {
 	r.EventsAccepted = counter("broker_events_accepted_total", "Events durably stored by a broker's ingress.", "broker")
 	r.EventsRejected = counter("broker_events_rejected_total", "Events a broker's ingress refused.", "broker", "reason")
 	r.EventsDelivered = counter("trigger_events_delivered_total", "Events a trigger's subscriber accepted.", "broker", "trigger")
-	r.EventsRetried = counter("trigger_events_retried_total", "Deliveries that needed more than one attempt.", "broker", "trigger")
+	r.EventsRetried = counter("trigger_events_retried_total", "Deliveries to a trigger's subscriber that needed more than one attempt, counted once per delivery whatever its outcome; retries of replies and dead letters are not counted.", "broker", "trigger")
 	r.EventsDeadLettered = counter("trigger_events_dead_lettered_total", "Events sent to a dead-letter sink.", "broker", "trigger")
 	r.EventsFailed = counter("trigger_events_failed_total", "Deliveries where neither the subscriber nor a dead-letter sink accepted the event; it stays pending and is redelivered.", "broker", "trigger")
 	r.EventsDropped = counter("trigger_events_dropped_total", "Events whose delivery failed after the retries on a trigger without a dead-letter sink: dropped, as Knative does.", "broker", "trigger")
+	r.EventsParked = counter("trigger_events_parked_total", "Events taken off a trigger and handed to the parked-event store, by reason: undeliverable (subscriber and dead-letter sink failed every round), undecodable (a stream entry no event could be read from).", "broker", "trigger", "reason")
+	r.DeadLetterFailures = counter("trigger_dead_letter_failures_total", "Sends to a trigger's dead-letter sink that failed, by the sink's last HTTP status (503: the dead-letter store is full; -1: no response); the event stays pending.", "broker", "trigger", "code")
 	r.EventsFiltered = counter("trigger_events_filtered_total", "Events a trigger's filter did not match.", "broker", "trigger")
 	r.DeliveryLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "knfaas", Name: "trigger_delivery_seconds", Help: "Time from ingress acceptance to the subscriber's answer.",

@@ -238,6 +238,15 @@ func TestIngressRejectsBadRequests(t *testing.T) {
 			r.Header.Set("Ce-Knativebrokerttl", "0")
 		}, want: 400, wantBody: "TTL"},
 		{name: "GET", method: "GET", path: "/e2e/default", want: 405},
+		// Events no subscriber could receive: attributes travel as HTTP headers in binary mode.
+		{name: "1.2 MB extension, structured", method: "POST", path: "/e2e/default", header: func(r *http.Request) {
+			r.Header.Set("Content-Type", "application/cloudevents+json")
+		}, body: `{"specversion":"1.0","id":"3","type":"t","source":"/s","poison":"` + strings.Repeat("x", 1200_000) + `"}`, want: 400, wantBody: `attribute "poison"`},
+		{name: "5 KB extension, binary", method: "POST", path: "/e2e/default", header: func(r *http.Request) {
+			valid(r)
+			r.Header.Set("Ce-Poison", strings.Repeat("x", 5000))
+		}, want: 400, wantBody: `attribute "poison"`},
+		{name: "event over the broker's max", method: "POST", path: "/e2e/default", header: valid, body: strings.Repeat("x", 5<<20), want: 413, wantBody: "max-event-bytes"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
