@@ -234,12 +234,26 @@ func TestConcurrentDecisionsOneWins(t *testing.T) {
 	if len(recorded) != 1 {
 		t.Fatalf("%d decisions recorded, want 1", len(recorded))
 	}
+	// The recorded decision arrives 3n times under n event ids, racing n forged decisions of
+	// the opposite outcome (unsigned, or carrying the recorded decision's signature).
+	genuine := recorded[0]
+	opposite := map[string]string{TypeTaskCompleted: TypeTaskRejected, TypeTaskRejected: TypeTaskCompleted}[genuine.Type]
 	statuses := make(chan Status, 3*n)
-	for i := range 3 * n {
+	forgedErrs := make(chan error, n)
+	for i := range 4 * n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ev := recorded[0]
+			ev := genuine
+			if i >= 3*n {
+				ev.ID, ev.Type, ev.Actor = fmt.Sprintf("forged-%d", i), opposite, "mallory"
+				if i%2 == 0 {
+					ev.Signature = ""
+				}
+				_, err := h.e.Apply(ctx, ev)
+				forgedErrs <- err
+				return
+			}
 			ev.ID = fmt.Sprintf("%s-%d", ev.ID, i%n)
 			res, err := h.e.Apply(ctx, ev)
 			if err != nil {
@@ -250,6 +264,7 @@ func TestConcurrentDecisionsOneWins(t *testing.T) {
 	}
 	wg.Wait()
 	close(statuses)
+	close(forgedErrs)
 	count := map[Status]int{}
 	for s := range statuses {
 		count[s]++
@@ -257,13 +272,19 @@ func TestConcurrentDecisionsOneWins(t *testing.T) {
 	if count[StatusApplied] != 1 || count[StatusApplied]+count[StatusStale]+count[StatusDuplicate] != 3*n {
 		t.Fatalf("statuses %v, want exactly one applied, the rest stale or duplicate", count)
 	}
-	moved := 0
-	for _, e := range h.timeline(t, "big") {
-		if e.Kind == "out" && (e.Type == "test.cook" || e.Type == "test.order.failed") {
-			moved++
+	for err := range forgedErrs {
+		if !errors.Is(err, ErrForbidden) {
+			t.Errorf("a forged decision racing the genuine one: %v, want ErrForbidden", err)
 		}
 	}
-	if moved != 1 {
-		t.Errorf("the decision moved the instance %d times, want 1", moved)
+	want := map[string]string{TypeTaskCompleted: "test.cook", TypeTaskRejected: "test.order.failed"}[genuine.Type]
+	var moved []string
+	for _, e := range h.timeline(t, "big") {
+		if e.Kind == "out" && (e.Type == "test.cook" || e.Type == "test.order.failed") {
+			moved = append(moved, e.Type)
+		}
+	}
+	if len(moved) != 1 || moved[0] != want {
+		t.Errorf("the instance moved %v, want once: %s", moved, want)
 	}
 }
