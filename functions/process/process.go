@@ -175,9 +175,22 @@ type acker struct {
 	mu       sync.Mutex
 	pending  []process.Acked
 	inFlight map[process.Acked]struct{}
+	// removed holds batches already removed from the outboxes; they stay in inFlight for
+	// ackGrace, because a transition that read its outbox just before the removal still
+	// returns them.
+	removed []ackedBatch
 	stop     chan struct{}
 	done     chan struct{}
 }
+
+// ackedBatch is one batch of entries removed from the outboxes at a time.
+type ackedBatch struct {
+	at   time.Time
+	keys []process.Acked
+}
+
+// ackGrace is how long a removed entry is still reported as published.
+const ackGrace = time.Second
 
 func newAcker(rdb *redis.Client, every time.Duration) *acker {
 	a := &acker{rdb: rdb, inFlight: map[process.Acked]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
@@ -220,19 +233,29 @@ func (a *acker) flush(ctx context.Context) {
 	a.mu.Lock()
 	batch := a.pending
 	a.pending = nil
+	now := time.Now()
+	for len(a.removed) > 0 && now.Sub(a.removed[0].at) >= ackGrace {
+		for _, k := range a.removed[0].keys {
+			delete(a.inFlight, k)
+		}
+		a.removed = a.removed[1:]
+	}
 	a.mu.Unlock()
 	if len(batch) == 0 {
 		return
 	}
-	if err := process.Ack(ctx, a.rdb, batch...); err != nil {
+	err := process.Ack(ctx, a.rdb, batch...)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
 		// Entries stay in the outbox and are published again with the same ids; harmless.
 		slog.Warn("acknowledging published commands", "err", err)
+		for _, k := range batch {
+			delete(a.inFlight, k)
+		}
+		return
 	}
-	a.mu.Lock()
-	for _, k := range batch {
-		delete(a.inFlight, k)
-	}
-	a.mu.Unlock()
+	a.removed = append(a.removed, ackedBatch{at: time.Now(), keys: batch})
 }
 
 func (a *acker) close(ctx context.Context) {
