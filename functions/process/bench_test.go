@@ -35,7 +35,7 @@ func BenchmarkSteps(b *testing.B) {
 	defer rdb.Close()
 	var rt roundTrips
 	f := New()
-	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 20 * time.Millisecond}
+	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 20 * time.Millisecond, SigningKey: testSigningKey}
 	if err := f.start(context.Background(), cfg, rdb, func(context.Context, event.Event) error { return nil }); err != nil {
 		b.Fatal(err)
 	}

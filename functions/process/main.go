@@ -1,5 +1,13 @@
 package main
 
-import "knative.dev/func-go/cloudevents"
+import (
+	"log"
 
-func main() { cloudevents.Start(New()) }
+	"knative.dev/func-go/cloudevents"
+)
+
+func main() {
+	if err := cloudevents.Start(New()); err != nil {
+		log.Fatal(err)
+	}
+}

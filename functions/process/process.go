@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/funchealth"
+	"github.com/knfaas/knfaas/internal/placeholder"
 	"github.com/knfaas/knfaas/internal/process"
 	"github.com/knfaas/knfaas/internal/redisconn"
 	"github.com/knfaas/knfaas/internal/sink"
@@ -41,6 +42,11 @@ type Config struct {
 	Sink string `envconfig:"K_SINK" required:"true"`
 	// Service is set by Knative Serving.
 	Service string `envconfig:"K_SERVICE"`
+	// SigningKey verifies the signatures of human task decisions (the tasks-signing Secret, key
+	// current, shared with functions/tasks). Required when a definition has a task step.
+	SigningKey string `envconfig:"TASKS_SIGNING_KEY"`
+	// SigningKeyPrevious also verifies, during a key rotation (key previous).
+	SigningKeyPrevious string `envconfig:"TASKS_SIGNING_KEY_PREVIOUS"`
 }
 
 // Function is the process manager.
@@ -55,11 +61,20 @@ type Function struct {
 // New returns an unstarted Function.
 func New() *Function { return &Function{} }
 
-// Start reads the definitions, refusing to start on any error (naming the process and step).
+// Start reads the definitions, refusing to start on any error (naming the process and step), and
+// on a signing key that still holds a template placeholder (CHANGE-ME).
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
 	if err := envconfig.Process("", &cfg); err != nil {
 		return fmt.Errorf("process: reading configuration: %w", err)
+	}
+	for _, v := range []struct{ what, value string }{
+		{"TASKS_SIGNING_KEY (Secret tasks-signing, key current)", cfg.SigningKey},
+		{"TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous)", cfg.SigningKeyPrevious},
+	} {
+		if err := placeholder.Check(v.what, v.value); err != nil {
+			return fmt.Errorf("process: refusing to start: %w", err)
+		}
 	}
 	rdb, err := redisconn.FromEnv()
 	if err != nil {
@@ -77,13 +92,22 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client, sen
 	if err != nil {
 		return fmt.Errorf("process: refusing to start: %w", err)
 	}
+	var keys *process.SigningKeys
+	switch {
+	case cfg.SigningKey != "":
+		if keys, err = process.NewSigningKeys(cfg.SigningKey, cfg.SigningKeyPrevious); err != nil {
+			return fmt.Errorf("process: refusing to start: TASKS_SIGNING_KEY: %w", err)
+		}
+	case defs.HasTasks():
+		return fmt.Errorf("process: refusing to start: TASKS_SIGNING_KEY is required to verify the decisions of human task steps (processes %v)", defs.Names())
+	}
 	owner := cfg.Owner
 	if owner == "" {
 		owner = cfg.Service
 	}
 	f.rdb = rdb
 	f.send = send
-	f.engine = process.NewEngine(rdb, defs, process.Options{Owner: owner, Retention: cfg.Retention, TimelineMax: cfg.TimelineMax})
+	f.engine = process.NewEngine(rdb, defs, process.Options{Owner: owner, Retention: cfg.Retention, TimelineMax: cfg.TimelineMax, Keys: keys})
 	f.acks = newAcker(rdb, cfg.AckInterval)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
@@ -109,13 +133,14 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 	if !f.Running() {
 		return nil, errors.New("process manager is starting")
 	}
-	ev := process.Event{
-		ID: e.ID(), Source: e.Source(), Type: e.Type(), Subject: e.Subject(),
-		Command: extension(e, "knfaascommand"), Actor: extension(e, "knfaasactor"), Data: e.Data(),
-	}
+	ev := process.EventFrom(e)
 	res, err := f.engine.Apply(ctx, ev)
-	if errors.Is(err, process.ErrBadEvent) {
+	switch {
+	case errors.Is(err, process.ErrBadEvent):
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
+	case errors.Is(err, process.ErrForbidden):
+		slog.Warn("refused an event without authority", "type", ev.Type, "id", ev.ID, "source", ev.Source, "subject", ev.Subject, "err", err)
+		return nil, cloudevents.NewHTTPResult(http.StatusForbidden, "%s", err.Error())
 	}
 	if err != nil {
 		return nil, err
@@ -143,15 +168,6 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 	return nil, nil
 }
 
-func extension(e event.Event, name string) string {
-	v, ok := e.Extensions()[name]
-	if !ok {
-		return ""
-	}
-	s, _ := v.(string)
-	return s
-}
-
 // acker removes published entries from instance outboxes in batches, off the request path: an
 // entry left behind by a crash is only published again, with the same id.
 type acker struct {
@@ -159,9 +175,22 @@ type acker struct {
 	mu       sync.Mutex
 	pending  []process.Acked
 	inFlight map[process.Acked]struct{}
+	// removed holds batches already removed from the outboxes; they stay in inFlight for
+	// ackGrace, because a transition that read its outbox just before the removal still
+	// returns them.
+	removed []ackedBatch
 	stop     chan struct{}
 	done     chan struct{}
 }
+
+// ackedBatch is one batch of entries removed from the outboxes at a time.
+type ackedBatch struct {
+	at   time.Time
+	keys []process.Acked
+}
+
+// ackGrace is how long a removed entry is still reported as published.
+const ackGrace = time.Second
 
 func newAcker(rdb *redis.Client, every time.Duration) *acker {
 	a := &acker{rdb: rdb, inFlight: map[process.Acked]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
@@ -204,19 +233,29 @@ func (a *acker) flush(ctx context.Context) {
 	a.mu.Lock()
 	batch := a.pending
 	a.pending = nil
+	now := time.Now()
+	for len(a.removed) > 0 && now.Sub(a.removed[0].at) >= ackGrace {
+		for _, k := range a.removed[0].keys {
+			delete(a.inFlight, k)
+		}
+		a.removed = a.removed[1:]
+	}
 	a.mu.Unlock()
 	if len(batch) == 0 {
 		return
 	}
-	if err := process.Ack(ctx, a.rdb, batch...); err != nil {
+	err := process.Ack(ctx, a.rdb, batch...)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
 		// Entries stay in the outbox and are published again with the same ids; harmless.
 		slog.Warn("acknowledging published commands", "err", err)
+		for _, k := range batch {
+			delete(a.inFlight, k)
+		}
+		return
 	}
-	a.mu.Lock()
-	for _, k := range batch {
-		delete(a.inFlight, k)
-	}
-	a.mu.Unlock()
+	a.removed = append(a.removed, ackedBatch{at: time.Now(), keys: batch})
 }
 
 func (a *acker) close(ctx context.Context) {

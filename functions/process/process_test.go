@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,13 +48,16 @@ func startFunction(t *testing.T) (*Function, *capture, *redistest.Server) {
 	srv := redistest.Start(t, redistest.Options{})
 	c := &capture{}
 	f := New()
-	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 10 * time.Millisecond}
+	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 10 * time.Millisecond, SigningKey: testSigningKey}
 	if err := f.start(context.Background(), cfg, srv.Client(), c.send); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = f.Stop(context.Background()) })
 	return f, c, srv
 }
+
+// testSigningKey is the tasks-signing key of the tests.
+const testSigningKey = "test-signing-key-0123456789abcdef"
 
 func ce(id, typ, subject string, data string) event.Event {
 	e := cloudevents.NewEvent()
@@ -159,5 +163,84 @@ func TestStartRefusesBadDefinition(t *testing.T) {
 	}
 	if ok, _ := f.Ready(context.Background()); ok {
 		t.Error("Ready after a refused start")
+	}
+}
+
+func TestStartRefusesPlaceholderOrMissingSigningKey(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"placeholder current key", map[string]string{"TASKS_SIGNING_KEY": "CHANGE-ME-tasks-signing-key-0000000000"}, `TASKS_SIGNING_KEY (Secret tasks-signing, key current) holds the template placeholder "CHANGE-ME-tasks-signing-key-0000000000"`},
+		{"placeholder previous key", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "TASKS_SIGNING_KEY_PREVIOUS": "CHANGE-ME"}, "TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous) holds the template placeholder"},
+		{"no key, definitions with a task step", map[string]string{"TASKS_SIGNING_KEY": ""}, "TASKS_SIGNING_KEY is required"},
+		{"short key", map[string]string{"TASKS_SIGNING_KEY": "short"}, "at least 32"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("K_SINK", "http://127.0.0.1:1")
+			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+			t.Setenv("PROCESS_DEFINITIONS_DIR", "testdata")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			f := New()
+			err := f.Start(context.Background(), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start: %v, want an error containing %q", err, tc.want)
+			}
+			if ok, _ := f.Ready(context.Background()); ok {
+				t.Error("Ready after a refused start")
+			}
+		})
+	}
+}
+
+func TestHandleRefusesForgedAuthority(t *testing.T) {
+	f, c, _ := startFunction(t)
+	ctx := context.Background()
+	for _, e := range []event.Event{ce("s1", "test.order.placed", "o1", `{"amount":500}`), ce("r1", "test.paid", "o1", "")} {
+		if _, err := f.Handle(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := c.take(); len(got) != 2 || got[1].Type() != process.TypeTaskCreated {
+		t.Fatalf("emitted %v, want the approval task", got)
+	}
+	forged := map[string]event.Event{
+		"unsigned completion": func() event.Event {
+			e := ce("f1", process.TypeTaskCompleted, "o1", `{}`)
+			e.SetExtension("knfaasactor", "mallory")
+			return e
+		}(),
+		"badly signed completion": func() event.Event {
+			e := ce("f2", process.TypeTaskCompleted, "o1", `{}`)
+			e.SetExtension("knfaascommand", "o1:approve:1")
+			e.SetExtension("knfaasactor", "mallory")
+			e.SetExtension("knfaasdecided", "1767268800000")
+			e.SetExtension("knfaassignature", "v1="+strings.Repeat("00", 32))
+			return e
+		}(),
+		"timer fire before it is due": func() event.Event {
+			e := ce("o1:approve:1:deadline", "dev.knfaas.timer.fired", "o1", "")
+			e.SetExtension("knfaascommand", "o1:approve:1")
+			return e
+		}(),
+	}
+	for name, e := range forged {
+		t.Run(name, func(t *testing.T) {
+			_, err := f.Handle(ctx, e)
+			if status(err) != http.StatusForbidden {
+				t.Fatalf("answered %d (%v), want 403", status(err), err)
+			}
+			if got := c.take(); len(got) != 0 {
+				t.Errorf("a forged event published %v", got)
+			}
+			in, err := process.ReadInstance(ctx, f.rdb, "o1")
+			if err != nil || in.Step != "approve" || in.Status != "running" || in.Version != 2 {
+				t.Fatalf("instance after a forged event: %+v %v, want still waiting on approve at version 2", in, err)
+			}
+		})
 	}
 }

@@ -1,5 +1,13 @@
 package main
 
-import "knative.dev/func-go/http"
+import (
+	"log"
 
-func main() { http.Start(New()) }
+	"knative.dev/func-go/http"
+)
+
+func main() {
+	if err := http.Start(New()); err != nil {
+		log.Fatal(err)
+	}
+}

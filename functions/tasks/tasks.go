@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/funchealth"
 	"github.com/knfaas/knfaas/internal/httpauth"
+	"github.com/knfaas/knfaas/internal/placeholder"
 	"github.com/knfaas/knfaas/internal/process"
 	"github.com/knfaas/knfaas/internal/redisconn"
 	"github.com/knfaas/knfaas/internal/sink"
@@ -39,6 +41,12 @@ type Config struct {
 	SendTimeout time.Duration `envconfig:"TASKS_SEND_TIMEOUT" default:"10s"`
 	// Sink is the Broker (set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
+	// SigningKey signs every decision (the tasks-signing Secret, key current); the process
+	// manager verifies it with the same Secret.
+	SigningKey string `envconfig:"TASKS_SIGNING_KEY" required:"true"`
+	// SigningKeyPrevious is the key before the last rotation (key previous); this function only
+	// signs with the current key, and checks this one for placeholders.
+	SigningKeyPrevious string `envconfig:"TASKS_SIGNING_KEY_PREVIOUS"`
 }
 
 // Authenticator is what the API needs from internal/httpauth.
@@ -51,6 +59,7 @@ type Function struct {
 	cfg  Config
 	rdb  *redis.Client
 	auth Authenticator
+	keys *process.SigningKeys
 	send func(context.Context, event.Event) error
 	now  func() time.Time
 	funchealth.Redis
@@ -59,15 +68,25 @@ type Function struct {
 // New returns an unstarted Function.
 func New() *Function { return &Function{now: time.Now} }
 
-// Start reads the configuration and builds Redis, the authenticator and the sink.
+// Start reads the configuration and builds Redis, the authenticator and the sink. It refuses
+// to start while a token or signing key still holds a template placeholder (CHANGE-ME).
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
 	if err := envconfig.Process("", &cfg); err != nil {
 		return fmt.Errorf("tasks: reading configuration: %w", err)
 	}
+	keys, err := signingKeys(cfg)
+	if err != nil {
+		return fmt.Errorf("tasks: refusing to start: %w", err)
+	}
 	authCfg, err := httpauth.ConfigFromEnv()
 	if err != nil {
 		return fmt.Errorf("tasks: %w", err)
+	}
+	for _, tok := range authCfg.Tokens {
+		if err := placeholder.Check(fmt.Sprintf("the token of %q (AUTH_TOKENS_FILE or AUTH_TOKENS: Secret tasks-auth, key tokens)", tok.Name), tok.Secret); err != nil {
+			return fmt.Errorf("tasks: refusing to start: %w", err)
+		}
 	}
 	auth, err := httpauth.New(ctx, authCfg)
 	if err != nil {
@@ -81,12 +100,27 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("tasks: %w", err)
 	}
-	f.start(cfg, rdb, auth, s.Send)
+	f.start(cfg, rdb, auth, keys, s.Send)
 	return nil
 }
 
-func (f *Function) start(cfg Config, rdb *redis.Client, auth Authenticator, send func(context.Context, event.Event) error) {
-	f.cfg, f.rdb, f.auth, f.send = cfg, rdb, auth, send
+// signingKeys checks the signing keys for placeholders and length.
+func signingKeys(cfg Config) (*process.SigningKeys, error) {
+	if err := placeholder.Check("TASKS_SIGNING_KEY (Secret tasks-signing, key current)", cfg.SigningKey); err != nil {
+		return nil, err
+	}
+	if err := placeholder.Check("TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous)", cfg.SigningKeyPrevious); err != nil {
+		return nil, err
+	}
+	keys, err := process.NewSigningKeys(cfg.SigningKey, cfg.SigningKeyPrevious)
+	if err != nil {
+		return nil, fmt.Errorf("TASKS_SIGNING_KEY: %w", err)
+	}
+	return keys, nil
+}
+
+func (f *Function) start(cfg Config, rdb *redis.Client, auth Authenticator, keys *process.SigningKeys, send func(context.Context, event.Event) error) {
+	f.cfg, f.rdb, f.auth, f.keys, f.send = cfg, rdb, auth, keys, send
 	f.Started(rdb)
 }
 
@@ -121,9 +155,9 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet:
 		f.get(w, r, id, path)
 	case r.Method == http.MethodPost && strings.HasSuffix(path, "/complete"):
-		f.decide(w, r, id, strings.TrimSuffix(path, "/complete"), "completed", process.TypeTaskCompleted)
+		f.decide(w, r, id, strings.TrimSuffix(path, "/complete"), process.DecisionCompleted)
 	case r.Method == http.MethodPost && strings.HasSuffix(path, "/reject"):
-		f.decide(w, r, id, strings.TrimSuffix(path, "/reject"), "rejected", process.TypeTaskRejected)
+		f.decide(w, r, id, strings.TrimSuffix(path, "/reject"), process.DecisionRejected)
 	case r.Method == http.MethodPost:
 		http.Error(w, "POST /tasks/{id}/complete or /tasks/{id}/reject", http.StatusNotFound)
 	default:
@@ -200,20 +234,16 @@ func (f *Function) get(w http.ResponseWriter, r *http.Request, id httpauth.Ident
 	}
 }
 
-func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Identity, taskID, decision, replyType string) {
+func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Identity, taskID, decision string) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	payload := json.RawMessage("{}")
-	if len(strings.TrimSpace(string(body))) > 0 {
-		var v map[string]any
-		if err := json.Unmarshal(body, &v); err != nil {
-			http.Error(w, "body must be a JSON object: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		payload = body
+	payload, err := objectPayload(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
 	}
 	t, ok := f.load(w, r, id, taskID)
 	if !ok {
@@ -228,11 +258,8 @@ func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Id
 		http.Error(w, "encoding reply", http.StatusInternalServerError)
 		return
 	}
-	reply := process.Emitted{
-		ID: t.ID + ":" + decision, Type: replyType, Source: Source, Subject: t.Instance, Data: string(data),
-		Extensions: map[string]string{"knfaasowner": t.Owner, "knfaascommand": t.ID, "knfaasactor": id.Subject, "knfaasprocess": t.Process, "knfaasstep": t.Step},
-	}
-	reply, err = process.DecideTask(r.Context(), f.rdb, t.ID, decision, id.Subject, reply, f.now())
+	d := process.TaskDecision{Task: t.ID, Decision: decision, Actor: id.Subject, At: f.now().UnixMilli()}
+	reply, err := process.DecideTask(r.Context(), f.rdb, d, process.DecisionReply(*t, d, Source, string(data), f.keys))
 	switch {
 	case errors.Is(err, process.ErrNotFound):
 		http.Error(w, fmt.Sprintf("no task %q", taskID), http.StatusNotFound)
@@ -263,6 +290,38 @@ func (f *Function) decide(w http.ResponseWriter, r *http.Request, id httpauth.Id
 		return
 	}
 	writeJSON(w, http.StatusOK, t)
+}
+
+// objectPayload returns the decision payload: the body when it is a JSON object, {} when it is
+// empty; any other JSON (null, an array, a string, a number, a boolean) is refused.
+func objectPayload(body []byte) (json.RawMessage, error) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return json.RawMessage("{}"), nil
+	}
+	var v any
+	if err := json.Unmarshal(body, &v); err != nil {
+		return nil, fmt.Errorf("body must be a JSON object: %w", err)
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, fmt.Errorf("body must be a JSON object, not %s", jsonKind(v))
+	}
+	return body, nil
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case float64:
+		return "a number"
+	case bool:
+		return "a boolean"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,8 @@ const (
 	aliceToken = "alice-secret-0123456789"
 	bobToken   = "bob-secret-0123456789ab"
 	opsToken   = "ops-secret-0123456789abc"
+	// testSigningKey is the tasks-signing key the function and the engine share in the tests.
+	testSigningKey = "test-signing-key-0123456789abcdef"
 )
 
 type capture struct {
@@ -73,7 +76,11 @@ func setup(t *testing.T) *fixture {
 	}
 	set, _ := process.NewSet(d)
 	fx := &fixture{t: t, sink: &capture{}, now: t0}
-	fx.engine = process.NewEngine(rdb, set, process.Options{Now: func() time.Time { return fx.now }})
+	keys, err := process.NewSigningKeys(testSigningKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.engine = process.NewEngine(rdb, set, process.Options{Keys: keys, Now: func() time.Time { return fx.now }})
 	auth, err := httpauth.New(context.Background(), httpauth.Config{Tokens: []httpauth.Token{
 		{Name: "alice", Secret: aliceToken, Groups: []string{"managers"}},
 		{Name: "bob", Secret: bobToken, Groups: []string{"cooks"}},
@@ -84,7 +91,7 @@ func setup(t *testing.T) *fixture {
 	}
 	fx.f = New()
 	fx.f.now = func() time.Time { return fx.now }
-	fx.f.start(Config{AdminGroups: []string{"ops"}}, rdb, auth, fx.sink.send)
+	fx.f.start(Config{AdminGroups: []string{"ops"}}, rdb, auth, keys, fx.sink.send)
 	return fx
 }
 
@@ -164,7 +171,10 @@ func TestTasksAPI(t *testing.T) {
 		t.Errorf("reply data %s (%v)", e.Data(), err)
 	}
 	// the reply moves the process, which records who approved
-	res, err := fx.engine.Apply(context.Background(), process.Event{ID: e.ID(), Source: e.Source(), Type: e.Type(), Subject: e.Subject(), Command: id, Actor: "alice", Data: e.Data()})
+	if e.Extensions()[process.ExtDecided] != strconv.FormatInt(t0.UnixMilli(), 10) || !strings.HasPrefix(e.Extensions()[process.ExtSignature].(string), "v1=") {
+		t.Errorf("reply event is not signed with its decision time: %v", e)
+	}
+	res, err := fx.engine.Apply(context.Background(), process.EventFrom(e))
 	if err != nil || len(res.Outbox) == 0 || res.Outbox[len(res.Outbox)-1].Type != "test.cook" {
 		t.Fatalf("process after approval: %+v %v", res, err)
 	}
@@ -203,5 +213,135 @@ func TestFailedPublishIsRepeatedBySameCaller(t *testing.T) {
 	}
 	if code, _ := fx.do("POST", "/tasks/"+id+"/reject", aliceToken, `{}`); code != 409 {
 		t.Errorf("rejecting again after delivery: %d, want 409", code)
+	}
+}
+
+func TestDecisionBodyMustBeAnObject(t *testing.T) {
+	tests := []struct {
+		name, body string
+		status     int
+		contains   string
+	}{
+		{"null", `null`, 400, "not null"},
+		{"null with spaces", " null\n", 400, "not null"},
+		{"array", `[1]`, 400, "not an array"},
+		{"string", `"yes"`, 400, "not a string"},
+		{"number", `1`, 400, "not a number"},
+		{"boolean", `true`, 400, "not a boolean"},
+		{"malformed", `{"ok":`, 400, "JSON object"},
+		{"two values", `{} {}`, 400, "JSON object"},
+		{"empty body", ``, 200, `"state":"completed"`},
+		{"whitespace only", " \n", 200, `"state":"completed"`},
+		{"object", `{"note":"fine"}`, 200, `"state":"completed"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := setup(t)
+			id := fx.openTask("o")
+			code, body := fx.do("POST", "/tasks/"+id+"/complete", aliceToken, tc.body)
+			if code != tc.status || !strings.Contains(body, tc.contains) {
+				t.Fatalf("%d %q, want %d containing %q", code, body, tc.status, tc.contains)
+			}
+			if published := len(fx.sink.take()); (tc.status == 200) != (published == 1) {
+				t.Errorf("published %d replies", published)
+			}
+		})
+	}
+}
+
+func TestConcurrentDecisionsOneWins(t *testing.T) {
+	fx := setup(t)
+	id := fx.openTask("big")
+	// alice completes and ops rejects, five times each, all at once.
+	type answer struct {
+		action string
+		code   int
+	}
+	const n = 10
+	answers := make(chan answer, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			action := []string{"complete", "reject"}[i%2]
+			token := map[string]string{"complete": aliceToken, "reject": opsToken}[action]
+			code, _ := fx.do("POST", "/tasks/"+id+"/"+action, token, `{}`)
+			answers <- answer{action, code}
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	won := map[string]int{}
+	for a := range answers {
+		switch a.code {
+		case 200:
+			won[a.action]++
+		case 409:
+		default:
+			t.Errorf("%s answered %d", a.action, a.code)
+		}
+	}
+	// Only one decision wins; the winner's own repeats may be answered 200 with the same reply.
+	if len(won) != 1 {
+		t.Fatalf("decisions answered 200: %v, want one decision", won)
+	}
+	got := fx.sink.take()
+	if len(got) == 0 {
+		t.Fatal("nothing published")
+	}
+	applied := 0
+	for _, e := range got {
+		if e.ID() != got[0].ID() {
+			t.Errorf("published %s and %s: two decisions", got[0].ID(), e.ID())
+		}
+		res, err := fx.engine.Apply(context.Background(), process.EventFrom(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Status == process.StatusApplied {
+			applied++
+		}
+	}
+	if applied != 1 {
+		t.Errorf("the process applied %d decisions, want 1", applied)
+	}
+}
+
+func TestStartRefusesPlaceholders(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"placeholder signing key", map[string]string{"TASKS_SIGNING_KEY": "CHANGE-ME-tasks-signing-key-0000000000"},
+			`TASKS_SIGNING_KEY (Secret tasks-signing, key current) holds the template placeholder "CHANGE-ME-tasks-signing-key-0000000000"`},
+		{"placeholder previous signing key", map[string]string{"TASKS_SIGNING_KEY_PREVIOUS": "CHANGE-ME-previous"},
+			"TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous) holds the template placeholder"},
+		{"placeholder manager token", map[string]string{"AUTH_TOKENS": "manager:managers:CHANGE-ME-manager-token-000000"},
+			`the token of "manager" (AUTH_TOKENS_FILE or AUTH_TOKENS: Secret tasks-auth, key tokens) holds the template placeholder`},
+		{"placeholder operator token after a real one", map[string]string{"AUTH_TOKENS": "alice:managers:" + aliceToken + ";operator:ops:CHANGE-ME-operator-token-00000"},
+			`the token of "operator"`},
+		{"no signing key", map[string]string{"TASKS_SIGNING_KEY": ""}, "TASKS_SIGNING_KEY"},
+		{"short signing key", map[string]string{"TASKS_SIGNING_KEY": "short"}, "at least 32"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("K_SINK", "http://127.0.0.1:1")
+			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+			t.Setenv("AUTH_TOKENS", "alice:managers:"+aliceToken)
+			t.Setenv("TASKS_SIGNING_KEY", testSigningKey)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			f := New()
+			err := f.Start(context.Background(), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start: %v, want an error containing %q", err, tc.want)
+			}
+			if f.Running() {
+				t.Error("running after a refused start")
+			}
+		})
 	}
 }

@@ -1,6 +1,8 @@
 -- Completes or rejects one human task, once.
 -- KEYS[1] task hash  KEYS[2] open tasks zset
 -- ARGV[1] now (ms)  ARGV[2] decision (completed|rejected)  ARGV[3] actor  ARGV[4] reply event JSON
+-- ARGV[5] the decision's payload (JSON), kept as the task's result: the process records it, not
+-- what the reply event carries
 -- Returns {'ok', reply} | {'notfound'} | {'expired'} | {'decided', state, actor}
 local f = redis.call('HMGET', KEYS[1], 'id', 'state', 'expires', 'actor', 'reply')
 if not f[1] then return {'notfound'} end
@@ -11,7 +13,7 @@ if state == 'open' then
     redis.call('ZREM', KEYS[2], f[1])
     return {'expired'}
   end
-  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'actor', ARGV[3], 'decided', ARGV[1], 'reply', ARGV[4])
+  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'actor', ARGV[3], 'decided', ARGV[1], 'reply', ARGV[4], 'result', ARGV[5])
   redis.call('ZREM', KEYS[2], f[1])
   return {'ok', ARGV[4]}
 end

@@ -272,6 +272,18 @@ func (s *Set) ByStart(t string) (*Definition, bool) {
 	return d, ok
 }
 
+// HasTasks reports whether any definition has a human task step.
+func (s *Set) HasTasks() bool {
+	for _, d := range s.byName {
+		for _, st := range d.Steps {
+			if st.Task != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Names lists the process names, sorted.
 func (s *Set) Names() []string {
 	names := make([]string, 0, len(s.byName))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/process/deadline"
@@ -57,6 +58,10 @@ const (
 	StatusUnknown Status = "unknown"
 	// StatusConflict: a start event for an instance id that exists.
 	StatusConflict Status = "conflict"
+	// StatusRefused: an event claiming an authority it cannot prove (an unsigned or unrecorded
+	// task decision, a deadline not yet fired by functions/timer); nothing changed, and Apply
+	// returns an error wrapping ErrForbidden with it.
+	StatusRefused Status = "refused"
 )
 
 // Event is the part of a CloudEvent a transition reads.
@@ -66,8 +71,32 @@ type Event struct {
 	Command string
 	// Actor is the knfaasactor extension: who completed a human task.
 	Actor string
+	// Decided and Signature are the knfaasdecided and knfaassignature extensions of a task
+	// decision (see TaskDecision).
+	Decided, Signature string
 	// Data is the JSON payload; empty means {}.
 	Data []byte
+}
+
+// EventFrom reads the attributes and extensions a transition uses from a CloudEvent.
+func EventFrom(e event.Event) Event {
+	return Event{
+		ID: e.ID(), Source: e.Source(), Type: e.Type(), Subject: e.Subject(),
+		Command: extension(e, ExtCommand), Actor: extension(e, ExtActor),
+		Decided: extension(e, ExtDecided), Signature: extension(e, ExtSignature), Data: e.Data(),
+	}
+}
+
+func extension(e event.Event, name string) string {
+	v, ok := e.Extensions()[name]
+	if !ok {
+		return ""
+	}
+	s, err := types.ToString(v)
+	if err != nil {
+		return ""
+	}
+	return s
 }
 
 // Emitted is a command or notification the transition asks to publish.
@@ -118,6 +147,9 @@ type Options struct {
 	TimelineMax int
 	// Now is the clock (tests). Default time.Now.
 	Now func() time.Time
+	// Keys verify the signatures of human task decisions. Without keys every decision is
+	// refused.
+	Keys *SigningKeys
 }
 
 // Engine applies events to process instances stored in Redis.
@@ -160,7 +192,10 @@ func (e *Engine) IsStart(t string) bool {
 }
 
 // Apply moves the instance named by ev.Subject with one EVALSHA. Errors are transient Redis
-// failures, or ErrBadEvent for events that can never apply (no subject, data not JSON).
+// failures, ErrBadEvent for events that can never apply (no subject, data not JSON), or
+// ErrForbidden for events that claim an authority they cannot prove: a task decision whose
+// signature does not verify, that the tasks function did not record, or a deadline that
+// functions/timer has not fired. A refused event changes nothing.
 func (e *Engine) Apply(ctx context.Context, ev Event) (Result, error) {
 	if ev.Subject == "" {
 		if e.IsStart(ev.Type) {
@@ -186,9 +221,20 @@ func (e *Engine) Apply(ctx context.Context, ev Event) (Result, error) {
 	} else if !json.Valid(data) {
 		return Result{}, fmt.Errorf("%w: event data is not JSON", ErrBadEvent)
 	}
+	// Only a verified decision reaches the script with decision and decided set; the script
+	// then checks it against the task it issued and the decision the tasks function recorded.
+	var decision, decided string
+	if DecisionOf(ev.Type) != "" {
+		d, err := e.opts.Keys.verifyDecision(ev)
+		if err != nil {
+			return Result{Status: StatusRefused, Message: err.Error()}, err
+		}
+		decision, decided = d.Decision, strconv.FormatInt(d.At, 10)
+	}
 	evJSON, err := json.Marshal(map[string]string{
 		"id": ev.ID, "source": ev.Source, "type": ev.Type, "subject": ev.Subject,
 		"command": ev.Command, "actor": ev.Actor, "data": string(data),
+		"decision": decision, "decided": decided,
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("encoding event: %w", err)
@@ -200,13 +246,16 @@ func (e *Engine) Apply(ctx context.Context, ev Event) (Result, error) {
 	}
 	args := []any{
 		e.opts.Now().UnixMilli(), evJSON, start, e.opts.Retention.Milliseconds(), e.opts.TimelineMax,
-		e.opts.Owner, KeyTaskPrefix, deadline.TypeFired, TypeTaskCreated,
+		e.opts.Owner, KeyTaskPrefix, deadline.TypeFired, TypeTaskCreated, TypeTaskCompleted, TypeTaskRejected,
 	}
 	vals, err := transitionScript.Run(ctx, e.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("process transition for %s: %w", ev.Subject, err)
 	}
 	res := Result{Status: Status(vals[0]), Message: vals[1]}
+	if res.Status == StatusRefused {
+		return res, fmt.Errorf("%w: %s %s for %s: %s", ErrForbidden, ev.Type, ev.ID, ev.Subject, res.Message)
+	}
 	for _, raw := range vals[2:] {
 		var em Emitted
 		if err := json.Unmarshal([]byte(raw), &em); err != nil {

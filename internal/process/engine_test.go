@@ -42,8 +42,36 @@ func newHarness(t *testing.T) *harness {
 	}
 	h := &harness{t: t, rdb: srv.Client()}
 	h.now.Store(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC).UnixMilli())
-	h.e = NewEngine(h.rdb, set, Options{Owner: "test", Now: func() time.Time { return time.UnixMilli(h.now.Load()) }})
+	h.e = NewEngine(h.rdb, set, Options{Owner: "test", Keys: testKeys, Now: func() time.Time { return time.UnixMilli(h.now.Load()) }})
 	return h
+}
+
+// testKeys sign and verify task decisions in tests.
+var testKeys = mustKeys("test-signing-key-0123456789abcdef", "")
+
+func mustKeys(current, previous string) *SigningKeys {
+	k, err := NewSigningKeys(current, previous)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+// decide records decision by actor on task id as the tasks API does, and returns the signed
+// reply as the engine receives it.
+func (h *harness) decide(id, decision, actor, data string) Event {
+	h.t.Helper()
+	ctx := context.Background()
+	task, err := GetTask(ctx, h.rdb, id)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	d := TaskDecision{Task: id, Decision: decision, Actor: actor, At: h.now.Load()}
+	em, err := DecideTask(ctx, h.rdb, d, DecisionReply(*task, d, "/knfaas/tasks", data, testKeys))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return EventFrom(em.Event())
 }
 
 func (h *harness) advance(d time.Duration) { h.now.Add(d.Milliseconds()) }
@@ -183,7 +211,7 @@ func TestFailuresCompensateCompletedStepsInReverse(t *testing.T) {
 		}, []string{"test.order.failed", "test.order.compensated"}, "compensated"},
 		{"approval rejected: refund only", 500, func(h *harness) []string {
 			h.reply("o", "test.paid")
-			_, types := h.send(Event{Type: TypeTaskRejected, Subject: "o", Command: "o:approve:1", Actor: "boss"})
+			_, types := h.send(h.decide("o:approve:1", DecisionRejected, "boss", `{}`))
 			return types
 		}, []string{"test.order.failed", "test.refund"}, "compensating"},
 		{"kitchen burns: refund", 10, func(h *harness) []string {
@@ -330,8 +358,11 @@ func TestHumanTaskRecordsActorAndExpires(t *testing.T) {
 	if task.State != "open" || task.Group != "managers" || task.Instance != "big" {
 		t.Errorf("task = %+v", task)
 	}
-	_, types := h.send(Event{Type: TypeTaskCompleted, Subject: "big", Command: "big:approve:1", Actor: "alice", Data: []byte(`{"ok":true}`)})
+	_, types := h.send(h.decide("big:approve:1", DecisionCompleted, "alice", `{"ok":true}`))
 	eq(t, "approved", types, []string{"test.cook"})
+	if task, err := GetTask(context.Background(), h.rdb, "big:approve:1"); err != nil || task.State != "completed" || task.Applied != "completed" {
+		t.Errorf("decided task: %+v %v, want completed and applied", task, err)
+	}
 	found := false
 	for _, e := range h.timeline(t, "big") {
 		if e.Type == TypeTaskCompleted && e.Actor == "alice" && e.Data == `{"ok":true}` {
@@ -390,7 +421,7 @@ func TestManyConcurrentInstances(t *testing.T) {
 			h.start(inst, i) // amounts above 100 need approval
 			h.reply(inst, "test.paid")
 			if i > 100 {
-				h.send(Event{Type: TypeTaskCompleted, Subject: inst, Actor: "m"})
+				h.send(h.decide(inst+":approve:1", DecisionCompleted, "m", `{}`))
 			}
 			// every reply delivered twice, concurrently
 			var rw sync.WaitGroup

@@ -30,6 +30,11 @@ type Task struct {
 	Expires  time.Time       `json:"expires"`
 	Decided  *time.Time      `json:"decided,omitempty"`
 	Data     json.RawMessage `json:"data,omitempty"`
+	// Result is the payload of the decision, as the tasks API recorded it.
+	Result json.RawMessage `json:"result,omitempty"`
+	// Applied is the decision the process applied (completed or rejected); empty until the
+	// process has taken the decision, which then can never be applied again.
+	Applied string `json:"applied,omitempty"`
 }
 
 // Errors from DecideTask.
@@ -47,7 +52,7 @@ func taskFrom(f map[string]string) Task {
 	t := Task{
 		ID: f["id"], Process: f["process"], Owner: f["owner"], Instance: f["instance"], Step: f["step"], Title: f["title"],
 		Assignee: f["assignee"], Group: f["group"], State: f["state"], Actor: f["actor"],
-		Created: msTime(f["created"]), Expires: msTime(f["expires"]),
+		Created: msTime(f["created"]), Expires: msTime(f["expires"]), Applied: f["applied"],
 	}
 	if d := f["decided"]; d != "" {
 		ts := msTime(d)
@@ -55,6 +60,9 @@ func taskFrom(f map[string]string) Task {
 	}
 	if json.Valid([]byte(f["data"])) {
 		t.Data = json.RawMessage(f["data"])
+	}
+	if json.Valid([]byte(f["result"])) {
+		t.Result = json.RawMessage(f["result"])
 	}
 	return t
 }
@@ -108,15 +116,18 @@ func ListOpenTasks(ctx context.Context, rdb redis.Cmdable, filter TaskFilter, li
 	return out, nil
 }
 
-// DecideTask records decision ("completed" or "rejected") by actor, once, and returns the reply
-// event to publish (still stored on the task until AckTaskReply). It refuses with ErrNotFound,
-// ErrTaskExpired or ErrTaskDecided (naming who decided).
-func DecideTask(ctx context.Context, rdb redis.Scripter, id, decision, actor string, reply Emitted, now time.Time) (Emitted, error) {
+// DecideTask records decision d once, with its reply event (built by DecisionReply) and the
+// reply's payload as the task's result, and returns the reply to publish (still stored on the
+// task until AckTaskReply). The same decision by the same actor while the reply is stored
+// returns that stored reply again. It refuses with ErrNotFound, ErrTaskExpired or
+// ErrTaskDecided (naming who decided).
+func DecideTask(ctx context.Context, rdb redis.Scripter, d TaskDecision, reply Emitted) (Emitted, error) {
+	id := d.Task
 	b, err := json.Marshal(reply)
 	if err != nil {
 		return Emitted{}, fmt.Errorf("encoding reply of task %s: %w", id, err)
 	}
-	vals, err := decideScript.Run(ctx, rdb, []string{KeyTaskPrefix + id, KeyOpenTasks}, now.UnixMilli(), decision, actor, b).StringSlice()
+	vals, err := decideScript.Run(ctx, rdb, []string{KeyTaskPrefix + id, KeyOpenTasks}, d.At, d.Decision, d.Actor, b, reply.Data).StringSlice()
 	if err != nil {
 		return Emitted{}, fmt.Errorf("deciding task %s: %w", id, err)
 	}

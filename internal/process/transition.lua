@@ -6,13 +6,20 @@
 -- ARGV[1] now (ms)  ARGV[2] event JSON  ARGV[3] compiled definition JSON ('' unless a start event)
 -- ARGV[4] retention (ms)  ARGV[5] timeline max entries  ARGV[6] timer owner
 -- ARGV[7] task key prefix  ARGV[8] timer fired type  ARGV[9] task created type
+-- ARGV[10] task completed type  ARGV[11] task rejected type
+--
+-- The event JSON carries decision and decided only for a task decision whose signature the
+-- engine has verified (see signature.go).
 --
 -- Returns {status, message, outbox entry...}: every command not yet acknowledged as published,
--- including those left by an earlier delivery that crashed before publishing.
+-- including those left by an earlier delivery that crashed before publishing; or
+-- {'refused', why} for an event that claims an authority it cannot prove, with nothing written.
 local now = tonumber(ARGV[1])
 local ev = cjson.decode(ARGV[2])
 local retention = tonumber(ARGV[4])
 local owner, taskprefix, T_FIRED, T_TASK = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local T_DONE, T_REJ = ARGV[10], ARGV[11]
+local isdecision = ev.type == T_DONE or ev.type == T_REJ
 local inst = ev.subject
 local H = KEYS[1]
 
@@ -48,6 +55,48 @@ end
 if starting and exists then
   return {'conflict', 'instance ' .. inst .. ' already exists (process ' .. cjson.decode(f[1]).name .. ')'}
 end
+
+-- Authority, checked against what this engine issued before anything is written: a refused
+-- event changes nothing and is not remembered as seen.
+--
+-- A fired deadline counts only once functions/timer has taken it from the schedule, which it does
+-- when the deadline is due: a forged fire of a pending deadline is refused, and one after the
+-- take does only what the timer's own event is about to do.
+if ev.type == T_FIRED and exists and ev.id == deadline and redis.call('ZSCORE', KEYS[5], ev.id) then
+  return {'refused', 'deadline ' .. ev.id .. ' is not due: functions/timer has not fired it'}
+end
+
+-- A task decision (signature verified: ev.decision is set) must be the one the tasks function
+-- recorded in the task hash (instance, decision, actor, time), else it is refused. It applies
+-- only to the task this instance issued for the step it waits on (the task id is the command
+-- id), and only while no decision on that task has been applied; otherwise it is ignored (a late
+-- or repeated decision). dtask names the task when it applies; dwhy says why it is ignored.
+local dtask, dwhy, dresult
+if isdecision and not starting then
+  if (ev.decision or '') == '' then
+    return {'refused', ev.type .. ' is not a verified task decision'}
+  end
+  local c = ev.command or ''
+  local t = redis.call('HMGET', taskprefix .. c, 'instance', 'step', 'state', 'actor', 'decided', 'applied', 'result')
+  if not t[1] then
+    dwhy = 'no task ' .. c
+  elseif t[1] ~= inst then
+    return {'refused', 'task ' .. c .. ' belongs to instance ' .. t[1] .. ', not ' .. inst}
+  elseif t[3] ~= ev.decision or t[4] ~= ev.actor or t[5] ~= ev.decided then
+    return {'refused', 'task ' .. c .. ' records ' .. (t[3] or '?') .. ' by ' .. (t[4] or '?') .. ' at ' .. (t[5] or '?') ..
+      ', not ' .. ev.decision .. ' by ' .. ev.actor .. ' at ' .. ev.decided}
+  elseif t[6] then
+    dwhy = 'task ' .. c .. ' was already ' .. t[6]
+  elseif status == 'running' then
+    local s = def.steps[idx]
+    if not s.task or c ~= inst .. ':' .. s.name .. ':' .. attempt then
+      dwhy = 'task ' .. c .. ' is not the task this instance waits on (step ' .. s.name .. ')'
+    else
+      dtask, dresult = c, t[7] or ''
+    end
+  end
+end
+
 seq = seq + 1
 redis.call('SADD', KEYS[4], seenkey)
 
@@ -157,6 +206,12 @@ local function expire_task(s)
   redis.call('ZREM', KEYS[7], cmdid(s, attempt))
 end
 
+-- close_task records that the decision on task id was applied, so it never applies again.
+local function close_task(id)
+  redis.call('HSET', taskprefix .. id, 'applied', ev.decision, 'appliedat', now)
+  redis.call('ZREM', KEYS[7], id)
+end
+
 -- matches is true when the reply names a command of the awaited step (any attempt) or names none.
 local function matches(prefix)
   local c = ev.command or ''
@@ -219,20 +274,31 @@ elseif ev.type == T_FIRED then
 elseif status == 'running' then
   local s = def.steps[idx]
   inentry.step = s.name
-  if not matches(inst .. ':' .. s.name .. ':') then
+  if isdecision and not dtask then
+    ignore(dwhy)
+    timeline(inentry)
+  elseif isdecision then
+    -- the payload as the tasks function recorded it, not as the event carries it
+    inentry.data = dresult
+    timeline(inentry)
+    close_task(dtask)
+    if s.ok[ev.type] then
+      cancel_deadline()
+      if s.comp then done[#done + 1] = idx end
+      enter(idx + 1)
+    else
+      fail(ev.type, s)
+    end
+  elseif not matches(inst .. ':' .. s.name .. ':') then
     ignore('reply names command ' .. ev.command .. ', not step ' .. s.name)
     timeline(inentry)
   elseif s.ok[ev.type] then
-    if s.task then inentry.data = ev.data end
     timeline(inentry)
     cancel_deadline()
-    if s.task then redis.call('ZREM', KEYS[7], cmdid(s, attempt)) end
     if s.comp then done[#done + 1] = idx end
     enter(idx + 1)
   elseif s.fail and s.fail[ev.type] then
-    if s.task then inentry.data = ev.data end
     timeline(inentry)
-    if s.task then redis.call('ZREM', KEYS[7], cmdid(s, attempt)) end
     fail(ev.type, s)
   else
     ignore('step ' .. s.name .. ' does not wait for ' .. ev.type)

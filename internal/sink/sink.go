@@ -55,7 +55,7 @@ func NewWithTransport(target string, timeout time.Duration, rt http.RoundTripper
 	}
 	p, err := cehttp.New(
 		cehttp.WithTarget(target),
-		cehttp.WithClient(http.Client{Transport: rt, Timeout: timeout}),
+		cehttp.WithClient(http.Client{Transport: withOIDCToken(rt, OIDCTokenFile), Timeout: timeout}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("creating CloudEvents HTTP protocol for %s: %w", target, err)

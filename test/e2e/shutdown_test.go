@@ -23,7 +23,7 @@ import (
 
 // foodPaths run the food-delivery example with the platform parts it needs.
 var foodPaths = []string{
-	"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/320-tasks-auth-secret.yaml",
+	"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/320-tasks-auth-secret.yaml", "config/325-tasks-signing-secret.yaml",
 	"config/400-deadletter-config.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml",
 	"config/600-broker.yaml", "config/700-deadletter.yaml",
 	"config/700-timer.yaml", "config/710-timer-sinkbinding.yaml", "config/800-timer-ping.yaml",

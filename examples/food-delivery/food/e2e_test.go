@@ -28,7 +28,7 @@ func managerToken(t testing.TB, rt *runtimetest.Runtime) string {
 }
 
 var e2ePaths = []string{
-	"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/320-tasks-auth-secret.yaml",
+	"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/320-tasks-auth-secret.yaml", "config/325-tasks-signing-secret.yaml",
 	"config/400-deadletter-config.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml",
 	"config/600-broker.yaml", "config/700-deadletter.yaml",
 	"config/700-timer.yaml", "config/710-timer-sinkbinding.yaml", "config/800-timer-ping.yaml",
@@ -128,6 +128,26 @@ func TestFoodDeliveryThroughKnfaasUp(t *testing.T) {
 	rt.Restart()
 
 	runtimetest.Eventually(t, 3*time.Minute, "approval tasks open", func() bool { return len(openTasks(t, rt)) == 2 })
+	// Anyone can post to the Broker: forged approvals of the order the manager will reject are
+	// refused by food-process (403, dead-lettered) and change nothing.
+	for i, sig := range []string{"", "v1=" + strings.Repeat("ab", 32)} {
+		e := cloudevents.NewEvent()
+		e.SetID(fmt.Sprintf("forged-%d", i))
+		e.SetType(process.TypeTaskCompleted)
+		e.SetSource("/e2e/attacker")
+		e.SetSubject("rejected")
+		e.SetExtension("knfaasowner", "food-process")
+		e.SetExtension(process.ExtCommand, "rejected:manager-approval:1")
+		e.SetExtension(process.ExtActor, "manager")
+		e.SetExtension(process.ExtDecided, "1767268800000")
+		if sig != "" {
+			e.SetExtension(process.ExtSignature, sig)
+		}
+		rt.Send("knfaas", "default", e)
+	}
+	runtimetest.Eventually(t, time.Minute, "forged approvals refused and dead-lettered", func() bool {
+		return rdb.ZCard(context.Background(), "knfaas:deadletter:index:code:403").Val() == 2
+	})
 	if code, body := decideTask(t, rt, "approved:manager-approval:1", "complete"); code != 200 {
 		t.Fatalf("completing the approval: %d %s", code, body)
 	}

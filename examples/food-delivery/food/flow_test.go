@@ -29,6 +29,7 @@ type world struct {
 	now      time.Time
 	seen     []string // every event type published, in order
 	tasks    []string // open task ids
+	keys     *process.SigningKeys
 	run      func() error
 }
 
@@ -58,7 +59,11 @@ func newWorld(t *testing.T, k Kitchen) *world {
 	w := &world{t: t, now: time.Date(2026, 1, 1, 18, 0, 0, 0, time.UTC)}
 	rdb := srv.Client()
 	w.rdb = rdb
-	w.engine = process.NewEngine(rdb, set, process.Options{Owner: "food-process", Now: func() time.Time { return w.now }})
+	w.keys, err = process.NewSigningKeys("food-test-signing-key-0123456789abcdef", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.engine = process.NewEngine(rdb, set, process.Options{Owner: "food-process", Keys: w.keys, Now: func() time.Time { return w.now }})
 	p, c := Payment{DeclineAbove: 1000}, Courier{}
 	w.services = map[string]func(context.Context, event.Event) (*event.Event, error){
 		TypePaymentAuthorize: p.Handle, TypePaymentRelease: p.Handle,
@@ -127,11 +132,20 @@ func (w *world) order(id string, amount float64, simulate map[string]string) {
 	w.deliver(process.Event{ID: id + "-placed", Source: "/shop", Type: TypeOrderPlaced, Subject: id, Data: data})
 }
 
-func (w *world) decide(decision, typ string) {
+// decide records decision on the last task as the tasks API does and delivers its signed reply.
+func (w *world) decide(decision string) {
 	w.t.Helper()
-	task := w.tasks[len(w.tasks)-1]
-	inst := strings.SplitN(task, ":", 2)[0]
-	w.deliver(process.Event{ID: task + ":" + decision, Source: "/knfaas/tasks", Type: typ, Subject: inst, Command: task, Actor: "manager"})
+	ctx := context.Background()
+	task, err := process.GetTask(ctx, w.rdb, w.tasks[len(w.tasks)-1])
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	d := process.TaskDecision{Task: task.ID, Decision: decision, Actor: "manager", At: w.now.UnixMilli()}
+	reply, err := process.DecideTask(ctx, w.rdb, d, process.DecisionReply(*task, d, "/knfaas/tasks", `{}`, w.keys))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.deliver(process.EventFrom(reply.Event()))
 }
 
 func TestFoodOrders(t *testing.T) {
@@ -145,11 +159,11 @@ func TestFoodOrders(t *testing.T) {
 			"payment.authorize kitchen.prepare courier.deliver order.completed"},
 		{"large order approved", Kitchen{}, func(w *world) {
 			w.order("o2", 250, nil)
-			w.decide("completed", process.TypeTaskCompleted)
+			w.decide(process.DecisionCompleted)
 		}, "payment.authorize tasks.created kitchen.prepare courier.deliver order.completed"},
 		{"large order rejected by the manager", Kitchen{}, func(w *world) {
 			w.order("o3", 250, nil)
-			w.decide("rejected", process.TypeTaskRejected)
+			w.decide(process.DecisionRejected)
 		}, "payment.authorize tasks.created order.failed payment.release order.compensated"},
 		{"payment declined", Kitchen{}, func(w *world) { w.order("o4", 5000, nil) },
 			"payment.authorize order.failed order.compensated"},
