@@ -14,13 +14,6 @@ import (
 // of the function's own Start.
 var funcGoRuntimes = map[string]bool{"knative.dev/func-go/http": true, "knative.dev/func-go/cloudevents": true}
 
-// changedElsewhere lists mains whose fix is made on another branch of the same change; they
-// are reported, not failed, until that branch is merged (then this list can be emptied).
-var changedElsewhere = map[string]bool{
-	"tasks/main.go":   true,
-	"process/main.go": true,
-}
-
 // TestEveryMainExitsNonZeroWhenStartFails reads every function's main (platform functions,
 // examples, test fixtures): each must check the error func-go's Start returns and exit with
 // log.Fatal or os.Exit, so that a function whose configuration is wrong fails its revision
@@ -40,11 +33,7 @@ func TestEveryMainExitsNonZeroWhenStartFails(t *testing.T) {
 	for _, path := range mains {
 		t.Run(path, func(t *testing.T) {
 			problem := checkMain(t, path)
-			switch {
-			case problem == "":
-			case changedElsewhere[path]:
-				t.Skipf("%s: %s (fixed on another branch)", path, problem)
-			default:
+			if problem != "" {
 				t.Errorf("%s: %s", path, problem)
 			}
 		})
