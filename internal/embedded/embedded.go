@@ -510,9 +510,12 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 		brokers[b.Namespace+"/"+b.Name] = b
 		fmt.Fprintf(r.opts.Out, "broker  %-28s %s (events up to %d bytes)\n", b.Namespace+"/"+b.Name, r.brokerURL(b.Namespace, b.Name), maxBytes)
 	}
-	// parker takes events no Trigger can ever deliver. While it is nil they stay pending (and
-	// are logged) rather than being dropped.
-	var parker broker.Parker
+	// parker takes events no Trigger can ever deliver: they are kept in the dead-letter store
+	// with reason "parked", never dropped.
+	parker, err := newDeadLetterParker(r.set, r.rdb)
+	if err != nil {
+		return err
+	}
 	kncloudevents.ConfigureConnectionArgs(&kncloudevents.ConnectionArgs{MaxIdleConns: 2048, MaxIdleConnsPerHost: 512})
 	r.routeDeliveriesInProcess()
 	dispatcher := kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil)
