@@ -21,14 +21,10 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
-	"knative.dev/eventing/pkg/eventfilter"
-	"knative.dev/eventing/pkg/eventfilter/attributes"
-	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
 	"knative.dev/eventing/pkg/eventingtls"
 	"knative.dev/eventing/pkg/kncloudevents"
 	"knative.dev/pkg/apis"
@@ -613,18 +609,6 @@ func describeFilter(t *eventingv1.Trigger) string {
 		return strings.Join(parts, ",")
 	}
 	return "all events"
-}
-
-// triggerFilter builds the filter the Knative broker filter applies: the newer filters when
-// set, the attributes filter otherwise.
-func triggerFilter(t *eventingv1.Trigger) eventfilter.Filter {
-	switch {
-	case len(t.Spec.Filters) > 0:
-		return subscriptionsapi.CreateSubscriptionsAPIFilters(zap.NewNop(), t.Spec.Filters)
-	case t.Spec.Filter != nil:
-		return attributes.NewAttributesFilter(t.Spec.Filter.Attributes)
-	}
-	return nil
 }
 
 type pingRecorder struct{ m *metrics.Runtime }
