@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -273,6 +274,37 @@ func TestBuildIsCachedByContent(t *testing.T) {
 	}
 	if _, err := b.Build(ctx, []string{"github.com/knfaas/knfaas/internal/redisconn"}); err == nil || !strings.Contains(err.Error(), "not a main package") {
 		t.Fatalf("building a library package: err = %v, want 'not a main package'", err)
+	}
+
+}
+
+// TestRaceBuildsAreKeyedApart: KNFAAS_RACE=1 builds with -race (and cgo, which it needs), under
+// a cache key of its own, so a cached plain binary never stands in for a race build.
+func TestRaceBuildsAreKeyedApart(t *testing.T) {
+	t.Setenv(EnvRace, "1")
+	if !Race() {
+		t.Fatalf("Race() = false with %s=1", EnvRace)
+	}
+	plainEnv, plainFlags := buildSettings(false)
+	raceEnv, raceFlags := buildSettings(true)
+	if !slices.Contains(raceFlags, "-race") || slices.Contains(plainFlags, "-race") {
+		t.Errorf("flags: race %q, plain %q; want -race only in the race build", raceFlags, plainFlags)
+	}
+	if raceEnv[len(raceEnv)-1] != "CGO_ENABLED=1" || plainEnv[len(plainEnv)-1] != "CGO_ENABLED=0" {
+		t.Errorf("CGO_ENABLED: race %q, plain %q; want 1 and 0", raceEnv[len(raceEnv)-1], plainEnv[len(plainEnv)-1])
+	}
+	p := &listedPackage{ImportPath: "example.com/fn", Name: "main"}
+	pkgs := map[string]*listedPackage{p.ImportPath: p}
+	plainKey, err := contentKey([]byte("go1"), plainFlags, p, pkgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raceKey, err := contentKey([]byte("go1"), raceFlags, p, pkgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plainKey == raceKey {
+		t.Errorf("race and plain builds share the cache key %s", plainKey)
 	}
 }
 
