@@ -275,7 +275,6 @@ func TestBuildIsCachedByContent(t *testing.T) {
 	if _, err := b.Build(ctx, []string{"github.com/knfaas/knfaas/internal/redisconn"}); err == nil || !strings.Contains(err.Error(), "not a main package") {
 		t.Fatalf("building a library package: err = %v, want 'not a main package'", err)
 	}
-
 }
 
 // TestRaceBuildsAreKeyedApart: KNFAAS_RACE=1 builds with -race (and cgo, which it needs), under
