@@ -166,7 +166,7 @@ func (r *Runtime) launch() {
 	r.cmd = cmd
 	r.done = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(r.done) }()
-	deadline := time.Now().Add(3 * time.Minute)
+	deadline := time.Now().Add(startWait())
 	for {
 		select {
 		case <-r.done:
@@ -181,10 +181,20 @@ func (r *Runtime) launch() {
 			}
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("knfaas up did not listen within 3 minutes:\n%s", r.out.String())
+			r.t.Fatalf("knfaas up did not listen within %s:\n%s", startWait(), r.out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startWait bounds how long knfaas up may take to listen, building the functions included;
+// race-detector builds (KNFAAS_RACE=1) compile every dependency again, instrumented, and take
+// far longer on a cold build cache.
+func startWait() time.Duration {
+	if serving.Race() {
+		return 15 * time.Minute
+	}
+	return 3 * time.Minute
 }
 
 func (r *Runtime) stop() {
