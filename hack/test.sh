@@ -33,8 +33,11 @@ fi
 echo "== unit tests"
 go test -count=1 ./...
 
-echo "== e2e and fault tests (build tag e2e)"
-go test -count=1 -tags e2e -timeout 30m ./...
+# With the race detector, and KNFAAS_RACE=1 builds the runtime (internal/runtimetest) and the
+# functions it runs (internal/serving.Builder) with it too; a test fails when their logs report
+# a data race. This pass also reruns the unit tests, now under -race.
+echo "== e2e and fault tests (build tag e2e, -race)"
+KNFAAS_RACE=1 CGO_ENABLED=1 go test -count=1 -race -tags e2e -timeout 40m ./...
 
 for script in hack/verify-*.sh; do
   [ -e "$script" ] || continue

@@ -15,6 +15,7 @@ import (
 	"github.com/knfaas/knfaas/internal/broker"
 	"github.com/knfaas/knfaas/internal/embedded"
 	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/serving"
 )
 
 // defaultPaths are the platform's own manifests, loaded unless --defaults=false.
@@ -105,7 +106,9 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			if pprofAddr != "" {
 				go func() {
 					// net/http/pprof registers on the default mux; serve it on its own address only.
-					if err := http.ListenAndServe(pprofAddr, nil); err != nil {
+					srv := serving.NewServer(http.DefaultServeMux)
+					srv.Addr = pprofAddr
+					if err := srv.ListenAndServe(); err != nil {
 						log.Error("pprof listener failed", "error", err)
 					}
 				}()

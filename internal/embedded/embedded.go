@@ -166,9 +166,9 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 		http.Error(w, "knfaas up is starting", http.StatusServiceUnavailable)
 	}))
 	r.public.Store(&starting)
-	r.publicServer = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.publicServer = serving.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		(*r.public.Load()).ServeHTTP(w, req)
-	})}
+	}))
 	go func() { _ = r.publicServer.Serve(main) }()
 
 	if err := r.openRedis(ctx); err != nil {
@@ -634,7 +634,7 @@ func (r *Runtime) serve(ctx context.Context) error {
 
 	var servers []*http.Server
 	serveOn := func(l net.Listener, h http.Handler) {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		srv := serving.NewServer(h)
 		servers = append(servers, srv)
 		go func() {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

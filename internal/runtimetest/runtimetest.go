@@ -23,6 +23,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/knfaas/knfaas/internal/localhost"
+	"github.com/knfaas/knfaas/internal/serving"
 	"github.com/knfaas/knfaas/internal/sink"
 )
 
@@ -81,7 +82,8 @@ func ModuleRoot(t testing.TB) string {
 	}
 }
 
-// Binary builds cmd/knfaas once per test binary and returns its path.
+// Binary builds cmd/knfaas once per test binary and returns its path. With KNFAAS_RACE=1
+// (serving.EnvRace) it is built with the race detector, and so are the functions it builds.
 func Binary(t testing.TB) string {
 	t.Helper()
 	root := ModuleRoot(t)
@@ -92,8 +94,15 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binary = filepath.Join(dir, "knfaas")
-		cmd := exec.Command("go", "build", "-o", binary, "./cmd/knfaas")
+		args := []string{"build", "-o", binary, "./cmd/knfaas"}
+		if serving.Race() {
+			args = []string{"build", "-race", "-o", binary, "./cmd/knfaas"}
+		}
+		cmd := exec.Command("go", args...)
 		cmd.Dir = root
+		if serving.Race() {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("building knfaas: %w: %s", err, out)
 		}
@@ -130,8 +139,29 @@ func Start(t testing.TB, opts Options) *Runtime {
 	r.addr = l.Addr().String()
 	l.Close()
 	r.launch()
-	t.Cleanup(r.stop)
+	t.Cleanup(func() {
+		r.stop()
+		r.checkRaces()
+	})
 	return r
+}
+
+// raceReport marks a report of the race detector in the output of the runtime or a function.
+const raceReport = "WARNING: DATA RACE"
+
+// checkRaces fails the test when the runtime or a function it ran reported a data race (they
+// do when built with KNFAAS_RACE=1).
+func (r *Runtime) checkRaces() {
+	out := r.out.String()
+	i := strings.Index(out, raceReport)
+	if i < 0 {
+		return
+	}
+	report := out[i:]
+	if end := strings.Index(report, "=================="); end > 0 {
+		report = report[:end]
+	}
+	r.t.Errorf("the runtime or a function reported %d data race(s); the first:\n%s", strings.Count(out, raceReport), report)
 }
 
 func (r *Runtime) launch() {
@@ -151,7 +181,7 @@ func (r *Runtime) launch() {
 	r.cmd = cmd
 	r.done = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(r.done) }()
-	deadline := time.Now().Add(3 * time.Minute)
+	deadline := time.Now().Add(startWait())
 	for {
 		select {
 		case <-r.done:
@@ -166,10 +196,20 @@ func (r *Runtime) launch() {
 			}
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("knfaas up did not listen within 3 minutes:\n%s", r.out.String())
+			r.t.Fatalf("knfaas up did not listen within %s:\n%s", startWait(), r.out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startWait bounds how long knfaas up may take to listen, building the functions included;
+// race-detector builds (KNFAAS_RACE=1) compile every dependency again, instrumented, and take
+// far longer on a cold build cache.
+func startWait() time.Duration {
+	if serving.Race() {
+		return 15 * time.Minute
+	}
+	return 3 * time.Minute
 }
 
 func (r *Runtime) stop() {

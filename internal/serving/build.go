@@ -29,6 +29,14 @@ type Builder struct {
 	CacheDir string
 }
 
+// EnvRace, set to 1, builds binaries with the race detector: the test suite sets it for its
+// end-to-end pass, so that the runtime and the functions it runs report data races in their
+// logs. Such builds need cgo and are cached apart from the others.
+const EnvRace = "KNFAAS_RACE"
+
+// Race reports whether EnvRace asks for race-detector builds.
+func Race() bool { return os.Getenv(EnvRace) == "1" }
+
 // Built is one binary.
 type Built struct {
 	ImportPath string
@@ -67,7 +75,8 @@ func (b *Builder) Build(ctx context.Context, importPaths []string) ([]Built, err
 	if len(importPaths) == 0 {
 		return nil, nil
 	}
-	pkgs, err := b.list(ctx, importPaths)
+	env, buildFlags := buildSettings(Race())
+	pkgs, err := b.list(ctx, env, importPaths)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +100,7 @@ func (b *Builder) Build(ctx context.Context, importPaths []string) ([]Built, err
 		if p.Name != "main" {
 			return nil, fmt.Errorf("building %s: package %s is not a main package", ip, p.Name)
 		}
-		key, err := contentKey(goVersion, p, pkgs)
+		key, err := contentKey(goVersion, buildFlags, p, pkgs)
 		if err != nil {
 			return nil, fmt.Errorf("hashing sources of %s: %w", ip, err)
 		}
@@ -105,9 +114,10 @@ func (b *Builder) Build(ctx context.Context, importPaths []string) ([]Built, err
 	}
 	for _, i := range toBuild {
 		tmp := out[i].Binary + ".tmp"
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", tmp, out[i].ImportPath)
+		args := append(append([]string{"build"}, buildFlags...), "-o", tmp, out[i].ImportPath)
+		cmd := exec.CommandContext(ctx, "go", args...)
 		cmd.Dir = b.Dir
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Env = env
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
@@ -120,11 +130,20 @@ func (b *Builder) Build(ctx context.Context, importPaths []string) ([]Built, err
 	return out, nil
 }
 
-func (b *Builder) list(ctx context.Context, importPaths []string) (map[string]*listedPackage, error) {
+// buildSettings returns the environment and flags of go list and go build: static, stripped
+// binaries, or with the race detector, which needs cgo (and keeps symbols for its reports).
+func buildSettings(race bool) (env, flags []string) {
+	if race {
+		return append(os.Environ(), "CGO_ENABLED=1"), []string{"-trimpath", "-race"}
+	}
+	return append(os.Environ(), "CGO_ENABLED=0"), []string{"-trimpath", "-ldflags=-s -w"}
+}
+
+func (b *Builder) list(ctx context.Context, env, importPaths []string) (map[string]*listedPackage, error) {
 	args := append([]string{"list", "-e", "-deps", "-json=ImportPath,Dir,Name,Standard,GoFiles,CgoFiles,EmbedFiles,Deps,Error"}, importPaths...)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = b.Dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -144,11 +163,12 @@ func (b *Builder) list(ctx context.Context, importPaths []string) (map[string]*l
 	return pkgs, nil
 }
 
-// contentKey hashes the Go version, the package and the files of every dependency outside the
-// standard library.
-func contentKey(goVersion []byte, p *listedPackage, pkgs map[string]*listedPackage) (string, error) {
+// contentKey hashes the Go version, the build flags, the package and the files of every
+// dependency outside the standard library.
+func contentKey(goVersion []byte, buildFlags []string, p *listedPackage, pkgs map[string]*listedPackage) (string, error) {
 	h := sha256.New()
 	h.Write(goVersion)
+	fmt.Fprintf(h, "%q\n", buildFlags)
 	h.Write([]byte(p.ImportPath))
 	deps := append([]string{p.ImportPath}, p.Deps...)
 	sort.Strings(deps)

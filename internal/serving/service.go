@@ -13,9 +13,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -68,6 +70,9 @@ type Service struct {
 	obs    Observer
 	proxy  *httputil.ReverseProxy
 	nextID int
+	// buffered is the bytes of request bodies held in memory, up to bufferBudget.
+	buffered     atomic.Int64
+	bufferBudget int64
 
 	mu        sync.Mutex
 	instances []*instance
@@ -79,8 +84,10 @@ type Service struct {
 }
 
 type instance struct {
-	id       int
-	port     int
+	id   int
+	port int
+	// cmd is set under Service.mu once the process has started, so that stopAll either sees it
+	// or the launch sees the instance draining.
 	cmd      *exec.Cmd
 	started  time.Time
 	ready    bool
@@ -91,6 +98,8 @@ type instance struct {
 	// settled is closed once the instance is ready or has failed to start (err set).
 	settled chan struct{}
 	err     error
+	// gone is closed once the instance has been removed and its process has exited.
+	gone chan struct{}
 }
 
 type instanceKey struct{}
@@ -106,19 +115,25 @@ func NewService(spec Spec, log *slog.Logger, obs Observer) *Service {
 	if spec.Logs == nil {
 		spec.Logs = io.Discard
 	}
-	s := &Service{spec: spec, log: log.With("service", spec.Namespace+"/"+spec.Name), obs: obs, changed: make(chan struct{})}
+	s := &Service{spec: spec, log: log.With("service", spec.Namespace+"/"+spec.Name), obs: obs, changed: make(chan struct{}), bufferBudget: maxBufferedBytes}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConns = 1024
 	transport.MaxIdleConnsPerHost = 256
 	transport.DialContext = (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// Below the 30 s func-go's servers keep an idle connection, so the activator drops an idle
+	// connection before an instance closes it.
+	transport.IdleConnTimeout = 20 * time.Second
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			target := pr.In.Context().Value(instanceKey{}).(*proxyTarget)
 			inst := target.inst
 			if target.body != nil {
 				// An in-memory body lets the transport send headers and body in one write.
-				pr.Out.Body = io.NopCloser(bytes.NewReader(target.body))
-				pr.Out.ContentLength = int64(len(target.body))
+				body := target.body
+				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
+				pr.Out.ContentLength = int64(len(body))
+				// The transport may resend a request that a closing keep-alive connection lost.
+				pr.Out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 			}
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = "127.0.0.1:" + strconv.Itoa(inst.port)
@@ -127,7 +142,8 @@ func NewService(spec Spec, log *slog.Logger, obs Observer) *Service {
 		},
 		Transport: transport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTimeout))
+			if d, ok := r.Context().Deadline(); ok && !time.Now().Before(d) {
 				http.Error(w, fmt.Sprintf("request to %s/%s exceeded its timeout of %s", spec.Namespace, spec.Name, spec.Timeout), http.StatusGatewayTimeout)
 				return
 			}
@@ -143,29 +159,75 @@ func (s *Service) Name() string { return s.spec.Namespace + "/" + s.spec.Name }
 
 // ServeHTTP routes the request to an instance, starting one when none has room and max-scale
 // allows, or queueing until one has room.
+//
+// The Service's timeout (timeoutSeconds) bounds the whole request, queueing included: reading
+// its body, waiting for a slot, and the instance's answer. A body of up to maxBufferedBody bytes
+// is read before the request takes a slot, so a client that never finishes sending holds no
+// instance; it is answered 504 when the timeout passes, as Knative's queue-proxy answers a
+// request that did not complete within timeoutSeconds, and its connection is closed.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	rc := http.NewResponseController(w)
+	var deadline time.Time
 	if s.spec.Timeout > 0 {
+		deadline = time.Now().Add(s.spec.Timeout)
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.spec.Timeout)
+		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
+		// A client that does not read the answer cannot hold the slot past the timeout either.
+		// The server resets the write deadline for the next request only when it has a
+		// WriteTimeout: clear it on return.
+		if rc.SetWriteDeadline(deadline) == nil {
+			defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+		}
+	}
+	body, reserved, err := s.readBody(ctx, rc, r, deadline)
+	defer s.buffered.Add(-reserved)
+	if err != nil {
+		// The rest of the body is unread: the connection cannot carry another request.
+		w.Header().Set("Connection", "close")
+		s.fail(w, rc, err)
+		return
 	}
 	inst, err := s.acquire(ctx)
 	if err != nil {
-		status := http.StatusServiceUnavailable
-		if errors.Is(err, context.DeadlineExceeded) {
-			status = http.StatusGatewayTimeout
-		}
-		http.Error(w, err.Error(), status)
+		s.fail(w, rc, err)
 		return
 	}
 	defer s.release(inst)
-	target := &proxyTarget{inst: inst, body: bufferSmallBody(r)}
+	target := &proxyTarget{inst: inst, body: body}
 	s.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, instanceKey{}, target)))
 }
 
-// maxBufferedBody is the largest request body read into memory before it is forwarded.
+// errorWriteTimeout bounds writing an error answer once the request's own deadline has passed.
+const errorWriteTimeout = 5 * time.Second
+
+// fail answers a request that did not reach an instance: 504 when its timeout passed (while its
+// body was arriving or while it queued), 413 for a body over a limit set in front of the
+// Service, 400 for a body that broke off, 503 otherwise (no instance could start, shutting down).
+func (s *Service) fail(w http.ResponseWriter, rc *http.ResponseController, err error) {
+	status := http.StatusServiceUnavailable
+	var mbe *http.MaxBytesError
+	var bodyErr *bodyError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		status = http.StatusGatewayTimeout
+	case errors.As(err, &mbe):
+		status = http.StatusRequestEntityTooLarge
+	case errors.As(err, &bodyErr):
+		status = http.StatusBadRequest
+	}
+	_ = rc.SetWriteDeadline(time.Now().Add(errorWriteTimeout))
+	http.Error(w, err.Error(), status)
+}
+
+// maxBufferedBody is the largest request body read into memory before the request takes a
+// slot; larger bodies are streamed to the instance, still within the Service's timeout.
 const maxBufferedBody = 1 << 20
+
+// maxBufferedBytes bounds the bodies one Service holds in memory at once; requests beyond it
+// stream their bodies, as larger ones do.
+const maxBufferedBytes = 64 << 20
 
 // proxyTarget is what ServeHTTP hands the proxy: the instance, and the body when buffered.
 type proxyTarget struct {
@@ -173,24 +235,87 @@ type proxyTarget struct {
 	body []byte
 }
 
-// bufferSmallBody reads a small body of known length into memory, so that the forwarded
-// request goes out in one write instead of headers and body apart: on loopback each write is
-// a system call, and most events are a few hundred bytes. It returns nil for other bodies,
-// which are streamed.
-func bufferSmallBody(r *http.Request) []byte {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 || r.ContentLength > maxBufferedBody {
-		return nil
+// bodyError is a request body that ended before its Content-Length or failed to arrive for a
+// reason other than the timeout.
+type bodyError struct {
+	read int
+	err  error
+}
+
+func (e *bodyError) Error() string {
+	return fmt.Sprintf("reading the request body (%d bytes arrived): %v", e.read, e.err)
+}
+
+func (e *bodyError) Unwrap() error { return e.err }
+
+// readBody reads a body of up to maxBufferedBody bytes into memory before the request takes a
+// slot; it also lets the forwarded request go out in one write instead of headers and body
+// apart (on loopback each write is a system call, and most events are a few hundred bytes).
+// It returns the body, or nil when the request has none or streams it, and the bytes it
+// reserved of the Service's buffer budget, which the caller gives back.
+//
+// The connection's read deadline becomes the request's deadline, so a stalled body, buffered
+// or streamed, is cut off when the timeout passes (the server clears the deadline once the body
+// has been read). Should the ResponseWriter not support deadlines, the read runs aside and the
+// request stops waiting for it when ctx ends.
+func (s *Service) readBody(ctx context.Context, rc *http.ResponseController, r *http.Request, deadline time.Time) ([]byte, int64, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, 0, nil
 	}
-	buf := make([]byte, r.ContentLength)
-	n, err := io.ReadFull(r.Body, buf)
-	_ = r.Body.Close()
+	inline := true
+	if !deadline.IsZero() {
+		inline = rc.SetReadDeadline(deadline) == nil
+	}
+	if r.ContentLength > maxBufferedBody {
+		return nil, 0, nil
+	}
+	reserve := r.ContentLength
+	if reserve < 0 { // chunked: as much as may be buffered
+		reserve = maxBufferedBody
+	}
+	if s.buffered.Add(reserve) > s.bufferBudget {
+		s.buffered.Add(-reserve)
+		return nil, 0, nil
+	}
+	read := func() ([]byte, error) {
+		var buf bytes.Buffer
+		_, err := buf.ReadFrom(io.LimitReader(r.Body, maxBufferedBody+1))
+		return buf.Bytes(), err
+	}
+	var buf []byte
+	var err error
+	if inline {
+		buf, err = read()
+	} else {
+		done := make(chan struct{})
+		go func() { buf, err = read(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, reserve, fmt.Errorf("the request body did not arrive within the timeout of %s (%s): %w", s.Name(), s.spec.Timeout, ctx.Err())
+		}
+	}
 	if err != nil {
-		// Forward what arrived; the instance sees the same short body the client sent.
-		buf = buf[:n]
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, reserve, fmt.Errorf("the request body did not arrive within the timeout of %s (%s): %w", s.Name(), s.spec.Timeout, err)
+		case errors.As(err, &mbe):
+			return nil, reserve, err
+		}
+		return nil, reserve, &bodyError{read: len(buf), err: err}
+	}
+	if len(buf) > maxBufferedBody {
+		// A chunked body longer than may be buffered: stream what arrived, then the rest.
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+		return nil, reserve, nil
 	}
 	r.Body = io.NopCloser(bytes.NewReader(buf))
 	r.ContentLength = int64(len(buf))
-	return buf
+	return buf, reserve, nil
 }
 
 func (s *Service) capacity() int {
@@ -283,7 +408,7 @@ func (s *Service) release(in *instance) {
 // startLocked launches an instance; readiness is awaited in the background.
 func (s *Service) startLocked() *instance {
 	s.nextID++
-	in := &instance{id: s.nextID, exited: make(chan struct{}), settled: make(chan struct{}), lastUsed: time.Now()}
+	in := &instance{id: s.nextID, exited: make(chan struct{}), settled: make(chan struct{}), gone: make(chan struct{}), lastUsed: time.Now()}
 	s.instances = append(s.instances, in)
 	s.obs.SetInstances(s.spec.Namespace, s.spec.Name, len(s.instances))
 	go s.runInstance(in)
@@ -310,21 +435,25 @@ func (s *Service) Warm(n int) error {
 }
 
 func (s *Service) runInstance(in *instance) {
+	defer close(in.gone)
 	log := s.log.With("instance", in.id)
 	err := s.launch(in)
 	if err == nil {
 		err = s.awaitReady(in)
 	}
 	if err != nil {
-		log.Error("instance failed to start", "error", err)
 		if in.cmd != nil && in.cmd.Process != nil {
 			_ = syscall.Kill(-in.cmd.Process.Pid, syscall.SIGKILL)
 			<-in.exited
 		}
 		s.mu.Lock()
-		s.lastErr = fmt.Errorf("service %s: %w", s.Name(), err)
-		s.lastErrAt = time.Now()
-		in.err = s.lastErr
+		in.err = fmt.Errorf("service %s: %w", s.Name(), err)
+		if in.draining {
+			log.Debug("instance stopped while starting")
+		} else {
+			log.Error("instance failed to start", "error", err)
+			s.lastErr, s.lastErrAt = in.err, time.Now()
+		}
 		close(in.settled)
 		s.removeLocked(in)
 		s.mu.Unlock()
@@ -380,7 +509,10 @@ func (s *Service) launch(in *instance) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", s.spec.Binary, err)
 	}
+	s.mu.Lock()
 	in.cmd = cmd
+	stopping := in.draining
+	s.mu.Unlock()
 	prefix := fmt.Sprintf("[%s-%d] ", s.Name(), in.id)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -391,6 +523,11 @@ func (s *Service) launch(in *instance) error {
 		_ = cmd.Wait()
 		close(in.exited)
 	}()
+	if stopping {
+		// stopAll (or scale-down) marked the instance before its process existed, so it could
+		// not stop it: runInstance kills it on this error.
+		return errors.New("stopped while starting")
+	}
 	return nil
 }
 
@@ -484,24 +621,32 @@ func (s *Service) reconcile() {
 			in.draining = true
 			live--
 			s.log.Info("scaling down idle instance", "instance", in.id, "idle", time.Since(in.lastUsed).Round(time.Millisecond))
-			go terminate(in, 10*time.Second)
+			go s.terminate(in, 10*time.Second)
 		}
 	}
 }
 
-func terminate(in *instance, grace time.Duration) {
-	if in.cmd == nil || in.cmd.Process == nil {
+// terminate stops an instance marked draining: SIGTERM, then SIGKILL after grace. An instance
+// whose process has not started yet is killed by its launch, which sees it draining; terminate
+// waits for that.
+func (s *Service) terminate(in *instance, grace time.Duration) {
+	s.mu.Lock()
+	cmd := in.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		<-in.settled
 		return
 	}
-	_ = syscall.Kill(-in.cmd.Process.Pid, syscall.SIGTERM)
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-in.exited:
 	case <-time.After(grace):
-		_ = syscall.Kill(-in.cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-in.exited
 	}
 }
 
+// stopAll stops every instance, starting ones included, and returns once all are gone.
 func (s *Service) stopAll() {
 	s.mu.Lock()
 	s.closed = true
@@ -514,7 +659,11 @@ func (s *Service) stopAll() {
 	var wg sync.WaitGroup
 	for _, in := range all {
 		wg.Add(1)
-		go func() { defer wg.Done(); terminate(in, 10*time.Second) }()
+		go func() {
+			defer wg.Done()
+			s.terminate(in, 10*time.Second)
+			<-in.gone
+		}()
 	}
 	wg.Wait()
 }

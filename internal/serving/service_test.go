@@ -9,10 +9,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -53,6 +55,13 @@ func (o *countingObserver) SetInstances(_, _ string, n int) {
 
 func startService(t *testing.T, spec Spec) (*Service, *httptest.Server, *countingObserver) {
 	t.Helper()
+	svc, obs := newService(t, spec)
+	return svc, runService(t, svc, svc), obs
+}
+
+// newService returns a Service of the echo function with test defaults.
+func newService(t *testing.T, spec Spec) (*Service, *countingObserver) {
+	t.Helper()
 	spec.Namespace, spec.Name = "test", t.Name()
 	if spec.Binary == "" {
 		spec.Binary = echoBinary
@@ -64,13 +73,21 @@ func startService(t *testing.T, spec Spec) (*Service, *httptest.Server, *countin
 		spec.IdleTimeout = time.Minute
 	}
 	obs := &countingObserver{}
-	svc := NewService(spec, slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	return NewService(spec, slog.New(slog.NewTextHandler(io.Discard, nil)), obs), obs
+}
+
+// runService runs svc until the test ends and serves h (svc, or a handler calling it) on a test
+// server configured as the runtime's (NewServer).
+func runService(t *testing.T, svc *Service, h http.Handler) *httptest.Server {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { svc.Run(ctx); close(done) }()
-	srv := httptest.NewServer(svc)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config = NewServer(h)
+	srv.Start()
 	t.Cleanup(func() { srv.Close(); cancel(); <-done })
-	return svc, srv, obs
+	return srv
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -260,6 +277,36 @@ func TestBuildIsCachedByContent(t *testing.T) {
 	}
 }
 
+// TestRaceBuildsAreKeyedApart: KNFAAS_RACE=1 builds with -race (and cgo, which it needs), under
+// a cache key of its own, so a cached plain binary never stands in for a race build.
+func TestRaceBuildsAreKeyedApart(t *testing.T) {
+	t.Setenv(EnvRace, "1")
+	if !Race() {
+		t.Fatalf("Race() = false with %s=1", EnvRace)
+	}
+	plainEnv, plainFlags := buildSettings(false)
+	raceEnv, raceFlags := buildSettings(true)
+	if !slices.Contains(raceFlags, "-race") || slices.Contains(plainFlags, "-race") {
+		t.Errorf("flags: race %q, plain %q; want -race only in the race build", raceFlags, plainFlags)
+	}
+	if raceEnv[len(raceEnv)-1] != "CGO_ENABLED=1" || plainEnv[len(plainEnv)-1] != "CGO_ENABLED=0" {
+		t.Errorf("CGO_ENABLED: race %q, plain %q; want 1 and 0", raceEnv[len(raceEnv)-1], plainEnv[len(plainEnv)-1])
+	}
+	p := &listedPackage{ImportPath: "example.com/fn", Name: "main"}
+	pkgs := map[string]*listedPackage{p.ImportPath: p}
+	plainKey, err := contentKey([]byte("go1"), plainFlags, p, pkgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raceKey, err := contentKey([]byte("go1"), raceFlags, p, pkgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plainKey == raceKey {
+		t.Errorf("race and plain builds share the cache key %s", plainKey)
+	}
+}
+
 func TestWarmStartsInitialScale(t *testing.T) {
 	svc, _, _ := startService(t, Spec{})
 	if err := svc.Warm(2); err != nil {
@@ -277,5 +324,52 @@ func TestWarmStartsInitialScale(t *testing.T) {
 	failing, _, _ := startService(t, Spec{Binary: bad})
 	if err := failing.Warm(1); err == nil || !strings.Contains(err.Error(), "exited before it became ready") {
 		t.Fatalf("Warm of a function that cannot start: %v, want the cause", err)
+	}
+}
+
+// TestStopAllStopsStartingInstances stops a Service while an instance is still starting: Run
+// returns only once every instance, the starting one included, is gone, and no process of it
+// survives. PIDs is polled meanwhile, as fault tests do, which -race checks against the launch.
+func TestStopAllStopsStartingInstances(t *testing.T) {
+	tests := []struct {
+		name string
+		// stopWhen is polled with the Service's pids; Run is stopped once it returns true.
+		stopWhen func(pids []int) bool
+	}{
+		{name: "before its process exists", stopWhen: func([]int) bool { return true }},
+		{name: "while it awaits readiness", stopWhen: func(pids []int) bool { return len(pids) > 0 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, _ := newService(t, Spec{MinScale: 1, Env: []string{"ECHO_READY_DELAY=1h"}})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { svc.Run(ctx); close(done) }()
+			var seen []int
+			eventually(t, "an instance starting", func() bool {
+				seen = append(seen, svc.PIDs()...)
+				return svc.Instances() > 0 && tc.stopWhen(seen)
+			})
+
+			cancel()
+			<-done
+
+			n := svc.Instances()
+			pids := append(seen, svc.PIDs()...)
+			if n != 0 {
+				// The escaped instance runs on; wait for its process to show, then stop it.
+				eventually(t, "the escaped process", func() bool { pids = append(pids, svc.PIDs()...); return len(pids) > 0 })
+				for _, pid := range pids {
+					_ = syscall.Kill(-pid, syscall.SIGKILL)
+				}
+				t.Fatalf("instances after Run returned = %d, want 0: an instance still starting escaped stopAll", n)
+			}
+			for _, pid := range pids {
+				if err := syscall.Kill(pid, 0); err == nil {
+					_ = syscall.Kill(-pid, syscall.SIGKILL)
+					t.Errorf("process %d of a starting instance survived Run", pid)
+				}
+			}
+		})
 	}
 }
