@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -723,5 +725,48 @@ func TestNewConsumerKeepsTheCallersTrigger(t *testing.T) {
 	NewConsumer(trig, nil, nil, quietLog(), metrics.New(), ConsumerOptions{})
 	if after := reflect.ValueOf(trig.Retry.CheckRetry).Pointer(); after != before {
 		t.Fatal("NewConsumer replaced the caller's Trigger.Retry.CheckRetry")
+	}
+}
+
+// TestIngressAnswersASlowBody408AndCloses: a body that does not arrive within the server's read
+// timeout gets 408 and the connection is closed, so it can hold nothing; nothing is stored.
+func TestIngressAnswersASlowBody408AndCloses(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := NewStore(rdb)
+	go store.Run(ctx, 1)
+	in := NewIngress(store, quietLog(), metrics.New())
+	in.Add("ns", "b", 0)
+	hs := httptest.NewUnstartedServer(in)
+	hs.Config.ReadTimeout = 300 * time.Millisecond
+	hs.Start()
+	defer hs.Close()
+
+	for name, body := range map[string]string{"binary": "{\"slow\": 1", "structured": `{"specversion":"1.0","id":"1","type":"t","source":"/s","data":`} {
+		t.Run(name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", hs.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ctype := "application/json\r\nCe-Specversion: 1.0\r\nCe-Id: 1\r\nCe-Type: t\r\nCe-Source: /s"
+			if name == "structured" {
+				ctype = "application/cloudevents+json"
+			}
+			fmt.Fprintf(conn, "POST /ns/b HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: 1000\r\n\r\n%s", ctype, body)
+			_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusRequestTimeout || !resp.Close {
+				t.Fatalf("slow body: %d (close %v), want 408 with the connection closed", resp.StatusCode, resp.Close)
+			}
+		})
+	}
+	if n := rdb.XLen(ctx, StreamKey("ns", "b")).Val(); n != 0 {
+		t.Fatalf("%d entries stored for slow bodies", n)
 	}
 }

@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -166,6 +169,15 @@ func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.R
 			return http.StatusRequestEntityTooLarge, fmt.Errorf("%s larger than %d bytes; broker %s/%s accepts events of at most %d bytes (%s)",
 				what, bodyLimit, namespace, name, maxBytes, MaxEventBytesAnnotation)
 		}
+		if isTimeout(err) {
+			// The body did not arrive within the server's read timeout: the connection can carry
+			// nothing more, so it is closed with the answer.
+			w.Header().Set("Connection", "close")
+			return http.StatusRequestTimeout, fmt.Errorf("the event's body did not arrive in time: %w", err)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			w.Header().Set("Connection", "close")
+		}
 		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
 	}
 	if err := event.Validate(); err != nil {
@@ -285,4 +297,10 @@ func (in *Ingress) maintainOnce(ctx context.Context, rdb redis.UniversalClient, 
 			in.log.Warn("broker backlog limit", "broker", key, "entries", n, "limit", maxBacklog, "refusing_events", full)
 		}
 	}
+}
+
+// isTimeout reports a read that hit a deadline (the server's read timeout).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }

@@ -14,6 +14,8 @@
 //	knfaas:test:recorder:<name>:seen      hash id → times accepted
 //	knfaas:test:recorder:<name>:attempts  hash id → times received
 //	knfaas:test:recorder:<name>:events    list of accepted events (JSON), capped at 100,000
+//	knfaas:test:recorder:<name>:data      hash id → the event's data exactly as received
+//	knfaas:test:recorder:<name>:ctype     hash id → the event's datacontenttype
 //	knfaas:test:recorder:<name>:pids      set of process ids that served
 package main
 
@@ -117,6 +119,8 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 	pipe := f.rdb.TxPipeline()
 	pipe.HIncrBy(ctx, f.prefix+"seen", e.ID(), 1)
 	pipe.RPush(ctx, f.prefix+"events", raw)
+	pipe.HSet(ctx, f.prefix+"data", e.ID(), e.Data())
+	pipe.HSet(ctx, f.prefix+"ctype", e.ID(), e.DataContentType())
 	pipe.LTrim(ctx, f.prefix+"events", -100000, -1)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
