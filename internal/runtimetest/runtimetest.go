@@ -2,6 +2,7 @@
 package runtimetest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -301,6 +302,47 @@ func (r *Runtime) InternalBase() string {
 		return ""
 	}
 	return all[len(all)-1]
+}
+
+// ListeningPorts returns the TCP ports the running knfaas up process itself listens on (not
+// its functions'), read from /proc; the test is skipped where there is no /proc.
+func (r *Runtime) ListeningPorts() []int {
+	r.t.Helper()
+	pid := r.PID()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		r.t.Skipf("listing the runtime's sockets needs /proc: %v", err)
+	}
+	sockets := map[string]bool{}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(link, "socket:[") {
+			sockets[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
+	seen := map[int]bool{}
+	var ports []int
+	for _, table := range []string{"tcp", "tcp6"} {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 10 || fields[3] != "0A" || !sockets[fields[9]] {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(fields[1], ":")
+			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil && !seen[int(p)] {
+				seen[int(p)] = true
+				ports = append(ports, int(p))
+			}
+		}
+		f.Close()
+	}
+	return ports
 }
 
 // Output is everything the runtime printed so far.

@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -43,77 +42,36 @@ const (
 	poisonType = "dev.knfaas.test.adv.poison"
 )
 
+// recorder is a Knative Service running the test recorder on the platform's Redis; labels and
+// spec are YAML lines added to its metadata and to its template's spec.
+func recorder(name, labels, spec string) string {
+	return fmt.Sprintf(`apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: %s
+  namespace: knfaas
+%sspec:
+  template:
+    spec:
+%s      containers:
+      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
+        readinessProbe: {httpGet: {path: /health/readiness}}
+        env:
+        - name: REDIS_URL
+          valueFrom: {secretKeyRef: {name: redis, key: url}}
+---
+`, name, labels, spec)
+}
+
+const clusterLocal = "  labels:\n    networking.knative.dev/visibility: cluster-local\n"
+
 // manifests add, beside the platform's own objects and the food-delivery example: a public
 // recorder and a cluster-local one behind Triggers on the platform Broker, a Broker whose
 // dead-letter sink fails as well as its subscriber, and a function with a short timeout for
 // slow clients.
-const manifests = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: sub
-  namespace: knfaas
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe: {httpGet: {path: /health/readiness}}
-        env:
-        - name: REDIS_URL
-          valueFrom: {secretKeyRef: {name: redis, key: url}}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: inner
-  namespace: knfaas
-  labels:
-    networking.knative.dev/visibility: cluster-local
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe: {httpGet: {path: /health/readiness}}
-        env:
-        - name: REDIS_URL
-          valueFrom: {secretKeyRef: {name: redis, key: url}}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: slowfn
-  namespace: knfaas
-spec:
-  template:
-    spec:
-      containerConcurrency: 1
-      timeoutSeconds: 2
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe: {httpGet: {path: /health/readiness}}
-        env:
-        - name: REDIS_URL
-          valueFrom: {secretKeyRef: {name: redis, key: url}}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: baddls
-  namespace: knfaas
-  labels:
-    networking.knative.dev/visibility: cluster-local
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe: {httpGet: {path: /health/readiness}}
-        env:
-        - name: REDIS_URL
-          valueFrom: {secretKeyRef: {name: redis, key: url}}
----
-apiVersion: eventing.knative.dev/v1
+var manifests = recorder("sub", "", "") + recorder("inner", clusterLocal, "") +
+	recorder("slowfn", "", "      containerConcurrency: 1\n      timeoutSeconds: 2\n") +
+	recorder("baddls", clusterLocal, "") + `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata:
   name: sub-adv
@@ -390,14 +348,10 @@ func (s *suite) clusterLocal() {
 // internalListeners finds every TCP port the runtime process itself listens on besides the
 // public one and sends it what a local attacker would: a dead letter and an event.
 func (s *suite) internalListeners() {
-	ports, err := listeningPorts(s.rt.PID())
-	if err != nil {
-		s.add(row{attack: "plain loopback client on internal listeners", answer: "-", effect: "could not list listeners: " + err.Error(), failed: true})
-		return
-	}
 	_, public, _ := net.SplitHostPort(s.rt.Addr())
 	tried := 0
-	for _, p := range ports {
+	for _, port := range s.rt.ListeningPorts() {
+		p := fmt.Sprint(port)
 		if p == public {
 			continue
 		}
@@ -418,47 +372,6 @@ func (s *suite) internalListeners() {
 	if tried == 0 {
 		s.add(row{attack: "plain loopback client on internal listeners", answer: "-", effect: "the runtime listens on no port besides the public one"})
 	}
-}
-
-// listeningPorts lists the TCP ports a process listens on, from /proc.
-func listeningPorts(pid int) ([]string, error) {
-	inodes := map[string]bool{}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return nil, err
-	}
-	for _, fd := range fds {
-		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if err == nil && strings.HasPrefix(link, "socket:[") {
-			inodes[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
-		}
-	}
-	seen := map[string]bool{}
-	var ports []string
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		f, err := os.Open(table)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 10 || fields[3] != "0A" || !inodes[fields[9]] {
-				continue
-			}
-			_, hexPort, _ := strings.Cut(fields[1], ":")
-			var port int
-			_, _ = fmt.Sscanf(hexPort, "%X", &port)
-			p := fmt.Sprint(port)
-			if !seen[p] {
-				seen[p] = true
-				ports = append(ports, p)
-			}
-		}
-		f.Close()
-	}
-	sort.Strings(ports)
-	return ports, nil
 }
 
 // forgedDeadLetter tries to plant a letter through the public listener.
@@ -865,4 +778,3 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-

@@ -3,12 +3,10 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,43 +17,6 @@ import (
 )
 
 const visibility = "test/e2e/testdata/visibility"
-
-// listeningPorts returns the loopback TCP ports pid listens on, read from /proc.
-func listeningPorts(t *testing.T, pid int) []int {
-	t.Helper()
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Skipf("listing the runtime's sockets needs /proc: %v", err)
-	}
-	sockets := map[string]bool{}
-	for _, fd := range fds {
-		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if err == nil && strings.HasPrefix(link, "socket:[") {
-			sockets[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
-		}
-	}
-	var ports []int
-	for _, table := range []string{"tcp", "tcp6"} {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 10 || fields[3] != "0A" || !sockets[fields[9]] {
-				continue
-			}
-			_, hexPort, _ := strings.Cut(fields[1], ":")
-			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil {
-				ports = append(ports, int(p))
-			}
-		}
-		f.Close()
-	}
-	return ports
-}
 
 func visRequest(t *testing.T, rt *runtimetest.Runtime, method, target string, ce map[string]string) (int, string) {
 	t.Helper()
@@ -130,7 +91,7 @@ func TestVisibilityClusterLocal(t *testing.T) {
 				origins["http://"+u.Host] = true
 			}
 		}
-		for _, p := range listeningPorts(t, rt.PID()) {
+		for _, p := range rt.ListeningPorts() {
 			if strconv.Itoa(p) != publicPort {
 				origins[fmt.Sprintf("http://127.0.0.1:%d", p)] = true
 			}
