@@ -179,8 +179,8 @@ type acker struct {
 	// ackGrace, because a transition that read its outbox just before the removal still
 	// returns them.
 	removed []ackedBatch
-	stop     chan struct{}
-	done     chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // ackedBatch is one batch of entries removed from the outboxes at a time.
