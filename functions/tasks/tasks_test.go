@@ -319,9 +319,9 @@ func TestStartRefusesPlaceholders(t *testing.T) {
 		{"placeholder previous signing key", map[string]string{"TASKS_SIGNING_KEY_PREVIOUS": "CHANGE-ME-previous"},
 			"TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous) holds the template placeholder"},
 		{"placeholder manager token", map[string]string{"AUTH_TOKENS": "manager:managers:CHANGE-ME-manager-token-000000"},
-			`the token of "manager" (AUTH_TOKENS_FILE or AUTH_TOKENS: Secret tasks-auth, key tokens) holds the template placeholder`},
+			`AUTH_TOKENS: line 1: the secret of token "manager" holds the template placeholder "CHANGE-ME-manager-token-000000"`},
 		{"placeholder operator token after a real one", map[string]string{"AUTH_TOKENS": "alice:managers:" + aliceToken + ";operator:ops:CHANGE-ME-operator-token-00000"},
-			`the token of "operator"`},
+			`AUTH_TOKENS: line 2: the secret of token "operator" holds the template placeholder`},
 		{"no signing key", map[string]string{"TASKS_SIGNING_KEY": ""}, "TASKS_SIGNING_KEY"},
 		{"short signing key", map[string]string{"TASKS_SIGNING_KEY": "short"}, "at least 32"},
 	}
