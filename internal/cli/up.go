@@ -37,6 +37,7 @@ func newUpCommand() *cobra.Command {
 		startTimeout   time.Duration
 		maxBacklog     int64
 		appendTimeout  time.Duration
+		parkAfter      int
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -62,6 +63,9 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			}
 			if len(all) == 0 {
 				return fmt.Errorf("no manifests: pass -f PATH or leave --defaults on")
+			}
+			if parkAfter < 1 {
+				return fmt.Errorf("--park-after: %d is not a number of rounds (1 or more)", parkAfter)
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
@@ -120,7 +124,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
 				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
-				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout,
+				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
 			})
 		},
@@ -133,6 +137,7 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
 	f.DurationVar(&redeliverAfter, "redeliver-after", 30*time.Second, "a delivery pending this long (both subscriber and dead-letter sink failed, or a crash) is attempted again")
 	f.DurationVar(&appendTimeout, "append-timeout", broker.DefaultAppendTimeout, "a broker ingress answers 503 when redis has not stored an event within this; such an event is never stored later")
+	f.IntVar(&parkAfter, "park-after", broker.DefaultMaxRounds, "an event whose subscriber and dead-letter sink both failed this many rounds (one every --redeliver-after) is parked in the dead-letter store, so it never blocks its trigger")
 	f.Int64Var(&maxBacklog, "max-backlog", 1_000_000, "a broker whose stream holds more events than this (not yet acknowledged by every trigger) answers 503 until its triggers catch up; 0 is no limit")
 	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -62,6 +62,9 @@ type Options struct {
 	StartTimeout time.Duration
 	// RedeliverAfter is how long a pending event waits before it is delivered again.
 	RedeliverAfter time.Duration
+	// ParkAfter is how many rounds in which both the subscriber and the dead-letter sink failed
+	// an event may take before it is parked (broker.DefaultMaxRounds when 0).
+	ParkAfter int
 	// Parallelism bounds deliveries in flight per trigger.
 	Parallelism int
 	// MaxBacklog bounds the entries a broker's stream may hold before its ingress answers 503.
@@ -559,7 +562,7 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 		if err := broker.EnsureGroup(ctx, r.rdb, broker.StreamKey(t.Namespace, t.Spec.Broker), trig.Group()); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
-		c := broker.NewConsumer(trig, r.rdb, dispatcher, r.log, r.metrics, broker.ConsumerOptions{RedeliverAfter: r.opts.RedeliverAfter, Parallelism: r.opts.Parallelism, Parker: parker})
+		c := broker.NewConsumer(trig, r.rdb, dispatcher, r.log, r.metrics, broker.ConsumerOptions{RedeliverAfter: r.opts.RedeliverAfter, Parallelism: r.opts.Parallelism, Parker: parker, MaxRounds: r.opts.ParkAfter})
 		r.consumers = append(r.consumers, c)
 		dl := "no dead-letter sink: failed events are dropped"
 		if trig.DeadLetter != nil {
