@@ -4,8 +4,8 @@
 # Builds kube-apiserver and etcd from the Go module proxy (hack/controlplane/*, their own
 # modules) into a cache outside the repository, starts them on loopback, installs the Knative
 # CRDs shipped in the pinned knative.dev/serving and knative.dev/eventing modules, and runs
-# `kubectl apply --dry-run=server --validate=strict` on the rendered config/, triggers/ and
-# examples/*/{config,triggers}. Then it proves the check can fail: every fixture under
+# `kubectl apply --dry-run=server --validate=strict` on the rendered config/, triggers/,
+# docs/eventpolicy/ and examples/*/{config,triggers}. Then it proves the check can fail: every fixture under
 # hack/testdata/broken/ must be refused with the message its "# expect:" line names.
 #
 # No Knative webhooks run, so only the CRDs' OpenAPI schemas (and Kubernetes' own validation and
@@ -241,7 +241,8 @@ if [ ${#targets[@]} -gt 0 ]; then
   exit $failed
 fi
 
-repo_targets=(config triggers)
+# docs/eventpolicy holds the optional Broker authorization (EventPolicy) a platform team may apply.
+repo_targets=(config triggers docs/eventpolicy)
 for d in examples/*/config examples/*/triggers; do
   [ -d "$d" ] && repo_targets+=("$d")
 done
