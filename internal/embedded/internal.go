@@ -30,7 +30,7 @@ import (
 //
 // Function processes (K_SINK, PingSource sinks) need a network address. They get a capability
 // URL on one internal loopback listener, http://127.0.0.1:<port>/_knfaas/<token>/services/
-// <namespace>/<name>/… and …/_knfaas/<token>/brokers/<namespace>/<broker>, where <token> is 128
+// <namespace>/<name>/… and …/_knfaas/<token>/brokers/<namespace>/<broker>, where <token> is 130
 // random bits drawn per run; without it the listener answers 403. A capability URL rather than
 // a Unix socket in a 0700 directory: functions, func-go and the CloudEvents SDK speak plain
 // HTTP to a URL from K_SINK, and a Unix socket would need a custom dialer in every function.
