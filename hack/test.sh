@@ -33,8 +33,8 @@ fi
 echo "== unit tests"
 go test -count=1 ./...
 
-# With the race detector, and KNFAAS_RACE=1 builds the runtime (internal/runtimetest) and the
-# functions it runs (internal/serving.Builder) with it too; a test fails when their logs report
+# With the race detector, and KNFAAS_RACE=1 builds the runtime (internal/harness/runtimetest) and the
+# functions it runs (internal/runtime/serving.Builder) with it too; a test fails when their logs report
 # a data race. This pass also reruns the unit tests, now under -race.
 echo "== e2e and fault tests (build tag e2e, -race)"
 KNFAAS_RACE=1 CGO_ENABLED=1 go test -count=1 -race -tags e2e -timeout 40m ./...

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/knfaas/knfaas/internal/cli"
+	"github.com/knfaas/knfaas/internal/runtime/cli"
 )
 
 func main() {

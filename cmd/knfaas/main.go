@@ -8,7 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/knfaas/knfaas/internal/cli"
+	"github.com/knfaas/knfaas/internal/runtime/cli"
 )
 
 func main() {

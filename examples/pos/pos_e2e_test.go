@@ -22,11 +22,11 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/cli"
-	"github.com/knfaas/knfaas/internal/eventlog"
-	"github.com/knfaas/knfaas/internal/projection"
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
+	"github.com/knfaas/knfaas/internal/function/eventlog"
+	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
+	"github.com/knfaas/knfaas/internal/runtime/cli"
 )
 
 const (

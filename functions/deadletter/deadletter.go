@@ -18,10 +18,10 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/kelseyhightower/envconfig"
 
-	"github.com/knfaas/knfaas/internal/deadletter"
-	"github.com/knfaas/knfaas/internal/eventsize"
-	"github.com/knfaas/knfaas/internal/funchealth"
-	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // It is an HTTP function, not a CloudEvents one, because func-go's CloudEvents runtime reads

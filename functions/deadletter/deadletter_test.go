@@ -12,9 +12,9 @@ import (
 
 	fhttp "knative.dev/func-go/http"
 
-	"github.com/knfaas/knfaas/internal/deadletter"
-	"github.com/knfaas/knfaas/internal/eventsize"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 // post sends a binary-mode CloudEvent through func-go's real handler, as the broker would.

@@ -17,10 +17,10 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/eventlog"
-	"github.com/knfaas/knfaas/internal/eventsize"
-	"github.com/knfaas/knfaas/internal/funchealth"
-	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/function/eventlog"
+	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // It is an HTTP function, not a CloudEvents one, because func-go's CloudEvents runtime

@@ -16,9 +16,9 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/eventlog"
-	"github.com/knfaas/knfaas/internal/eventsize"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/eventlog"
+	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 func startFunction(t *testing.T) (*httptest.Server, *redis.Client) {

@@ -10,7 +10,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 // roundTrips counts Redis round trips: one per command or pipeline sent.

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
 // badDefinition is a process manager whose only definition lacks a timeout on step "cook".

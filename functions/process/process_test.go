@@ -15,8 +15,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
-	"github.com/knfaas/knfaas/internal/process"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 type capture struct {

@@ -17,10 +17,10 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/funchealth"
-	"github.com/knfaas/knfaas/internal/httpauth"
-	"github.com/knfaas/knfaas/internal/projection"
-	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/httpauth"
+	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // Config is read once at start; authentication settings are httpauth.EnvSettings.

@@ -11,9 +11,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/httpauth"
-	"github.com/knfaas/knfaas/internal/projection"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/httpauth"
+	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 const (

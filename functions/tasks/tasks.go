@@ -19,12 +19,12 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/funchealth"
-	"github.com/knfaas/knfaas/internal/httpauth"
-	"github.com/knfaas/knfaas/internal/placeholder"
-	"github.com/knfaas/knfaas/internal/process"
-	"github.com/knfaas/knfaas/internal/redisconn"
-	"github.com/knfaas/knfaas/internal/sink"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/httpauth"
+	"github.com/knfaas/knfaas/internal/function/placeholder"
+	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/function/sink"
 )
 
 // Source is the source of the reply events the tasks API emits.
@@ -49,7 +49,7 @@ type Config struct {
 	SigningKeyPrevious string `envconfig:"TASKS_SIGNING_KEY_PREVIOUS"`
 }
 
-// Authenticator is what the API needs from internal/httpauth.
+// Authenticator is what the API needs from internal/function/httpauth.
 type Authenticator interface {
 	Authenticate(r *http.Request) (httpauth.Identity, error)
 }

@@ -15,9 +15,9 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
-	"github.com/knfaas/knfaas/internal/httpauth"
-	"github.com/knfaas/knfaas/internal/process"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/httpauth"
+	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)

@@ -16,10 +16,10 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/funchealth"
-	"github.com/knfaas/knfaas/internal/process/deadline"
-	"github.com/knfaas/knfaas/internal/redisconn"
-	"github.com/knfaas/knfaas/internal/sink"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/function/sink"
 )
 
 // TypePing is the type of the PingSource events that tick the timer.

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 // loadResult is what one load run measured.

@@ -17,9 +17,9 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
-	"github.com/knfaas/knfaas/internal/webhook/dedup"
-	"github.com/knfaas/knfaas/internal/webhook/signature"
-	"github.com/knfaas/knfaas/internal/webhook/source"
+	"github.com/knfaas/knfaas/internal/function/webhook/dedup"
+	"github.com/knfaas/knfaas/internal/function/webhook/signature"
+	"github.com/knfaas/knfaas/internal/function/webhook/source"
 )
 
 // stubClaims grants every claim, so the fuzzer reaches the publish path without Redis.

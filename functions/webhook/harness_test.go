@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 // Secrets of testdata/sources.yaml. Slack's and Standard Webhooks' are the ones of their

@@ -11,8 +11,8 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/knfaas/knfaas/internal/webhook/signature"
-	"github.com/knfaas/knfaas/internal/webhook/source"
+	"github.com/knfaas/knfaas/internal/function/webhook/signature"
+	"github.com/knfaas/knfaas/internal/function/webhook/source"
 )
 
 // TestShippedManifestsStart checks the chain the cluster relies on: every env var a source in

@@ -24,12 +24,12 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/funchealth"
-	"github.com/knfaas/knfaas/internal/redisconn"
-	"github.com/knfaas/knfaas/internal/sink"
-	"github.com/knfaas/knfaas/internal/webhook/dedup"
-	"github.com/knfaas/knfaas/internal/webhook/delivery"
-	"github.com/knfaas/knfaas/internal/webhook/source"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/webhook/dedup"
+	"github.com/knfaas/knfaas/internal/function/webhook/delivery"
+	"github.com/knfaas/knfaas/internal/function/webhook/source"
 )
 
 // SourcePrefix starts the CloudEvent source of every published delivery: /webhooks/<name>.

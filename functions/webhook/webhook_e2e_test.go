@@ -19,8 +19,8 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
 // e2eRecorder subscribes a recorder to the GitHub pushes the webhook publishes.

@@ -25,11 +25,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/broker"
-	"github.com/knfaas/knfaas/internal/deadletter"
-	"github.com/knfaas/knfaas/internal/process"
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
+	"github.com/knfaas/knfaas/internal/runtime/broker"
 )
 
 const (

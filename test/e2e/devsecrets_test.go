@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/knfaas/knfaas/internal/runtimetest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
 var devSecret = regexp.MustCompile(`^[0-9a-f]{64}$`)

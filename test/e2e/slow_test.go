@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
-	"github.com/knfaas/knfaas/internal/serving"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
+	"github.com/knfaas/knfaas/internal/runtime/serving"
 )
 
 const slowFixtures = "test/e2e/testdata/slow"

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
 const visibility = "test/e2e/testdata/visibility"

@@ -18,10 +18,10 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/deadletter"
-	"github.com/knfaas/knfaas/internal/redistest"
-	"github.com/knfaas/knfaas/internal/runtimetest"
-	"github.com/knfaas/knfaas/internal/sink"
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
 const (

@@ -14,9 +14,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"sigs.k8s.io/yaml"
 
-	"github.com/knfaas/knfaas/internal/process"
-	"github.com/knfaas/knfaas/internal/process/deadline"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 // world routes events between the real process engine (on a real redis-server) and the example

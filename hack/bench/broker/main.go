@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/knfaas/knfaas/internal/localhost"
+	"github.com/knfaas/knfaas/internal/runtime/localhost"
 )
 
 func main() {

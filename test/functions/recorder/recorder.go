@@ -33,7 +33,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // Function records events.

@@ -22,8 +22,8 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/projection"
-	"github.com/knfaas/knfaas/internal/redisconn"
+	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // TypeReorderRequested is the event consumed (emitted by examples/pos/functions/stock).

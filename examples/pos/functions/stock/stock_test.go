@@ -16,8 +16,8 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/projection"
-	"github.com/knfaas/knfaas/internal/redistest"
+	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 func startFunction(t *testing.T) (*Function, *redis.Client) {

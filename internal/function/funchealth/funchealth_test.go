@@ -1,0 +1,63 @@
+package funchealth_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+)
+
+func TestRedis(t *testing.T) {
+	tests := map[string]struct {
+		act         func(t *testing.T, h *funchealth.Redis, srv *redistest.Server)
+		wantReady   bool
+		wantRunning bool
+	}{
+		"before Started": {
+			act:       func(*testing.T, *funchealth.Redis, *redistest.Server) {},
+			wantReady: false,
+		},
+		"after Started": {
+			act:         func(t *testing.T, h *funchealth.Redis, srv *redistest.Server) { h.Started(srv.Client()) },
+			wantReady:   true,
+			wantRunning: true,
+		},
+		"Redis killed": {
+			act: func(t *testing.T, h *funchealth.Redis, srv *redistest.Server) {
+				h.Started(srv.Client())
+				srv.Kill()
+			},
+			wantReady:   false,
+			wantRunning: true,
+		},
+		"after Close": {
+			act: func(t *testing.T, h *funchealth.Redis, srv *redistest.Server) {
+				h.Started(srv.Client())
+				if err := h.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+			},
+			wantReady: false,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			srv := redistest.Start(t, redistest.Options{})
+			var h funchealth.Redis
+
+			tc.act(t, &h, srv)
+
+			ready, err := h.Ready(context.Background())
+			if err != nil || ready != tc.wantReady {
+				t.Errorf("Ready = %v, %v; want %v, nil", ready, err, tc.wantReady)
+			}
+			if h.Running() != tc.wantRunning {
+				t.Errorf("Running = %v; want %v", h.Running(), tc.wantRunning)
+			}
+			if alive, err := h.Alive(context.Background()); !alive || err != nil {
+				t.Errorf("Alive = %v, %v; want true, nil", alive, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,574 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/transformer"
+	"github.com/redis/go-redis/v9"
+	knbroker "knative.dev/eventing/pkg/broker"
+	"knative.dev/eventing/pkg/eventfilter"
+	"knative.dev/eventing/pkg/kncloudevents"
+	"knative.dev/eventing/pkg/kncloudevents/attributes"
+	"knative.dev/pkg/apis"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+
+	"github.com/knfaas/knfaas/internal/runtime/metrics"
+)
+
+// TriggerExtension names, on a dead letter, the trigger whose delivery failed
+// ("<namespace>/<name>"). Knative sets no such attribute; it is added only to dead letters.
+const TriggerExtension = "knfaastrigger"
+
+// ConsumerName is the name the runtime reads under in every consumer group. It is stable across
+// restarts so that a restarted runtime finds the entries it had read but not acknowledged.
+const ConsumerName = "knfaas"
+
+// Trigger is what a consumer needs of a Knative Trigger, resolved to addresses.
+type Trigger struct {
+	Namespace string
+	Name      string
+	Broker    string
+	// Filter decides which events are delivered; nil delivers all.
+	Filter     eventfilter.Filter
+	Subscriber duckv1.Addressable
+	// DeadLetter receives events whose delivery failed after retries; nil drops them, as Knative does.
+	DeadLetter *duckv1.Addressable
+	Retry      kncloudevents.RetryConfig
+	// ReplyURL is the broker ingress URL replies are sent to.
+	ReplyURL string
+}
+
+// Key is namespace/name.
+func (t *Trigger) Key() string { return t.Namespace + "/" + t.Name }
+
+// Group is the consumer group of the trigger on its broker's stream.
+func (t *Trigger) Group() string { return "trigger:" + t.Key() }
+
+// ConsumerOptions tune delivery.
+type ConsumerOptions struct {
+	// Parallelism bounds deliveries in flight per trigger.
+	Parallelism int
+	// RedeliverAfter is how long an entry may stay pending before it is delivered again (after a
+	// failure of both subscriber and dead-letter sink, or a crash).
+	RedeliverAfter time.Duration
+	// Block is how long one read waits for new entries.
+	Block time.Duration
+	// ShutdownGrace is how long deliveries in flight may go on once Run's context ends; after
+	// it they are cut off and handed back: left pending, redelivered after a restart.
+	ShutdownGrace time.Duration
+	// MaxRounds is how many rounds (a delivery with its retries, then the dead-letter sink with
+	// its retries) may fail for one event before it is parked: DefaultMaxRounds when 0.
+	MaxRounds int
+	// Parker takes events that can never be delivered. Without one they stay pending.
+	Parker Parker
+}
+
+// DefaultMaxRounds is the number of failed rounds after which an event is parked.
+const DefaultMaxRounds = 3
+
+// MaxParkedResponseBytes bounds the response bodies a Parked event keeps.
+const MaxParkedResponseBytes = 4 << 10
+
+// roundsTTL is how long the failed rounds of a Trigger's pending events are remembered after the
+// last one: a runtime stopped for longer starts counting again from zero.
+const roundsTTL = 7 * 24 * time.Hour
+
+// Reasons an event is parked.
+const (
+	// ParkUndeliverable: MaxRounds rounds in which both the subscriber and the dead-letter sink
+	// failed.
+	ParkUndeliverable = "undeliverable"
+	// ParkUndecodable: the stream entry holds no event this runtime can read.
+	ParkUndecodable = "undecodable"
+)
+
+// Parker takes an event off a Trigger that can never deliver it, where operators see it. The
+// entry is acknowledged only after Park returns nil; otherwise it stays pending and is parked
+// again on a later round. Park may therefore see the same entry more than once.
+type Parker interface {
+	Park(ctx context.Context, p Parked) error
+}
+
+// Parked is an event taken off a Trigger, with everything known about why.
+type Parked struct {
+	// Trigger and Broker are namespace/name.
+	Trigger, Broker string
+	// EntryID is the stream entry id (its first part is the acceptance time in milliseconds).
+	EntryID string
+	// Entry is the stream entry's fields as stored (see EncodeEntry): nothing is lost even when
+	// the entry cannot be decoded.
+	Entry map[string]string
+	// Event is the decoded event, nil when Reason is ParkUndecodable.
+	Event *cloudevents.Event
+	// Reason is ParkUndeliverable or ParkUndecodable; Detail says more.
+	Reason, Detail string
+	// SubscriberURL is where the event was delivered; SubscriberCode the last HTTP status (-1
+	// without a response), SubscriberBody the last response body (at most
+	// MaxParkedResponseBytes), SubscriberError the last error.
+	SubscriberURL   string
+	SubscriberCode  int
+	SubscriberBody  []byte
+	SubscriberError string
+	// DeadLetterURL is the Trigger's dead-letter sink, with its last status, body and error.
+	DeadLetterURL   string
+	DeadLetterCode  int
+	DeadLetterBody  []byte
+	DeadLetterError string
+	// Rounds is the number of failed rounds.
+	Rounds int
+	// Time is when the event was parked.
+	Time time.Time
+}
+
+// Consumer delivers one trigger's events.
+type Consumer struct {
+	t          *Trigger
+	rdb        redis.UniversalClient
+	dispatcher *kncloudevents.Dispatcher
+	log        *slog.Logger
+	metrics    *metrics.Runtime
+	opts       ConsumerOptions
+	stream     string
+	brokerKey  string
+	roundsKey  string
+
+	// deliverCtx outlives Run's context by ShutdownGrace.
+	deliverCtx context.Context
+
+	sem      chan struct{}
+	acks     chan ack
+	mu       sync.Mutex
+	inflight map[string]bool
+	wg       sync.WaitGroup
+}
+
+// NewConsumer returns a consumer for t. It keeps its own copy of t.
+func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatcher, log *slog.Logger, m *metrics.Runtime, opts ConsumerOptions) *Consumer {
+	if opts.Parallelism <= 0 {
+		opts.Parallelism = 128
+	}
+	if opts.RedeliverAfter <= 0 {
+		opts.RedeliverAfter = 30 * time.Second
+	}
+	if opts.Block <= 0 {
+		opts.Block = time.Second
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	if opts.MaxRounds <= 0 {
+		opts.MaxRounds = DefaultMaxRounds
+	}
+	tc := *t
+	stream := StreamKey(t.Namespace, t.Broker)
+	return &Consumer{
+		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", t.Namespace+"/"+t.Broker), metrics: m, opts: opts,
+		stream: stream, brokerKey: t.Namespace + "/" + t.Broker, roundsKey: RoundsKey(stream, tc.Group()),
+		sem: make(chan struct{}, opts.Parallelism), acks: make(chan ack, opts.Parallelism*2), inflight: map[string]bool{},
+	}
+}
+
+// RoundsKey is the Redis hash counting, per pending entry id, the failed rounds of one
+// consumer group. It expires roundsTTL after its last change.
+func RoundsKey(stream, group string) string {
+	return "knfaas:broker:rounds:" + stream + ":" + group
+}
+
+// Run delivers until ctx ends, then waits for deliveries in flight to finish.
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
+		return err
+	}
+	deliverCtx, cancelDeliveries := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelDeliveries()
+	c.deliverCtx = deliverCtx
+	go func() {
+		<-ctx.Done()
+		sleep(deliverCtx, c.opts.ShutdownGrace)
+		cancelDeliveries()
+	}()
+	ackDone := make(chan struct{})
+	go func() { c.ackLoop(); close(ackDone) }()
+	var loops sync.WaitGroup
+	loops.Add(2)
+	go func() { defer loops.Done(); c.readLoop(ctx) }()
+	go func() { defer loops.Done(); c.reclaimLoop(ctx) }()
+	loops.Wait()
+	c.wg.Wait()
+	close(c.acks)
+	<-ackDone
+	return nil
+}
+
+// readLoop first re-reads the entries this consumer had read but not acknowledged before a
+// restart, then new entries.
+func (c *Consumer) readLoop(ctx context.Context) {
+	cursor := "0"
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		res, err := c.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: c.t.Group(), Consumer: ConsumerName, Streams: []string{c.stream, cursor},
+			Count: int64(c.opts.Parallelism), Block: c.opts.Block,
+		}).Result()
+		if err != nil {
+			if errors.Is(err, redis.Nil) || ctx.Err() != nil {
+				continue
+			}
+			if isNoGroup(err) {
+				_ = EnsureGroup(ctx, c.rdb, c.stream, c.t.Group())
+			}
+			c.log.Warn("reading events failed; retrying", "error", err, "in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		n := 0
+		for _, s := range res {
+			for _, m := range s.Messages {
+				n++
+				c.dispatch(ctx, m, cursor != ">")
+			}
+		}
+		switch {
+		case cursor == ">":
+		case n == 0:
+			cursor = ">" // the history of this consumer is done; read new entries
+		default:
+			cursor = res[0].Messages[len(res[0].Messages)-1].ID
+		}
+	}
+}
+
+// reclaimLoop takes over entries pending longer than RedeliverAfter: deliveries whose
+// subscriber and dead-letter sink both failed, or that a crashed runtime left behind.
+func (c *Consumer) reclaimLoop(ctx context.Context) {
+	interval := c.opts.RedeliverAfter / 2
+	for sleep(ctx, interval) {
+		start := "0-0"
+		for ctx.Err() == nil {
+			msgs, next, err := c.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+				Stream: c.stream, Group: c.t.Group(), Consumer: ConsumerName, MinIdle: c.opts.RedeliverAfter, Start: start, Count: 100,
+			}).Result()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, redis.Nil) {
+					c.log.Warn("reclaiming pending events failed", "error", err)
+				}
+				break
+			}
+			for _, m := range msgs {
+				c.dispatch(ctx, m, true)
+			}
+			if next == "0-0" || next == "" {
+				break
+			}
+			start = next
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// dispatch starts the delivery of one entry unless it is already being delivered. redelivered
+// marks an entry read before (it may have failed rounds counted).
+func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage, redelivered bool) {
+	c.mu.Lock()
+	if c.inflight[m.ID] {
+		c.mu.Unlock()
+		return
+	}
+	c.inflight[m.ID] = true
+	c.mu.Unlock()
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		c.done(m.ID)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer func() { <-c.sem }()
+		// Deliveries in flight may finish within the shutdown grace: cutting them off would
+		// only cause a redelivery.
+		if c.deliver(c.deliverCtx, m) {
+			// The entry stays in flight until it is acknowledged: a reclaim in between would
+			// deliver it again.
+			c.acks <- ack{id: m.ID, forgetRounds: redelivered}
+			return
+		}
+		c.done(m.ID)
+	}()
+}
+
+// ack is an entry to acknowledge; forgetRounds drops its failed rounds too.
+type ack struct {
+	id           string
+	forgetRounds bool
+}
+
+func (c *Consumer) done(id string) {
+	c.mu.Lock()
+	delete(c.inflight, id)
+	c.mu.Unlock()
+}
+
+// deliver returns true when the entry may be acknowledged: the subscriber or the dead-letter
+// sink accepted it, the filter rejected it, or it was parked.
+func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
+	event, err := DecodeEntry(m.Values)
+	if err != nil {
+		return c.park(ctx, Parked{EntryID: m.ID, Entry: entryStrings(m.Values), Reason: ParkUndecodable, Detail: err.Error()})
+	}
+	log := c.log.With("event_id", event.ID(), "event_type", event.Type())
+	if c.t.Filter != nil && c.t.Filter.Filter(ctx, *event) == eventfilter.FailFilter {
+		c.metrics.EventsFiltered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		return true
+	}
+	// As the Knative broker filter: the TTL is not shown to the subscriber and is given back to
+	// its reply.
+	ttl, err := knbroker.GetTTL(event.Context)
+	if err != nil {
+		ttl = DefaultTTL
+	}
+	_ = knbroker.DeleteTTL(event.Context)
+	reply, err := apis.ParseURL(c.t.ReplyURL + "?" + ReplyTTLParam + "=" + strconv.Itoa(int(ttl)))
+	if err != nil {
+		log.Error("bad reply URL", "error", err)
+		return false
+	}
+	// The dispatcher sends the event in binary mode: the entry's data bytes are the body as
+	// they are, never re-marshalled.
+	retry, attempts := countSubscriberAttempts(c.t.Retry)
+	info, err := c.dispatcher.SendEvent(ctx, *event, c.t.Subscriber,
+		kncloudevents.WithRetryConfig(&retry),
+		kncloudevents.WithReply(&duckv1.Addressable{URL: reply}),
+	)
+	if *attempts > 1 {
+		c.metrics.EventsRetried.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+	}
+	if err != nil && ctx.Err() != nil {
+		log.Info("delivery cut off by shutdown; the event stays pending and is redelivered after a restart")
+		return false
+	}
+	if err == nil {
+		c.metrics.EventsDelivered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		c.metrics.DeliveryLatency.WithLabelValues(c.brokerKey, c.t.Key()).Observe(time.Since(entryTime(m.ID)).Seconds())
+		log.Debug("delivered")
+		return true
+	}
+	if info == nil {
+		info = &kncloudevents.DispatchInfo{ResponseCode: kncloudevents.NoResponse}
+	}
+	if c.t.DeadLetter == nil {
+		c.metrics.EventsDropped.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		log.Error("delivery failed and the trigger has no dead-letter sink: the event is dropped, as Knative does", "error", err)
+		return true
+	}
+	dlRetry := c.t.Retry
+	dlInfo, dlErr := c.dispatcher.SendEvent(ctx, *event, *c.t.DeadLetter,
+		kncloudevents.WithRetryConfig(&dlRetry),
+		kncloudevents.WithTransformers(append(ErrorTransformers(c.t.Subscriber.URL, info), transformer.AddExtension(TriggerExtension, c.t.Key()))...),
+	)
+	if dlErr != nil && ctx.Err() != nil {
+		log.Info("dead-lettering cut off by shutdown; the event stays pending and is redelivered after a restart")
+		return false
+	}
+	if dlErr == nil {
+		c.metrics.EventsDeadLettered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		log.Warn("delivery failed; sent to the dead-letter sink", "error", err, "code", info.ResponseCode)
+		return true
+	}
+	if dlInfo == nil {
+		dlInfo = &kncloudevents.DispatchInfo{ResponseCode: kncloudevents.NoResponse}
+	}
+	c.metrics.EventsFailed.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+	c.metrics.DeadLetterFailures.WithLabelValues(c.brokerKey, c.t.Key(), strconv.Itoa(dlInfo.ResponseCode)).Inc()
+	rounds, cerr := c.countRound(ctx, m.ID)
+	if cerr != nil {
+		log.Error("delivery and dead-lettering failed, and counting the failed round failed; the event stays pending and is redelivered",
+			"error", err, "dead_letter_error", dlErr, "count_error", cerr, "redeliver_after", c.opts.RedeliverAfter)
+		return false
+	}
+	why := "delivery and dead-lettering failed"
+	if dlInfo.ResponseCode == http.StatusServiceUnavailable {
+		why = "delivery failed and the dead-letter sink answered 503 (the dead-letter store is full or unavailable)"
+	}
+	if rounds < c.opts.MaxRounds {
+		log.Error(why+"; the event stays pending and is redelivered", "error", err, "code", info.ResponseCode,
+			"dead_letter_error", dlErr, "dead_letter_code", dlInfo.ResponseCode, "round", rounds, "max_rounds", c.opts.MaxRounds, "redeliver_after", c.opts.RedeliverAfter)
+		return false
+	}
+	return c.park(ctx, Parked{
+		EntryID: m.ID, Entry: entryStrings(m.Values), Event: event, Reason: ParkUndeliverable,
+		Detail:        fmt.Sprintf("%s in %d rounds: %v; dead-letter sink: %v", why, rounds, err, dlErr),
+		SubscriberURL: c.t.Subscriber.URL.String(), SubscriberCode: info.ResponseCode, SubscriberBody: bounded(info.ResponseBody), SubscriberError: err.Error(),
+		DeadLetterURL: c.t.DeadLetter.URL.String(), DeadLetterCode: dlInfo.ResponseCode, DeadLetterBody: bounded(dlInfo.ResponseBody), DeadLetterError: dlErr.Error(),
+		Rounds: rounds,
+	})
+}
+
+// park hands p to the Parker and reports whether the entry may be acknowledged.
+func (c *Consumer) park(ctx context.Context, p Parked) bool {
+	p.Trigger, p.Broker, p.Time = c.t.Key(), c.brokerKey, time.Now()
+	log := c.log.With("entry", p.EntryID, "reason", p.Reason, "detail", p.Detail, "rounds", p.Rounds)
+	if p.Event != nil {
+		log = log.With("event_id", p.Event.ID(), "event_type", p.Event.Type())
+	}
+	if c.opts.Parker == nil {
+		log.Error("the event can never be delivered and no parker is configured; it stays pending")
+		return false
+	}
+	if err := c.opts.Parker.Park(ctx, p); err != nil {
+		log.Error("parking the event failed; it stays pending and is parked on a later round", "error", err)
+		return false
+	}
+	c.metrics.EventsParked.WithLabelValues(c.brokerKey, c.t.Key(), p.Reason).Inc()
+	log.Error("event parked: taken off the trigger and acknowledged",
+		"subscriber_code", p.SubscriberCode, "dead_letter_code", p.DeadLetterCode)
+	return true
+}
+
+// countRound records a failed round of entry id and returns how many there were.
+func (c *Consumer) countRound(ctx context.Context, id string) (int, error) {
+	pipe := c.rdb.TxPipeline()
+	n := pipe.HIncrBy(ctx, c.roundsKey, id, 1)
+	pipe.Expire(ctx, c.roundsKey, roundsTTL)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, fmt.Errorf("counting failed rounds in %s: %w", c.roundsKey, err)
+	}
+	return int(n.Val()), nil
+}
+
+// countSubscriberAttempts returns a copy of rc for one SendEvent to a subscriber, and the
+// number of attempts made to the subscriber. The dispatcher uses rc for the subscriber and
+// then for the reply; the subscriber's attempts are those up to the first that is not retried
+// or the last one rc allows, each followed by one CheckRetry call.
+func countSubscriberAttempts(rc kncloudevents.RetryConfig) (kncloudevents.RetryConfig, *int) {
+	attempts := new(int)
+	done := false
+	check := rc.CheckRetry
+	rc.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		again, cerr := false, error(nil)
+		if check != nil {
+			again, cerr = check(ctx, resp, err)
+		}
+		if !done {
+			*attempts++
+			done = !again || *attempts > rc.RetryMax
+		}
+		return again, cerr
+	}
+	return rc, attempts
+}
+
+func bounded(b []byte) []byte {
+	if len(b) > MaxParkedResponseBytes {
+		b = b[:MaxParkedResponseBytes]
+	}
+	return append([]byte(nil), b...)
+}
+
+// entryStrings copies a stream entry's fields.
+func entryStrings(values map[string]any) map[string]string {
+	out := make(map[string]string, len(values))
+	for k, v := range values {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		} else {
+			out[k] = fmt.Sprint(v)
+		}
+	}
+	return out
+}
+
+// ErrorTransformers add the knativeerrordest, knativeerrorcode and knativeerrordata extensions
+// to a dead letter, with Knative's encoding: the failed response body in base64, truncated to
+// Knative's maximum length.
+func ErrorTransformers(dest *apis.URL, info *kncloudevents.DispatchInfo) binding.Transformers {
+	if info == nil {
+		info = &kncloudevents.DispatchInfo{ResponseCode: kncloudevents.NoResponse}
+	}
+	if dest == nil {
+		dest = &apis.URL{}
+	}
+	encoded := base64.StdEncoding.EncodeToString(info.ResponseBody)
+	if len(encoded) > attributes.KnativeErrorDataExtensionMaxLength {
+		encoded = encoded[:attributes.KnativeErrorDataExtensionMaxLength]
+	}
+	return attributes.KnativeErrorTransformers(*dest.URL(), info.ResponseCode, encoded)
+}
+
+// ackLoop acknowledges delivered entries in batches: one XACK for all entries finished since
+// the last one. Then it drops their failed rounds, and they are no longer in flight.
+func (c *Consumer) ackLoop() {
+	batch := make([]ack, 0, 256)
+	ids := make([]string, 0, cap(batch))
+	var forget []string
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		ids, forget = ids[:0], forget[:0]
+		for _, a := range batch {
+			ids = append(ids, a.id)
+			if a.forgetRounds {
+				forget = append(forget, a.id)
+			}
+		}
+		if err := c.rdb.XAck(context.Background(), c.stream, c.t.Group(), ids...).Err(); err != nil {
+			// Unacknowledged entries are redelivered later: at-least-once, never lost.
+			c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(ids), "error", err)
+		} else if len(forget) > 0 {
+			// The key's expiry collects what a failure here leaves behind.
+			if err := c.rdb.HDel(context.Background(), c.roundsKey, forget...).Err(); err != nil {
+				c.log.Debug("forgetting failed rounds failed", "count", len(forget), "error", err)
+			}
+		}
+		for _, id := range ids {
+			c.done(id)
+		}
+		batch = batch[:0]
+	}
+	for a := range c.acks {
+		batch = append(batch, a)
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case a, ok := <-c.acks:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, a)
+			default:
+				break drain
+			}
+		}
+		flush()
+	}
+	flush()
+}
+
+// String describes the trigger for start-up output.
+func (t *Trigger) String() string {
+	return fmt.Sprintf("%s: broker %s → %s", t.Key(), t.Broker, t.Subscriber.URL)
+}

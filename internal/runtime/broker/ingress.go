@@ -1,0 +1,306 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/format"
+	"github.com/cloudevents/sdk-go/v2/binding/spec"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/cloudevents/sdk-go/v2/types"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/api/resource"
+	knbroker "knative.dev/eventing/pkg/broker"
+
+	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/runtime/metrics"
+)
+
+// DefaultTTL is the number of broker hops an event may make before it is dropped, the value the
+// Knative MT broker ingress uses.
+const DefaultTTL = 255
+
+// MaxEventBytesAnnotation on a Broker sets the largest event, attributes and data as stored, its
+// ingress accepts: a byte count or a Kubernetes quantity ("1Mi"). It may lower the bound, not
+// raise it over eventsize.DefaultMaxEventBytes: every store an event reaches downstream (the
+// dead-letter store, the parked events) accepts that much and no more.
+const MaxEventBytesAnnotation = "knfaas.dev/max-event-bytes"
+
+// MaxEventBytesOf is the maximum event size a Broker with these annotations accepts:
+// MaxEventBytesAnnotation, or eventsize.DefaultMaxEventBytes without it.
+func MaxEventBytesOf(annotations map[string]string) (int64, error) {
+	v, ok := annotations[MaxEventBytesAnnotation]
+	if !ok {
+		return eventsize.DefaultMaxEventBytes, nil
+	}
+	n, err := ParseMaxEventBytes(v)
+	if err != nil {
+		return 0, fmt.Errorf("metadata.annotations[%s]: %w", MaxEventBytesAnnotation, err)
+	}
+	return n, nil
+}
+
+// ParseMaxEventBytes reads a MaxEventBytesAnnotation value.
+func ParseMaxEventBytes(v string) (int64, error) {
+	q, err := resource.ParseQuantity(strings.TrimSpace(v))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a byte count (e.g. 1048576 or 1Mi): %w", v, err)
+	}
+	n, ok := q.AsInt64()
+	if !ok || n <= 0 || n > eventsize.DefaultMaxEventBytes {
+		return 0, fmt.Errorf("%q is out of range: 1 to %d bytes", v, eventsize.DefaultMaxEventBytes)
+	}
+	return n, nil
+}
+
+// ReplyTTLParam carries the TTL of the event a reply answers; the reply gets it back, as the
+// Knative broker filter reattaches it, so reply loops end.
+const ReplyTTLParam = "knfaas-ttl"
+
+// Ingress accepts events for brokers at /<namespace>/<broker>.
+type Ingress struct {
+	store   *Store
+	log     *slog.Logger
+	metrics *metrics.Runtime
+
+	mu sync.RWMutex
+	// brokers holds the maximum event size of each known broker.
+	brokers map[string]int64
+	// full marks brokers whose backlog is over the limit: they refuse events with 503 until
+	// their triggers catch up.
+	full map[string]bool
+}
+
+// NewIngress returns an ingress for no brokers; Add registers them.
+func NewIngress(store *Store, log *slog.Logger, m *metrics.Runtime) *Ingress {
+	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]int64{}, full: map[string]bool{}}
+}
+
+// Add makes a broker known. It accepts events of up to maxEventBytes (attributes and data, as
+// stored); 0 means eventsize.DefaultMaxEventBytes.
+func (in *Ingress) Add(namespace, name string, maxEventBytes int64) {
+	if maxEventBytes <= 0 {
+		maxEventBytes = eventsize.DefaultMaxEventBytes
+	}
+	in.mu.Lock()
+	in.brokers[namespace+"/"+name] = maxEventBytes
+	in.mu.Unlock()
+}
+
+// Path is the ingress path of a broker.
+func Path(namespace, name string) string { return "/" + namespace + "/" + name }
+
+// ServeHTTP stores a binary or structured CloudEvent and answers 202 once it is durable.
+func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	if len(parts) != 2 {
+		http.Error(w, "broker ingress paths are /<namespace>/<broker>", http.StatusNotFound)
+		return
+	}
+	key := parts[0] + "/" + parts[1]
+	in.mu.RLock()
+	maxBytes, full := in.brokers[key], in.full[key]
+	in.mu.RUnlock()
+	if maxBytes == 0 {
+		http.Error(w, fmt.Sprintf("broker %s not found", key), http.StatusNotFound)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "broker ingress accepts only POST", http.StatusMethodNotAllowed)
+		return
+	}
+	if full {
+		in.metrics.EventsRejected.WithLabelValues(key, "503").Inc()
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, fmt.Sprintf("broker %s has reached its backlog limit; its triggers are behind: retry later", key), http.StatusServiceUnavailable)
+		return
+	}
+	status, err := in.receive(r.Context(), w, r, parts[0], parts[1], maxBytes)
+	if err != nil {
+		in.metrics.EventsRejected.WithLabelValues(key, strconv.Itoa(status)).Inc()
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+			in.log.Error("storing event failed", "broker", key, "error", err)
+		}
+		http.Error(w, err.Error(), status)
+		return
+	}
+	in.metrics.EventsAccepted.WithLabelValues(key).Inc()
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.Request, namespace, name string, maxBytes int64) (int, error) {
+	// A binary-mode body is the data; a structured-mode body also holds the attributes and may
+	// carry the data base64-encoded or JSON-escaped, so it may be larger than what is stored.
+	structured := format.Lookup(r.Header.Get("Content-Type")) != nil
+	bodyLimit := maxBytes
+	if structured {
+		bodyLimit = 2 * maxBytes
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, bodyLimit)
+	msg := cehttp.NewMessageFromHttpRequest(r)
+	defer msg.Finish(nil)
+	if msg.ReadEncoding() == binding.EncodingUnknown {
+		return http.StatusBadRequest, errors.New("not a CloudEvent: send binary mode (ce-* headers) or structured mode (Content-Type: application/cloudevents+json)")
+	}
+	event, err := binding.ToEvent(ctx, msg)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			what := "event data (the binary-mode body)"
+			if structured {
+				what = "structured-mode event (twice the stored maximum: base64 and JSON escaping grow data)"
+			}
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("%s larger than %d bytes; broker %s/%s accepts events of at most %d bytes (%s)",
+				what, bodyLimit, namespace, name, maxBytes, MaxEventBytesAnnotation)
+		}
+		if isTimeout(err) {
+			// The body did not arrive within the server's read timeout: the connection can carry
+			// nothing more, so it is closed with the answer.
+			w.Header().Set("Connection", "close")
+			return http.StatusRequestTimeout, fmt.Errorf("the event's body did not arrive in time: %w", err)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			w.Header().Set("Connection", "close")
+		}
+		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
+	}
+	if err := event.Validate(); err != nil {
+		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
+	}
+	if err := checkAttributeSizes(event); err != nil {
+		return http.StatusBadRequest, err
+	}
+	if structured && !event.DataBase64 && len(event.DataEncoded) > 0 && isJSONMediaType(event.DataMediaType()) {
+		// The SDK keeps the whitespace between "data": and the value; it is the envelope's,
+		// not the data's.
+		event.DataEncoded = bytes.TrimLeft(event.DataEncoded, jsonSpace)
+	}
+	if v := r.URL.Query().Get(ReplyTTLParam); v != "" {
+		if ttl, err := strconv.Atoi(v); err == nil {
+			_ = knbroker.SetTTL(event.Context, int32(ttl))
+		}
+	}
+	*event = knbroker.TTLDefaulter(zap.NewNop(), DefaultTTL)(ctx, *event)
+	if ttl, err := knbroker.GetTTL(event.Context); err != nil || ttl <= 0 {
+		return http.StatusBadRequest, fmt.Errorf("event %s exhausted its broker TTL (%s): a reply loop?", event.ID(), knbroker.TTLAttribute)
+	}
+	entry, err := EncodeEntry(event)
+	if err != nil {
+		return http.StatusBadRequest, err
+	}
+	if int64(entry.Size()) > maxBytes {
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("event %s is %d bytes (attributes and data); broker %s/%s accepts events of at most %d bytes (%s)",
+			event.ID(), entry.Size(), namespace, name, maxBytes, MaxEventBytesAnnotation)
+	}
+	if _, err := in.store.Append(ctx, StreamKey(namespace, name), entry.Fields()...); err != nil {
+		return http.StatusServiceUnavailable, err
+	}
+	return http.StatusAccepted, nil
+}
+
+// checkAttributeSizes refuses an event no subscriber could receive: in binary mode every
+// attribute travels as an HTTP header, and servers and proxies bound headers.
+func checkAttributeSizes(e *cloudevents.Event) error {
+	total := 0
+	largest, largestSize := "", 0
+	add := func(name string, value any) error {
+		s, err := types.Format(value)
+		if err != nil {
+			return fmt.Errorf("invalid CloudEvent: attribute %q: %w", name, err)
+		}
+		if len(s) > eventsize.MaxAttributeValueBytes {
+			return fmt.Errorf("attribute %q is %d bytes; an attribute value may be at most %d bytes (it travels as an HTTP header)",
+				name, len(s), eventsize.MaxAttributeValueBytes)
+		}
+		total += len(name) + len(s)
+		if len(s) > largestSize {
+			largest, largestSize = name, len(s)
+		}
+		return nil
+	}
+	for _, a := range spec.VS.Version(e.SpecVersion()).Attributes() {
+		if v := a.Get(e.Context); v != nil {
+			if err := add(a.Name(), v); err != nil {
+				return err
+			}
+		}
+	}
+	for name, v := range e.Extensions() {
+		if err := add(name, v); err != nil {
+			return err
+		}
+	}
+	if total > eventsize.MaxAttributesBytes {
+		return fmt.Errorf("attributes are %d bytes together (largest: %q, %d bytes); an event's attribute names and values may be at most %d bytes (they travel as HTTP headers)",
+			total, largest, largestSize, eventsize.MaxAttributesBytes)
+	}
+	return nil
+}
+
+// Maintain trims every broker's stream of the entries all its triggers have acknowledged and
+// marks a broker full while its stream still holds more than maxBacklog entries, every
+// interval until ctx ends. Nothing pending is ever trimmed: a full broker pushes back on
+// senders instead.
+func (in *Ingress) Maintain(ctx context.Context, rdb redis.UniversalClient, interval time.Duration, maxBacklog int64) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		in.maintainOnce(ctx, rdb, maxBacklog)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (in *Ingress) maintainOnce(ctx context.Context, rdb redis.UniversalClient, maxBacklog int64) {
+	in.mu.RLock()
+	keys := make([]string, 0, len(in.brokers))
+	for k := range in.brokers {
+		keys = append(keys, k)
+	}
+	in.mu.RUnlock()
+	for _, key := range keys {
+		ns, name, _ := strings.Cut(key, "/")
+		stream := StreamKey(ns, name)
+		if _, err := Trim(ctx, rdb, stream); err != nil {
+			in.log.Warn("trimming broker stream failed", "broker", key, "error", err)
+			continue
+		}
+		n, err := rdb.XLen(ctx, stream).Result()
+		if err != nil {
+			continue
+		}
+		full := maxBacklog > 0 && n > maxBacklog
+		in.mu.Lock()
+		was := in.full[key]
+		in.full[key] = full
+		in.mu.Unlock()
+		if full != was {
+			in.log.Warn("broker backlog limit", "broker", key, "entries", n, "limit", maxBacklog, "refusing_events", full)
+		}
+	}
+}
+
+// isTimeout reports a read that hit a deadline (the server's read timeout).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}

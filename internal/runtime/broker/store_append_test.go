@@ -1,0 +1,349 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+)
+
+func quietStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
+	return NewStore(rdb, append([]StoreOption{WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)...)
+}
+
+// TestAppendScriptDeadline calls the append script directly: once Redis' clock is past the
+// deadline it refuses and stores nothing.
+func TestAppendScriptDeadline(t *testing.T) {
+	cases := map[string]struct {
+		deadline time.Duration // from now
+		stored   bool
+	}{
+		"deadline passed": {deadline: -time.Second, stored: false},
+		"deadline ahead":  {deadline: time.Minute, stored: true},
+	}
+	for backend, start := range storeBackends {
+		t.Run(backend, func(t *testing.T) {
+			_, client := start(t)
+			rdb := client()
+			ctx := context.Background()
+			for name, c := range cases {
+				t.Run(name, func(t *testing.T) {
+					stream := StreamKey("ns", strings.ReplaceAll(name, " ", "-"))
+					deadline := time.Now().Add(c.deadline).UnixMicro()
+					id, err := appendScript.Run(ctx, rdb, []string{stream}, deadline, eventField, "x", "v", "2").Text()
+					n := rdb.XLen(ctx, stream).Val()
+					if !c.stored {
+						if !redis.HasErrorPrefix(err, errLatePrefix) {
+							t.Fatalf("script answered %q, %v; want a %s error", id, err, errLatePrefix)
+						}
+						if n != 0 {
+							t.Fatalf("the refused script stored %d entries", n)
+						}
+						return
+					}
+					if err != nil || n != 1 {
+						t.Fatalf("script answered %q, %v and the stream holds %d entries; want one entry", id, err, n)
+					}
+					msgs, _ := rdb.XRange(ctx, stream, "-", "+").Result()
+					if got := msgs[0].Values; got[eventField] != "x" || got["v"] != "2" || msgs[0].ID != id {
+						t.Fatalf("stored %s %v; want %s with both fields", msgs[0].ID, got, id)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestAppendRedisStopped appends while redis-server is stopped with SIGSTOP: every append
+// fails with ErrAppendTimeout without waiting for Redis, none of them is stored once Redis
+// resumes, and appends after that succeed.
+func TestAppendRedisStopped(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client() // go-redis defaults: 3 s read timeout, 3 retries
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const timeout = time.Second
+	store := quietStore(rdb, WithAppendTimeout(timeout), WithClockMargin(300*time.Millisecond))
+	go store.Run(ctx, 4)
+	stream := StreamKey("ns", "stopped")
+	if _, err := store.Append(ctx, stream, eventField, "before"); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Stop()
+	stopped := time.Now()
+	const n = 40
+	errs := make(chan error, n)
+	var slowest atomic.Int64
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			_, err := store.Append(ctx, stream, eventField, fmt.Sprint("during-", i))
+			if d := int64(time.Since(stopped)); d > slowest.Load() {
+				slowest.Store(d)
+			}
+			errs <- err
+		}(i)
+	}
+	watchdog := time.After(30 * time.Second) // only to end the test; Append is bounded by its timeout
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrAppendTimeout) {
+				srv.Cont()
+				t.Fatalf("append while redis was stopped returned %v; want ErrAppendTimeout", err)
+			}
+		case <-watchdog:
+			srv.Cont()
+			t.Fatalf("appends while redis was stopped had not returned after 30s (timeout %s)", timeout)
+		}
+	}
+	t.Logf("%d appends while redis was stopped failed, the last %s after SIGSTOP (timeout %s)", n, time.Duration(slowest.Load()), timeout)
+
+	srv.Cont()
+	for i := 0; i < 5; i++ {
+		if _, err := store.Append(ctx, stream, eventField, fmt.Sprint("after-", i)); err != nil {
+			t.Fatalf("append %d after redis resumed: %v", i, err)
+		}
+	}
+	// Wait until Redis has read every request sent while it was stopped.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		clients, err := rdb.ClientList(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allZeroQbuf(clients) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis still has unread requests after 10s:\n%s", clients)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	msgs, err := rdb.XRange(ctx, stream, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range msgs {
+		got = append(got, fmt.Sprint(m.Values[eventField]))
+	}
+	want := "before after-0 after-1 after-2 after-3 after-4"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("the stream holds %v; want %s: appends that failed while redis was stopped must never be stored", got, want)
+	}
+}
+
+func allZeroQbuf(clients string) bool {
+	for _, line := range strings.Split(strings.TrimSpace(clients), "\n") {
+		if strings.Contains(line, "cmd=client|list") {
+			continue // the connection asking
+		}
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "qbuf=") && f != "qbuf=0" {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// holdProxy forwards connections to a Redis server until a client sends marker: from then on
+// it holds everything that client sends, answering nothing as a hung server would, and counts
+// how often marker was sent. Release forwards what it held and waits for Redis' answer.
+type holdProxy struct {
+	ln      net.Listener
+	backend string
+	marker  []byte
+	sent    atomic.Int64
+	mu      sync.Mutex
+	held    []byte
+}
+
+func startHoldProxy(t *testing.T, backend string, marker string) *holdProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &holdProxy{ln: ln, backend: backend, marker: []byte(marker)}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *holdProxy) serve(c net.Conn) {
+	defer c.Close()
+	b, err := net.Dial("tcp", p.backend)
+	if err != nil {
+		return
+	}
+	defer b.Close()
+	go func() { _, _ = io.Copy(c, b) }()
+	buf := make([]byte, 64<<10)
+	holding := false
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			if k := bytes.Count(chunk, p.marker); k > 0 {
+				p.sent.Add(int64(k))
+				holding = true
+			}
+			if holding {
+				p.mu.Lock()
+				p.held = append(p.held, chunk...)
+				p.mu.Unlock()
+			} else if _, err := b.Write(chunk); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// release sends what was held to Redis on a new connection and reads its answer.
+func (p *holdProxy) release(t *testing.T) string {
+	p.mu.Lock()
+	held := p.held
+	p.held = nil
+	p.mu.Unlock()
+	b, err := net.Dial("tcp", p.backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Write(held); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	answer := make([]byte, 4096)
+	n, err := b.Read(answer)
+	if err != nil {
+		t.Fatalf("reading redis' answer to the held requests: %v", err)
+	}
+	return string(answer[:n])
+}
+
+// TestAppendNeverSentTwice appends through a connection that hangs once the append is sent:
+// go-redis must not resend it after its read timeout (a resent XADD stores the event twice),
+// the append fails at its deadline, and when the held request finally reaches Redis it is
+// refused.
+func TestAppendNeverSentTwice(t *testing.T) {
+	m := miniredis.RunT(t)
+	const hang = "ns/hang-marker"
+	proxy := startHoldProxy(t, m.Addr(), hang)
+	// go-redis defaults except a short read timeout: a pipeline that times out is retried
+	// MaxRetries (3) times unless it says otherwise.
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String(), ReadTimeout: 200 * time.Millisecond, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 2 * time.Millisecond})
+	defer rdb.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := quietStore(rdb, WithAppendTimeout(time.Second), WithClockMargin(200*time.Millisecond))
+	go store.Run(ctx, 1)
+	if _, err := store.Append(ctx, StreamKey("ns", "warm"), eventField, "x"); err != nil {
+		t.Fatal(err)
+	}
+
+	stream := StreamKey("ns", hang)
+	_, err := store.Append(ctx, stream, eventField, "x")
+	if err == nil {
+		t.Fatal("append through a hung connection succeeded")
+	}
+	if n := proxy.sent.Load(); n != 1 {
+		t.Fatalf("the append was sent %d times; want once", n)
+	}
+	if !errors.Is(err, ErrAppendTimeout) {
+		t.Fatalf("append through a hung connection returned %v; want ErrAppendTimeout (its outcome was unknown until the deadline)", err)
+	}
+	answer := proxy.release(t)
+	if !strings.Contains(answer, errLatePrefix) {
+		t.Fatalf("redis answered %q to the late append; want a %s refusal", answer, errLatePrefix)
+	}
+	if m.Exists(stream) {
+		t.Fatalf("the failed append was stored once it reached redis")
+	}
+}
+
+// TestAppendWithoutRun checks that Append returns at its deadline when no writer runs (Run
+// has returned), and that nothing is stored.
+func TestAppendWithoutRun(t *testing.T) {
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	store := quietStore(rdb, WithAppendTimeout(300*time.Millisecond), WithClockMargin(100*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	store.Run(ctx, 2) // returns at once
+	stream := StreamKey("ns", "no-writer")
+	if _, err := store.Append(context.Background(), stream, eventField, "x"); !errors.Is(err, ErrAppendTimeout) {
+		t.Fatalf("append without a running store returned %v; want ErrAppendTimeout", err)
+	}
+	if m.Exists(stream) {
+		t.Fatal("the failed append was stored")
+	}
+}
+
+// TestAppendFields checks that Append stores a multi-field entry and refuses a field list
+// that is not pairs.
+func TestAppendFields(t *testing.T) {
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := quietStore(rdb)
+	go store.Run(ctx, 1)
+	cases := map[string]struct {
+		fields []any
+		want   map[string]any
+	}{
+		"one field":    {fields: []any{eventField, []byte("data")}, want: map[string]any{eventField: "data"}},
+		"three fields": {fields: []any{"v", "2", eventField, []byte{0, 1, 2}, "size", 3}, want: map[string]any{"v": "2", eventField: "\x00\x01\x02", "size": "3"}},
+		"odd":          {fields: []any{eventField}},
+		"none":         {},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			stream := StreamKey("ns", strings.ReplaceAll(name, " ", "-"))
+			id, err := store.Append(ctx, stream, c.fields...)
+			if c.want == nil {
+				if err == nil {
+					t.Fatalf("append of %d fields succeeded; want an error", len(c.fields))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs, err := rdb.XRange(ctx, stream, id, id).Result()
+			if err != nil || len(msgs) != 1 {
+				t.Fatalf("reading %s: %v %v", id, msgs, err)
+			}
+			if fmt.Sprint(msgs[0].Values) != fmt.Sprint(c.want) {
+				t.Fatalf("stored %v; want %v", msgs[0].Values, c.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/runtime/localhost"
+)
+
+func newSendCommand() *cobra.Command {
+	var (
+		to, brokerRef, serviceRef, addr   string
+		id, typ, source, subject, dataArg string
+		contentType                       string
+		extensions                        []string
+		timeout                           time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "send --type TYPE [--data @FILE|-|TEXT] [flags]",
+		Short: "Post a CloudEvent (binary mode) to a broker or a service",
+		Example: `  knfaas send --type dev.knfaas.example.pos.sale.recorded --subject SKU-1 --data '{"store":"s1","quantity":2}'
+  knfaas send --service knfaas/webhook --type t --data @event.json
+  echo '{}' | knfaas send --to http://127.0.0.1:8080/knfaas/default --type t --data -`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			target, err := sendTarget(to, brokerRef, serviceRef, addr)
+			if err != nil {
+				return err
+			}
+			if typ == "" {
+				return fmt.Errorf("--type is required")
+			}
+			e := cloudevents.NewEvent()
+			if id == "" {
+				id = uuid.NewString()
+			}
+			e.SetID(id)
+			e.SetType(typ)
+			e.SetSource(source)
+			e.SetTime(time.Now())
+			if subject != "" {
+				e.SetSubject(subject)
+			}
+			for _, kv := range extensions {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--extension %q: want name=value", kv)
+				}
+				e.SetExtension(k, v)
+			}
+			if dataArg != "" {
+				data, err := readData(dataArg, cmd.InOrStdin())
+				if err != nil {
+					return fmt.Errorf("--data: %w", err)
+				}
+				if err := e.SetData(contentType, data); err != nil {
+					return fmt.Errorf("--data: %w", err)
+				}
+			}
+			if err := e.Validate(); err != nil {
+				return fmt.Errorf("invalid event: %w", err)
+			}
+			s, err := sink.NewWithTransport(target, timeout, localhost.Transport())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			if err := s.Send(ctx, e); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "sent %s (type %s) to %s\n", e.ID(), e.Type(), target)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&to, "to", "", "target URL (overrides --broker and --service)")
+	f.StringVar(&brokerRef, "broker", "knfaas/default", "target broker as namespace/name")
+	f.StringVar(&serviceRef, "service", "", "target Knative Service as namespace/name (instead of a broker)")
+	f.StringVar(&addr, "addr", "127.0.0.1:8080", "address of knfaas up")
+	f.StringVar(&id, "id", "", "event id (default: a new UUID)")
+	f.StringVar(&typ, "type", "", "event type (required)")
+	f.StringVar(&source, "source", "/knfaas/cli", "event source")
+	f.StringVar(&subject, "subject", "", "event subject")
+	f.StringVar(&dataArg, "data", "", "event data: text, @FILE, or - for standard input")
+	f.StringVar(&contentType, "content-type", "application/json", "content type of the data")
+	f.StringArrayVarP(&extensions, "extension", "e", nil, "extension attribute name=value (repeatable)")
+	f.DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the answer")
+	return cmd
+}
+
+func sendTarget(to, brokerRef, serviceRef, addr string) (string, error) {
+	if to != "" {
+		return to, nil
+	}
+	_, port, ok := strings.Cut(addr, ":")
+	if !ok {
+		return "", fmt.Errorf("--addr %q: want host:port", addr)
+	}
+	if serviceRef != "" {
+		ns, name, ok := strings.Cut(serviceRef, "/")
+		if !ok || ns == "" || name == "" {
+			return "", fmt.Errorf("--service %q: want namespace/name", serviceRef)
+		}
+		return fmt.Sprintf("http://%s.%s.localhost:%s/", name, ns, port), nil
+	}
+	ns, name, ok := strings.Cut(brokerRef, "/")
+	if !ok || ns == "" || name == "" {
+		return "", fmt.Errorf("--broker %q: want namespace/name", brokerRef)
+	}
+	return fmt.Sprintf("http://%s/%s/%s", addr, ns, name), nil
+}
+
+func readData(arg string, stdin io.Reader) ([]byte, error) {
+	switch {
+	case arg == "-":
+		return io.ReadAll(stdin)
+	case strings.HasPrefix(arg, "@"):
+		return os.ReadFile(arg[1:])
+	}
+	return []byte(arg), nil
+}

@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // profiles for --pprof-addr
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/runtime/broker"
+	"github.com/knfaas/knfaas/internal/runtime/embedded"
+	"github.com/knfaas/knfaas/internal/runtime/serving"
+)
+
+// defaultPaths are the platform's own manifests, loaded unless --defaults=false.
+var defaultPaths = []string{"config", "triggers"}
+
+func newUpCommand() *cobra.Command {
+	var (
+		paths          []string
+		defaults       bool
+		addr           string
+		idle           time.Duration
+		redeliverAfter time.Duration
+		parallelism    int
+		logLevel       string
+		cacheDir       string
+		stateDir       string
+		runDir         string
+		pprofAddr      string
+		startTimeout   time.Duration
+		maxBacklog     int64
+		appendTimeout  time.Duration
+		parkAfter      int
+	)
+	cmd := &cobra.Command{
+		Use:   "up [-f PATH]...",
+		Short: "Run the manifests on this machine: functions as processes, brokers on Redis Streams",
+		Long: `Runs config/ and triggers/ (plus every -f file or folder) on this machine, with no Kubernetes:
+Knative Services become processes built from their ko:// import paths, started on the first
+request and stopped after the idle window; Brokers are durable on Redis Streams; each Trigger
+is a consumer group delivering with Knative's filters, retries and dead-letter semantics;
+PingSources fire on their schedules.
+
+Secrets: every CHANGE-ME placeholder of a loaded Secret is replaced by a random development
+secret, generated on first start and kept in <state-dir>/dev-secrets.json (0600).
+
+Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
+(miniredis) runs in-process and its data is lost on exit.
+
+Run it from the module root (ko:// paths are built with go build there).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			all := paths
+			if defaults {
+				all = append(append([]string{}, defaultPaths...), paths...)
+			}
+			if len(all) == 0 {
+				return fmt.Errorf("no manifests: pass -f PATH or leave --defaults on")
+			}
+			if parkAfter < 1 {
+				return fmt.Errorf("--park-after: %d is not a number of rounds (1 or more)", parkAfter)
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if cacheDir == "" {
+				base, err := os.UserCacheDir()
+				if err != nil {
+					base = os.TempDir()
+				}
+				cacheDir = filepath.Join(base, "knfaas", "bin")
+			}
+			if stateDir == "" {
+				d, err := embedded.DefaultStateDir()
+				if err != nil {
+					return err
+				}
+				stateDir = d
+			}
+			if runDir == "" {
+				runDir = filepath.Join(stateDir, embedded.RunsDir)
+			}
+			run, stale, err := embedded.NewRunDir(runDir)
+			for _, d := range stale {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s: left by a run that did not exit cleanly\n", d)
+			}
+			if err != nil {
+				return err
+			}
+			defer func() {
+				if err := run.Remove(); err != nil {
+					log.Error("removing the per-run state", "error", err)
+				}
+			}()
+			fmt.Fprintf(cmd.OutOrStdout(), "state: %s (kept); this run: %s (removed on exit)\n", stateDir, run.Path)
+			if os.Getenv("GOGC") == "" {
+				// The runtime allocates per event and has memory to spare: collecting less often
+				// buys delivery throughput. GOGC in the environment wins.
+				debug.SetGCPercent(400)
+			}
+			if pprofAddr != "" {
+				go func() {
+					// net/http/pprof registers on the default mux; serve it on its own address only.
+					srv := serving.NewServer(http.DefaultServeMux)
+					srv.Addr = pprofAddr
+					if err := srv.ListenAndServe(); err != nil {
+						log.Error("pprof listener failed", "error", err)
+					}
+				}()
+			}
+			wd, err := os.Getwd()
+			if err != nil {
+				return err
+			}
+			return embedded.Run(cmd.Context(), embedded.Options{
+				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
+				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
+				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
+				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&paths, "file", "f", nil, "manifest file or folder to load as well (repeatable), e.g. examples/pos")
+	f.BoolVar(&defaults, "defaults", true, "load config/ and triggers/ too; --defaults=false loads only the -f paths")
+	f.StringVar(&addr, "addr", "127.0.0.1:8080", "address of the ingress, broker ingress and /metrics")
+	f.DurationVar(&idle, "idle", 30*time.Second, "scale-to-zero window: an instance idle this long is stopped (min-scale permitting)")
+	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
+	f.DurationVar(&redeliverAfter, "redeliver-after", 30*time.Second, "a delivery pending this long (both subscriber and dead-letter sink failed, or a crash) is attempted again")
+	f.DurationVar(&appendTimeout, "append-timeout", broker.DefaultAppendTimeout, "a broker ingress answers 503 when redis has not stored an event within this; such an event is never stored later")
+	f.IntVar(&parkAfter, "park-after", broker.DefaultMaxRounds, "an event whose subscriber and dead-letter sink both failed this many rounds (one every --redeliver-after) is parked in the dead-letter store, so it never blocks its trigger")
+	f.Int64Var(&maxBacklog, "max-backlog", 1_000_000, "a broker whose stream holds more events than this (not yet acknowledged by every trigger) answers 503 until its triggers catch up; 0 is no limit")
+	f.IntVar(&parallelism, "parallelism", 128, "deliveries in flight per trigger")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&cacheDir, "cache-dir", "", "where built function binaries are cached (default: the user cache dir)")
+	f.StringVar(&stateDir, "state-dir", "", "persistent local state: the development secrets that replace CHANGE-ME placeholders, kept across runs (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
+	f.StringVar(&runDir, "run-dir", "", "where each run keeps its projected volumes and instance files, removed on exit and, after a crash, at the next start (default <state-dir>/runs)")
+	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles of the runtime on this address (debugging)")
+	return cmd
+}

@@ -1,0 +1,375 @@
+package serving
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var echoBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "serving-test")
+	if err != nil {
+		panic(err)
+	}
+	b := &Builder{Dir: "../../..", CacheDir: dir}
+	built, err := b.Build(context.Background(), []string{"github.com/knfaas/knfaas/test/functions/echo"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "building echo:", err)
+		os.Exit(1)
+	}
+	echoBinary = built[0].Binary
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type countingObserver struct {
+	coldStarts atomic.Int64
+	maxSeen    atomic.Int64
+}
+
+func (o *countingObserver) ColdStart(string, string, time.Duration) { o.coldStarts.Add(1) }
+func (o *countingObserver) SetInstances(_, _ string, n int) {
+	for {
+		m := o.maxSeen.Load()
+		if int64(n) <= m || o.maxSeen.CompareAndSwap(m, int64(n)) {
+			return
+		}
+	}
+}
+
+func startService(t *testing.T, spec Spec) (*Service, *httptest.Server, *countingObserver) {
+	t.Helper()
+	svc, obs := newService(t, spec)
+	return svc, runService(t, svc, svc), obs
+}
+
+// newService returns a Service of the echo function with test defaults.
+func newService(t *testing.T, spec Spec) (*Service, *countingObserver) {
+	t.Helper()
+	spec.Namespace, spec.Name = "test", t.Name()
+	if spec.Binary == "" {
+		spec.Binary = echoBinary
+	}
+	if spec.ReadinessPath == "" {
+		spec.ReadinessPath = "/health/readiness"
+	}
+	if spec.IdleTimeout == 0 {
+		spec.IdleTimeout = time.Minute
+	}
+	obs := &countingObserver{}
+	return NewService(spec, slog.New(slog.NewTextHandler(io.Discard, nil)), obs), obs
+}
+
+// runService runs svc until the test ends and serves h (svc, or a handler calling it) on a test
+// server configured as the runtime's (NewServer).
+func runService(t *testing.T, svc *Service, h http.Handler) *httptest.Server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx); close(done) }()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config = NewServer(h)
+	srv.Start()
+	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	return srv
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not happen within 15s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestColdStartThenScaleToZero(t *testing.T) {
+	svc, srv, obs := startService(t, Spec{IdleTimeout: 200 * time.Millisecond, Env: []string{"GREETING=hello"}})
+	if n := svc.Instances(); n != 0 {
+		t.Fatalf("instances before the first request = %d, want 0 (min-scale 0)", n)
+	}
+
+	code, body := get(t, srv.URL+"/env?name=GREETING")
+
+	if code != 200 || body != "hello" {
+		t.Fatalf("first request: %d %q, want 200 \"hello\" (buffered through the cold start)", code, body)
+	}
+	if obs.coldStarts.Load() != 1 {
+		t.Errorf("cold starts = %d, want 1", obs.coldStarts.Load())
+	}
+	eventually(t, "scale to zero", func() bool { return svc.Instances() == 0 })
+}
+
+func TestReadinessIsAwaited(t *testing.T) {
+	_, srv, _ := startService(t, Spec{Env: []string{"ECHO_READY_DELAY=300ms"}})
+	code, _ := get(t, srv.URL+"/pid")
+	if code != 200 {
+		t.Fatalf("request during a slow start answered %d, want 200 after readiness", code)
+	}
+}
+
+func TestMinScaleKeepsInstancesWarm(t *testing.T) {
+	svc, _, _ := startService(t, Spec{MinScale: 2, IdleTimeout: 50 * time.Millisecond})
+	eventually(t, "two warm instances", func() bool { return svc.Instances() == 2 })
+	time.Sleep(300 * time.Millisecond) // several idle windows
+	if n := svc.Instances(); n != 2 {
+		t.Fatalf("instances after idle windows = %d, want min-scale 2", n)
+	}
+}
+
+func TestConcurrencyBounds(t *testing.T) {
+	tests := []struct {
+		name          string
+		cc, maxScale  int
+		requests      int
+		wantInstances int64
+	}{
+		{name: "one slot queues the rest", cc: 1, maxScale: 1, requests: 5, wantInstances: 1},
+		{name: "two instances of one slot", cc: 1, maxScale: 2, requests: 6, wantInstances: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, srv, obs := startService(t, Spec{ContainerConcurrency: tc.cc, MaxScale: tc.maxScale})
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			for i := 0; i < tc.requests; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, err := http.Get(srv.URL + "/?sleep=150ms")
+					if err != nil || resp.StatusCode != 200 {
+						failed.Add(1)
+					}
+					if resp != nil {
+						resp.Body.Close()
+					}
+				}()
+			}
+			wg.Wait()
+			if failed.Load() != 0 {
+				t.Fatalf("%d requests failed; excess requests must queue, not fail", failed.Load())
+			}
+			if got := obs.maxSeen.Load(); got != tc.wantInstances {
+				t.Errorf("most instances at once = %d, want %d (max-scale)", got, tc.wantInstances)
+			}
+			if svc.Instances() > tc.maxScale {
+				t.Errorf("instances = %d > max-scale %d", svc.Instances(), tc.maxScale)
+			}
+			for range svc.Instances() {
+				_, body := get(t, srv.URL+"/maxinflight")
+				if n, _ := strconv.Atoi(body); n > tc.cc {
+					t.Errorf("an instance saw %d requests in flight, above containerConcurrency %d", n, tc.cc)
+				}
+			}
+		})
+	}
+}
+
+func TestTimeoutIsEnforced(t *testing.T) {
+	_, srv, _ := startService(t, Spec{Timeout: 300 * time.Millisecond})
+	code, body := get(t, srv.URL+"/?sleep=5s")
+	if code != http.StatusGatewayTimeout {
+		t.Fatalf("slow request answered %d %q, want 504", code, body)
+	}
+}
+
+func TestCrashedInstanceIsReplaced(t *testing.T) {
+	_, srv, _ := startService(t, Spec{})
+	_, pid1 := get(t, srv.URL+"/pid")
+	resp, err := http.Post(srv.URL+"/crash", "text/plain", nil)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("request that crashed the instance answered %d, want 502", resp.StatusCode)
+		}
+	}
+	var pid2 string
+	eventually(t, "a new instance", func() bool {
+		code, body := get(t, srv.URL+"/pid")
+		pid2 = body
+		return code == 200 && body != pid1
+	})
+	if pid2 == pid1 {
+		t.Fatal("the crashed instance was not replaced")
+	}
+}
+
+func TestStartFailureIsReported(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "fails")
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho boom >&2\nexit 7\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, srv, _ := startService(t, Spec{Binary: bad, Timeout: 10 * time.Second})
+	code, body := get(t, srv.URL+"/")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "exited before it became ready") {
+		t.Fatalf("request to a function that cannot start: %d %q, want 503 naming the cause", code, body)
+	}
+}
+
+func TestImportPath(t *testing.T) {
+	tests := map[string]struct {
+		image, want string
+		wantErr     bool
+	}{
+		"ko image":       {image: "ko://github.com/knfaas/knfaas/functions/webhook", want: "github.com/knfaas/knfaas/functions/webhook"},
+		"registry image": {image: "ghcr.io/acme/fn:1.0", wantErr: true},
+		"empty ko":       {image: "ko://", wantErr: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := ImportPath(tc.image)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("ImportPath(%q) = %q, %v", tc.image, got, err)
+			}
+			if name == "registry image" && !strings.Contains(err.Error(), "only ko://") {
+				t.Errorf("error %q does not say only ko:// images run locally", err)
+			}
+		})
+	}
+}
+
+func TestBuildIsCachedByContent(t *testing.T) {
+	b := &Builder{Dir: "../../..", CacheDir: t.TempDir()}
+	ctx := context.Background()
+	first, err := b.Build(ctx, []string{"github.com/knfaas/knfaas/test/functions/echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := b.Build(ctx, []string{"github.com/knfaas/knfaas/test/functions/echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first[0].Cached || !second[0].Cached || first[0].Binary != second[0].Binary {
+		t.Fatalf("first=%+v second=%+v; want a fresh build then a cache hit on the same binary", first[0], second[0])
+	}
+	if _, err := b.Build(ctx, []string{"github.com/knfaas/knfaas/internal/function/redisconn"}); err == nil || !strings.Contains(err.Error(), "not a main package") {
+		t.Fatalf("building a library package: err = %v, want 'not a main package'", err)
+	}
+}
+
+// TestRaceBuildsAreKeyedApart: KNFAAS_RACE=1 builds with -race (and cgo, which it needs), under
+// a cache key of its own, so a cached plain binary never stands in for a race build.
+func TestRaceBuildsAreKeyedApart(t *testing.T) {
+	t.Setenv(EnvRace, "1")
+	if !Race() {
+		t.Fatalf("Race() = false with %s=1", EnvRace)
+	}
+	plainEnv, plainFlags := buildSettings(false)
+	raceEnv, raceFlags := buildSettings(true)
+	if !slices.Contains(raceFlags, "-race") || slices.Contains(plainFlags, "-race") {
+		t.Errorf("flags: race %q, plain %q; want -race only in the race build", raceFlags, plainFlags)
+	}
+	if raceEnv[len(raceEnv)-1] != "CGO_ENABLED=1" || plainEnv[len(plainEnv)-1] != "CGO_ENABLED=0" {
+		t.Errorf("CGO_ENABLED: race %q, plain %q; want 1 and 0", raceEnv[len(raceEnv)-1], plainEnv[len(plainEnv)-1])
+	}
+	p := &listedPackage{ImportPath: "example.com/fn", Name: "main"}
+	pkgs := map[string]*listedPackage{p.ImportPath: p}
+	plainKey, err := contentKey([]byte("go1"), plainFlags, p, pkgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raceKey, err := contentKey([]byte("go1"), raceFlags, p, pkgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plainKey == raceKey {
+		t.Errorf("race and plain builds share the cache key %s", plainKey)
+	}
+}
+
+func TestWarmStartsInitialScale(t *testing.T) {
+	svc, _, _ := startService(t, Spec{})
+	if err := svc.Warm(2); err != nil {
+		t.Fatalf("Warm: %v", err)
+	}
+	if n := svc.Instances(); n != 2 {
+		t.Fatalf("instances after Warm(2) = %d, want 2", n)
+	}
+
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "fails")
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\nexit 7\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	failing, _, _ := startService(t, Spec{Binary: bad})
+	if err := failing.Warm(1); err == nil || !strings.Contains(err.Error(), "exited before it became ready") {
+		t.Fatalf("Warm of a function that cannot start: %v, want the cause", err)
+	}
+}
+
+// TestStopAllStopsStartingInstances stops a Service while an instance is still starting: Run
+// returns only once every instance, the starting one included, is gone, and no process of it
+// survives. PIDs is polled meanwhile, as fault tests do, which -race checks against the launch.
+func TestStopAllStopsStartingInstances(t *testing.T) {
+	tests := []struct {
+		name string
+		// stopWhen is polled with the Service's pids; Run is stopped once it returns true.
+		stopWhen func(pids []int) bool
+	}{
+		{name: "before its process exists", stopWhen: func([]int) bool { return true }},
+		{name: "while it awaits readiness", stopWhen: func(pids []int) bool { return len(pids) > 0 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, _ := newService(t, Spec{MinScale: 1, Env: []string{"ECHO_READY_DELAY=1h"}})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { svc.Run(ctx); close(done) }()
+			var seen []int
+			eventually(t, "an instance starting", func() bool {
+				seen = append(seen, svc.PIDs()...)
+				return svc.Instances() > 0 && tc.stopWhen(seen)
+			})
+
+			cancel()
+			<-done
+
+			n := svc.Instances()
+			pids := append(seen, svc.PIDs()...)
+			if n != 0 {
+				// The escaped instance runs on; wait for its process to show, then stop it.
+				eventually(t, "the escaped process", func() bool { pids = append(pids, svc.PIDs()...); return len(pids) > 0 })
+				for _, pid := range pids {
+					_ = syscall.Kill(-pid, syscall.SIGKILL)
+				}
+				t.Fatalf("instances after Run returned = %d, want 0: an instance still starting escaped stopAll", n)
+			}
+			for _, pid := range pids {
+				if err := syscall.Kill(pid, 0); err == nil {
+					_ = syscall.Kill(-pid, syscall.SIGKILL)
+					t.Errorf("process %d of a starting instance survived Run", pid)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,448 @@
+package verify
+
+import (
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/knfaas/knfaas/internal/runtime/manifest"
+)
+
+// base is a small, consistent platform: every reference resolves, every emitted type is routed.
+var base = map[string]string{
+	"config/300-redis-secret.yaml": `apiVersion: v1
+kind: Secret
+metadata: {name: redis, namespace: knfaas}
+stringData: {password: CHANGE-ME, url: "redis://:CHANGE-ME@redis:6379/0"}
+`,
+	"config/400-settings.yaml": `apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: knfaas}
+data: {mode: strict, rules.yaml: "x: 1"}
+`,
+	"config/600-broker.yaml": `apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: knfaas}
+spec:
+  delivery:
+    retry: 3
+    deadLetterSink:
+      ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: deadletter, namespace: knfaas}
+`,
+	"config/700-deadletter.yaml": ksvc("deadletter", "", `
+        - name: REDIS_URL
+          valueFrom:
+            secretKeyRef: {name: redis, key: url}`, ""),
+	"config/700-echo.yaml": ksvc("echo", `knfaas.dev/emits: "dev.knfaas.example.echo.replied"`, `
+        - name: MODE
+          valueFrom:
+            configMapKeyRef: {name: settings, key: mode}`, `
+        volumeMounts:
+        - {name: rules, mountPath: /etc/rules}
+      volumes:
+      - name: rules
+        configMap:
+          name: settings
+          items:
+          - {key: rules.yaml, path: rules.yaml}`),
+	"config/700-audit.yaml": ksvc("audit", "", "", ""),
+	"config/710-echo-sinkbinding.yaml": `apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: echo, namespace: knfaas}
+spec:
+  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: echo}
+  sink:
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+`,
+	"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: tick, namespace: knfaas}
+spec:
+  schedule: "* * * * *"
+  sink:
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+`,
+	"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
+  filter:
+    attributes: {type: dev.knative.sources.ping}`),
+	"triggers/audit-replied.yaml": trigger("audit-replied", "audit", "", `
+  filter:
+    attributes: {type: dev.knfaas.example.echo.replied}`),
+}
+
+// ksvc is a function's Knative Service in the shape checkServiceShape requires; env adds
+// container env items (LISTEN_ADDRESS is env[0]), rest adds lines after the container.
+func ksvc(name, annotations, env, rest string) string {
+	if annotations != "" {
+		annotations = "\n  annotations:\n    " + annotations
+	}
+	return `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: ` + name + `
+  namespace: knfaas
+  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas, networking.knative.dev/visibility: cluster-local}` + annotations + `
+spec:
+  template:
+    metadata:
+      annotations: {autoscaling.knative.dev/min-scale: "0", autoscaling.knative.dev/max-scale: "3"}
+    spec:
+      containers:
+      - image: ko://example.com/fx/functions/echo
+        env:
+        - {name: LISTEN_ADDRESS, value: "[::]:8080"}` + env + `
+        resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 64Mi}}
+        readinessProbe: {httpGet: {path: /health/readiness}}
+        livenessProbe: {httpGet: {path: /health/liveness}}
+        securityContext:
+          runAsNonRoot: true
+          readOnlyRootFilesystem: true
+          allowPrivilegeEscalation: false
+          capabilities: {drop: [ALL]}
+          seccompProfile: {type: RuntimeDefault}` + rest + "\n"
+}
+
+func trigger(name, subscriber, annotations, specTail string) string {
+	if annotations != "" {
+		annotations = "\n  annotations:\n    " + annotations
+	}
+	return `apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: ` + name + `
+  namespace: knfaas` + annotations + `
+spec:
+  broker: default
+  subscriber:
+    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: ` + subscriber + `}` + specTail + "\n"
+}
+
+func loadFiles(t *testing.T, files map[string]string) (*manifest.Set, string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set, err := manifest.Load(filepath.Join(dir, "config"), filepath.Join(dir, "triggers"))
+	if err != nil {
+		t.Fatalf("fixture does not load: %v", err)
+	}
+	return set, dir
+}
+
+var testOptions = Options{ModuleRoot: "testdata/module", ModulePath: "example.com/fx"}
+
+func TestCheckBaseIsClean(t *testing.T) {
+	set, _ := loadFiles(t, base)
+	if problems := Check(set, testOptions); len(problems) != 0 {
+		t.Fatalf("the base fixture has problems: %v", problems)
+	}
+}
+
+// TestCheckBrokenFixtures breaks the base in one place per case and expects exactly one
+// problem, naming the file, the object and the field.
+func TestCheckBrokenFixtures(t *testing.T) {
+	audit := base["config/700-audit.yaml"]
+	tests := []struct {
+		name    string
+		replace map[string]string
+		file    string
+		object  string
+		field   string
+		msg     string
+	}{
+		{
+			name:    "trigger names a broker that does not exist",
+			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "broker: default", "broker: fast", 1)},
+			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.broker",
+			msg: "Broker knfaas/fast is not defined",
+		},
+		{
+			name:    "trigger subscriber names a missing ksvc",
+			replace: map[string]string{"triggers/echo-ping.yaml": "", "triggers/ecoh-ping.yaml": trigger("ecoh-ping", "ecoh", "", "")},
+			file:    "triggers/ecoh-ping.yaml", object: "Trigger knfaas/ecoh-ping", field: "spec.subscriber.ref",
+			msg: "Service knfaas/ecoh (serving.knative.dev/v1) is not defined",
+		},
+		{
+			name: "trigger dead-letter sink names a missing ksvc",
+			replace: map[string]string{"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
+  filter:
+    attributes: {type: dev.knative.sources.ping}
+  delivery:
+    deadLetterSink:
+      ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: graveyard}`)},
+			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.delivery.deadLetterSink.ref",
+			msg: "Service knfaas/graveyard",
+		},
+		{
+			name:    "broker dead-letter sink names a missing ksvc",
+			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "name: deadletter", "name: dead-letter", 1)},
+			file:    "config/600-broker.yaml", object: "Broker knfaas/default", field: "spec.delivery.deadLetterSink.ref",
+			msg: "Service knfaas/deadletter",
+		},
+		{
+			name:    "ping source sink names a missing broker",
+			replace: map[string]string{"config/800-tick.yaml": strings.Replace(base["config/800-tick.yaml"], "name: default", "name: defualt", 1)},
+			file:    "config/800-tick.yaml", object: "PingSource knfaas/tick", field: "spec.sink.ref",
+			msg: "Broker knfaas/defualt",
+		},
+		{
+			name:    "sink binding subject names a missing ksvc",
+			replace: map[string]string{"config/710-echo-sinkbinding.yaml": strings.Replace(base["config/710-echo-sinkbinding.yaml"], "name: echo}", "name: echoes}", 1)},
+			file:    "config/710-echo-sinkbinding.yaml", object: "SinkBinding knfaas/echo", field: "spec.subject",
+			msg: "Service knfaas/echoes is not defined",
+		},
+		{
+			name:    "env secretKeyRef names a missing key",
+			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "key: url", "key: uri", 1)},
+			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
+			msg: `Secret knfaas/redis has no key "uri" (it has password, url)`,
+		},
+		{
+			name:    "env secretKeyRef names a missing secret",
+			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "name: redis", "name: redis-auth", 1)},
+			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
+			msg: "Secret knfaas/redis-auth is not defined",
+		},
+		{
+			name:    "env configMapKeyRef names a missing key",
+			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: modes", 1)},
+			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef",
+			msg: `ConfigMap knfaas/settings has no key "modes"`,
+		},
+		{
+			name:    "volume item names a missing configmap key",
+			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: rules.yaml", "key: rule.yaml", 1)},
+			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.volumes[0].configMap.items[0].key",
+			msg: `has no key "rule.yaml"`,
+		},
+		{
+			name:    "ko path outside a function folder",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "internal/tool", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
+			msg: "internal/tool is not a function folder",
+		},
+		{
+			name:    "ko path is a library, not package main",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "functions/lib", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
+			msg: "functions/lib is package lib, not package main",
+		},
+		{
+			name:    "ko path has no package",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "functions/adit", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
+			msg: "no buildable Go package in functions/adit",
+		},
+		{
+			name:    "ko path of another module",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "example.com/fx", "example.com/other", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
+			msg: "not a package of module example.com/fx",
+		},
+		{
+			name:    "emitted type nobody routes",
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "", "")},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
+			msg: `event type "dev.knfaas.example.audit.recorded" is emitted but no Trigger in namespace knfaas selects it`,
+		},
+		{
+			name: "emitted type reaches only a catch-all trigger",
+			replace: map[string]string{
+				"config/700-audit.yaml":        ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"`, "", ""),
+				"triggers/deadletter-all.yaml": trigger("deadletter-all", "deadletter", "", ""),
+			},
+			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/emits]",
+			msg: "catch-all Triggers do not count",
+		},
+		{
+			name:    "terminal type not emitted",
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "", "")},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/terminal]",
+			msg: `"dev.knfaas.example.audit.recorded" is declared terminal but not listed in knfaas.dev/emits`,
+		},
+		{
+			name:    "trigger named unlike its file",
+			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "name: echo-ping", "name: echo-tick", 1)},
+			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-tick", field: "metadata.name",
+			msg: `"echo-tick" differs from its file name "echo-ping"`,
+		},
+		{
+			name: "trigger file not named after its subscriber",
+			replace: map[string]string{
+				"triggers/echo-ping.yaml": "",
+				"triggers/ping-echo.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "name: echo-ping", "name: ping-echo", 1),
+			},
+			file: "triggers/ping-echo.yaml", object: "Trigger knfaas/ping-echo", field: "metadata.name",
+			msg: `does not start with its subscriber's name "echo-"`,
+		},
+		{
+			name: "two triggers in one file",
+			replace: map[string]string{
+				"triggers/audit-replied.yaml": "",
+				"triggers/echo-ping.yaml":     base["triggers/echo-ping.yaml"] + "---\n" + base["triggers/audit-replied.yaml"],
+			},
+			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "metadata.name",
+			msg: "holds 2 Triggers",
+		},
+		{
+			name:    "function without scale bounds",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]",
+			msg: "missing",
+		},
+		{
+			name:    "function without part-of label",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", app.kubernetes.io/part-of: knfaas", "", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.labels[app.kubernetes.io/part-of]",
+			msg: "missing",
+		},
+		{
+			name:    "function without a memory limit",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", limits: {memory: 64Mi}", "", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].resources.limits.memory",
+			msg: "missing",
+		},
+		{
+			name:    "readiness probe on the wrong path",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "path: /health/readiness", "path: /healthz", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].readinessProbe",
+			msg: "must be httpGet /health/readiness",
+		},
+		{
+			name:    "no LISTEN_ADDRESS",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env",
+			msg: "LISTEN_ADDRESS is not set",
+		},
+		{
+			name: "password in a plain env value",
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", `
+        - {name: REDIS_URL, value: "redis://:hunter2@redis:6379/0"}`, "")},
+			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env[1].value",
+			msg: "REDIS_URL carries a password in plain text",
+		},
+		{
+			name:    "writable root filesystem",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem",
+			msg: "must be true",
+		},
+		{
+			name:    "capabilities not dropped",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.capabilities",
+			msg: `must drop ["ALL"]`,
+		},
+		{
+			name:    "no seccomp profile",
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "\n          seccompProfile: {type: RuntimeDefault}", "", 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.seccompProfile.type",
+			msg: "must be RuntimeDefault",
+		},
+		{
+			name: "trigger feeds a function its own replies",
+			replace: map[string]string{"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
+  filter:
+    attributes: {type: dev.knfaas.example.echo.replied}`)},
+			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.filter",
+			msg: `delivers "dev.knfaas.example.echo.replied" to echo, which emits that type itself: a loop`,
+		},
+		{
+			name:    "unfiltered trigger feeds a function its own replies",
+			replace: map[string]string{"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", "")},
+			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.filter",
+			msg: "a loop",
+		},
+		{
+			name: "prefix filter feeds a function its own replies",
+			replace: map[string]string{"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
+  filters:
+  - any:
+    - exact: {type: dev.knative.sources.ping}
+    - prefix: {type: dev.knfaas.example.echo.}`)},
+			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.filter",
+			msg: "a loop",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			files := maps.Clone(base)
+			maps.Copy(files, tc.replace)
+			set, dir := loadFiles(t, files)
+			problems := Check(set, testOptions)
+			if len(problems) != 1 {
+				t.Fatalf("got %d problems, want 1: %v", len(problems), problems)
+			}
+			p := problems[0]
+			if want := filepath.Join(dir, tc.file); p.File != want {
+				t.Errorf("file = %q, want %q", p.File, want)
+			}
+			if p.Object != tc.object {
+				t.Errorf("object = %q, want %q", p.Object, tc.object)
+			}
+			if p.Field != tc.field {
+				t.Errorf("field = %q, want %q", p.Field, tc.field)
+			}
+			if !strings.Contains(p.Msg, tc.msg) {
+				t.Errorf("message = %q, want it to contain %q", p.Msg, tc.msg)
+			}
+			if s := p.String(); !strings.Contains(s, tc.file) || !strings.Contains(s, tc.object) || !strings.Contains(s, tc.field) {
+				t.Errorf("String() = %q does not name file, object and field", s)
+			}
+		})
+	}
+}
+
+// TestCheckAllowedFlows are shapes that look like mistakes but are not.
+func TestCheckAllowedFlows(t *testing.T) {
+	tests := map[string]map[string]string{
+		"emitted type declared terminal": {
+			"config/700-audit.yaml": ksvc("audit", `knfaas.dev/emits: "dev.knfaas.example.audit.recorded"
+    knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "", ""),
+		},
+		"loop annotated as intended": {
+			"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "knfaas.dev/loop: intended", `
+  filter:
+    attributes: {type: dev.knfaas.example.echo.replied}`),
+		},
+		"own type filtered on another attribute too: not provably a loop": {
+			"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
+  filter:
+    attributes: {type: dev.knfaas.example.echo.replied, source: elsewhere}`),
+		},
+		"optional secret may be absent": {
+			"config/700-deadletter.yaml": ksvc("deadletter", "", `
+        - name: TOKEN
+          valueFrom:
+            secretKeyRef: {name: tokens, key: token, optional: true}`, ""),
+		},
+		"sink by URI is not resolved": {
+			"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: tick, namespace: knfaas}
+spec:
+  schedule: "* * * * *"
+  sink: {uri: "http://example.com/"}
+`,
+		},
+	}
+	for name, replace := range tests {
+		t.Run(name, func(t *testing.T) {
+			files := maps.Clone(base)
+			maps.Copy(files, replace)
+			set, _ := loadFiles(t, files)
+			if problems := Check(set, testOptions); len(problems) != 0 {
+				t.Fatalf("want no problems, got %v", problems)
+			}
+		})
+	}
+}
