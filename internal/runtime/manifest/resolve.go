@@ -259,8 +259,8 @@ func (r *Resolver) SinkBindingFor(svc *servingv1.Service) *sourcesv1.SinkBinding
 // Env resolves the environment of container i of svc as the kubelet does: envFrom first (a later
 // source overriding an earlier one, each key behind the source's prefix), then env in order,
 // where a value expands $(VAR) to a variable defined before it and $$ to $. A missing optional
-// Secret, ConfigMap or key defines nothing. Each variable keeps the place of its first
-// definition. Every reference that does not resolve is a ResolveError; they are joined.
+// Secret, ConfigMap or key defines nothing, and so does a fieldRef or resourceFieldRef left to
+// the cluster (ResolveOptions.PodName). Each variable keeps the place of its first definition. Every reference that does not resolve is a ResolveError; they are joined.
 func (r *Resolver) Env(svc *servingv1.Service, i int) ([]corev1.EnvVar, error) {
 	c := svc.Spec.Template.Spec.Containers[i]
 	base := fmt.Sprintf("spec.template.spec.containers[%d]", i)
