@@ -90,7 +90,7 @@ spec:
 		wantErr string
 	}{
 		{name: "secret key", env: "        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: creds, key: token}}\n", want: "TOKEN=abc"},
-		{name: "missing secret", env: "        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: nope, key: token}}\n", wantErr: "Service ns/fn: env TOKEN: secretKeyRef: Secret ns/nope not found"},
+		{name: "missing secret", env: "        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: nope, key: token}}\n", wantErr: "Service ns/fn: spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef: Secret ns/nope is not defined in the manifests"},
 		{name: "missing key", env: "        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: creds, key: other}}\n", wantErr: `Secret ns/creds has no key "other"`},
 		{name: "optional missing key", env: "        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: creds, key: other, optional: true}}\n"},
 		{name: "dependent value", env: "        - name: A\n          value: x\n        - name: B\n          value: $(A)-y\n", want: "B=x-y"},

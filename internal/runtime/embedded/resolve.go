@@ -18,6 +18,14 @@ import (
 	"github.com/knfaas/knfaas/internal/runtime/manifest"
 )
 
+// localResolve is how knfaas up resolves references: for processes on this machine, which it
+// runs as the first revision's only pod (see manifest.ResolveOptions for what that refuses).
+var localResolve = manifest.ResolveOptions{
+	RefKinds:         manifest.LocalRefKinds,
+	PodName:          func(svc *servingv1.Service) string { return svc.Name + "-00001-local" },
+	LocalVolumesOnly: true,
+}
+
 // addresses resolves Knative references to the addresses they have inside a cluster, which the
 // runtime dials in process; Runtime.forFunctions turns them into what a function process can use.
 type addresses struct {
@@ -26,48 +34,32 @@ type addresses struct {
 	services map[string]string // ns/name → http://name.ns.svc.cluster.local
 }
 
+// destination resolves d, held by an object in namespace, to its address; what names the field
+// for messages.
 func (a *addresses) destination(d *duckv1.Destination, namespace, what string) (*url.URL, error) {
 	if d == nil {
 		return nil, fmt.Errorf("%s: no destination", what)
 	}
-	var base *url.URL
-	if d.Ref != nil {
-		ns := d.Ref.Namespace
-		if ns == "" {
-			ns = namespace
-		}
-		key := ns + "/" + d.Ref.Name
-		var raw string
-		var ok bool
-		switch {
-		case d.Ref.Kind == "Service" && strings.HasPrefix(d.Ref.APIVersion, "serving.knative.dev/"):
-			raw, ok = a.services[key]
-		case d.Ref.Kind == "Broker" && strings.HasPrefix(d.Ref.APIVersion, "eventing.knative.dev/"):
-			raw, ok = a.brokers[key]
-		default:
-			return nil, fmt.Errorf("%s: ref %s %s (%s) cannot be resolved locally: only Knative Services and Brokers can", what, d.Ref.Kind, key, d.Ref.APIVersion)
-		}
-		if !ok {
-			return nil, fmt.Errorf("%s: ref %s %s not found in the loaded manifests", what, d.Ref.Kind, key)
-		}
-		u, err := url.Parse(raw)
-		if err != nil {
-			return nil, err
-		}
-		base = u
+	t, err := manifest.NewResolver(a.set, localResolve).Destination(*d, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if d.URI != nil {
-		u := d.URI.URL()
-		if base == nil {
-			return u, nil
-		}
-		// A URI beside a ref is relative to the ref's address, as in Knative.
-		return base.ResolveReference(u), nil
+	if t.Ref == nil {
+		return t.Address(nil), nil
 	}
-	if base == nil {
-		return nil, fmt.Errorf("%s: destination has neither ref nor uri", what)
+	key := t.Ref.Namespace + "/" + t.Ref.Name
+	raw, ok := a.services[key]
+	if t.Ref.Kind == "Broker" {
+		raw, ok = a.brokers[key]
 	}
-	return base, nil
+	if !ok {
+		return nil, fmt.Errorf("%s: ref: %s has no address in this run", what, t.Ref.Ref())
+	}
+	base, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: address of %s: %w", what, t.Ref.Ref(), err)
+	}
+	return t.Address(base), nil
 }
 
 // redisStandIn finds the Kubernetes Services that front a Redis StatefulSet in the manifests;
@@ -115,11 +107,13 @@ func rewriteRedisURL(value string, standIn []string, local string) (string, bool
 	return value, false
 }
 
-// envFor resolves the environment of a ksvc's container: values, valueFrom Secret/ConfigMap
-// keys, envFrom, and Knative's K_* variables.
+// envFor resolves the environment of a ksvc's container, one of svc's, with the manifest
+// resolver (values, valueFrom, envFrom, $(VAR)) and adds Knative's K_* variables.
 func envFor(set *manifest.Set, svc *servingv1.Service, c *corev1.Container) ([]string, error) {
-	ns := svc.Namespace
-	where := fmt.Sprintf("Service %s/%s", ns, svc.Name)
+	vars, err := manifest.NewResolver(set, localResolve).Env(svc, containerIndex(svc, c))
+	if err != nil {
+		return nil, err
+	}
 	env := map[string]string{}
 	var order []string
 	put := func(k, v string) {
@@ -128,44 +122,8 @@ func envFor(set *manifest.Set, svc *servingv1.Service, c *corev1.Container) ([]s
 		}
 		env[k] = v
 	}
-	for _, ef := range c.EnvFrom {
-		switch {
-		case ef.ConfigMapRef != nil:
-			cm := set.ConfigMap(ns, ef.ConfigMapRef.Name)
-			if cm == nil {
-				if ef.ConfigMapRef.Optional != nil && *ef.ConfigMapRef.Optional {
-					continue
-				}
-				return nil, fmt.Errorf("%s: envFrom configMapRef %q: ConfigMap not found in the loaded manifests", where, ef.ConfigMapRef.Name)
-			}
-			for _, k := range sortedKeys(cm.Data) {
-				put(ef.Prefix+k, cm.Data[k])
-			}
-		case ef.SecretRef != nil:
-			sec := set.Secret(ns, ef.SecretRef.Name)
-			if sec == nil {
-				if ef.SecretRef.Optional != nil && *ef.SecretRef.Optional {
-					continue
-				}
-				return nil, fmt.Errorf("%s: envFrom secretRef %q: Secret not found in the loaded manifests", where, ef.SecretRef.Name)
-			}
-			for k, v := range secretData(sec) {
-				put(ef.Prefix+k, v)
-			}
-		}
-	}
-	for _, e := range c.Env {
-		if e.ValueFrom == nil {
-			put(e.Name, expandEnv(e.Value, env))
-			continue
-		}
-		v, ok, err := valueFrom(set, svc, e)
-		if err != nil {
-			return nil, fmt.Errorf("%s: env %s: %w", where, e.Name, err)
-		}
-		if ok {
-			put(e.Name, v)
-		}
+	for _, v := range vars {
+		put(v.Name, v.Value)
 	}
 	put("K_SERVICE", svc.Name)
 	put("K_CONFIGURATION", svc.Name)
@@ -177,78 +135,15 @@ func envFor(set *manifest.Set, svc *servingv1.Service, c *corev1.Container) ([]s
 	return out, nil
 }
 
-// expandEnv expands $(VAR) references to earlier variables, as Kubernetes does.
-func expandEnv(v string, env map[string]string) string {
-	if !strings.Contains(v, "$(") {
-		return v
-	}
-	for k, val := range env {
-		v = strings.ReplaceAll(v, "$("+k+")", val)
-	}
-	return v
-}
-
-func valueFrom(set *manifest.Set, svc *servingv1.Service, e corev1.EnvVar) (string, bool, error) {
-	ns := svc.Namespace
-	vf := e.ValueFrom
-	switch {
-	case vf.SecretKeyRef != nil:
-		ref := vf.SecretKeyRef
-		optional := ref.Optional != nil && *ref.Optional
-		sec := set.Secret(ns, ref.Name)
-		if sec == nil {
-			if optional {
-				return "", false, nil
-			}
-			return "", false, fmt.Errorf("secretKeyRef: Secret %s/%s not found in the loaded manifests", ns, ref.Name)
+// containerIndex finds c, a copy of one of svc's containers, by its name (Knative names every
+// container); the first when none matches.
+func containerIndex(svc *servingv1.Service, c *corev1.Container) int {
+	for i, sc := range svc.Spec.Template.Spec.Containers {
+		if sc.Name == c.Name {
+			return i
 		}
-		v, ok := secretData(sec)[ref.Key]
-		if !ok {
-			if optional {
-				return "", false, nil
-			}
-			return "", false, fmt.Errorf("secretKeyRef: Secret %s/%s has no key %q", ns, ref.Name, ref.Key)
-		}
-		return v, true, nil
-	case vf.ConfigMapKeyRef != nil:
-		ref := vf.ConfigMapKeyRef
-		optional := ref.Optional != nil && *ref.Optional
-		cm := set.ConfigMap(ns, ref.Name)
-		if cm == nil {
-			if optional {
-				return "", false, nil
-			}
-			return "", false, fmt.Errorf("configMapKeyRef: ConfigMap %s/%s not found in the loaded manifests", ns, ref.Name)
-		}
-		v, ok := cm.Data[ref.Key]
-		if !ok {
-			if optional {
-				return "", false, nil
-			}
-			return "", false, fmt.Errorf("configMapKeyRef: ConfigMap %s/%s has no key %q", ns, ref.Name, ref.Key)
-		}
-		return v, true, nil
-	case vf.FieldRef != nil:
-		switch vf.FieldRef.FieldPath {
-		case "metadata.namespace":
-			return ns, true, nil
-		case "metadata.name":
-			return svc.Name + "-00001-local", true, nil
-		}
-		return "", false, fmt.Errorf("fieldRef %q is not available locally (only metadata.name and metadata.namespace)", vf.FieldRef.FieldPath)
 	}
-	return "", false, fmt.Errorf("valueFrom kind not supported locally (use secretKeyRef, configMapKeyRef or fieldRef)")
-}
-
-func secretData(sec *corev1.Secret) map[string]string {
-	out := map[string]string{}
-	for k, v := range sec.Data {
-		out[k] = string(v)
-	}
-	for k, v := range sec.StringData {
-		out[k] = v
-	}
-	return out
+	return 0
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -260,75 +155,18 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// projectVolumes writes the ConfigMap and Secret volumes a container mounts under dir and
-// returns mount path → local path.
+// projectVolumes writes the volumes a container mounts, as the manifest resolver projects them,
+// under dir and returns mount path → local path.
 func projectVolumes(set *manifest.Set, svc *servingv1.Service, c *corev1.Container, dir string) (map[string]string, error) {
-	where := fmt.Sprintf("Service %s/%s", svc.Namespace, svc.Name)
-	volumes := map[string]corev1.Volume{}
-	for _, v := range svc.Spec.Template.Spec.Volumes {
-		volumes[v.Name] = v
+	planned, err := manifest.NewResolver(set, localResolve).Mounts(svc, containerIndex(svc, c))
+	if err != nil {
+		return nil, err
 	}
 	mounts := map[string]string{}
-	for _, m := range c.VolumeMounts {
-		v, ok := volumes[m.Name]
-		if !ok {
-			return nil, fmt.Errorf("%s: volumeMount %q names no volume", where, m.Name)
-		}
-		var files map[string]string
-		var items []corev1.KeyToPath
-		switch {
-		case v.ConfigMap != nil:
-			cm := set.ConfigMap(svc.Namespace, v.ConfigMap.Name)
-			if cm == nil {
-				if v.ConfigMap.Optional != nil && *v.ConfigMap.Optional {
-					files = map[string]string{}
-					break
-				}
-				return nil, fmt.Errorf("%s: volume %q: ConfigMap %s/%s not found in the loaded manifests", where, v.Name, svc.Namespace, v.ConfigMap.Name)
-			}
-			files, items = cm.Data, v.ConfigMap.Items
-		case v.Secret != nil:
-			sec := set.Secret(svc.Namespace, v.Secret.SecretName)
-			if sec == nil {
-				if v.Secret.Optional != nil && *v.Secret.Optional {
-					files = map[string]string{}
-					break
-				}
-				return nil, fmt.Errorf("%s: volume %q: Secret %s/%s not found in the loaded manifests", where, v.Name, svc.Namespace, v.Secret.SecretName)
-			}
-			files, items = secretData(sec), v.Secret.Items
-		case v.EmptyDir != nil:
-			files = map[string]string{}
-		default:
-			return nil, fmt.Errorf("%s: volume %q: only configMap, secret and emptyDir volumes run locally", where, v.Name)
-		}
-		local := filepath.Join(dir, "volumes", v.Name)
-		if err := os.MkdirAll(local, 0o700); err != nil {
+	for _, m := range planned {
+		local := filepath.Join(dir, "volumes", m.Volume.Name)
+		if err := writeVolume(local, m.Volume); err != nil {
 			return nil, err
-		}
-		write := func(key, path string) error {
-			val, ok := files[key]
-			if !ok {
-				return fmt.Errorf("%s: volume %q: key %q not found", where, v.Name, key)
-			}
-			p := filepath.Join(local, filepath.Clean("/"+path))
-			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-				return err
-			}
-			return os.WriteFile(p, []byte(val), 0o600)
-		}
-		if len(items) > 0 {
-			for _, it := range items {
-				if err := write(it.Key, it.Path); err != nil {
-					return nil, err
-				}
-			}
-		} else {
-			for k := range files {
-				if err := write(k, k); err != nil {
-					return nil, err
-				}
-			}
 		}
 		target := local
 		if m.SubPath != "" {
@@ -337,6 +175,23 @@ func projectVolumes(set *manifest.Set, svc *servingv1.Service, c *corev1.Contain
 		mounts[m.MountPath] = target
 	}
 	return mounts, nil
+}
+
+// writeVolume writes the files of v under dir.
+func writeVolume(dir string, v manifest.ProjectedVolume) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("volume %q: %w", v.Name, err)
+	}
+	for _, f := range v.Files {
+		p := filepath.Join(dir, filepath.FromSlash(f.Path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return fmt.Errorf("volume %q: %w", v.Name, err)
+		}
+		if err := os.WriteFile(p, f.Data, 0o600); err != nil {
+			return fmt.Errorf("volume %q: %w", v.Name, err)
+		}
+	}
+	return nil
 }
 
 // rewriteMountPaths points env values that name a file under a mount path at its local copy.
@@ -363,20 +218,5 @@ func rewriteMountPaths(env []string, mounts map[string]string) []string {
 
 // sinkBindingFor returns the SinkBinding whose subject is the ksvc, if any.
 func sinkBindingFor(set *manifest.Set, svc *servingv1.Service) *sourcesv1.SinkBinding {
-	for _, sb := range set.SinkBindings() {
-		s := sb.Spec.Subject
-		if sb.Namespace != svc.Namespace || s.Kind != "Service" || !strings.HasPrefix(s.APIVersion, "serving.knative.dev/") {
-			continue
-		}
-		if s.Name == svc.Name {
-			return sb
-		}
-		if s.Selector != nil {
-			sel, err := metav1LabelSelector(s.Selector)
-			if err == nil && sel.Matches(labels.Set(svc.Labels)) {
-				return sb
-			}
-		}
-	}
-	return nil
+	return manifest.NewResolver(set, localResolve).SinkBindingFor(svc)
 }

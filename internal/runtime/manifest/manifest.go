@@ -1,5 +1,6 @@
 // Package manifest loads Kubernetes and Knative YAML strictly into their Go types, with Knative's
-// own defaults and validation applied.
+// own defaults and validation applied, and resolves the references between them (env, volumes,
+// Destination refs) for verify and knfaas up alike.
 package manifest
 
 import (

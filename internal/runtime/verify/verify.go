@@ -13,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
-	duckv1 "knative.dev/pkg/apis/duck/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/knfaas/knfaas/internal/runtime/manifest"
@@ -58,9 +57,12 @@ type Options struct {
 // Check runs every cross-check over set and returns the problems found, sorted by file.
 func Check(set *manifest.Set, opts Options) []Problem {
 	c := &checker{set: set, opts: opts}
-	c.checkTriggers()
-	c.checkBrokers()
-	c.checkSources()
+	c.checkTriggerFiles()
+	// Dangling refs, missing Secrets, ConfigMaps and keys: the resolver knfaas up uses, set to
+	// resolve for a cluster, finds them.
+	for _, e := range manifest.ResolveErrors(manifest.NewResolver(set, manifest.ResolveOptions{}).Check()) {
+		c.problems = append(c.problems, Problem{File: e.File, Object: e.Object, Field: e.Field, Msg: e.Msg})
+	}
 	c.checkServices()
 	c.checkEventFlow()
 	sort.SliceStable(c.problems, func(i, j int) bool { return c.problems[i].File < c.problems[j].File })
@@ -81,7 +83,8 @@ func (c *checker) report(o *manifest.Object, field, format string, args ...any) 
 	c.problems = append(c.problems, p)
 }
 
-func (c *checker) checkTriggers() {
+// checkTriggerFiles holds every Trigger to the file layout of checkTriggerFile.
+func (c *checker) checkTriggerFiles() {
 	perFile := map[string]int{}
 	for _, t := range c.set.Triggers() {
 		perFile[c.set.Origin(t).File]++
@@ -89,13 +92,6 @@ func (c *checker) checkTriggers() {
 	for _, t := range c.set.Triggers() {
 		o := c.set.Origin(t)
 		c.checkTriggerFile(o, t, perFile[o.File])
-		if c.set.Find("eventing.knative.dev", "Broker", t.Namespace, t.Spec.Broker) == nil {
-			c.report(o, "spec.broker", "Broker %s/%s is not defined in the manifests", t.Namespace, t.Spec.Broker)
-		}
-		c.checkDestination(o, "spec.subscriber", t.Spec.Subscriber, t.Namespace)
-		if t.Spec.Delivery != nil && t.Spec.Delivery.DeadLetterSink != nil {
-			c.checkDestination(o, "spec.delivery.deadLetterSink", *t.Spec.Delivery.DeadLetterSink, t.Namespace)
-		}
 	}
 }
 
@@ -130,50 +126,6 @@ func (c *checker) firstTriggerOf(file string) *manifest.Object {
 	return nil
 }
 
-func (c *checker) checkBrokers() {
-	for _, b := range c.set.Brokers() {
-		if b.Spec.Delivery != nil && b.Spec.Delivery.DeadLetterSink != nil {
-			c.checkDestination(c.set.Origin(b), "spec.delivery.deadLetterSink", *b.Spec.Delivery.DeadLetterSink, b.Namespace)
-		}
-	}
-}
-
-func (c *checker) checkSources() {
-	for _, p := range c.set.PingSources() {
-		c.checkDestination(c.set.Origin(p), "spec.sink", p.Spec.Sink, p.Namespace)
-	}
-	for _, sb := range c.set.SinkBindings() {
-		o := c.set.Origin(sb)
-		c.checkDestination(o, "spec.sink", sb.Spec.Sink, sb.Namespace)
-		subj := sb.Spec.Subject
-		if subj.Name == "" {
-			continue // a label selector: nothing to resolve statically
-		}
-		ns := subj.Namespace
-		if ns == "" {
-			ns = sb.Namespace
-		}
-		if c.set.Find(groupOf(subj.APIVersion), subj.Kind, ns, subj.Name) == nil {
-			c.report(o, "spec.subject", "%s %s/%s is not defined in the manifests", subj.Kind, ns, subj.Name)
-		}
-	}
-}
-
-// checkDestination reports a ref that names no object of the set. URIs point outside and are
-// taken as they are.
-func (c *checker) checkDestination(o *manifest.Object, field string, d duckv1.Destination, namespace string) {
-	if d.Ref == nil {
-		return
-	}
-	ns := d.Ref.Namespace
-	if ns == "" {
-		ns = namespace
-	}
-	if c.set.Find(groupOf(d.Ref.APIVersion), d.Ref.Kind, ns, d.Ref.Name) == nil {
-		c.report(o, field+".ref", "%s %s/%s (%s) is not defined in the manifests", d.Ref.Kind, ns, d.Ref.Name, d.Ref.APIVersion)
-	}
-}
-
 func (c *checker) checkServices() {
 	for _, svc := range c.set.Services() {
 		o := c.set.Origin(svc)
@@ -188,86 +140,8 @@ func (c *checker) checkServices() {
 					c.report(o, base+".image", "%s: %v", ctr.Image, err)
 				}
 			}
-			for j, env := range ctr.Env {
-				if env.ValueFrom != nil {
-					c.checkKeyRef(o, fmt.Sprintf("%s.env[%d].valueFrom", base, j), svc.Namespace, env.ValueFrom.SecretKeyRef, env.ValueFrom.ConfigMapKeyRef)
-				}
-			}
-			for j, from := range ctr.EnvFrom {
-				field := fmt.Sprintf("%s.envFrom[%d]", base, j)
-				if from.SecretRef != nil && !isTrue(from.SecretRef.Optional) && c.set.Secret(svc.Namespace, from.SecretRef.Name) == nil {
-					c.report(o, field+".secretRef", "Secret %s/%s is not defined in the manifests", svc.Namespace, from.SecretRef.Name)
-				}
-				if from.ConfigMapRef != nil && !isTrue(from.ConfigMapRef.Optional) && c.set.ConfigMap(svc.Namespace, from.ConfigMapRef.Name) == nil {
-					c.report(o, field+".configMapRef", "ConfigMap %s/%s is not defined in the manifests", svc.Namespace, from.ConfigMapRef.Name)
-				}
-			}
-		}
-		for i, v := range spec.Volumes {
-			field := fmt.Sprintf("spec.template.spec.volumes[%d]", i)
-			if s := v.Secret; s != nil && !isTrue(s.Optional) {
-				c.checkVolumeKeys(o, field+".secret", "Secret", svc.Namespace, s.SecretName, s.Items)
-			}
-			if cm := v.ConfigMap; cm != nil && !isTrue(cm.Optional) {
-				c.checkVolumeKeys(o, field+".configMap", "ConfigMap", svc.Namespace, cm.Name, cm.Items)
-			}
 		}
 	}
-}
-
-func (c *checker) checkKeyRef(o *manifest.Object, field, namespace string, secret *corev1.SecretKeySelector, cm *corev1.ConfigMapKeySelector) {
-	switch {
-	case secret != nil && !isTrue(secret.Optional):
-		c.checkKey(o, field+".secretKeyRef", "Secret", namespace, secret.Name, secret.Key)
-	case cm != nil && !isTrue(cm.Optional):
-		c.checkKey(o, field+".configMapKeyRef", "ConfigMap", namespace, cm.Name, cm.Key)
-	}
-}
-
-func (c *checker) checkVolumeKeys(o *manifest.Object, field, kind, namespace, name string, items []corev1.KeyToPath) {
-	if !c.checkKey(o, field, kind, namespace, name, "") {
-		return
-	}
-	for i, item := range items {
-		c.checkKey(o, fmt.Sprintf("%s.items[%d].key", field, i), kind, namespace, name, item.Key)
-	}
-}
-
-// checkKey reports a Secret or ConfigMap that is missing, or lacks key (when key is set). It
-// returns whether the object exists.
-func (c *checker) checkKey(o *manifest.Object, field, kind, namespace, name, key string) bool {
-	var keys []string
-	switch kind {
-	case "Secret":
-		s := c.set.Secret(namespace, name)
-		if s == nil {
-			c.report(o, field, "Secret %s/%s is not defined in the manifests (add a template under config/3xx-*)", namespace, name)
-			return false
-		}
-		for k := range s.Data {
-			keys = append(keys, k)
-		}
-		for k := range s.StringData {
-			keys = append(keys, k)
-		}
-	case "ConfigMap":
-		cm := c.set.ConfigMap(namespace, name)
-		if cm == nil {
-			c.report(o, field, "ConfigMap %s/%s is not defined in the manifests", namespace, name)
-			return false
-		}
-		for k := range cm.Data {
-			keys = append(keys, k)
-		}
-		for k := range cm.BinaryData {
-			keys = append(keys, k)
-		}
-	}
-	if key != "" && !slices.Contains(keys, key) {
-		sort.Strings(keys)
-		c.report(o, field, "%s %s/%s has no key %q (it has %s)", kind, namespace, name, key, strings.Join(keys, ", "))
-	}
-	return true
 }
 
 func isTrue(b *bool) bool { return b != nil && *b }

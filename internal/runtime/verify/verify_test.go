@@ -21,6 +21,7 @@ stringData: {password: CHANGE-ME, url: "redis://:CHANGE-ME@redis:6379/0"}
 kind: ConfigMap
 metadata: {name: settings, namespace: knfaas}
 data: {mode: strict, rules.yaml: "x: 1"}
+binaryData: {blob: AAE=}
 `,
 	"config/600-broker.yaml": `apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -217,6 +218,19 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: modes", 1)},
 			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef",
 			msg: `ConfigMap knfaas/settings has no key "modes"`,
+		},
+		{
+			// The kubelet puts only data, never binaryData, in env: the pod would not start.
+			name:    "env configMapKeyRef names a binaryData key",
+			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: blob", 1)},
+			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef",
+			msg: `ConfigMap knfaas/settings has key "blob" only in binaryData, which the kubelet never puts in env`,
+		},
+		{
+			name:    "envFrom secretRef names a missing secret",
+			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", "", "\n        envFrom:\n        - secretRef: {name: tokens}")},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].envFrom[0].secretRef",
+			msg: "Secret knfaas/tokens is not defined in the manifests (add a template under config/3xx-*)",
 		},
 		{
 			name:    "volume item names a missing configmap key",
@@ -424,6 +438,15 @@ func TestCheckAllowedFlows(t *testing.T) {
         - name: TOKEN
           valueFrom:
             secretKeyRef: {name: tokens, key: token, optional: true}`, ""),
+		},
+		"optional envFrom configmap may be absent": {
+			"config/700-audit.yaml": ksvc("audit", "", "", "\n        envFrom:\n        - configMapRef: {name: extra, optional: true}"),
+		},
+		// A cluster resolves a ref to any Addressable; only knfaas up is limited to Knative
+		// Services and Brokers (manifest.ResolveOptions.RefKinds).
+		"sink ref to a Kubernetes Service": {
+			"config/500-legacy.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: legacy, namespace: knfaas}\nspec: {ports: [{port: 80}]}\n",
+			"config/800-tick.yaml":   strings.Replace(base["config/800-tick.yaml"], "{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}", "{apiVersion: v1, kind: Service, name: legacy}", 1),
 		},
 		"sink by URI is not resolved": {
 			"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
