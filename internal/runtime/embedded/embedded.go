@@ -92,7 +92,7 @@ type Runtime struct {
 	hostPort string
 
 	addrs    *addresses
-	services map[string]*serving.Service
+	services map[string]*serving.Pool
 	initial  []warmUp
 
 	// token is the per-run capability of the internal listener at internalAddr (see internal.go).
@@ -135,7 +135,7 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	if os.Getenv("SYSTEM_NAMESPACE") == "" {
 		_ = os.Setenv("SYSTEM_NAMESPACE", "knative-eventing")
 	}
-	r := &Runtime{opts: opts, log: opts.Log, metrics: metrics.New(), services: map[string]*serving.Service{}, listeners: map[string]net.Listener{}}
+	r := &Runtime{opts: opts, log: opts.Log, metrics: metrics.New(), services: map[string]*serving.Pool{}, listeners: map[string]net.Listener{}}
 	defer func() {
 		if err != nil {
 			r.closeEarly()
@@ -327,7 +327,7 @@ func (r *Runtime) startServices(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		svc := serving.NewService(spec, r.log, r.metrics)
+		svc := serving.NewPool(spec, r.log, r.metrics)
 		r.services[key] = svc
 		cached := ""
 		if b.Cached {
@@ -348,7 +348,7 @@ func (r *Runtime) startServices(ctx context.Context) error {
 }
 
 type warmUp struct {
-	svc   *serving.Service
+	svc   *serving.Pool
 	n     int
 	where string
 }
@@ -482,7 +482,7 @@ func (r *Runtime) serviceSpec(s *servingv1.Service, binary string, addrs *addres
 		spec.MaxScale = n
 	}
 	if spec.MaxScale <= 0 {
-		spec.MaxScale = serving.DefaultMaxScale
+		spec.MaxScale = spec.EffectiveMaxScale()
 	}
 	spec.InitialScale = 1
 	if v := autoscaling.InitialScaleAnnotation.Value(ann); v != "" {
