@@ -32,7 +32,7 @@ func TestCheckRacesFailsOnAReport(t *testing.T) {
 		wantError string
 	}{
 		{name: "clean output", output: "listening on http://127.0.0.1:8080\n[e2e/echo-1] ready\n"},
-		{name: "race in the runtime", output: "starting\n" + raceIn("", "github.com/knfaas/knfaas/internal/serving.(*Service).launch()"), wantError: "1 data race(s)"},
+		{name: "race in the runtime", output: "starting\n" + raceIn("", "github.com/knfaas/knfaas/internal/runtime/serving.(*Pool).launch()"), wantError: "1 data race(s)"},
 		{name: "races in a function", output: raceIn("[e2e/echo-1] ", "main.handle()") + raceIn("[e2e/echo-1] ", "main.other()"), wantError: "2 data race(s)"},
 	}
 	for _, tc := range tests {

@@ -38,6 +38,7 @@ func newUpCommand() *cobra.Command {
 		maxBacklog     int64
 		appendTimeout  time.Duration
 		parkAfter      int
+		dryRun         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -54,7 +55,11 @@ secret, generated on first start and kept in <state-dir>/dev-secrets.json (0600)
 Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
 (miniredis) runs in-process and its data is lost on exit.
 
-Run it from the module root (ko:// paths are built with go build there).`,
+Run it from the module root (ko:// paths are built with go build there).
+
+--dry-run prints the plan instead: what each Service, Broker, Trigger and PingSource would
+run with, and the objects loaded but not run. It builds, listens and writes nothing; a
+manifest that cannot run is an error naming its file, object and field.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			all := paths
@@ -70,6 +75,12 @@ Run it from the module root (ko:// paths are built with go build there).`,
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
+			}
+			if dryRun {
+				return embedded.DryRun(embedded.Options{
+					Paths: all, Addr: addr, IdleTimeout: idle, StartTimeout: startTimeout,
+					RedisURL: os.Getenv(redisconn.EnvURL), Out: cmd.OutOrStdout(),
+				})
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			if cacheDir == "" {
@@ -145,5 +156,6 @@ Run it from the module root (ko:// paths are built with go build there).`,
 	f.StringVar(&stateDir, "state-dir", "", "persistent local state: the development secrets that replace CHANGE-ME placeholders, kept across runs (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
 	f.StringVar(&runDir, "run-dir", "", "where each run keeps its projected volumes and instance files, removed on exit and, after a crash, at the next start (default <state-dir>/runs)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles of the runtime on this address (debugging)")
+	f.BoolVar(&dryRun, "dry-run", false, "print the plan (services, brokers, triggers, pings, notes) and exit without building, listening or writing state")
 	return cmd
 }

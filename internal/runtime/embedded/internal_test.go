@@ -19,7 +19,7 @@ func internalRuntime() *Runtime {
 	in.Add("ns", "default", 0)
 	return &Runtime{
 		token: "TOKENTOKENTOKENTOKENTOKEN2", internalAddr: "127.0.0.1:4567", ingress: in,
-		services:     map[string]*serving.Service{"ns/private": nil, "ns/public": nil},
+		services:     map[string]*serving.Pool{"ns/private": nil, "ns/public": nil},
 		serviceHosts: map[string]string{"private.ns.svc.cluster.local": "ns/private", "public.ns.svc.cluster.local": "ns/public"},
 		clusterLocal: map[string]bool{"ns/private": true},
 	}

@@ -28,35 +28,42 @@ type deadLetterParker struct {
 
 var _ broker.Parker = deadLetterParker{}
 
-// newDeadLetterParker bounds the store as the dead-letter function does: by the loaded
-// deadletter-config ConfigMap of the namespace when there is one, by the defaults otherwise.
-func newDeadLetterParker(set *manifest.Set, rdb redis.UniversalClient) (deadLetterParker, error) {
+// deadLetterOptions bounds the dead-letter store as the dead-letter function does: by the
+// loaded deadletter-config ConfigMap of the namespace when there is one, by the defaults otherwise.
+func deadLetterOptions(set *manifest.Set) (deadletter.Options, error) {
 	var opts deadletter.Options
-	if cm := set.ConfigMap("knfaas", "deadletter-config"); cm != nil {
-		where := "ConfigMap knfaas/deadletter-config"
-		if v := cm.Data["max-letters"]; v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return deadLetterParker{}, fmt.Errorf("%s: max-letters: %w", where, err)
-			}
-			opts.MaxLetters = n
-		}
-		if v := cm.Data["max-bytes"]; v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return deadLetterParker{}, fmt.Errorf("%s: max-bytes: %w", where, err)
-			}
-			opts.MaxBytes = n
-		}
-		if v := cm.Data["max-age"]; v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				return deadLetterParker{}, fmt.Errorf("%s: max-age: %w", where, err)
-			}
-			opts.MaxAge = d
-		}
+	cm := set.ConfigMap("knfaas", "deadletter-config")
+	if cm == nil {
+		return opts, nil
 	}
-	return deadLetterParker{store: deadletter.NewStore(rdb, opts)}, nil
+	where := "ConfigMap knfaas/deadletter-config"
+	if v := cm.Data["max-letters"]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return opts, fmt.Errorf("%s: max-letters: %w", where, err)
+		}
+		opts.MaxLetters = n
+	}
+	if v := cm.Data["max-bytes"]; v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return opts, fmt.Errorf("%s: max-bytes: %w", where, err)
+		}
+		opts.MaxBytes = n
+	}
+	if v := cm.Data["max-age"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return opts, fmt.Errorf("%s: max-age: %w", where, err)
+		}
+		opts.MaxAge = d
+	}
+	return opts, nil
+}
+
+// newDeadLetterParker parks in the dead-letter store of rdb, bounded by opts.
+func newDeadLetterParker(rdb redis.UniversalClient, opts deadletter.Options) deadLetterParker {
+	return deadLetterParker{store: deadletter.NewStore(rdb, opts)}
 }
 
 // Park stores p as a parked letter. A full store refuses it (the error says so) and the entry

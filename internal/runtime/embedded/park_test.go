@@ -14,7 +14,6 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
-	"github.com/knfaas/knfaas/internal/runtime/manifest"
 )
 
 // TestParkedEventsGoToTheDeadLetterStore checks what the runtime's Parker keeps: the event byte
@@ -52,10 +51,7 @@ func TestParkedEventsGoToTheDeadLetterStore(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			p, err := newDeadLetterParker(&manifest.Set{}, rdb)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := newDeadLetterParker(rdb, deadletter.Options{})
 			if err := p.Park(ctx, tc.parked); err != nil {
 				t.Fatal(err)
 			}

@@ -16,7 +16,7 @@ func TestEmbeddedRedisExpiresKeys(t *testing.T) {
 	r := &Runtime{opts: Options{Out: io.Discard}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := r.openRedis(ctx); err != nil {
+	if err := r.openRedis(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
 	defer r.mini.Close()

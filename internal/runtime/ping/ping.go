@@ -48,24 +48,39 @@ func NewScheduler(log *slog.Logger, rec Recorder) *Scheduler {
 // Add schedules a source; its timezone, if any, is honoured as Knative does (CRON_TZ prefix).
 func (s *Scheduler) Add(src Source) error {
 	ps := src.PingSource
-	schedule := ps.Spec.Schedule
-	if ps.Spec.Timezone != "" {
-		schedule = "CRON_TZ=" + ps.Spec.Timezone + " " + schedule
-	}
-	sched, err := Parser.Parse(schedule)
+	sched, err := parse(ps)
 	if err != nil {
-		return fmt.Errorf("PingSource %s/%s: schedule %q: %w", ps.Namespace, ps.Name, schedule, err)
-	}
-	if _, err := Event(ps, time.Time{}); err != nil {
 		return err
 	}
 	sender, err := sink.New(src.SinkURL, 10*time.Second)
 	if err != nil {
 		return fmt.Errorf("PingSource %s/%s: %w", ps.Namespace, ps.Name, err)
 	}
-	job := &tick{s: s, src: ps, sender: sender, sched: sched}
-	s.cron.Schedule(sched, job)
+	s.cron.Schedule(sched, &tick{s: s, src: ps, sender: sender})
 	return nil
+}
+
+// Check reports what Add would refuse in ps, without scheduling it: a schedule or timezone
+// cron cannot parse, or data that does not decode.
+func Check(ps *sourcesv1.PingSource) error {
+	_, err := parse(ps)
+	return err
+}
+
+// parse returns the schedule of ps, with its timezone, once its event is known to build.
+func parse(ps *sourcesv1.PingSource) (cron.Schedule, error) {
+	schedule := ps.Spec.Schedule
+	if ps.Spec.Timezone != "" {
+		schedule = "CRON_TZ=" + ps.Spec.Timezone + " " + schedule
+	}
+	sched, err := Parser.Parse(schedule)
+	if err != nil {
+		return nil, fmt.Errorf("PingSource %s/%s: schedule %q: %w", ps.Namespace, ps.Name, schedule, err)
+	}
+	if _, err := Event(ps, time.Time{}); err != nil {
+		return nil, err
+	}
+	return sched, nil
 }
 
 // Start starts firing.
@@ -78,7 +93,6 @@ type tick struct {
 	s      *Scheduler
 	src    *sourcesv1.PingSource
 	sender *sink.Sender
-	sched  cron.Schedule
 }
 
 // Run fires one tick. cron calls it at the slot time (to the second); the slot is that time

@@ -40,8 +40,11 @@ type Spec struct {
 	ReadinessPath string
 	// ContainerConcurrency is the hard limit of in-flight requests per instance; 0 is unlimited.
 	ContainerConcurrency int
-	// MinScale instances are kept running; MaxScale bounds them (0 means DefaultMaxScale).
-	MinScale, MaxScale int
+	// MinScale instances are kept running (autoscaling.knative.dev/min-scale).
+	MinScale int
+	// MaxScale bounds the instances (autoscaling.knative.dev/max-scale); 0 or less means
+	// defaultMaxScale, 10 instances (see EffectiveMaxScale).
+	MaxScale int
 	// InitialScale is how many instances Warm starts (autoscaling.knative.dev/initial-scale).
 	InitialScale int
 	// Timeout bounds each request, queueing included (timeoutSeconds).
@@ -54,8 +57,16 @@ type Spec struct {
 	Logs io.Writer
 }
 
-// DefaultMaxScale bounds instances when a Service sets no max-scale.
-const DefaultMaxScale = 10
+// defaultMaxScale bounds instances when a Service sets no max-scale.
+const defaultMaxScale = 10
+
+// EffectiveMaxScale is the bound of instances: MaxScale, or 10 when MaxScale is not set.
+func (s Spec) EffectiveMaxScale() int {
+	if s.MaxScale <= 0 {
+		return defaultMaxScale
+	}
+	return s.MaxScale
+}
 
 // Observer is told about scaling events (metrics).
 type Observer interface {
@@ -63,8 +74,9 @@ type Observer interface {
 	SetInstances(namespace, name string, n int)
 }
 
-// Service is the activator and autoscaler of one Knative Service.
-type Service struct {
+// Pool is the activator and autoscaler of one Knative Service: the instances that serve it
+// and the queue in front of them.
+type Pool struct {
 	spec   Spec
 	log    *slog.Logger
 	obs    Observer
@@ -86,7 +98,7 @@ type Service struct {
 type instance struct {
 	id   int
 	port int
-	// cmd is set under Service.mu once the process has started, so that stopAll either sees it
+	// cmd is set under Pool.mu once the process has started, so that stopAll either sees it
 	// or the launch sees the instance draining.
 	cmd      *exec.Cmd
 	started  time.Time
@@ -104,18 +116,16 @@ type instance struct {
 
 type instanceKey struct{}
 
-// NewService returns a Service; call Run to keep min-scale and reap idle instances.
-func NewService(spec Spec, log *slog.Logger, obs Observer) *Service {
+// NewPool returns a Pool; call Run to keep min-scale and reap idle instances.
+func NewPool(spec Spec, log *slog.Logger, obs Observer) *Pool {
 	if spec.StartTimeout == 0 {
 		spec.StartTimeout = 30 * time.Second
 	}
-	if spec.MaxScale <= 0 {
-		spec.MaxScale = DefaultMaxScale
-	}
+	spec.MaxScale = spec.EffectiveMaxScale()
 	if spec.Logs == nil {
 		spec.Logs = io.Discard
 	}
-	s := &Service{spec: spec, log: log.With("service", spec.Namespace+"/"+spec.Name), obs: obs, changed: make(chan struct{}), bufferBudget: maxBufferedBytes}
+	s := &Pool{spec: spec, log: log.With("service", spec.Namespace+"/"+spec.Name), obs: obs, changed: make(chan struct{}), bufferBudget: maxBufferedBytes}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConns = 1024
 	transport.MaxIdleConnsPerHost = 256
@@ -155,7 +165,7 @@ func NewService(spec Spec, log *slog.Logger, obs Observer) *Service {
 }
 
 // Name is namespace/name.
-func (s *Service) Name() string { return s.spec.Namespace + "/" + s.spec.Name }
+func (s *Pool) Name() string { return s.spec.Namespace + "/" + s.spec.Name }
 
 // ServeHTTP routes the request to an instance, starting one when none has room and max-scale
 // allows, or queueing until one has room.
@@ -165,7 +175,7 @@ func (s *Service) Name() string { return s.spec.Namespace + "/" + s.spec.Name }
 // is read before the request takes a slot, so a client that never finishes sending holds no
 // instance; it is answered 504 when the timeout passes, as Knative's queue-proxy answers a
 // request that did not complete within timeoutSeconds, and its connection is closed.
-func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	var deadline time.Time
@@ -205,7 +215,7 @@ const errorWriteTimeout = 5 * time.Second
 // fail answers a request that did not reach an instance: 504 when its timeout passed (while its
 // body was arriving or while it queued), 413 for a body over a limit set in front of the
 // Service, 400 for a body that broke off, 503 otherwise (no instance could start, shutting down).
-func (s *Service) fail(w http.ResponseWriter, rc *http.ResponseController, err error) {
+func (s *Pool) fail(w http.ResponseWriter, rc *http.ResponseController, err error) {
 	status := http.StatusServiceUnavailable
 	var mbe *http.MaxBytesError
 	var bodyErr *bodyError
@@ -258,7 +268,7 @@ func (e *bodyError) Unwrap() error { return e.err }
 // or streamed, is cut off when the timeout passes (the server clears the deadline once the body
 // has been read). Should the ResponseWriter not support deadlines, the read runs aside and the
 // request stops waiting for it when ctx ends.
-func (s *Service) readBody(ctx context.Context, rc *http.ResponseController, r *http.Request, deadline time.Time) ([]byte, int64, error) {
+func (s *Pool) readBody(ctx context.Context, rc *http.ResponseController, r *http.Request, deadline time.Time) ([]byte, int64, error) {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil, 0, nil
 	}
@@ -318,7 +328,7 @@ func (s *Service) readBody(ctx context.Context, rc *http.ResponseController, r *
 	return buf, reserve, nil
 }
 
-func (s *Service) capacity() int {
+func (s *Pool) capacity() int {
 	if s.spec.ContainerConcurrency > 0 {
 		return s.spec.ContainerConcurrency
 	}
@@ -326,12 +336,12 @@ func (s *Service) capacity() int {
 }
 
 // broadcastLocked wakes every waiter.
-func (s *Service) broadcastLocked() {
+func (s *Pool) broadcastLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
 
-func (s *Service) acquire(ctx context.Context) (*instance, error) {
+func (s *Pool) acquire(ctx context.Context) (*instance, error) {
 	began := time.Now()
 	s.mu.Lock()
 	for {
@@ -387,7 +397,7 @@ func (s *Service) acquire(ctx context.Context) (*instance, error) {
 	}
 }
 
-func (s *Service) live() int {
+func (s *Pool) live() int {
 	n := 0
 	for _, in := range s.instances {
 		if !in.draining {
@@ -397,7 +407,7 @@ func (s *Service) live() int {
 	return n
 }
 
-func (s *Service) release(in *instance) {
+func (s *Pool) release(in *instance) {
 	s.mu.Lock()
 	in.inflight--
 	in.lastUsed = time.Now()
@@ -406,7 +416,7 @@ func (s *Service) release(in *instance) {
 }
 
 // startLocked launches an instance; readiness is awaited in the background.
-func (s *Service) startLocked() *instance {
+func (s *Pool) startLocked() *instance {
 	s.nextID++
 	in := &instance{id: s.nextID, exited: make(chan struct{}), settled: make(chan struct{}), gone: make(chan struct{}), lastUsed: time.Now()}
 	s.instances = append(s.instances, in)
@@ -418,7 +428,7 @@ func (s *Service) startLocked() *instance {
 // Warm starts n instances and waits until each is ready, as Knative brings a new revision up
 // to its initial scale before the Service is Ready. The first instance that fails to start
 // fails Warm with the cause. Idle instances are stopped later by Run, min-scale permitting.
-func (s *Service) Warm(n int) error {
+func (s *Pool) Warm(n int) error {
 	s.mu.Lock()
 	started := make([]*instance, 0, n)
 	for i := 0; i < n; i++ {
@@ -434,7 +444,7 @@ func (s *Service) Warm(n int) error {
 	return nil
 }
 
-func (s *Service) runInstance(in *instance) {
+func (s *Pool) runInstance(in *instance) {
 	defer close(in.gone)
 	log := s.log.With("instance", in.id)
 	err := s.launch(in)
@@ -478,7 +488,7 @@ func (s *Service) runInstance(in *instance) {
 	s.mu.Unlock()
 }
 
-func (s *Service) removeLocked(in *instance) {
+func (s *Pool) removeLocked(in *instance) {
 	for i, x := range s.instances {
 		if x == in {
 			s.instances = append(s.instances[:i], s.instances[i+1:]...)
@@ -489,7 +499,7 @@ func (s *Service) removeLocked(in *instance) {
 	s.broadcastLocked()
 }
 
-func (s *Service) launch(in *instance) error {
+func (s *Pool) launch(in *instance) error {
 	port, err := freePort()
 	if err != nil {
 		return err
@@ -533,7 +543,7 @@ func (s *Service) launch(in *instance) error {
 
 var readinessClient = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
-func (s *Service) awaitReady(in *instance) error {
+func (s *Pool) awaitReady(in *instance) error {
 	deadline := time.Now().Add(s.spec.StartTimeout)
 	addr := "127.0.0.1:" + strconv.Itoa(in.port)
 	delay := time.Millisecond
@@ -556,14 +566,14 @@ func (s *Service) awaitReady(in *instance) error {
 	}
 }
 
-func (s *Service) readinessTarget() string {
+func (s *Pool) readinessTarget() string {
 	if s.spec.ReadinessPath == "" {
 		return "its TCP port"
 	}
 	return s.spec.ReadinessPath
 }
 
-func (s *Service) probe(addr string) bool {
+func (s *Pool) probe(addr string) bool {
 	if s.spec.ReadinessPath == "" {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err != nil {
@@ -582,7 +592,7 @@ func (s *Service) probe(addr string) bool {
 }
 
 // Run keeps min-scale instances and stops idle ones until ctx ends, then stops every instance.
-func (s *Service) Run(ctx context.Context) {
+func (s *Pool) Run(ctx context.Context) {
 	tick := s.spec.IdleTimeout / 4
 	if tick < 50*time.Millisecond {
 		tick = 50 * time.Millisecond
@@ -603,7 +613,7 @@ func (s *Service) Run(ctx context.Context) {
 	}
 }
 
-func (s *Service) reconcile() {
+func (s *Pool) reconcile() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -629,7 +639,7 @@ func (s *Service) reconcile() {
 // terminate stops an instance marked draining: SIGTERM, then SIGKILL after grace. An instance
 // whose process has not started yet is killed by its launch, which sees it draining; terminate
 // waits for that.
-func (s *Service) terminate(in *instance, grace time.Duration) {
+func (s *Pool) terminate(in *instance, grace time.Duration) {
 	s.mu.Lock()
 	cmd := in.cmd
 	s.mu.Unlock()
@@ -647,7 +657,7 @@ func (s *Service) terminate(in *instance, grace time.Duration) {
 }
 
 // stopAll stops every instance, starting ones included, and returns once all are gone.
-func (s *Service) stopAll() {
+func (s *Pool) stopAll() {
 	s.mu.Lock()
 	s.closed = true
 	all := append([]*instance(nil), s.instances...)
@@ -669,14 +679,14 @@ func (s *Service) stopAll() {
 }
 
 // Instances returns the number of running or starting instances.
-func (s *Service) Instances() int {
+func (s *Pool) Instances() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.instances)
 }
 
 // PIDs returns the process ids of the instances (for tests and fault injection).
-func (s *Service) PIDs() []int {
+func (s *Pool) PIDs() []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var pids []int
@@ -697,4 +707,4 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-var _ http.Handler = (*Service)(nil)
+var _ http.Handler = (*Pool)(nil)

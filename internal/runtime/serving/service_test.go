@@ -53,14 +53,14 @@ func (o *countingObserver) SetInstances(_, _ string, n int) {
 	}
 }
 
-func startService(t *testing.T, spec Spec) (*Service, *httptest.Server, *countingObserver) {
+func startPool(t *testing.T, spec Spec) (*Pool, *httptest.Server, *countingObserver) {
 	t.Helper()
-	svc, obs := newService(t, spec)
-	return svc, runService(t, svc, svc), obs
+	svc, obs := newPool(t, spec)
+	return svc, runPool(t, svc, svc), obs
 }
 
-// newService returns a Service of the echo function with test defaults.
-func newService(t *testing.T, spec Spec) (*Service, *countingObserver) {
+// newPool returns a Pool of the echo function with test defaults.
+func newPool(t *testing.T, spec Spec) (*Pool, *countingObserver) {
 	t.Helper()
 	spec.Namespace, spec.Name = "test", t.Name()
 	if spec.Binary == "" {
@@ -73,12 +73,12 @@ func newService(t *testing.T, spec Spec) (*Service, *countingObserver) {
 		spec.IdleTimeout = time.Minute
 	}
 	obs := &countingObserver{}
-	return NewService(spec, slog.New(slog.NewTextHandler(io.Discard, nil)), obs), obs
+	return NewPool(spec, slog.New(slog.NewTextHandler(io.Discard, nil)), obs), obs
 }
 
 // runService runs svc until the test ends and serves h (svc, or a handler calling it) on a test
 // server configured as the runtime's (NewServer).
-func runService(t *testing.T, svc *Service, h http.Handler) *httptest.Server {
+func runPool(t *testing.T, svc *Pool, h http.Handler) *httptest.Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -113,7 +113,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestColdStartThenScaleToZero(t *testing.T) {
-	svc, srv, obs := startService(t, Spec{IdleTimeout: 200 * time.Millisecond, Env: []string{"GREETING=hello"}})
+	svc, srv, obs := startPool(t, Spec{IdleTimeout: 200 * time.Millisecond, Env: []string{"GREETING=hello"}})
 	if n := svc.Instances(); n != 0 {
 		t.Fatalf("instances before the first request = %d, want 0 (min-scale 0)", n)
 	}
@@ -130,7 +130,7 @@ func TestColdStartThenScaleToZero(t *testing.T) {
 }
 
 func TestReadinessIsAwaited(t *testing.T) {
-	_, srv, _ := startService(t, Spec{Env: []string{"ECHO_READY_DELAY=300ms"}})
+	_, srv, _ := startPool(t, Spec{Env: []string{"ECHO_READY_DELAY=300ms"}})
 	code, _ := get(t, srv.URL+"/pid")
 	if code != 200 {
 		t.Fatalf("request during a slow start answered %d, want 200 after readiness", code)
@@ -138,7 +138,7 @@ func TestReadinessIsAwaited(t *testing.T) {
 }
 
 func TestMinScaleKeepsInstancesWarm(t *testing.T) {
-	svc, _, _ := startService(t, Spec{MinScale: 2, IdleTimeout: 50 * time.Millisecond})
+	svc, _, _ := startPool(t, Spec{MinScale: 2, IdleTimeout: 50 * time.Millisecond})
 	eventually(t, "two warm instances", func() bool { return svc.Instances() == 2 })
 	time.Sleep(300 * time.Millisecond) // several idle windows
 	if n := svc.Instances(); n != 2 {
@@ -158,7 +158,7 @@ func TestConcurrencyBounds(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			svc, srv, obs := startService(t, Spec{ContainerConcurrency: tc.cc, MaxScale: tc.maxScale})
+			svc, srv, obs := startPool(t, Spec{ContainerConcurrency: tc.cc, MaxScale: tc.maxScale})
 			var wg sync.WaitGroup
 			var failed atomic.Int64
 			for i := 0; i < tc.requests; i++ {
@@ -195,7 +195,7 @@ func TestConcurrencyBounds(t *testing.T) {
 }
 
 func TestTimeoutIsEnforced(t *testing.T) {
-	_, srv, _ := startService(t, Spec{Timeout: 300 * time.Millisecond})
+	_, srv, _ := startPool(t, Spec{Timeout: 300 * time.Millisecond})
 	code, body := get(t, srv.URL+"/?sleep=5s")
 	if code != http.StatusGatewayTimeout {
 		t.Fatalf("slow request answered %d %q, want 504", code, body)
@@ -203,7 +203,7 @@ func TestTimeoutIsEnforced(t *testing.T) {
 }
 
 func TestCrashedInstanceIsReplaced(t *testing.T) {
-	_, srv, _ := startService(t, Spec{})
+	_, srv, _ := startPool(t, Spec{})
 	_, pid1 := get(t, srv.URL+"/pid")
 	resp, err := http.Post(srv.URL+"/crash", "text/plain", nil)
 	if err == nil {
@@ -229,7 +229,7 @@ func TestStartFailureIsReported(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho boom >&2\nexit 7\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	_, srv, _ := startService(t, Spec{Binary: bad, Timeout: 10 * time.Second})
+	_, srv, _ := startPool(t, Spec{Binary: bad, Timeout: 10 * time.Second})
 	code, body := get(t, srv.URL+"/")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "exited before it became ready") {
 		t.Fatalf("request to a function that cannot start: %d %q, want 503 naming the cause", code, body)
@@ -308,7 +308,7 @@ func TestRaceBuildsAreKeyedApart(t *testing.T) {
 }
 
 func TestWarmStartsInitialScale(t *testing.T) {
-	svc, _, _ := startService(t, Spec{})
+	svc, _, _ := startPool(t, Spec{})
 	if err := svc.Warm(2); err != nil {
 		t.Fatalf("Warm: %v", err)
 	}
@@ -321,7 +321,7 @@ func TestWarmStartsInitialScale(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("#!/bin/sh\nexit 7\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	failing, _, _ := startService(t, Spec{Binary: bad})
+	failing, _, _ := startPool(t, Spec{Binary: bad})
 	if err := failing.Warm(1); err == nil || !strings.Contains(err.Error(), "exited before it became ready") {
 		t.Fatalf("Warm of a function that cannot start: %v, want the cause", err)
 	}
@@ -341,7 +341,7 @@ func TestStopAllStopsStartingInstances(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			svc, _ := newService(t, Spec{MinScale: 1, Env: []string{"ECHO_READY_DELAY=1h"}})
+			svc, _ := newPool(t, Spec{MinScale: 1, Env: []string{"ECHO_READY_DELAY=1h"}})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() { svc.Run(ctx); close(done) }()
@@ -369,6 +369,25 @@ func TestStopAllStopsStartingInstances(t *testing.T) {
 					_ = syscall.Kill(-pid, syscall.SIGKILL)
 					t.Errorf("process %d of a starting instance survived Run", pid)
 				}
+			}
+		})
+	}
+}
+
+func TestEffectiveMaxScale(t *testing.T) {
+	tests := []struct {
+		name     string
+		maxScale int
+		want     int
+	}{
+		{name: "not set is the default", maxScale: 0, want: 10},
+		{name: "negative is the default", maxScale: -1, want: 10},
+		{name: "set", maxScale: 3, want: 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := (Spec{MaxScale: tc.maxScale}).EffectiveMaxScale(); got != tc.want {
+				t.Fatalf("EffectiveMaxScale() = %d, want %d", got, tc.want)
 			}
 		})
 	}

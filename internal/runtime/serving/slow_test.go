@@ -66,8 +66,8 @@ func TestSlowBodyHoldsNoSlot(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			arrived := make(chan struct{}, 1)
-			svc, _ := newService(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: 2 * time.Second})
-			srv := runService(t, svc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			svc, _ := newPool(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: 2 * time.Second})
+			srv := runPool(t, svc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if _, ok := r.URL.Query()["slow"]; ok {
 					arrived <- struct{}{}
 				}
@@ -103,7 +103,7 @@ func TestSlowBodyHoldsNoSlot(t *testing.T) {
 // TestStalledStreamedBodyFreesTheSlot: a body too large to buffer is streamed to the instance and
 // so takes the slot, but the timeout cuts it off and frees the slot for the next request.
 func TestStalledStreamedBodyFreesTheSlot(t *testing.T) {
-	svc, srv, _ := startService(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: 2 * time.Second})
+	svc, srv, _ := startPool(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: 2 * time.Second})
 	if err := svc.Warm(1); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestUnreadAnswerFreesTheSlot(t *testing.T) {
 	if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 64<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	svc, srv, _ := startService(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: 2 * time.Second})
+	svc, srv, _ := startPool(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: 2 * time.Second})
 	if err := svc.Warm(1); err != nil {
 		t.Fatal(err)
 	}
@@ -150,10 +150,10 @@ func TestUnreadAnswerFreesTheSlot(t *testing.T) {
 // TestBodyIsForwardedIntact: bodies reach the instance byte for byte, whether buffered or
 // streamed, and a body that breaks off is refused rather than forwarded short.
 func TestBodyIsForwardedIntact(t *testing.T) {
-	_, srv, _ := startService(t, Spec{Timeout: 10 * time.Second})
-	svc, _ := newService(t, Spec{Timeout: 10 * time.Second})
+	_, srv, _ := startPool(t, Spec{Timeout: 10 * time.Second})
+	svc, _ := newPool(t, Spec{Timeout: 10 * time.Second})
 	svc.bufferBudget = 10
-	tight := runService(t, svc, svc)
+	tight := runPool(t, svc, svc)
 	random := func(n int) []byte {
 		b := make([]byte, n)
 		_, _ = rand.Read(b)

@@ -1,0 +1,405 @@
+package embedded
+
+import (
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+
+	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/runtime/manifest"
+	"github.com/knfaas/knfaas/internal/runtime/serving"
+)
+
+// Manifest snippets the cases combine; each is one YAML document.
+const (
+	brokerDoc = `apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: ns}
+`
+	subscriberDoc = `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: sub, namespace: ns}
+spec:
+  template:
+    spec:
+      containers:
+      - image: ko://example.com/sub
+`
+	deadLetterDoc = `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: dls, namespace: ns}
+spec:
+  template:
+    spec:
+      containers:
+      - image: ko://example.com/dls
+`
+)
+
+// docs joins YAML documents into one file.
+func docs(d ...string) string { return strings.Join(d, "---\n") }
+
+// planView is what a case compares: the plan with the trigger consumers' retry functions
+// reduced to values, and without the manifest objects the run reads.
+type planView struct {
+	Services []ServicePlan
+	Brokers  []BrokerPlan
+	Triggers []triggerView
+	Pings    []PingPlan
+}
+
+type triggerView struct {
+	Key, Where, Subscriber, SubscriberURL, DeadLetterURL, ReplyURL string
+	Attributes                                                     eventingv1.TriggerFilterAttributes
+	Filters                                                        []eventingv1.SubscriptionsAPIFilter
+	Retries                                                        int
+	// Backoffs are the waits before the first three retries.
+	Backoffs []time.Duration
+}
+
+func viewOf(p *Plan) planView {
+	var v planView
+	for _, s := range p.Services {
+		s.source = nil
+		v.Services = append(v.Services, s)
+	}
+	v.Brokers = p.Brokers
+	for _, t := range p.Triggers {
+		tv := triggerView{
+			Key: t.Consumer.Key(), Where: t.Where, Subscriber: t.Subscriber, SubscriberURL: t.Consumer.Subscriber.URL.String(),
+			ReplyURL: t.Consumer.ReplyURL, Filters: t.Filters, Retries: t.Consumer.Retry.RetryMax,
+		}
+		if t.Filter != nil && len(t.Filter.Attributes) > 0 {
+			tv.Attributes = t.Filter.Attributes
+		}
+		if t.Consumer.DeadLetter != nil {
+			tv.DeadLetterURL = t.Consumer.DeadLetter.URL.String()
+		}
+		for attempt := 1; attempt <= min(3, tv.Retries); attempt++ {
+			tv.Backoffs = append(tv.Backoffs, t.Consumer.Retry.Backoff(attempt, nil))
+		}
+		v.Triggers = append(v.Triggers, tv)
+	}
+	for _, ps := range p.Pings {
+		ps.source = nil
+		v.Pings = append(v.Pings, ps)
+	}
+	return v
+}
+
+func mustURL(t *testing.T, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// kEnv is the environment Knative gives every revision of Service name.
+func kEnv(name string, env ...string) []string {
+	return append(env, "K_SERVICE="+name, "K_CONFIGURATION="+name, "K_REVISION="+name+"-00001")
+}
+
+// TestPlan turns manifest snippets into plans. Only the parts of planView a case sets are
+// compared; wantNotes must each appear among the plan's notes.
+func TestPlan(t *testing.T) {
+	opts := PlanOptions{IdleTimeout: 30 * time.Second, StartTimeout: 10 * time.Second}
+	tests := []struct {
+		name      string
+		manifests string
+		want      planView
+		wantNotes []string
+		wantErr   string
+	}{
+		{
+			name: "service with scale, concurrency, timeout and readiness",
+			manifests: `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: fn, namespace: ns}
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/min-scale: "2"
+        autoscaling.knative.dev/max-scale: "5"
+    spec:
+      containerConcurrency: 4
+      timeoutSeconds: 60
+      containers:
+      - image: ko://example.com/fn
+        env: [{name: GREETING, value: hello}]
+        readinessProbe: {httpGet: {path: /ready}}
+`,
+			want: planView{Services: []ServicePlan{{
+				Spec: serving.Spec{
+					Namespace: "ns", Name: "fn", Env: kEnv("fn", "GREETING=hello"), ReadinessPath: "/ready",
+					ContainerConcurrency: 4, MinScale: 2, MaxScale: 5, InitialScale: 2, Timeout: time.Minute,
+					IdleTimeout: 30 * time.Second, StartTimeout: 10 * time.Second,
+				},
+				Where: "m.yaml (document 1): Service ns/fn", ImportPath: "example.com/fn",
+			}}},
+		},
+		{
+			name: "service with Knative's defaults: max-scale left to serving, one initial instance",
+			manifests: `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: fn, namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}
+spec:
+  template:
+    spec:
+      containers:
+      - image: ko://example.com/fn
+`,
+			want: planView{Services: []ServicePlan{{
+				Spec: serving.Spec{
+					Namespace: "ns", Name: "fn", Env: kEnv("fn"), Timeout: 5 * time.Minute, InitialScale: 1,
+					IdleTimeout: 30 * time.Second, StartTimeout: 10 * time.Second,
+				},
+				Where: "m.yaml (document 1): Service ns/fn", ImportPath: "example.com/fn", ClusterLocal: true,
+			}}},
+		},
+		{
+			name: "broker with the max-event-bytes annotation",
+			manifests: docs(`apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes: "2048"}}
+`, brokerDoc),
+			want: planView{Brokers: []BrokerPlan{
+				{Namespace: "ns", Name: "small", MaxEventBytes: 2048},
+				{Namespace: "ns", Name: "default", MaxEventBytes: eventsize.DefaultMaxEventBytes},
+			}},
+		},
+		{
+			name: "trigger with filters, dead-letter sink and retry",
+			manifests: docs(brokerDoc, subscriberDoc, deadLetterDoc, `apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: orders, namespace: ns}
+spec:
+  broker: default
+  filters:
+  - prefix: {type: com.shop.order.}
+  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}, uri: /orders}
+  delivery:
+    retry: 3
+    backoffPolicy: linear
+    backoffDelay: PT0.5S
+    deadLetterSink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dls}}
+`),
+			want: planView{Triggers: []triggerView{{
+				Key: "ns/orders", Where: "m.yaml (document 4): Trigger ns/orders", Subscriber: "Service sub",
+				SubscriberURL: "http://sub.ns.svc.cluster.local/orders", DeadLetterURL: "http://dls.ns.svc.cluster.local",
+				ReplyURL: "http://broker-ingress.knative-eventing.svc.cluster.local/ns/default",
+				Filters:  []eventingv1.SubscriptionsAPIFilter{{Prefix: map[string]string{"type": "com.shop.order."}}},
+				Retries:  3, Backoffs: []time.Duration{500 * time.Millisecond, time.Second, 1500 * time.Millisecond},
+			}}},
+		},
+		{
+			name: "trigger without delivery takes its broker's, which Knative defaults",
+			manifests: docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: all, namespace: ns}
+spec:
+  broker: default
+  filter: {attributes: {type: com.shop.order.placed, source: /shop}}
+  subscriber: {uri: "http://127.0.0.1:9/"}
+`),
+			want: planView{Triggers: []triggerView{{
+				Key: "ns/all", Where: "m.yaml (document 2): Trigger ns/all", Subscriber: "http://127.0.0.1:9/",
+				SubscriberURL: "http://127.0.0.1:9/", ReplyURL: "http://broker-ingress.knative-eventing.svc.cluster.local/ns/default",
+				Attributes: eventingv1.TriggerFilterAttributes{"type": "com.shop.order.placed", "source": "/shop"},
+				Retries:    10, Backoffs: []time.Duration{400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond},
+			}}},
+		},
+		{
+			name: "ping source",
+			manifests: docs(subscriberDoc, `apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: tick, namespace: ns}
+spec:
+  schedule: "*/5 * * * *"
+  timezone: Europe/Paris
+  data: '{"n": 1}'
+  sink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+`),
+			want: planView{Pings: []PingPlan{{
+				Namespace: "ns", Name: "tick", Where: "m.yaml (document 2): PingSource ns/tick",
+				Schedule: "*/5 * * * *", Timezone: "Europe/Paris",
+				Sink: mustURL(t, "http://sub.ns.svc.cluster.local"), SinkName: "Service sub",
+			}}},
+		},
+		{
+			name: "sink binding gives its subject K_SINK",
+			manifests: docs(brokerDoc, subscriberDoc, `apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: sub-sink, namespace: ns}
+spec:
+  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+`),
+			want: planView{Services: []ServicePlan{{
+				Spec: serving.Spec{
+					Namespace: "ns", Name: "sub", Env: kEnv("sub"), Timeout: 5 * time.Minute, InitialScale: 1,
+					IdleTimeout: 30 * time.Second, StartTimeout: 10 * time.Second,
+				},
+				Where: "m.yaml (document 2): Service ns/sub", ImportPath: "example.com/sub",
+				Sink:  mustURL(t, "http://broker-ingress.knative-eventing.svc.cluster.local/ns/default"),
+				Notes: []string{"K_SINK=http://broker-ingress.knative-eventing.svc.cluster.local/ns/default (SinkBinding sub-sink; the function gets its internal address)"},
+			}}},
+		},
+		{
+			name: "redis of the manifests is stood in for",
+			manifests: docs(`apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: redis, namespace: ns}
+spec:
+  selector: {matchLabels: {app: redis}}
+  serviceName: redis
+  template:
+    metadata: {labels: {app: redis}}
+    spec:
+      containers: [{name: redis, image: redis:7}]
+`, `apiVersion: v1
+kind: Service
+metadata: {name: redis, namespace: ns}
+spec:
+  selector: {app: redis}
+  ports: [{port: 6379}]
+`, `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: fn, namespace: ns}
+spec:
+  template:
+    spec:
+      containers:
+      - image: ko://example.com/fn
+        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
+`),
+			want: planView{Services: []ServicePlan{{
+				Spec: serving.Spec{
+					Namespace: "ns", Name: "fn", Env: kEnv("fn", "REDIS_URL=redis://redis.ns.svc.cluster.local:6379/0"), Timeout: 5 * time.Minute, InitialScale: 1,
+					IdleTimeout: 30 * time.Second, StartTimeout: 10 * time.Second,
+				},
+				Where: "m.yaml (document 3): Service ns/fn", ImportPath: "example.com/fn", RedisEnv: []string{"REDIS_URL"},
+				Notes: []string{"env REDIS_URL points at the Redis Service in the manifests; the runtime's Redis stands in"},
+			}}},
+			wantNotes: []string{
+				"m.yaml (document 2): Service ns/redis: fronts a Redis StatefulSet; the runtime's Redis stands in for it",
+				"m.yaml (document 1): StatefulSet ns/redis: loaded, not run",
+			},
+		},
+		{
+			name: "a kind the runtime does not run is a note",
+			manifests: `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: legacy, namespace: ns}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      containers: [{name: legacy, image: example.com/legacy}]
+`,
+			wantNotes: []string{"redis: embedded (miniredis)", "m.yaml (document 1): Deployment ns/legacy: loaded, not run"},
+		},
+		{
+			name: "a ref to a Service the manifests lack names the object and field",
+			manifests: docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: orders, namespace: ns}
+spec:
+  broker: default
+  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
+`),
+			wantErr: "m.yaml (document 2): Trigger ns/orders: spec.subscriber: ref Service ns/nope not found in the loaded manifests",
+		},
+		{
+			name: "a dead-letter sink of a kind that does not run locally",
+			manifests: docs(brokerDoc, subscriberDoc, `apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: orders, namespace: ns}
+spec:
+  broker: default
+  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+  delivery:
+    deadLetterSink: {ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: dlq}}
+`),
+			wantErr: "m.yaml (document 3): Trigger ns/orders: delivery.deadLetterSink: ref InMemoryChannel ns/dlq (messaging.knative.dev/v1) cannot be resolved locally",
+		},
+		{
+			name: "a trigger on a broker the manifests lack",
+			manifests: docs(subscriberDoc, `apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: orders, namespace: ns}
+spec:
+  broker: other
+  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+`),
+			wantErr: "m.yaml (document 2): Trigger ns/orders: spec.broker: Broker ns/other not found",
+		},
+		{
+			name: "an image that is not ko://",
+			manifests: `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: fn, namespace: ns}
+spec:
+  template:
+    spec:
+      containers:
+      - image: docker.io/library/nginx
+`,
+			wantErr: `m.yaml (document 1): Service ns/fn: image "docker.io/library/nginx" cannot run locally`,
+		},
+		{
+			name: "a broker whose max-event-bytes is not a number",
+			manifests: `apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: ns, annotations: {knfaas.dev/max-event-bytes: lots}}
+`,
+			wantErr: "m.yaml (document 1): Broker ns/default: ",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, errs := manifest.Decode("m.yaml", []byte(tc.manifests))
+			if len(errs) > 0 {
+				t.Fatalf("decoding the manifests: %v", errs[0])
+			}
+			p, err := NewPlan(&manifest.Set{Objects: objs}, opts)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("NewPlan: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("NewPlan: %v", err)
+			}
+			got := viewOf(p)
+			for _, part := range []struct {
+				name      string
+				got, want any
+				set       bool
+			}{
+				{"services", got.Services, tc.want.Services, tc.want.Services != nil},
+				{"brokers", got.Brokers, tc.want.Brokers, tc.want.Brokers != nil},
+				{"triggers", got.Triggers, tc.want.Triggers, tc.want.Triggers != nil},
+				{"pings", got.Pings, tc.want.Pings, tc.want.Pings != nil},
+			} {
+				if part.set && !reflect.DeepEqual(part.got, part.want) {
+					t.Errorf("%s:\n got %+v\nwant %+v", part.name, part.got, part.want)
+				}
+			}
+			notes := strings.Join(p.Notes, "\n")
+			for _, n := range tc.wantNotes {
+				if !strings.Contains(notes, n) {
+					t.Errorf("notes lack %q:\n%s", n, notes)
+				}
+			}
+		})
+	}
+}
