@@ -315,7 +315,7 @@ spec:
   broker: default
   subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
 `),
-			wantErr: "m.yaml (document 2): Trigger ns/orders: spec.subscriber: ref Service ns/nope not found in the loaded manifests",
+			wantErr: "m.yaml (document 2): Trigger ns/orders: spec.subscriber: ref: Service ns/nope (serving.knative.dev/v1) is not defined in the manifests",
 		},
 		{
 			name: "a dead-letter sink of a kind that does not run locally",
@@ -328,7 +328,7 @@ spec:
   delivery:
     deadLetterSink: {ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: dlq}}
 `),
-			wantErr: "m.yaml (document 3): Trigger ns/orders: delivery.deadLetterSink: ref InMemoryChannel ns/dlq (messaging.knative.dev/v1) cannot be resolved locally",
+			wantErr: "m.yaml (document 3): Trigger ns/orders: delivery.deadLetterSink: ref: InMemoryChannel ns/dlq (messaging.knative.dev/v1) cannot be resolved locally",
 		},
 		{
 			name: "a trigger on a broker the manifests lack",
