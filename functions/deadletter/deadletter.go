@@ -58,7 +58,7 @@ type Function struct {
 	store    atomic.Pointer[deadletter.Store]
 	maxBody  int64
 	inflight atomic.Int64
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.

@@ -52,7 +52,7 @@ type Function struct {
 	log *eventlog.Log
 	cfg Config
 	mux *http.ServeMux
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.

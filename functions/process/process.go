@@ -55,7 +55,7 @@ type Function struct {
 	engine *process.Engine
 	send   func(context.Context, event.Event) error
 	acks   *acker
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.

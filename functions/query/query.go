@@ -44,7 +44,7 @@ type Function struct {
 	cfg    Config
 	cache  string
 	mux    *http.ServeMux
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.

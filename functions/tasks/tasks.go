@@ -62,7 +62,7 @@ type Function struct {
 	keys *process.SigningKeys
 	send func(context.Context, event.Event) error
 	now  func() time.Time
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.

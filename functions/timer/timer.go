@@ -46,7 +46,7 @@ type Function struct {
 	rdb  *redis.Client
 	send func(context.Context, event.Event) error
 	now  func() time.Time
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.

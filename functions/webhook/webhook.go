@@ -74,7 +74,7 @@ type Function struct {
 	state atomic.Pointer[state]
 	log   *slog.Logger
 	now   func() time.Time
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
