@@ -49,9 +49,10 @@ const DefaultLimit = 100
 
 // Function is the event store.
 type Function struct {
-	log *eventlog.Log
-	cfg Config
-	mux *http.ServeMux
+	// events is the append-only event log on Redis Streams.
+	events *eventlog.Log
+	cfg    Config
+	mux    *http.ServeMux
 	funchealth.Lifecycle
 }
 
@@ -87,10 +88,10 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 
 func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) {
 	f.cfg = cfg
-	f.log = eventlog.New(rdb, eventlog.Options{
+	f.events = eventlog.New(rdb, eventlog.Options{
 		Retention: cfg.Retention, MaxLen: cfg.MaxLen, StreamMaxLen: cfg.StreamMaxLen, DedupTTL: cfg.DedupTTL,
 	})
-	if err := f.log.Load(ctx); err != nil {
+	if err := f.events.Load(ctx); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
 	mux := http.NewServeMux()
@@ -130,7 +131,7 @@ func (f *Function) append(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	res, err := f.log.Append(r.Context(), *e)
+	res, err := f.events.Append(r.Context(), *e)
 	if errors.Is(err, eventlog.ErrInvalidEvent) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -153,7 +154,7 @@ func (f *Function) read(base func(*http.Request) eventlog.Query) http.HandlerFun
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		page, err := f.log.Read(r.Context(), q)
+		page, err := f.events.Read(r.Context(), q)
 		if errors.Is(err, eventlog.ErrInvalidQuery) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
