@@ -54,7 +54,7 @@ type ReorderRequest struct {
 // Function is the purchasing function.
 type Function struct {
 	rdb       *redis.Client
-	kit       *projection.Kit
+	projector *projection.Projector
 	orderUpTo int64
 	ready     atomic.Bool
 }
@@ -79,14 +79,14 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) err
 	if cfg.OrderUpTo <= 0 {
 		return errors.New("purchasing: POS_ORDER_UP_TO must be positive")
 	}
-	kit, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
+	projector, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
 	if err != nil {
 		return fmt.Errorf("purchasing: %w", err)
 	}
-	if err := kit.Load(ctx); err != nil {
+	if err := projector.Load(ctx); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
-	f.rdb, f.kit, f.orderUpTo = rdb, kit, cfg.OrderUpTo
+	f.rdb, f.projector, f.orderUpTo = rdb, projector, cfg.OrderUpTo
 	f.ready.Store(true)
 	return nil
 }
@@ -146,7 +146,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		projection.Set("status", "requested"),
 		projection.Set("requested_at", e.Time().UTC().Format(time.RFC3339)),
 	}}
-	res, err := f.kit.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
+	res, err := f.projector.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
 	if errors.Is(err, projection.ErrInvalidChange) {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	}

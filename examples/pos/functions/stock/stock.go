@@ -79,7 +79,7 @@ type ReorderRequest struct {
 // Function is the stock projector.
 type Function struct {
 	rdb        *redis.Client
-	kit        *projection.Kit
+	projector  *projection.Projector
 	thresholds map[string]int64
 	fallback   int64
 	ready      atomic.Bool
@@ -112,14 +112,14 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) err
 			return fmt.Errorf("stock: POS_THRESHOLDS_FILE %s: %w", cfg.ThresholdsFile, err)
 		}
 	}
-	kit, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
+	projector, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
 	if err != nil {
 		return fmt.Errorf("stock: %w", err)
 	}
-	if err := kit.Load(ctx); err != nil {
+	if err := projector.Load(ctx); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
-	f.rdb, f.kit, f.fallback = rdb, kit, cfg.DefaultThreshold
+	f.rdb, f.projector, f.fallback = rdb, projector, cfg.DefaultThreshold
 	f.ready.Store(true)
 	return nil
 }
@@ -218,7 +218,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 	if err != nil {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	}
-	res, err := f.kit.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
+	res, err := f.projector.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
 	if errors.Is(err, projection.ErrInvalidChange) {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	}
