@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -235,4 +236,60 @@ func BenchmarkTick100k(b *testing.B) {
 	b.ReportMetric(pending*runs/raw.Seconds(), "raw-redis/s")
 	b.ReportMetric(full.Seconds()/runs, "s/tick")
 	b.ReportMetric(raw.Seconds()/full.Seconds(), "ratio-vs-raw")
+}
+
+// TestStartRefusesBadConfiguration: a bad TIMER_* value stops Start with an error naming the
+// variable (so main exits non-zero), instead of being replaced by the default.
+func TestStartRefusesBadConfiguration(t *testing.T) {
+	tests := map[string]struct {
+		env, value string
+		wantErr    string // "" means Start succeeds
+	}{
+		"batch not a number":      {"TIMER_BATCH", "many", "TIMER_BATCH"},
+		"batch zero":              {"TIMER_BATCH", "0", "TIMER_BATCH (0) must be from 1 to 2000"},
+		"batch negative":          {"TIMER_BATCH", "-5", "TIMER_BATCH (-5) must be from 1 to 2000"},
+		"batch above MaxBatch":    {"TIMER_BATCH", "2001", "TIMER_BATCH (2001) must be from 1 to 2000"},
+		"batch absurd":            {"TIMER_BATCH", "1000000000", "TIMER_BATCH (1000000000) must be from 1 to 2000"},
+		"batch at MaxBatch":       {"TIMER_BATCH", "2000", ""},
+		"batch one":               {"TIMER_BATCH", "1", ""},
+		"concurrency zero":        {"TIMER_CONCURRENCY", "0", "TIMER_CONCURRENCY (0) must be at least 1"},
+		"concurrency not number":  {"TIMER_CONCURRENCY", "lots", "TIMER_CONCURRENCY"},
+		"send timeout zero":       {"TIMER_SEND_TIMEOUT", "0s", "TIMER_SEND_TIMEOUT (0s) must be positive"},
+		"send timeout negative":   {"TIMER_SEND_TIMEOUT", "-1s", "TIMER_SEND_TIMEOUT (-1s) must be positive"},
+		"send timeout not a time": {"TIMER_SEND_TIMEOUT", "10", "TIMER_SEND_TIMEOUT"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("K_SINK", "http://127.0.0.1:1")
+			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+			t.Setenv(tc.env, tc.value)
+			f := New()
+			err := f.Start(context.Background(), nil)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Start = %v, want nil", err)
+				}
+				_ = f.Stop(context.Background())
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Start = %v, want an error holding %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestStartDefaults: unset variables take the defaults their tags state.
+func TestStartDefaults(t *testing.T) {
+	t.Setenv("K_SINK", "http://127.0.0.1:1")
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+	f := New()
+	if err := f.Start(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop(context.Background())
+	want := Config{Batch: 1000, Concurrency: 64, SendTimeout: 10 * time.Second, Sink: "http://127.0.0.1:1"}
+	if f.cfg != want {
+		t.Errorf("config = %+v, want %+v", f.cfg, want)
+	}
 }
