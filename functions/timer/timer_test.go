@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -238,58 +239,50 @@ func BenchmarkTick100k(b *testing.B) {
 	b.ReportMetric(raw.Seconds()/full.Seconds(), "ratio-vs-raw")
 }
 
-// TestStartRefusesBadConfiguration: a bad TIMER_* value stops Start with an error naming the
-// variable (so main exits non-zero), instead of being replaced by the default.
-func TestStartRefusesBadConfiguration(t *testing.T) {
+// TestStartReadsConfiguration: an unset TIMER_* variable takes its tag's default; a bad value
+// stops Start with an error naming the variable (so main exits non-zero) instead of being
+// replaced by the default, as it was.
+func TestStartReadsConfiguration(t *testing.T) {
+	defaults := Config{Batch: 1000, Concurrency: 64, SendTimeout: 10 * time.Second, Sink: "http://127.0.0.1:1"}
+	withBatch := func(n int) Config { c := defaults; c.Batch = n; return c }
 	tests := map[string]struct {
-		env, value string
-		wantErr    string // "" means Start succeeds
+		env  map[string]string
+		want Config // the configuration started with; the zero Config when Start must fail
+		err  string // what the error says; "" when Start must succeed
 	}{
-		"batch not a number":      {"TIMER_BATCH", "many", "TIMER_BATCH"},
-		"batch zero":              {"TIMER_BATCH", "0", "TIMER_BATCH (0) must be from 1 to 2000"},
-		"batch negative":          {"TIMER_BATCH", "-5", "TIMER_BATCH (-5) must be from 1 to 2000"},
-		"batch above MaxBatch":    {"TIMER_BATCH", "2001", "TIMER_BATCH (2001) must be from 1 to 2000"},
-		"batch absurd":            {"TIMER_BATCH", "1000000000", "TIMER_BATCH (1000000000) must be from 1 to 2000"},
-		"batch at MaxBatch":       {"TIMER_BATCH", "2000", ""},
-		"batch one":               {"TIMER_BATCH", "1", ""},
-		"concurrency zero":        {"TIMER_CONCURRENCY", "0", "TIMER_CONCURRENCY (0) must be at least 1"},
-		"concurrency not number":  {"TIMER_CONCURRENCY", "lots", "TIMER_CONCURRENCY"},
-		"send timeout zero":       {"TIMER_SEND_TIMEOUT", "0s", "TIMER_SEND_TIMEOUT (0s) must be positive"},
-		"send timeout negative":   {"TIMER_SEND_TIMEOUT", "-1s", "TIMER_SEND_TIMEOUT (-1s) must be positive"},
-		"send timeout not a time": {"TIMER_SEND_TIMEOUT", "10", "TIMER_SEND_TIMEOUT"},
+		"unset":                   {want: defaults},
+		"batch at MaxBatch":       {env: map[string]string{"TIMER_BATCH": "2000"}, want: withBatch(MaxBatch)},
+		"batch one":               {env: map[string]string{"TIMER_BATCH": "1"}, want: withBatch(1)},
+		"batch not a number":      {env: map[string]string{"TIMER_BATCH": "many"}, err: "TIMER_BATCH"},
+		"batch zero":              {env: map[string]string{"TIMER_BATCH": "0"}, err: "TIMER_BATCH (0) must be from 1 to 2000"},
+		"batch negative":          {env: map[string]string{"TIMER_BATCH": "-5"}, err: "TIMER_BATCH (-5) must be from 1 to 2000"},
+		"batch above MaxBatch":    {env: map[string]string{"TIMER_BATCH": "2001"}, err: "TIMER_BATCH (2001) must be from 1 to 2000"},
+		"batch absurd":            {env: map[string]string{"TIMER_BATCH": "1000000000"}, err: "TIMER_BATCH (1000000000) must be from 1 to 2000"},
+		"concurrency zero":        {env: map[string]string{"TIMER_CONCURRENCY": "0"}, err: "TIMER_CONCURRENCY (0) must be at least 1"},
+		"concurrency not number":  {env: map[string]string{"TIMER_CONCURRENCY": "lots"}, err: "TIMER_CONCURRENCY"},
+		"send timeout zero":       {env: map[string]string{"TIMER_SEND_TIMEOUT": "0s"}, err: "TIMER_SEND_TIMEOUT (0s) must be positive"},
+		"send timeout negative":   {env: map[string]string{"TIMER_SEND_TIMEOUT": "-1s"}, err: "TIMER_SEND_TIMEOUT (-1s) must be positive"},
+		"send timeout not a time": {env: map[string]string{"TIMER_SEND_TIMEOUT": "10"}, err: "TIMER_SEND_TIMEOUT"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			t.Setenv("K_SINK", "http://127.0.0.1:1")
-			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
-			t.Setenv(tc.env, tc.value)
+			env := map[string]string{"K_SINK": defaults.Sink, "REDIS_URL": "redis://127.0.0.1:1"}
+			maps.Copy(env, tc.env)
+			for k, v := range env {
+				t.Setenv(k, v)
+			}
 			f := New()
 			err := f.Start(context.Background(), nil)
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("Start = %v, want nil", err)
-				}
-				_ = f.Stop(context.Background())
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("Start = %v, want an error holding %q", err, tc.wantErr)
+			defer f.Stop(context.Background())
+			got := fmt.Sprint(err)
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("Start = %v, want it to start with %+v", err, tc.want)
+			case tc.err != "" && !strings.Contains(got, tc.err):
+				t.Fatalf("Start = %v, want an error saying %q", err, tc.err)
+			case f.cfg != tc.want:
+				t.Errorf("started with %+v, want %+v", f.cfg, tc.want)
 			}
 		})
-	}
-}
-
-// TestStartDefaults: unset variables take the defaults their tags state.
-func TestStartDefaults(t *testing.T) {
-	t.Setenv("K_SINK", "http://127.0.0.1:1")
-	t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
-	f := New()
-	if err := f.Start(context.Background(), nil); err != nil {
-		t.Fatal(err)
-	}
-	defer f.Stop(context.Background())
-	want := Config{Batch: 1000, Concurrency: 64, SendTimeout: 10 * time.Second, Sink: "http://127.0.0.1:1"}
-	if f.cfg != want {
-		t.Errorf("config = %+v, want %+v", f.cfg, want)
 	}
 }

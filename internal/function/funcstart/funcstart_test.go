@@ -2,6 +2,7 @@ package funcstart_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -26,50 +27,40 @@ func (c config) Check() error {
 
 func TestOpen(t *testing.T) {
 	tests := map[string]struct {
-		env     map[string]string
-		want    config
-		wantErr string // fragment of the error; "" means none
+		env  map[string]string
+		want config // the configuration read, when Open succeeds
+		err  string // what the error says; "" when Open must succeed
 	}{
-		"defaults": {
-			env:  map[string]string{"REDIS_URL": "redis://127.0.0.1:1"},
-			want: config{Wait: 5 * time.Second, Limit: defaultLimit},
-		},
+		"defaults": {want: config{Wait: 5 * time.Second, Limit: defaultLimit}},
 		"set": {
-			env:  map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "FUNCSTART_TEST_WAIT": "1s", "FUNCSTART_TEST_LIMIT": "3"},
+			env:  map[string]string{"FUNCSTART_TEST_WAIT": "1s", "FUNCSTART_TEST_LIMIT": "3"},
 			want: config{Wait: time.Second, Limit: 3},
 		},
 		"not a duration": {
-			env:     map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "FUNCSTART_TEST_WAIT": "soon"},
-			wantErr: "demo: reading configuration: envconfig.Process: assigning FUNCSTART_TEST_WAIT",
+			env: map[string]string{"FUNCSTART_TEST_WAIT": "soon"},
+			err: "demo: reading configuration: envconfig.Process: assigning FUNCSTART_TEST_WAIT",
 		},
-		"refused by Check": {
-			env:     map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "FUNCSTART_TEST_LIMIT": "0"},
-			wantErr: "demo: FUNCSTART_TEST_LIMIT must be at least 1",
-		},
-		"no Redis": {
-			env:     map[string]string{"REDIS_URL": ""},
-			wantErr: "demo: REDIS_URL is not set",
-		},
+		"refused by Check": {env: map[string]string{"FUNCSTART_TEST_LIMIT": "0"}, err: "demo: FUNCSTART_TEST_LIMIT must be at least 1"},
+		"no Redis":         {env: map[string]string{"REDIS_URL": ""}, err: "demo: REDIS_URL is not set"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
+			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
 			cfg := config{Limit: defaultLimit}
 			rdb, err := funcstart.Open("demo", &cfg)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("Open = %v, want an error holding %q", err, tc.wantErr)
-				}
-				return
+			if rdb != nil {
+				defer rdb.Close()
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			_ = rdb.Close()
-			if cfg != tc.want {
-				t.Errorf("config = %+v, want %+v", cfg, tc.want)
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("Open = %v, want it to read %+v", err, tc.want)
+			case tc.err != "" && !strings.Contains(fmt.Sprint(err), tc.err):
+				t.Fatalf("Open = %v, want an error saying %q", err, tc.err)
+			case err == nil && cfg != tc.want:
+				t.Errorf("read %+v, want %+v", cfg, tc.want)
 			}
 		})
 	}
