@@ -16,19 +16,19 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/kelseyhightower/envconfig"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/eventsize"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 )
 
 // It is an HTTP function, not a CloudEvents one, because func-go's CloudEvents runtime reads
 // any body whole and cannot answer a full store with Retry-After: Handle bounds the body, parses
 // the CloudEvent with the SDK (binary or structured mode) and chooses the answer.
 
-// Config is read once at start.
+// Config is read once at start; each default is in its tag or, where it is a shared constant,
+// preset by Start before the environment is read. Check refuses a bad value.
 type Config struct {
 	// MaxLetters bounds the number of letters kept; a full store refuses new letters.
 	MaxLetters int `envconfig:"DEADLETTER_MAX_LETTERS" default:"100000"`
@@ -37,7 +37,7 @@ type Config struct {
 	// MaxBytes bounds the total size of the letters kept; a full store refuses new letters.
 	MaxBytes int64 `envconfig:"DEADLETTER_MAX_BYTES" default:"268435456"`
 	// MaxEventBytes is the largest event accepted; the request body may add
-	// eventsize.DeadLetterOverheadBytes for the error extensions. Defaults to
+	// eventsize.DeadLetterOverheadBytes for the error extensions. Unset, it is
 	// eventsize.DefaultMaxEventBytes, what a Broker accepts.
 	MaxEventBytes int64 `envconfig:"DEADLETTER_MAX_EVENT_BYTES"`
 }
@@ -58,7 +58,7 @@ type Function struct {
 	store    atomic.Pointer[deadletter.Store]
 	maxBody  int64
 	inflight atomic.Int64
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -66,16 +66,10 @@ func New() *Function { return &Function{} }
 
 // Start reads the configuration and opens the Redis client; a bad value stops start-up.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
-	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("deadletter: reading configuration: %w", err)
-	}
-	if err := cfg.check(); err != nil {
-		return fmt.Errorf("deadletter: %w", err)
-	}
-	rdb, err := redisconn.FromEnv()
+	cfg := Config{MaxEventBytes: eventsize.DefaultMaxEventBytes}
+	rdb, err := funcstart.Open("deadletter", &cfg)
 	if err != nil {
-		return fmt.Errorf("deadletter: %w", err)
+		return err
 	}
 	f.maxBody = cfg.MaxEventBytes + eventsize.DeadLetterOverheadBytes
 	f.store.Store(deadletter.NewStore(rdb, deadletter.Options{
@@ -85,13 +79,9 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	return nil
 }
 
-// check fills the defaults that depend on shared constants and refuses unbounded or
-// contradictory bounds, naming the variable.
-func (c *Config) check() error {
-	if c.MaxEventBytes == 0 {
-		c.MaxEventBytes = eventsize.DefaultMaxEventBytes
-	}
-	if c.MaxLetters <= 0 || c.MaxAge <= 0 || c.MaxBytes <= 0 || c.MaxEventBytes < 0 {
+// Check refuses unbounded or contradictory bounds, naming the variable.
+func (c Config) Check() error {
+	if c.MaxLetters <= 0 || c.MaxAge <= 0 || c.MaxBytes <= 0 || c.MaxEventBytes <= 0 {
 		return fmt.Errorf("DEADLETTER_MAX_LETTERS (%d), DEADLETTER_MAX_AGE (%s), DEADLETTER_MAX_BYTES (%d) and DEADLETTER_MAX_EVENT_BYTES (%d) must be positive: retention is never unbounded",
 			c.MaxLetters, c.MaxAge, c.MaxBytes, c.MaxEventBytes)
 	}

@@ -207,6 +207,8 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"unbounded bytes", "DEADLETTER_MAX_BYTES", "0"},
 		{"bytes too small for the largest letter", "DEADLETTER_MAX_BYTES", "1048576"},
 		{"negative event size", "DEADLETTER_MAX_EVENT_BYTES", "-1"},
+		// Zero used to mean the default; only an unset variable does now.
+		{"zero event size", "DEADLETTER_MAX_EVENT_BYTES", "0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,20 +14,20 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/eventlog"
 	"github.com/knfaas/knfaas/internal/function/eventsize"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 )
 
 // It is an HTTP function, not a CloudEvents one, because func-go's CloudEvents runtime
 // answers only CloudEvents: POST / takes events (binary or structured mode, parsed with the
 // CloudEvents SDK), and GET routes on the same port read the log.
 
-// Config is read once at start.
+// Config is read once at start; each default is in its tag or, where it is a shared constant,
+// preset by Start before the environment is read. Check refuses a bad value.
 type Config struct {
 	// Retention drops events older than this from every stream.
 	Retention time.Duration `envconfig:"EVENTSTORE_RETENTION" default:"720h"`
@@ -38,7 +38,7 @@ type Config struct {
 	// DedupTTL is how long a (source, id) is remembered; at least Retention, so that replaying
 	// any event still in the log (which routes it back here) does not log it twice.
 	DedupTTL time.Duration `envconfig:"EVENTSTORE_DEDUP_TTL" default:"720h"`
-	// MaxEventBytes refuses larger request bodies with 413. Unset, it is
+	// MaxEventBytes refuses larger request bodies with 413; positive. Unset, it is
 	// eventsize.DefaultMaxEventBytes, what a Broker accepts, so that every event a Broker took
 	// can be logged.
 	MaxEventBytes int64 `envconfig:"EVENTSTORE_MAX_EVENT_BYTES"`
@@ -49,48 +49,48 @@ const DefaultLimit = 100
 
 // Function is the event store.
 type Function struct {
-	log *eventlog.Log
-	cfg Config
-	mux *http.ServeMux
-	funchealth.Redis
+	// events is the append-only event log on Redis Streams.
+	events *eventlog.Log
+	cfg    Config
+	mux    *http.ServeMux
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
 func New() *Function { return &Function{} }
 
-// Start reads the configuration and opens Redis.
+// Start reads the configuration, refusing a bad value, and opens Redis.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
-	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("eventstore: reading configuration: %w", err)
-	}
-	if cfg.MaxEventBytes == 0 {
-		cfg.MaxEventBytes = eventsize.DefaultMaxEventBytes
-	}
-	if cfg.MaxEventBytes < 0 {
-		return fmt.Errorf("eventstore: EVENTSTORE_MAX_EVENT_BYTES (%d) must be positive", cfg.MaxEventBytes)
+	cfg := Config{MaxEventBytes: eventsize.DefaultMaxEventBytes}
+	rdb, err := funcstart.Open("eventstore", &cfg)
+	if err != nil {
+		return err
 	}
 	if cfg.MaxEventBytes < eventsize.DefaultMaxEventBytes {
 		slog.Warn("EVENTSTORE_MAX_EVENT_BYTES is below what a Broker accepts by default: larger events will be refused here (413) and dead-lettered",
 			"maxEventBytes", cfg.MaxEventBytes, "brokerDefault", eventsize.DefaultMaxEventBytes)
 	}
-	if cfg.DedupTTL < cfg.Retention {
-		return fmt.Errorf("eventstore: EVENTSTORE_DEDUP_TTL (%s) is shorter than EVENTSTORE_RETENTION (%s): replayed events would be logged twice", cfg.DedupTTL, cfg.Retention)
-	}
-	rdb, err := redisconn.FromEnv()
-	if err != nil {
-		return fmt.Errorf("eventstore: %w", err)
-	}
 	f.start(ctx, cfg, rdb)
+	return nil
+}
+
+// Check refuses a bad value, naming the variable.
+func (c Config) Check() error {
+	if c.MaxEventBytes <= 0 {
+		return fmt.Errorf("EVENTSTORE_MAX_EVENT_BYTES (%d) must be positive", c.MaxEventBytes)
+	}
+	if c.DedupTTL < c.Retention {
+		return fmt.Errorf("EVENTSTORE_DEDUP_TTL (%s) is shorter than EVENTSTORE_RETENTION (%s): replayed events would be logged twice", c.DedupTTL, c.Retention)
+	}
 	return nil
 }
 
 func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) {
 	f.cfg = cfg
-	f.log = eventlog.New(rdb, eventlog.Options{
+	f.events = eventlog.New(rdb, eventlog.Options{
 		Retention: cfg.Retention, MaxLen: cfg.MaxLen, StreamMaxLen: cfg.StreamMaxLen, DedupTTL: cfg.DedupTTL,
 	})
-	if err := f.log.Load(ctx); err != nil {
+	if err := f.events.Load(ctx); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
 	mux := http.NewServeMux()
@@ -130,7 +130,7 @@ func (f *Function) append(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	res, err := f.log.Append(r.Context(), *e)
+	res, err := f.events.Append(r.Context(), *e)
 	if errors.Is(err, eventlog.ErrInvalidEvent) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -153,7 +153,7 @@ func (f *Function) read(base func(*http.Request) eventlog.Query) http.HandlerFun
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		page, err := f.log.Read(r.Context(), q)
+		page, err := f.events.Read(r.Context(), q)
 		if errors.Is(err, eventlog.ErrInvalidQuery) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

@@ -153,6 +153,8 @@ func TestMaxEventBytesDefaultsToWhatABrokerAccepts(t *testing.T) {
 		{"unset", "", eventsize.DefaultMaxEventBytes},
 		{"raised", "8388608", 8 << 20},
 		{"negative", "-1", 0},
+		// Zero used to mean the default, as the README said it did not; only unset does now.
+		{"zero", "0", 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

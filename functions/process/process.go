@@ -13,30 +13,30 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
 )
 
-// Config is read once at start.
+// Config is read once at start; each default is in its tag, and Check refuses a bad value.
 type Config struct {
 	// DefinitionsDir holds the process definitions, one *.yaml per process (a mounted ConfigMap).
 	DefinitionsDir string `envconfig:"PROCESS_DEFINITIONS_DIR" default:"/etc/knfaas/process"`
 	// Owner names this process manager in the deadlines it schedules; its timer Trigger filters
 	// on it. Defaults to K_SERVICE (the Knative Service name), else "process".
 	Owner string `envconfig:"PROCESS_OWNER"`
-	// Retention keeps finished instances, their timelines and their outbox this long.
+	// Retention keeps finished instances, their timelines and their outbox this long; positive.
 	Retention time.Duration `envconfig:"PROCESS_RETENTION" default:"168h"`
-	// TimelineMax caps each instance's timeline.
+	// TimelineMax caps each instance's timeline; at least 1.
 	TimelineMax int `envconfig:"PROCESS_TIMELINE_MAX" default:"500"`
-	// SendTimeout bounds each publish to K_SINK.
+	// SendTimeout bounds each publish to K_SINK; positive.
 	SendTimeout time.Duration `envconfig:"PROCESS_SEND_TIMEOUT" default:"10s"`
-	// AckInterval is how often published outbox entries are removed, in one pipeline per batch.
+	// AckInterval is how often published outbox entries are removed, in one pipeline per batch;
+	// positive.
 	AckInterval time.Duration `envconfig:"PROCESS_ACK_INTERVAL" default:"50ms"`
 	// Sink is where commands are published (the Broker, set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
@@ -55,7 +55,7 @@ type Function struct {
 	engine *process.Engine
 	send   func(context.Context, event.Event) error
 	acks   *acker
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -65,26 +65,42 @@ func New() *Function { return &Function{} }
 // on a signing key that still holds a template placeholder (CHANGE-ME).
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("process: reading configuration: %w", err)
-	}
-	for _, v := range []struct{ what, value string }{
-		{"TASKS_SIGNING_KEY (Secret tasks-signing, key current)", cfg.SigningKey},
-		{"TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous)", cfg.SigningKeyPrevious},
-	} {
-		if err := placeholder.Check(v.what, v.value); err != nil {
-			return fmt.Errorf("process: refusing to start: %w", err)
-		}
-	}
-	rdb, err := redisconn.FromEnv()
+	rdb, err := funcstart.Open("process", &cfg)
 	if err != nil {
-		return fmt.Errorf("process: %w", err)
+		return err
 	}
 	s, err := sink.New(cfg.Sink, cfg.SendTimeout)
 	if err != nil {
 		return fmt.Errorf("process: %w", err)
 	}
 	return f.start(ctx, cfg, rdb, s.Send)
+}
+
+// Check refuses a signing key that still holds a template placeholder and a bound of zero or
+// less (which the engine would replace by its own default, or the acker's ticker refuse), naming
+// the variable.
+func (c Config) Check() error {
+	for _, v := range []struct{ what, value string }{
+		{"TASKS_SIGNING_KEY (Secret tasks-signing, key current)", c.SigningKey},
+		{"TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous)", c.SigningKeyPrevious},
+	} {
+		if err := placeholder.Check(v.what, v.value); err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+	}
+	var errs []error
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"PROCESS_RETENTION", c.Retention}, {"PROCESS_SEND_TIMEOUT", c.SendTimeout}, {"PROCESS_ACK_INTERVAL", c.AckInterval}} {
+		if d.value <= 0 {
+			errs = append(errs, fmt.Errorf("%s (%s) must be positive", d.name, d.value))
+		}
+	}
+	if c.TimelineMax < 1 {
+		errs = append(errs, fmt.Errorf("PROCESS_TIMELINE_MAX (%d) must be at least 1", c.TimelineMax))
+	}
+	return errors.Join(errs...)
 }
 
 func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client, send func(context.Context, event.Event) error) error {

@@ -166,7 +166,7 @@ func TestStartRefusesBadDefinition(t *testing.T) {
 	}
 }
 
-func TestStartRefusesPlaceholderOrMissingSigningKey(t *testing.T) {
+func TestStartRefusesBadConfiguration(t *testing.T) {
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -176,6 +176,12 @@ func TestStartRefusesPlaceholderOrMissingSigningKey(t *testing.T) {
 		{"placeholder previous key", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "TASKS_SIGNING_KEY_PREVIOUS": "CHANGE-ME"}, "TASKS_SIGNING_KEY_PREVIOUS (Secret tasks-signing, key previous) holds the template placeholder"},
 		{"no key, definitions with a task step", map[string]string{"TASKS_SIGNING_KEY": ""}, "TASKS_SIGNING_KEY is required"},
 		{"short key", map[string]string{"TASKS_SIGNING_KEY": "short"}, "at least 32"},
+		// Bounds of zero or less used to become the engine's defaults, or panic (the ack ticker).
+		{"zero retention", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "PROCESS_RETENTION": "0s"}, "PROCESS_RETENTION (0s) must be positive"},
+		{"negative send timeout", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "PROCESS_SEND_TIMEOUT": "-1s"}, "PROCESS_SEND_TIMEOUT (-1s) must be positive"},
+		{"zero ack interval", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "PROCESS_ACK_INTERVAL": "0s"}, "PROCESS_ACK_INTERVAL (0s) must be positive"},
+		{"zero timeline", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "PROCESS_TIMELINE_MAX": "0"}, "PROCESS_TIMELINE_MAX (0) must be at least 1"},
+		{"timeline not a number", map[string]string{"TASKS_SIGNING_KEY": testSigningKey, "PROCESS_TIMELINE_MAX": "many"}, "PROCESS_TIMELINE_MAX"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,10 +14,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/httpauth"
 	"github.com/knfaas/knfaas/internal/function/projection"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
@@ -44,7 +44,7 @@ type Function struct {
 	cfg    Config
 	cache  string
 	mux    *http.ServeMux
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -53,8 +53,8 @@ func New() *Function { return &Function{} }
 // Start reads the configuration, the credentials and opens Redis; any error stops start-up.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("query: reading configuration: %w", err)
+	if err := funcstart.ReadConfig("query", &cfg); err != nil {
+		return err
 	}
 	authCfg, err := httpauth.ConfigFromEnv()
 	if err != nil {

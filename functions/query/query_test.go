@@ -23,9 +23,9 @@ const (
 )
 
 type fixture struct {
-	srv *httptest.Server
-	rdb *redis.Client
-	kit *projection.Kit
+	srv       *httptest.Server
+	rdb       *redis.Client
+	projector *projection.Projector
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -47,16 +47,16 @@ func newFixture(t testing.TB) *fixture {
 	}
 	srv := httptest.NewServer(http.HandlerFunc(f.Handle))
 	t.Cleanup(srv.Close)
-	kit, err := projection.New(rdb, "stock-projector", "stock", projection.Options{})
+	projector, err := projection.New(rdb, "stock-projector", "stock", projection.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{srv: srv, rdb: rdb, kit: kit}
+	return &fixture{srv: srv, rdb: rdb, projector: projector}
 }
 
 func (fx *fixture) apply(t testing.TB, id, sku string, n int64) {
 	t.Helper()
-	_, err := fx.kit.Apply(context.Background(), projection.EventRef{Source: "test", ID: id}, projection.Change{Key: sku, Ops: []projection.Op{projection.Incr("berlin-1", n)}})
+	_, err := fx.projector.Apply(context.Background(), projection.EventRef{Source: "test", ID: id}, projection.Change{Key: sku, Ops: []projection.Op{projection.Incr("berlin-1", n)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"knative.dev/func-go/http"
 )
 
+// A non-zero exit when Start fails lets Knative (and knfaas up) report the revision as failed
+// instead of serving 503s; func-go returns the error of the function's Start.
 func main() {
 	if err := http.Start(New()); err != nil {
 		log.Fatal(err)

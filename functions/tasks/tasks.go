@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/httpauth"
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process"
@@ -33,11 +33,12 @@ const Source = "/knfaas/tasks"
 // maxBody bounds a completion payload.
 const maxBody = 1 << 20
 
-// Config is read once at start; authentication settings are httpauth's (AUTH_*).
+// Config is read once at start, each default in its tag; authentication settings are
+// httpauth's (AUTH_*).
 type Config struct {
 	// AdminGroups may complete or reject any task, besides each task's assignee and group.
 	AdminGroups []string `envconfig:"TASKS_ADMIN_GROUPS"`
-	// SendTimeout bounds the publish of a reply to K_SINK.
+	// SendTimeout bounds the publish of a reply to K_SINK; positive.
 	SendTimeout time.Duration `envconfig:"TASKS_SEND_TIMEOUT" default:"10s"`
 	// Sink is the Broker (set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
@@ -62,7 +63,7 @@ type Function struct {
 	keys *process.SigningKeys
 	send func(context.Context, event.Event) error
 	now  func() time.Time
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -72,8 +73,8 @@ func New() *Function { return &Function{now: time.Now} }
 // to start while a token or signing key still holds a template placeholder (CHANGE-ME).
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("tasks: reading configuration: %w", err)
+	if err := funcstart.ReadConfig("tasks", &cfg); err != nil {
+		return err
 	}
 	keys, err := signingKeys(cfg)
 	if err != nil {
@@ -97,6 +98,14 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 		return fmt.Errorf("tasks: %w", err)
 	}
 	f.start(cfg, rdb, auth, keys, s.Send)
+	return nil
+}
+
+// Check refuses a bad value, naming the variable.
+func (c Config) Check() error {
+	if c.SendTimeout <= 0 {
+		return fmt.Errorf("TASKS_SEND_TIMEOUT (%s) must be positive", c.SendTimeout)
+	}
 	return nil
 }
 

@@ -308,7 +308,7 @@ func TestConcurrentDecisionsOneWins(t *testing.T) {
 	}
 }
 
-func TestStartRefusesPlaceholders(t *testing.T) {
+func TestStartRefusesBadConfiguration(t *testing.T) {
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -324,6 +324,10 @@ func TestStartRefusesPlaceholders(t *testing.T) {
 			`AUTH_TOKENS: line 2: the secret of token "operator" holds the template placeholder`},
 		{"no signing key", map[string]string{"TASKS_SIGNING_KEY": ""}, "TASKS_SIGNING_KEY"},
 		{"short signing key", map[string]string{"TASKS_SIGNING_KEY": "short"}, "at least 32"},
+		// Zero used to become the sink's own 10s, and a negative value an unbounded publish.
+		{"zero send timeout", map[string]string{"TASKS_SEND_TIMEOUT": "0s"}, "TASKS_SEND_TIMEOUT (0s) must be positive"},
+		{"negative send timeout", map[string]string{"TASKS_SEND_TIMEOUT": "-1s"}, "TASKS_SEND_TIMEOUT (-1s) must be positive"},
+		{"send timeout not a duration", map[string]string{"TASKS_SEND_TIMEOUT": "10"}, "TASKS_SEND_TIMEOUT"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -343,5 +347,21 @@ func TestStartRefusesPlaceholders(t *testing.T) {
 				t.Error("running after a refused start")
 			}
 		})
+	}
+}
+
+// TestSendTimeoutDefault: TASKS_SEND_TIMEOUT unset is its tag's 10s.
+func TestSendTimeoutDefault(t *testing.T) {
+	t.Setenv("K_SINK", "http://127.0.0.1:1")
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+	t.Setenv("AUTH_TOKENS", "alice:managers:"+aliceToken)
+	t.Setenv("TASKS_SIGNING_KEY", testSigningKey)
+	f := New()
+	if err := f.Start(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop(context.Background())
+	if f.cfg.SendTimeout != 10*time.Second {
+		t.Errorf("send timeout %s, want 10s", f.cfg.SendTimeout)
 	}
 }

@@ -13,12 +13,11 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
 )
 
@@ -28,16 +27,34 @@ const TypePing = "dev.knative.sources.ping"
 // Source is the source of the events the timer emits.
 const Source = "/knfaas/timer"
 
-// Config is read once at start.
+// MaxBatch bounds TIMER_BATCH: one Redis step returns its whole batch in one script reply.
+const MaxBatch = 2000
+
+// Config is read once at start; each default is in its tag, and Check refuses a bad value.
 type Config struct {
-	// Batch is how many due deadlines one Redis step takes (bounded: the script's reply size).
+	// Batch is how many due deadlines one Redis step takes: 1 to MaxBatch.
 	Batch int `envconfig:"TIMER_BATCH" default:"1000"`
-	// Concurrency is how many fired events are sent to K_SINK at once.
+	// Concurrency is how many fired events are sent to K_SINK at once: at least 1.
 	Concurrency int `envconfig:"TIMER_CONCURRENCY" default:"64"`
-	// SendTimeout bounds each send.
+	// SendTimeout bounds each send: positive.
 	SendTimeout time.Duration `envconfig:"TIMER_SEND_TIMEOUT" default:"10s"`
 	// Sink is the Broker (set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
+}
+
+// Check refuses values out of range, naming each variable.
+func (c Config) Check() error {
+	var errs []error
+	if c.Batch < 1 || c.Batch > MaxBatch {
+		errs = append(errs, fmt.Errorf("TIMER_BATCH (%d) must be from 1 to %d", c.Batch, MaxBatch))
+	}
+	if c.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("TIMER_CONCURRENCY (%d) must be at least 1", c.Concurrency))
+	}
+	if c.SendTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("TIMER_SEND_TIMEOUT (%s) must be positive", c.SendTimeout))
+	}
+	return errors.Join(errs...)
 }
 
 // Function fires due deadlines.
@@ -46,21 +63,18 @@ type Function struct {
 	rdb  *redis.Client
 	send func(context.Context, event.Event) error
 	now  func() time.Time
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
 func New() *Function { return &Function{now: time.Now} }
 
-// Start reads the configuration and opens Redis and the sink.
+// Start reads the configuration, refusing a bad value, and opens Redis and the sink.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("timer: reading configuration: %w", err)
-	}
-	rdb, err := redisconn.FromEnv()
+	rdb, err := funcstart.Open("timer", &cfg)
 	if err != nil {
-		return fmt.Errorf("timer: %w", err)
+		return err
 	}
 	s, err := sink.New(cfg.Sink, cfg.SendTimeout)
 	if err != nil {
@@ -71,12 +85,6 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 }
 
 func (f *Function) start(cfg Config, rdb *redis.Client, send func(context.Context, event.Event) error) {
-	if cfg.Batch <= 0 || cfg.Batch > 2000 {
-		cfg.Batch = 1000
-	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 64
-	}
 	f.cfg, f.rdb, f.send = cfg, rdb, send
 	f.Started(rdb)
 }

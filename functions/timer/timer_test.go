@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -235,4 +237,52 @@ func BenchmarkTick100k(b *testing.B) {
 	b.ReportMetric(pending*runs/raw.Seconds(), "raw-redis/s")
 	b.ReportMetric(full.Seconds()/runs, "s/tick")
 	b.ReportMetric(raw.Seconds()/full.Seconds(), "ratio-vs-raw")
+}
+
+// TestStartReadsConfiguration: an unset TIMER_* variable takes its tag's default; a bad value
+// stops Start with an error naming the variable (so main exits non-zero) instead of being
+// replaced by the default, as it was.
+func TestStartReadsConfiguration(t *testing.T) {
+	defaults := Config{Batch: 1000, Concurrency: 64, SendTimeout: 10 * time.Second, Sink: "http://127.0.0.1:1"}
+	withBatch := func(n int) Config { c := defaults; c.Batch = n; return c }
+	tests := map[string]struct {
+		env  map[string]string
+		want Config // the configuration started with; the zero Config when Start must fail
+		err  string // what the error says; "" when Start must succeed
+	}{
+		"unset":                   {want: defaults},
+		"batch at MaxBatch":       {env: map[string]string{"TIMER_BATCH": "2000"}, want: withBatch(MaxBatch)},
+		"batch one":               {env: map[string]string{"TIMER_BATCH": "1"}, want: withBatch(1)},
+		"batch not a number":      {env: map[string]string{"TIMER_BATCH": "many"}, err: "TIMER_BATCH"},
+		"batch zero":              {env: map[string]string{"TIMER_BATCH": "0"}, err: "TIMER_BATCH (0) must be from 1 to 2000"},
+		"batch negative":          {env: map[string]string{"TIMER_BATCH": "-5"}, err: "TIMER_BATCH (-5) must be from 1 to 2000"},
+		"batch above MaxBatch":    {env: map[string]string{"TIMER_BATCH": "2001"}, err: "TIMER_BATCH (2001) must be from 1 to 2000"},
+		"batch absurd":            {env: map[string]string{"TIMER_BATCH": "1000000000"}, err: "TIMER_BATCH (1000000000) must be from 1 to 2000"},
+		"concurrency zero":        {env: map[string]string{"TIMER_CONCURRENCY": "0"}, err: "TIMER_CONCURRENCY (0) must be at least 1"},
+		"concurrency not number":  {env: map[string]string{"TIMER_CONCURRENCY": "lots"}, err: "TIMER_CONCURRENCY"},
+		"send timeout zero":       {env: map[string]string{"TIMER_SEND_TIMEOUT": "0s"}, err: "TIMER_SEND_TIMEOUT (0s) must be positive"},
+		"send timeout negative":   {env: map[string]string{"TIMER_SEND_TIMEOUT": "-1s"}, err: "TIMER_SEND_TIMEOUT (-1s) must be positive"},
+		"send timeout not a time": {env: map[string]string{"TIMER_SEND_TIMEOUT": "10"}, err: "TIMER_SEND_TIMEOUT"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			env := map[string]string{"K_SINK": defaults.Sink, "REDIS_URL": "redis://127.0.0.1:1"}
+			maps.Copy(env, tc.env)
+			for k, v := range env {
+				t.Setenv(k, v)
+			}
+			f := New()
+			err := f.Start(context.Background(), nil)
+			defer f.Stop(context.Background())
+			got := fmt.Sprint(err)
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("Start = %v, want it to start with %+v", err, tc.want)
+			case tc.err != "" && !strings.Contains(got, tc.err):
+				t.Fatalf("Start = %v, want an error saying %q", err, tc.err)
+			case f.cfg != tc.want:
+				t.Errorf("started with %+v, want %+v", f.cfg, tc.want)
+			}
+		})
+	}
 }

@@ -21,10 +21,10 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
 	"github.com/knfaas/knfaas/internal/function/webhook/dedup"
@@ -35,16 +35,33 @@ import (
 // SourcePrefix starts the CloudEvent source of every published delivery: /webhooks/<name>.
 const SourcePrefix = "/webhooks/"
 
-// Config is read once at start.
+// Config is read once at start; each default is in its tag, and Check refuses a bad value.
 type Config struct {
-	// SourcesFile is the sources YAML, mounted from the webhook-sources ConfigMap.
+	// SourcesFile is the sources YAML, mounted from the webhook-sources ConfigMap; required.
 	SourcesFile string `envconfig:"WEBHOOK_SOURCES_FILE" required:"true"`
 	// Sink is the Broker (set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
-	// PublishTimeout bounds one publish to the Broker; a slower Broker gets a 503.
+	// PublishTimeout bounds one publish to the Broker, and each Redis call of a delivery; a
+	// slower Broker gets a 503. Positive.
 	PublishTimeout time.Duration `envconfig:"WEBHOOK_PUBLISH_TIMEOUT" default:"5s"`
-	// RetryAfter is what a 503 asks the sender to wait.
+	// RetryAfter is what a 503 asks the sender to wait (in whole seconds, at least 1). Positive.
 	RetryAfter time.Duration `envconfig:"WEBHOOK_RETRY_AFTER" default:"10s"`
+}
+
+// Check refuses what the tags cannot, naming each variable.
+func (c Config) Check() error {
+	var errs []error
+	// envconfig's required accepts a variable that is set but empty.
+	if c.SourcesFile == "" {
+		errs = append(errs, errors.New("WEBHOOK_SOURCES_FILE is empty: set it to the mounted sources file"))
+	}
+	if c.PublishTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("WEBHOOK_PUBLISH_TIMEOUT (%s) must be positive", c.PublishTimeout))
+	}
+	if c.RetryAfter <= 0 {
+		errs = append(errs, fmt.Errorf("WEBHOOK_RETRY_AFTER (%s) must be positive", c.RetryAfter))
+	}
+	return errors.Join(errs...)
 }
 
 // claimer is the dedup seam: *dedup.Claims in production.
@@ -74,7 +91,7 @@ type Function struct {
 	state atomic.Pointer[state]
 	log   *slog.Logger
 	now   func() time.Time
-	funchealth.Redis
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -82,15 +99,12 @@ func New() *Function {
 	return &Function{log: slog.New(slog.NewJSONHandler(os.Stderr, nil)), now: time.Now}
 }
 
-// Start reads the configuration, validates the sources file and opens Redis and the sink.
+// Start reads the configuration, refusing a bad value, validates the sources file and opens
+// Redis and the sink.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("webhook: reading configuration: %w", err)
-	}
-	// envconfig's required accepts a variable that is set but empty.
-	if cfg.SourcesFile == "" {
-		return errors.New("webhook: WEBHOOK_SOURCES_FILE is empty: set it to the mounted sources file")
+	if err := funcstart.ReadConfig("webhook", &cfg); err != nil {
+		return err
 	}
 	srcs, err := source.Load(cfg.SourcesFile, os.LookupEnv)
 	if err != nil {
@@ -119,12 +133,6 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 }
 
 func (f *Function) install(cfg Config, srcs map[string]*source.Source, claims claimer, pub publisher, rdb *redis.Client) {
-	if cfg.PublishTimeout <= 0 {
-		cfg.PublishTimeout = 5 * time.Second
-	}
-	if cfg.RetryAfter <= 0 {
-		cfg.RetryAfter = 10 * time.Second
-	}
 	f.state.Store(&state{
 		cfg: cfg, sources: srcs, claims: claims, pub: pub,
 		// The claim must outlive any publish attempt (or a slow publish could be duplicated by a

@@ -373,6 +373,30 @@ func TestReadyOnlyAfterStart(t *testing.T) {
 	}
 }
 
+// githubOnly is a valid sources file with one GitHub source.
+const githubOnly = "sources:\n- name: gh\n  provider: github\n  secretEnv: [GITHUB_WEBHOOK_SECRET]\n"
+
+// TestStartDefaults: unset WEBHOOK_* variables take the defaults their tags state.
+func TestStartDefaults(t *testing.T) {
+	setSecrets(t)
+	path := filepath.Join(t.TempDir(), "sources.yaml")
+	if err := os.WriteFile(path, []byte(githubOnly), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WEBHOOK_SOURCES_FILE", path)
+	t.Setenv("K_SINK", "http://127.0.0.1:1")
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+	f := New()
+	if err := f.Start(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop(context.Background())
+	st := f.state.Load()
+	if st.cfg.PublishTimeout != 5*time.Second || st.cfg.RetryAfter != 10*time.Second || st.lease != 10*time.Second {
+		t.Errorf("publish timeout %s, retry after %s, lease %s; want 5s, 10s, 10s", st.cfg.PublishTimeout, st.cfg.RetryAfter, st.lease)
+	}
+}
+
 func TestStartRejectsBadConfiguration(t *testing.T) {
 	tests := map[string]struct {
 		sources string
@@ -394,6 +418,12 @@ func TestStartRejectsBadConfiguration(t *testing.T) {
 			map[string]string{"SVIX_WEBHOOK_SECRET": "whsec_Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ="},
 			[]string{`source "svix"`, "SVIX_WEBHOOK_SECRET", "CHANGE-ME"}},
 		"no K_SINK": {"sources:\n- name: gh\n  provider: github\n  secretEnv: [GITHUB_WEBHOOK_SECRET]\n", map[string]string{"K_SINK": ""}, []string{"K_SINK"}},
+		// A bad timeout used to be replaced by its default without a word.
+		"publish timeout zero":           {githubOnly, map[string]string{"WEBHOOK_PUBLISH_TIMEOUT": "0s"}, []string{"WEBHOOK_PUBLISH_TIMEOUT (0s) must be positive"}},
+		"publish timeout negative":       {githubOnly, map[string]string{"WEBHOOK_PUBLISH_TIMEOUT": "-5s"}, []string{"WEBHOOK_PUBLISH_TIMEOUT (-5s) must be positive"}},
+		"publish timeout not a duration": {githubOnly, map[string]string{"WEBHOOK_PUBLISH_TIMEOUT": "5"}, []string{"WEBHOOK_PUBLISH_TIMEOUT"}},
+		"retry after zero":               {githubOnly, map[string]string{"WEBHOOK_RETRY_AFTER": "0s"}, []string{"WEBHOOK_RETRY_AFTER (0s) must be positive"}},
+		"retry after negative":           {githubOnly, map[string]string{"WEBHOOK_RETRY_AFTER": "-1m"}, []string{"WEBHOOK_RETRY_AFTER (-1m0s) must be positive"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -1,4 +1,6 @@
 // Package fault pushes events through `knfaas up` while injecting faults (subscriber 5xx bursts,
 // timeouts and kill -9, runtime kill -9 and restart, Redis restart) and proves that every
-// accepted event is delivered or dead-lettered. Its test runs with the e2e build tag.
+// accepted event is delivered or dead-lettered, and that redriven dead letters are delivered.
+// It is the soak of all faults in one run; test/e2e's recovery tests each inject one crash.
+// Its test runs with the e2e build tag.
 package fault

@@ -8,23 +8,23 @@ import (
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
-func TestRedis(t *testing.T) {
+func TestLifecycle(t *testing.T) {
 	tests := map[string]struct {
-		act         func(t *testing.T, h *funchealth.Redis, srv *redistest.Server)
+		act         func(t *testing.T, h *funchealth.Lifecycle, srv *redistest.Server)
 		wantReady   bool
 		wantRunning bool
 	}{
 		"before Started": {
-			act:       func(*testing.T, *funchealth.Redis, *redistest.Server) {},
+			act:       func(*testing.T, *funchealth.Lifecycle, *redistest.Server) {},
 			wantReady: false,
 		},
 		"after Started": {
-			act:         func(t *testing.T, h *funchealth.Redis, srv *redistest.Server) { h.Started(srv.Client()) },
+			act:         func(t *testing.T, h *funchealth.Lifecycle, srv *redistest.Server) { h.Started(srv.Client()) },
 			wantReady:   true,
 			wantRunning: true,
 		},
 		"Redis killed": {
-			act: func(t *testing.T, h *funchealth.Redis, srv *redistest.Server) {
+			act: func(t *testing.T, h *funchealth.Lifecycle, srv *redistest.Server) {
 				h.Started(srv.Client())
 				srv.Kill()
 			},
@@ -32,7 +32,7 @@ func TestRedis(t *testing.T) {
 			wantRunning: true,
 		},
 		"after Close": {
-			act: func(t *testing.T, h *funchealth.Redis, srv *redistest.Server) {
+			act: func(t *testing.T, h *funchealth.Lifecycle, srv *redistest.Server) {
 				h.Started(srv.Client())
 				if err := h.Close(); err != nil {
 					t.Fatalf("Close: %v", err)
@@ -44,7 +44,7 @@ func TestRedis(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			srv := redistest.Start(t, redistest.Options{})
-			var h funchealth.Redis
+			var h funchealth.Lifecycle
 
 			tc.act(t, &h, srv)
 

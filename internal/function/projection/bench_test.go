@@ -25,7 +25,7 @@ func BenchmarkApply(b *testing.B) {
 		return EventRef{Source: "bench", ID: strconv.FormatInt(i, 10)},
 			Change{Key: "SKU-" + strconv.FormatInt(i%64, 10), Ops: []Op{Incr("store-1", -1)}, Watches: []Watch{{Field: "store-1", Threshold: 5}}}
 	}
-	measure := func(b *testing.B, apply func(rdb *redis.Client, k *Kit, i int64) error) (float64, float64) {
+	measure := func(b *testing.B, apply func(rdb *redis.Client, k *Projector, i int64) error) (float64, float64) {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
 		defer rdb.Close()
 		k, _ := New(rdb, "bench", "bench-model", Options{})
@@ -53,14 +53,14 @@ func BenchmarkApply(b *testing.B) {
 	}
 	var kitRate, rawRate float64
 	b.Run("kit", func(b *testing.B) {
-		kitRate, _ = measure(b, func(_ *redis.Client, k *Kit, i int64) error {
+		kitRate, _ = measure(b, func(_ *redis.Client, k *Projector, i int64) error {
 			ref, ch := change(i)
 			_, err := k.Apply(ctx, ref, ch)
 			return err
 		})
 	})
 	b.Run("raw-evalsha", func(b *testing.B) {
-		rawRate, _ = measure(b, func(rdb *redis.Client, k *Kit, i int64) error {
+		rawRate, _ = measure(b, func(rdb *redis.Client, k *Projector, i int64) error {
 			ref, ch := change(i)
 			keys := []string{k.InboxKey(ref), k.EntryKey(ch.Key), k.IndexKey(), k.VersionKey()}
 			return rdb.EvalSha(ctx, applyScript.Hash(), keys, int64(604800000), ch.Key, 1, "incr", "store-1", int64(-1), 1, "store-1", int64(5)).Err()

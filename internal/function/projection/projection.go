@@ -16,7 +16,7 @@ import (
 )
 
 // A projector declares, in Go, how an event changes one entry of its read model (a Change made
-// of Ops); the kit applies it with one Lua script that, atomically, checks the projector's
+// of Ops); the Projector applies it with one Lua script that, atomically, checks the projector's
 // inbox for (source, id), applies the ops, evaluates threshold watches, bumps the entry and
 // model versions, and records the event in the inbox with a TTL. A redelivered event therefore
 // changes nothing and gets back the result of its first application.
@@ -115,15 +115,16 @@ type EventRef struct {
 	ID     string
 }
 
-// Kit applies changes for one projector to one read model.
-type Kit struct {
-	rdb       redis.Scripter
-	projector string
-	model     string
-	inboxTTL  time.Duration
+// Projector applies the changes of one projector (a function that folds events into a read
+// model) to its read model, exactly once per event.
+type Projector struct {
+	rdb      redis.Scripter
+	name     string
+	model    string
+	inboxTTL time.Duration
 }
 
-// Options tune a Kit.
+// Options tune a Projector.
 type Options struct {
 	// InboxTTL is the deduplication horizon; zero means DefaultInboxTTL.
 	InboxTTL time.Duration
@@ -146,8 +147,8 @@ func ValidKey(s string) bool { return keyRE.MatchString(s) }
 // key or field): the event should be rejected with a 4xx, not retried.
 var ErrInvalidChange = errors.New("invalid change")
 
-// New returns a Kit writing model on behalf of projector.
-func New(rdb redis.Scripter, projector, model string, opts Options) (*Kit, error) {
+// New returns a Projector writing model on behalf of the projector named projector.
+func New(rdb redis.Scripter, projector, model string, opts Options) (*Projector, error) {
 	if !ValidName(projector) {
 		return nil, fmt.Errorf("projection: invalid projector name %q", projector)
 	}
@@ -157,34 +158,34 @@ func New(rdb redis.Scripter, projector, model string, opts Options) (*Kit, error
 	if opts.InboxTTL <= 0 {
 		opts.InboxTTL = DefaultInboxTTL
 	}
-	return &Kit{rdb: rdb, projector: projector, model: model, inboxTTL: opts.InboxTTL}, nil
+	return &Projector{rdb: rdb, name: projector, model: model, inboxTTL: opts.InboxTTL}, nil
 }
 
 // Model is the read model's name.
-func (k *Kit) Model() string { return k.model }
+func (p *Projector) Model() string { return p.model }
 
 // Load makes sure the script is cached on the server, so the first event costs one round trip.
-func (k *Kit) Load(ctx context.Context) error {
-	if err := applyScript.Load(ctx, k.rdb).Err(); err != nil {
+func (p *Projector) Load(ctx context.Context) error {
+	if err := applyScript.Load(ctx, p.rdb).Err(); err != nil {
 		return fmt.Errorf("loading projection script: %w", err)
 	}
 	return nil
 }
 
 // Apply applies ch for the event ref exactly once.
-func (k *Kit) Apply(ctx context.Context, ref EventRef, ch Change) (Result, error) {
-	keys, args, err := k.scriptInput(ref, ch)
+func (p *Projector) Apply(ctx context.Context, ref EventRef, ch Change) (Result, error) {
+	keys, args, err := p.scriptInput(ref, ch)
 	if err != nil {
 		return Result{}, err
 	}
-	raw, err := applyScript.Run(ctx, k.rdb, keys, args...).Slice()
+	raw, err := applyScript.Run(ctx, p.rdb, keys, args...).Slice()
 	if err != nil {
-		return Result{}, fmt.Errorf("applying event %s to read model %s: %w", ref.ID, k.model, err)
+		return Result{}, fmt.Errorf("applying event %s to read model %s: %w", ref.ID, p.model, err)
 	}
 	return parseResult(raw)
 }
 
-func (k *Kit) scriptInput(ref EventRef, ch Change) ([]string, []any, error) {
+func (p *Projector) scriptInput(ref EventRef, ch Change) ([]string, []any, error) {
 	if ref.Source == "" || ref.ID == "" {
 		return nil, nil, fmt.Errorf("%w: event needs a source and an id", ErrInvalidChange)
 	}
@@ -192,7 +193,7 @@ func (k *Kit) scriptInput(ref EventRef, ch Change) ([]string, []any, error) {
 		return nil, nil, fmt.Errorf("%w: entry key %q", ErrInvalidChange, ch.Key)
 	}
 	args := make([]any, 0, 4+3*len(ch.Ops)+2*len(ch.Watches))
-	args = append(args, k.inboxTTL.Milliseconds(), ch.Key, len(ch.Ops))
+	args = append(args, p.inboxTTL.Milliseconds(), ch.Key, len(ch.Ops))
 	for _, op := range ch.Ops {
 		if err := validField(op.Field); err != nil {
 			return nil, nil, err
@@ -215,7 +216,7 @@ func (k *Kit) scriptInput(ref EventRef, ch Change) ([]string, []any, error) {
 		}
 		args = append(args, w.Field, w.Threshold)
 	}
-	keys := []string{k.InboxKey(ref), k.EntryKey(ch.Key), k.IndexKey(), k.VersionKey()}
+	keys := []string{p.InboxKey(ref), p.EntryKey(ch.Key), p.IndexKey(), p.VersionKey()}
 	return keys, args, nil
 }
 
@@ -244,18 +245,18 @@ func parseResult(raw []any) (Result, error) {
 // and its inbox live in one Redis Cluster slot and the script's keys are always co-located.
 
 // EntryKey is the hash holding entry key of the model.
-func (k *Kit) EntryKey(key string) string { return EntryKey(k.model, key) }
+func (p *Projector) EntryKey(key string) string { return EntryKey(p.model, key) }
 
 // IndexKey is the sorted set listing the model's entry keys.
-func (k *Kit) IndexKey() string { return IndexKey(k.model) }
+func (p *Projector) IndexKey() string { return IndexKey(p.model) }
 
 // VersionKey counts the events applied to the model.
-func (k *Kit) VersionKey() string { return VersionKey(k.model) }
+func (p *Projector) VersionKey() string { return VersionKey(p.model) }
 
 // InboxKey remembers that the projector applied ref. The source is length-prefixed so that a
 // colon inside it cannot make two different (source, id) pairs collide.
-func (k *Kit) InboxKey(ref EventRef) string {
-	return inboxPrefix(k.model, k.projector) + strconv.Itoa(len(ref.Source)) + ":" + ref.Source + ":" + ref.ID
+func (p *Projector) InboxKey(ref EventRef) string {
+	return inboxPrefix(p.model, p.name) + strconv.Itoa(len(ref.Source)) + ":" + ref.Source + ":" + ref.ID
 }
 
 func inboxPrefix(model, projector string) string {
@@ -274,34 +275,34 @@ func VersionKey(model string) string { return "knfaas:projection:version:{" + mo
 // Drop deletes the read model and the projector's inbox, so that replaying the event log
 // rebuilds the model from nothing. Stop the projector (or its Trigger) first: events applied
 // during a drop would be half-forgotten.
-func (k *Kit) Drop(ctx context.Context) error {
-	rdb, ok := k.rdb.(redis.Cmdable)
+func (p *Projector) Drop(ctx context.Context) error {
+	rdb, ok := p.rdb.(redis.Cmdable)
 	if !ok {
 		return errors.New("projection: dropping needs a full redis client")
 	}
-	for _, match := range []string{EntryKey(k.model, "*"), inboxPrefix(k.model, k.projector) + "*"} {
+	for _, match := range []string{EntryKey(p.model, "*"), inboxPrefix(p.model, p.name) + "*"} {
 		iter := rdb.Scan(ctx, 0, match, 1000).Iterator()
 		var batch []string
 		for iter.Next(ctx) {
 			batch = append(batch, iter.Val())
 			if len(batch) == 1000 {
 				if err := rdb.Unlink(ctx, batch...).Err(); err != nil {
-					return fmt.Errorf("dropping read model %s: %w", k.model, err)
+					return fmt.Errorf("dropping read model %s: %w", p.model, err)
 				}
 				batch = batch[:0]
 			}
 		}
 		if err := iter.Err(); err != nil {
-			return fmt.Errorf("scanning read model %s: %w", k.model, err)
+			return fmt.Errorf("scanning read model %s: %w", p.model, err)
 		}
 		if len(batch) > 0 {
 			if err := rdb.Unlink(ctx, batch...).Err(); err != nil {
-				return fmt.Errorf("dropping read model %s: %w", k.model, err)
+				return fmt.Errorf("dropping read model %s: %w", p.model, err)
 			}
 		}
 	}
-	if err := rdb.Unlink(ctx, k.IndexKey(), k.VersionKey()).Err(); err != nil {
-		return fmt.Errorf("dropping read model %s: %w", k.model, err)
+	if err := rdb.Unlink(ctx, p.IndexKey(), p.VersionKey()).Err(); err != nil {
+		return fmt.Errorf("dropping read model %s: %w", p.model, err)
 	}
 	return nil
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Entry is one read-model entry as readers see it: the projector's fields, without the kit's
+// Entry is one read-model entry as readers see it: the projector's fields, without the Projector's
 // bookkeeping fields (those starting with _).
 type Entry struct {
 	Key     string            `json:"key"`

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -19,7 +18,7 @@ import (
 // address events should be sent to.
 const EnvSink = "K_SINK"
 
-// ErrNoSink is returned by FromEnv when K_SINK is unset.
+// ErrNoSink is returned by New when the target is empty (K_SINK unset).
 var ErrNoSink = errors.New(EnvSink + " is not set")
 
 // Sender publishes events to one target URL in binary mode.
@@ -65,11 +64,6 @@ func NewWithTransport(target string, timeout time.Duration, rt http.RoundTripper
 		return nil, fmt.Errorf("creating CloudEvents client: %w", err)
 	}
 	return &Sender{target: target, client: c}, nil
-}
-
-// FromEnv returns a Sender to K_SINK.
-func FromEnv(timeout time.Duration) (*Sender, error) {
-	return New(os.Getenv(EnvSink), timeout)
 }
 
 // Target is the URL events are sent to.

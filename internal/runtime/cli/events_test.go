@@ -25,7 +25,7 @@ import (
 
 // projectorServer is a stock projector reachable over HTTP, like the example's: sales take
 // stock away, receipts add it, once per (source, id).
-func projectorServer(t *testing.T, kit *projection.Kit) (*httptest.Server, *atomic.Int64) {
+func projectorServer(t *testing.T, kit *projection.Projector) (*httptest.Server, *atomic.Int64) {
 	t.Helper()
 	var received atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

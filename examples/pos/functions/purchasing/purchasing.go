@@ -14,16 +14,15 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/projection"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // TypeReorderRequested is the event consumed (emitted by examples/pos/functions/stock).
@@ -53,10 +52,11 @@ type ReorderRequest struct {
 
 // Function is the purchasing function.
 type Function struct {
-	rdb       *redis.Client
-	kit       *projection.Kit
+	projector *projection.Projector
 	orderUpTo int64
-	ready     atomic.Bool
+	// Lifecycle gives the function Ready (once started and while Redis answers), Alive and
+	// Running, and closes Redis in Stop.
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -65,12 +65,9 @@ func New() *Function { return &Function{} }
 // Start reads the configuration and opens Redis.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("purchasing: reading configuration: %w", err)
-	}
-	rdb, err := redisconn.FromEnv()
+	rdb, err := funcstart.Open("purchasing", &cfg)
 	if err != nil {
-		return fmt.Errorf("purchasing: %w", err)
+		return err
 	}
 	return f.start(ctx, cfg, rdb)
 }
@@ -79,34 +76,20 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) err
 	if cfg.OrderUpTo <= 0 {
 		return errors.New("purchasing: POS_ORDER_UP_TO must be positive")
 	}
-	kit, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
+	projector, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
 	if err != nil {
 		return fmt.Errorf("purchasing: %w", err)
 	}
-	if err := kit.Load(ctx); err != nil {
+	if err := projector.Load(ctx); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
-	f.rdb, f.kit, f.orderUpTo = rdb, kit, cfg.OrderUpTo
-	f.ready.Store(true)
+	f.projector, f.orderUpTo = projector, cfg.OrderUpTo
+	f.Started(rdb)
 	return nil
 }
 
 // Stop closes Redis.
-func (f *Function) Stop(context.Context) error {
-	f.ready.Store(false)
-	if f.rdb != nil {
-		return f.rdb.Close()
-	}
-	return nil
-}
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	return f.ready.Load() && f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive is true: a Redis outage is a readiness matter.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // OrderKey is the purchase order's key, derived from the request so that a redelivered
 // request names the same order.
@@ -117,7 +100,7 @@ func OrderKey(e event.Event) string {
 
 // Handle records one purchase order per reorder request.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		return nil, errors.New("purchasing is starting")
 	}
 	if e.Type() != TypeReorderRequested {
@@ -146,7 +129,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		projection.Set("status", "requested"),
 		projection.Set("requested_at", e.Time().UTC().Format(time.RFC3339)),
 	}}
-	res, err := f.kit.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
+	res, err := f.projector.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
 	if errors.Is(err, projection.ErrInvalidChange) {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	}

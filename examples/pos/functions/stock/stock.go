@@ -19,16 +19,15 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/projection"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 // Event types consumed (subject = SKU, data = {"store": "...", "quantity": n}).
@@ -78,11 +77,12 @@ type ReorderRequest struct {
 
 // Function is the stock projector.
 type Function struct {
-	rdb        *redis.Client
-	kit        *projection.Kit
+	projector  *projection.Projector
 	thresholds map[string]int64
 	fallback   int64
-	ready      atomic.Bool
+	// Lifecycle gives the function Ready (once started and while Redis answers), Alive and
+	// Running, and closes Redis in Stop.
+	funchealth.Lifecycle
 }
 
 // New returns an unstarted Function.
@@ -91,12 +91,9 @@ func New() *Function { return &Function{} }
 // Start reads the thresholds and opens Redis; a malformed thresholds file stops start-up.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("stock: reading configuration: %w", err)
-	}
-	rdb, err := redisconn.FromEnv()
+	rdb, err := funcstart.Open("stock", &cfg)
 	if err != nil {
-		return fmt.Errorf("stock: %w", err)
+		return err
 	}
 	return f.start(ctx, cfg, rdb)
 }
@@ -112,15 +109,15 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) err
 			return fmt.Errorf("stock: POS_THRESHOLDS_FILE %s: %w", cfg.ThresholdsFile, err)
 		}
 	}
-	kit, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
+	projector, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
 	if err != nil {
 		return fmt.Errorf("stock: %w", err)
 	}
-	if err := kit.Load(ctx); err != nil {
+	if err := projector.Load(ctx); err != nil {
 		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
-	f.rdb, f.kit, f.fallback = rdb, kit, cfg.DefaultThreshold
-	f.ready.Store(true)
+	f.projector, f.fallback = projector, cfg.DefaultThreshold
+	f.Started(rdb)
 	return nil
 }
 
@@ -145,21 +142,7 @@ func ParseThresholds(b []byte) (map[string]int64, error) {
 }
 
 // Stop closes Redis.
-func (f *Function) Stop(context.Context) error {
-	f.ready.Store(false)
-	if f.rdb != nil {
-		return f.rdb.Close()
-	}
-	return nil
-}
-
-// Ready is true once Start has finished and Redis answers.
-func (f *Function) Ready(ctx context.Context) (bool, error) {
-	return f.ready.Load() && f.rdb.Ping(ctx).Err() == nil, nil
-}
-
-// Alive is true: a Redis outage is a readiness matter.
-func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
+func (f *Function) Stop(context.Context) error { return f.Close() }
 
 var storeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
@@ -211,14 +194,14 @@ func (f *Function) threshold(sku string) int64 {
 // dipped. A redelivered event gets the same reply (same id) again: the first reply may have
 // been lost, and the purchasing function deduplicates on (source, id).
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
-	if !f.ready.Load() {
+	if !f.Running() {
 		return nil, errors.New("stock projector is starting")
 	}
 	ch, err := f.Decode(e)
 	if err != nil {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	}
-	res, err := f.kit.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
+	res, err := f.projector.Apply(ctx, projection.EventRef{Source: e.Source(), ID: e.ID()}, ch)
 	if errors.Is(err, projection.ErrInvalidChange) {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	}

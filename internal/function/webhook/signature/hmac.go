@@ -29,7 +29,8 @@ type HMAC struct {
 	Encoding        string // "hex" or "base64"
 	Prefix          string
 	TimestampHeader string
-	Tolerance       time.Duration
+	// Tolerance bounds the distance of the signed timestamp from now; zero means DefaultTolerance.
+	Tolerance time.Duration
 }
 
 var _ Verifier = (*HMAC)(nil)

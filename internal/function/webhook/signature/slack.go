@@ -16,7 +16,8 @@ const (
 // Slack verifies X-Slack-Signature: "v0=" and the hex HMAC-SHA256 of "v0:<timestamp>:<body>",
 // keyed with the app's signing secret, within a timestamp tolerance.
 type Slack struct {
-	Secrets   [][]byte
+	Secrets [][]byte
+	// Tolerance bounds the distance of the signed timestamp from now; zero means DefaultTolerance.
 	Tolerance time.Duration
 }
 

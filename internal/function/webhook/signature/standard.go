@@ -33,7 +33,8 @@ var standardV1Length = base64.StdEncoding.EncodedLen(sha256.Size)
 // versions, malformed values) are skipped and the delivery is accepted if any v1 entry matches.
 type StandardWebhooks struct {
 	// Secrets are the decoded keys (see DecodeStandardSecret).
-	Secrets   [][]byte
+	Secrets [][]byte
+	// Tolerance bounds the distance of the signed timestamp from now; zero means DefaultTolerance.
 	Tolerance time.Duration
 }
 

@@ -18,7 +18,8 @@ const HeaderStripeSignature = "Stripe-Signature"
 // Stripe's libraries, entries that cannot be used (other schemes, v1 values that are not hex)
 // are skipped and the delivery is accepted if any v1 entry matches.
 type Stripe struct {
-	Secrets   [][]byte
+	Secrets [][]byte
+	// Tolerance bounds the distance of the signed timestamp from now; zero means DefaultTolerance.
 	Tolerance time.Duration
 }
 

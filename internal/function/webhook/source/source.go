@@ -30,6 +30,12 @@ const (
 // DefaultMaxBodyBytes is the body limit of a source that sets none.
 const DefaultMaxBodyBytes = 1 << 20
 
+// DefaultAlgorithm and DefaultEncoding are those of an hmac source that names none.
+const (
+	DefaultAlgorithm = "sha256"
+	DefaultEncoding  = "hex"
+)
+
 // maxMaxBodyBytes caps maxBodyBytes: the whole body is held in memory while it is verified.
 const maxMaxBodyBytes = 32 << 20
 
@@ -65,18 +71,22 @@ type Config struct {
 	SecretEnv []string `json:"secretEnv"`
 	// Type is the CloudEvent type for standardwebhooks and hmac sources.
 	Type string `json:"type,omitempty"`
-	// Header, Algorithm, Encoding, Prefix, TimestampHeader and IDHeader configure hmac sources.
+	// Header, Algorithm, Encoding, Prefix, TimestampHeader and IDHeader configure hmac sources
+	// only; Header is required there, Algorithm defaults to DefaultAlgorithm and Encoding to
+	// DefaultEncoding.
 	Header          string `json:"header,omitempty"`
 	Algorithm       string `json:"algorithm,omitempty"`
 	Encoding        string `json:"encoding,omitempty"`
 	Prefix          string `json:"prefix,omitempty"`
 	TimestampHeader string `json:"timestampHeader,omitempty"`
 	IDHeader        string `json:"idHeader,omitempty"`
-	// Tolerance is the accepted distance of a signed timestamp from now (Go duration).
+	// Tolerance is the accepted distance of a signed timestamp from now (a positive Go
+	// duration). Unset, the verifier's own default applies: signature.DefaultTolerance.
 	Tolerance string `json:"tolerance,omitempty"`
-	// DedupTTL is how long a delivery id is remembered (Go duration).
+	// DedupTTL is how long a delivery id is remembered (a Go duration of at least 1m). Unset,
+	// DefaultDedupTTL of the provider.
 	DedupTTL string `json:"dedupTTL,omitempty"`
-	// MaxBodyBytes is the largest body accepted.
+	// MaxBodyBytes is the largest body accepted, 1 to 32 MiB. Unset, DefaultMaxBodyBytes.
 	MaxBodyBytes int64 `json:"maxBodyBytes,omitempty"`
 }
 
@@ -166,7 +176,7 @@ func build(c Config, env LookupEnv) (*Source, error) {
 	if !ok {
 		bad("provider", "%q is not one of github, stripe, slack, standardwebhooks, hmac", c.Provider)
 	}
-	tolerance := signature.DefaultTolerance
+	var tolerance time.Duration // zero: the verifier applies signature.DefaultTolerance
 	if c.Tolerance != "" {
 		d, err := time.ParseDuration(c.Tolerance)
 		if err != nil || d <= 0 {
@@ -258,7 +268,7 @@ func buildHMAC(c Config, secrets [][]byte, tolerance time.Duration) (*signature.
 	}
 	algorithm := c.Algorithm
 	if algorithm == "" {
-		algorithm = "sha256"
+		algorithm = DefaultAlgorithm
 	}
 	newHash, ok := signature.Algorithms[algorithm]
 	if !ok {
@@ -266,7 +276,7 @@ func buildHMAC(c Config, secrets [][]byte, tolerance time.Duration) (*signature.
 	}
 	encoding := c.Encoding
 	if encoding == "" {
-		encoding = "hex"
+		encoding = DefaultEncoding
 	}
 	if !signature.Encodings[encoding] {
 		errs = append(errs, fieldError("encoding", "%q is not one of hex, base64", c.Encoding))

@@ -2,6 +2,11 @@
 
 package e2e
 
+// The recovery tests each crash one part of a running knfaas up (a function instance, the
+// runtime, Redis) once while events flow, and check that every accepted event is then
+// delivered or dead-lettered. test/fault is the soak: all those faults and subscriber failures
+// in one run of 10,000 events, through dead letters and redrive.
+
 import (
 	"context"
 	"fmt"
@@ -106,7 +111,7 @@ func livePIDs(t *testing.T, rdb *redis.Client, recorder string) []int {
 	return pids
 }
 
-func TestKillFunctionMidDelivery(t *testing.T) {
+func TestRecoveryFromFunctionKill(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rdb := srv.Client()
 	rt := runtimetest.Start(t, runtimetest.Options{Paths: []string{eventing}, RedisURL: srv.URL()})
@@ -132,7 +137,7 @@ func TestKillFunctionMidDelivery(t *testing.T) {
 	})
 }
 
-func TestKillRuntimeAndRestart(t *testing.T) {
+func TestRecoveryFromRuntimeKill(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rdb := srv.Client()
 	rt := runtimetest.Start(t, runtimetest.Options{Paths: []string{eventing}, RedisURL: srv.URL()})
@@ -151,7 +156,7 @@ func TestKillRuntimeAndRestart(t *testing.T) {
 	awaitSettled(t, rdb, ids, 3*time.Minute)
 }
 
-func TestRedisRestart(t *testing.T) {
+func TestRecoveryFromRedisRestart(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rdb := srv.Client()
 	rt := runtimetest.Start(t, runtimetest.Options{Paths: []string{eventing}, RedisURL: srv.URL()})
