@@ -109,7 +109,7 @@ spec:
 		{
 			name:      "a ref the manifests lack",
 			manifests: badRef,
-			wantErr:   "/shop.yaml (document 2): Trigger shop/placed: spec.subscriber: ref: Service shop/missing (serving.knative.dev/v1) is not defined in the manifests",
+			wantErr:   "/shop.yaml: Trigger shop/placed: spec.subscriber.ref: Service shop/missing (serving.knative.dev/v1) is not defined in the manifests",
 		},
 	}
 	for _, tc := range tests {

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -141,6 +139,11 @@ type PingPlan struct {
 // NewPlan turns a loaded set of manifests into the plan of a run, or says what in the
 // manifests cannot run: the file, object and field. It has no side effect.
 func NewPlan(set *manifest.Set, opts PlanOptions) (*Plan, error) {
+	// Every reference resolves first, as knfaas verify checks it, with what a run on this
+	// machine adds (localResolve): up refuses what verify refuses, and says all of it at once.
+	if err := manifest.NewResolver(set, localResolve).Check(); err != nil {
+		return nil, err
+	}
 	p := &Plan{set: set}
 	addrs := clusterAddresses(set)
 	standIn := redisStandIn(set)
@@ -291,7 +294,7 @@ func planTrigger(set *manifest.Set, t *eventingv1.Trigger, brokers map[string]*e
 	where := whereOf(set, t)
 	b, ok := brokers[t.Namespace+"/"+t.Spec.Broker]
 	if !ok {
-		return TriggerPlan{}, fmt.Errorf("%s: spec.broker: Broker %s/%s not found in the loaded manifests", where, t.Namespace, t.Spec.Broker)
+		return TriggerPlan{}, fmt.Errorf("%s: spec.broker: Broker %s/%s is not defined in the manifests", where, t.Namespace, t.Spec.Broker)
 	}
 	sub, err := addrs.destination(&t.Spec.Subscriber, t.Namespace, where+": spec.subscriber")
 	if err != nil {
@@ -380,7 +383,3 @@ func whereOf(set *manifest.Set, obj runtime.Object) string {
 	return fmt.Sprintf("%T", obj)
 }
 
-// metav1LabelSelector turns a SinkBinding's subject selector into a selector (sinkBindingFor).
-func metav1LabelSelector(s *metav1.LabelSelector) (labels.Selector, error) {
-	return metav1.LabelSelectorAsSelector(s)
-}

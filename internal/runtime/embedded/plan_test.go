@@ -315,7 +315,7 @@ spec:
   broker: default
   subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
 `),
-			wantErr: "m.yaml (document 2): Trigger ns/orders: spec.subscriber: ref: Service ns/nope (serving.knative.dev/v1) is not defined in the manifests",
+			wantErr: "m.yaml: Trigger ns/orders: spec.subscriber.ref: Service ns/nope (serving.knative.dev/v1) is not defined in the manifests",
 		},
 		{
 			name: "a dead-letter sink of a kind that does not run locally",
@@ -328,7 +328,7 @@ spec:
   delivery:
     deadLetterSink: {ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: dlq}}
 `),
-			wantErr: "m.yaml (document 3): Trigger ns/orders: delivery.deadLetterSink: ref: InMemoryChannel ns/dlq (messaging.knative.dev/v1) cannot be resolved locally",
+			wantErr: "m.yaml: Trigger ns/orders: spec.delivery.deadLetterSink.ref: InMemoryChannel ns/dlq (messaging.knative.dev/v1) cannot be resolved locally",
 		},
 		{
 			name: "a trigger on a broker the manifests lack",
@@ -339,7 +339,33 @@ spec:
   broker: other
   subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
 `),
-			wantErr: "m.yaml (document 2): Trigger ns/orders: spec.broker: Broker ns/other not found",
+			wantErr: "m.yaml: Trigger ns/orders: spec.broker: Broker ns/other is not defined in the manifests",
+		},
+		{
+			name: "a volume whose ConfigMap the manifests lack fails the plan, not the run",
+			manifests: `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: fn, namespace: ns}
+spec:
+  template:
+    spec:
+      containers:
+      - image: ko://example.com/fn
+        volumeMounts: [{name: conf, mountPath: /etc/fn}]
+      volumes: [{name: conf, configMap: {name: fn-config}}]
+`,
+			wantErr: "m.yaml: Service ns/fn: spec.template.spec.volumes[0].configMap: ConfigMap ns/fn-config is not defined in the manifests",
+		},
+		{
+			name: "a SinkBinding whose subject the manifests lack is refused, as verify refuses it",
+			manifests: docs(brokerDoc, `apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: sb, namespace: ns}
+spec:
+  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: ghost}
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+`),
+			wantErr: "m.yaml: SinkBinding ns/sb: spec.subject: Service ns/ghost is not defined in the manifests",
 		},
 		{
 			name: "an image that is not ko://",
