@@ -382,4 +382,3 @@ func whereOf(set *manifest.Set, obj runtime.Object) string {
 	}
 	return fmt.Sprintf("%T", obj)
 }
-
