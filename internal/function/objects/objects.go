@@ -28,7 +28,13 @@ const (
 	NameCreatedCompleteMultipartUpload = "ObjectCreated:CompleteMultipartUpload"
 	NameRemovedDelete                  = "ObjectRemoved:Delete"
 	NameRemovedDeleteMarkerCreated     = "ObjectRemoved:DeleteMarkerCreated"
+	// NameCreatedListed is knfaas's own: a new object version found by listing (the pull
+	// source), where the store does not say how it was written.
+	NameCreatedListed = "ObjectCreated:Listed"
 )
+
+// StoreListing is the Store of events the pull source found by listing.
+const StoreListing = "listing"
 
 // Bounds of what a notification may carry. A notification over any of them is refused whole.
 const (
