@@ -38,7 +38,8 @@ type Config struct {
 	TimelineMax int `envconfig:"PROCESS_TIMELINE_MAX" default:"500"`
 	// SendTimeout bounds each publish to K_SINK.
 	SendTimeout time.Duration `envconfig:"PROCESS_SEND_TIMEOUT" default:"10s"`
-	// AckInterval is how often published outbox entries are removed, in one pipeline per batch.
+	// AckInterval is how long a published outbox entry waits to be removed together with others,
+	// in one pipeline per batch.
 	AckInterval time.Duration `envconfig:"PROCESS_ACK_INTERVAL" default:"50ms"`
 	// Sink is where commands are published (the Broker, set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
