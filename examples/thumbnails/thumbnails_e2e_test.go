@@ -6,8 +6,10 @@ package thumbnails
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"image"
 	"image/color"
 	"image/jpeg"
@@ -87,6 +89,21 @@ func photo(t *testing.T, w, h int) []byte {
 	return buf.Bytes()
 }
 
+// pngBomb is a valid PNG header claiming w×h pixels and nothing else.
+func pngBomb(w, h uint32) []byte {
+	var b bytes.Buffer
+	b.WriteString("\x89PNG\r\n\x1a\n")
+	ihdr := make([]byte, 13)
+	binary.BigEndian.PutUint32(ihdr[0:], w)
+	binary.BigEndian.PutUint32(ihdr[4:], h)
+	ihdr[8], ihdr[9] = 8, 2 // 8-bit RGB
+	_ = binary.Write(&b, binary.BigEndian, uint32(len(ihdr)))
+	chunk := append([]byte("IHDR"), ihdr...)
+	b.Write(chunk)
+	_ = binary.Write(&b, binary.BigEndian, crc32.ChecksumIEEE(chunk))
+	return b.Bytes()
+}
+
 // record is one S3 event record as MinIO sends it.
 func record(key string, info minio.UploadInfo) string {
 	return fmt.Sprintf(`{"eventVersion":"2.0","eventSource":"minio:s3","eventTime":%q,"eventName":"s3:ObjectCreated:Put",`+
@@ -95,10 +112,10 @@ func record(key string, info minio.UploadInfo) string {
 }
 
 // TestUploadMakesThumbnails runs the example under knfaas up with the S3 store it embeds: an
-// image and a text file are uploaded, the store's notification (MinIO-shaped, two records) is
-// pushed to the webhook's s3 source; the image gets its thumbnails and thumbnail.created is
-// delivered, the text file is dead-lettered with the reason, and redelivering the image's event
-// changes nothing.
+// image, a text file, a decompression bomb and a corrupt image are uploaded, the store's
+// notification (MinIO-shaped, four records) is pushed to the webhook's s3 source; the image gets
+// its thumbnails and thumbnail.created is delivered, the three others are dead-lettered with
+// their reasons and nothing else is written, and redelivering the image's event changes nothing.
 func TestUploadMakesThumbnails(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	root := runtimetest.ModuleRoot(t)
@@ -138,8 +155,12 @@ func TestUploadMakesThumbnails(t *testing.T) {
 	}
 	cat := upload("uploads/cat.jpg", photo(t, 1200, 800))
 	notes := upload("uploads/notes.jpg", []byte("not a picture at all"))
+	bomb := upload("uploads/bomb.png", pngBomb(100_000, 100_000))
+	corrupt := photo(t, 300, 200)
+	broken := upload("uploads/broken.jpg", corrupt[:len(corrupt)/2])
 	notification := `{"EventName":"s3:ObjectCreated:Put","Key":"photos/uploads/cat.jpg","Records":[` +
-		record("uploads/cat.jpg", cat) + "," + record("uploads/notes.jpg", notes) + `]}`
+		record("uploads/cat.jpg", cat) + "," + record("uploads/notes.jpg", notes) + "," +
+		record("uploads/bomb.png", bomb) + "," + record("uploads/broken.jpg", broken) + `]}`
 
 	token := rt.DevSecret("knfaas", "webhook-secrets", "objects", "CHANGE-ME-objects-webhook-token")
 	post := func() int {
@@ -193,15 +214,32 @@ func TestUploadMakesThumbnails(t *testing.T) {
 		t.Errorf("delivered %s", created)
 	}
 
-	// The text file is dead-lettered with the reason, after no retry (a 4xx).
+	// The text file, the decompression bomb and the corrupt image are dead-lettered with their
+	// reasons, after no retry (4xx); nothing is written for them.
 	letters := deadletter.NewStore(rdb, deadletter.Options{})
 	var got []deadletter.Letter
-	runtimetest.Eventually(t, time.Minute, "the non-image is dead-lettered", func() bool {
+	runtimetest.Eventually(t, time.Minute, "the refused objects are dead-lettered", func() bool {
 		got, _ = letters.List(ctx, deadletter.Filter{})
-		return len(got) == 1
+		return len(got) == 3
 	})
-	if l := got[0]; l.Code != http.StatusUnsupportedMediaType || l.Subject != "uploads/notes.jpg" || !strings.Contains(l.ErrorData, "not an image") {
-		t.Errorf("letter = %+v", l)
+	wantLetters := map[string]struct {
+		code   int
+		reason string
+	}{
+		"uploads/notes.jpg":  {http.StatusUnsupportedMediaType, "not an image"},
+		"uploads/bomb.png":   {http.StatusUnprocessableEntity, "exceeds THUMBNAIL_MAX_PIXELS"},
+		"uploads/broken.jpg": {http.StatusUnprocessableEntity, "corrupt jpeg"},
+	}
+	for _, l := range got {
+		w, ok := wantLetters[l.Subject]
+		if !ok || l.Code != w.code || !strings.Contains(l.ErrorData, w.reason) {
+			t.Errorf("letter for %s: code %d, error data %q", l.Subject, l.Code, l.ErrorData)
+		}
+	}
+	for o := range store.ListObjects(ctx, "photos", minio.ListObjectsOptions{Prefix: "thumbnails/", Recursive: true}) {
+		if _, ok := want[o.Key]; !ok {
+			t.Errorf("unexpected thumbnail %s", o.Key)
+		}
 	}
 
 	// Redelivery: the store resends the notification (deduplicated by the webhook), and the
@@ -235,7 +273,7 @@ func TestUploadMakesThumbnails(t *testing.T) {
 			t.Errorf("%s rewritten by the redelivery (%v → %v, %v)", key, before, info.LastModified, err)
 		}
 	}
-	if got, _ := letters.List(ctx, deadletter.Filter{}); len(got) != 1 {
-		t.Errorf("%d dead letters after the redelivery, want still 1", len(got))
+	if got, _ := letters.List(ctx, deadletter.Filter{}); len(got) != 3 {
+		t.Errorf("%d dead letters after the redelivery, want still 3", len(got))
 	}
 }
