@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"encoding/json"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,7 +16,7 @@ import (
 
 // devSecretsManifests are template Secrets as in config/3xx-*, a Service that reads them by
 // env, envFrom and a volume, and a Redis StatefulSet + Service the runtime stands in for.
-const devSecretsManifests = `apiVersion: v1
+var devSecretsManifests = manifesttest.Docs(`apiVersion: v1
 kind: Secret
 metadata: {name: auth, namespace: ns}
 stringData:
@@ -30,22 +31,19 @@ stringData:
   empty: ""
 data:
   binary: Q0hBTkdFLU1FLWJpbmFyeQ==
----
-apiVersion: v1
+`, `apiVersion: v1
 kind: Secret
 metadata: {name: redis, namespace: ns}
 stringData:
   password: CHANGE-ME
   url: redis://:CHANGE-ME@redis.ns.svc.cluster.local:6379/0
----
-apiVersion: v1
+`, `apiVersion: v1
 kind: Service
 metadata: {name: redis, namespace: ns}
 spec:
   selector: {app: redis}
   ports: [{port: 6379}]
----
-apiVersion: apps/v1
+`, `apiVersion: apps/v1
 kind: StatefulSet
 metadata: {name: redis, namespace: ns}
 spec:
@@ -55,16 +53,7 @@ spec:
     metadata: {labels: {app: redis}}
     spec:
       containers: [{name: redis, image: redis:7}]
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        envFrom:
+`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        envFrom:
         - secretRef: {name: auth}
         env:
         - name: REDIS_URL
@@ -78,7 +67,7 @@ spec:
       volumes:
       - name: auth
         secret: {secretName: auth}
-`
+`)
 
 func loadDevSecretsSet(t *testing.T) *manifest.Set {
 	t.Helper()

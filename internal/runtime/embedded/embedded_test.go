@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,21 +69,12 @@ func TestTriggerFilters(t *testing.T) {
 }
 
 func TestEnvResolutionErrorsNameTheReference(t *testing.T) {
-	base := `apiVersion: v1
+	base := manifesttest.Docs(`apiVersion: v1
 kind: Secret
 metadata: {name: creds, namespace: ns}
 stringData: {token: abc}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        env:
-`
+`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        env:
+`)
 	tests := []struct {
 		name    string
 		env     string

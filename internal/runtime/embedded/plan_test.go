@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"net/url"
 	"reflect"
 	"strings"
@@ -15,33 +16,11 @@ import (
 )
 
 // Manifest snippets the cases combine; each is one YAML document.
-const (
-	brokerDoc = `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: ns}
-`
-	subscriberDoc = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: sub, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/sub
-`
-	deadLetterDoc = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: dls, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/dls
-`
+var (
+	brokerDoc     = manifesttest.Broker("ns", "default")
+	subscriberDoc = manifesttest.KService("{name: sub, namespace: ns}", "ko://example.com/sub")
+	deadLetterDoc = manifesttest.KService("{name: dls, namespace: ns}", "ko://example.com/dls")
 )
-
-// docs joins YAML documents into one file.
-func docs(d ...string) string { return strings.Join(d, "---\n") }
 
 // planView is what a case compares: the plan with the trigger consumers' retry functions
 // reduced to values, and without the manifest objects the run reads.
@@ -145,16 +124,8 @@ spec:
 			}}},
 		},
 		{
-			name: "service with Knative's defaults: max-scale left to serving, one initial instance",
-			manifests: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-`,
+			name:      "service with Knative's defaults: max-scale left to serving, one initial instance",
+			manifests: manifesttest.KService("{name: fn, namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}", "ko://example.com/fn"),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
 					Namespace: "ns", Name: "fn", Env: kEnv("fn"), Timeout: 5 * time.Minute, InitialScale: 1,
@@ -165,7 +136,7 @@ spec:
 		},
 		{
 			name: "broker with the max-event-bytes annotation",
-			manifests: docs(`apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(`apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes: "2048"}}
 `, brokerDoc),
@@ -176,7 +147,7 @@ metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes:
 		},
 		{
 			name: "trigger with filters, dead-letter sink and retry",
-			manifests: docs(brokerDoc, subscriberDoc, deadLetterDoc, `apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, deadLetterDoc, `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: orders, namespace: ns}
 spec:
@@ -200,7 +171,7 @@ spec:
 		},
 		{
 			name: "trigger without delivery takes its broker's, which Knative defaults",
-			manifests: docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: all, namespace: ns}
 spec:
@@ -217,7 +188,7 @@ spec:
 		},
 		{
 			name: "ping source",
-			manifests: docs(subscriberDoc, `apiVersion: sources.knative.dev/v1
+			manifests: manifesttest.Docs(subscriberDoc, `apiVersion: sources.knative.dev/v1
 kind: PingSource
 metadata: {name: tick, namespace: ns}
 spec:
@@ -234,7 +205,7 @@ spec:
 		},
 		{
 			name: "sink binding gives its subject K_SINK",
-			manifests: docs(brokerDoc, subscriberDoc, `apiVersion: sources.knative.dev/v1
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, `apiVersion: sources.knative.dev/v1
 kind: SinkBinding
 metadata: {name: sub-sink, namespace: ns}
 spec:
@@ -253,7 +224,7 @@ spec:
 		},
 		{
 			name: "redis of the manifests is stood in for",
-			manifests: docs(`apiVersion: apps/v1
+			manifests: manifesttest.Docs(`apiVersion: apps/v1
 kind: StatefulSet
 metadata: {name: redis, namespace: ns}
 spec:
@@ -269,15 +240,7 @@ metadata: {name: redis, namespace: ns}
 spec:
   selector: {app: redis}
   ports: [{port: 6379}]
-`, `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
+`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
 `),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
@@ -308,7 +271,7 @@ spec:
 		},
 		{
 			name: "a ref to a Service the manifests lack names the object and field",
-			manifests: docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: orders, namespace: ns}
 spec:
@@ -319,7 +282,7 @@ spec:
 		},
 		{
 			name: "a dead-letter sink of a kind that does not run locally",
-			manifests: docs(brokerDoc, subscriberDoc, `apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: orders, namespace: ns}
 spec:
@@ -332,7 +295,7 @@ spec:
 		},
 		{
 			name: "a trigger on a broker the manifests lack",
-			manifests: docs(subscriberDoc, `apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(subscriberDoc, `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: orders, namespace: ns}
 spec:
@@ -343,22 +306,14 @@ spec:
 		},
 		{
 			name: "a volume whose ConfigMap the manifests lack fails the plan, not the run",
-			manifests: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        volumeMounts: [{name: conf, mountPath: /etc/fn}]
+			manifests: manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn") + `        volumeMounts: [{name: conf, mountPath: /etc/fn}]
       volumes: [{name: conf, configMap: {name: fn-config}}]
 `,
 			wantErr: "m.yaml: Service ns/fn: spec.template.spec.volumes[0].configMap: ConfigMap ns/fn-config is not defined in the manifests",
 		},
 		{
 			name: "a SinkBinding whose subject the manifests lack is refused, as verify refuses it",
-			manifests: docs(brokerDoc, `apiVersion: sources.knative.dev/v1
+			manifests: manifesttest.Docs(brokerDoc, `apiVersion: sources.knative.dev/v1
 kind: SinkBinding
 metadata: {name: sb, namespace: ns}
 spec:
@@ -368,17 +323,9 @@ spec:
 			wantErr: "m.yaml: SinkBinding ns/sb: spec.subject: Service ns/ghost is not defined in the manifests",
 		},
 		{
-			name: "an image that is not ko://",
-			manifests: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: docker.io/library/nginx
-`,
-			wantErr: `m.yaml (document 1): Service ns/fn: image "docker.io/library/nginx" cannot run locally`,
+			name:      "an image that is not ko://",
+			manifests: manifesttest.KService("{name: fn, namespace: ns}", "docker.io/library/nginx"),
+			wantErr:   `m.yaml (document 1): Service ns/fn: image "docker.io/library/nginx" cannot run locally`,
 		},
 		{
 			name: "a broker whose max-event-bytes is not a number",

@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,35 +17,20 @@ import (
 // Service in namespace ns whose container and pod spec end with the given YAML.
 func resolveFixture(t *testing.T, container, pod string) *manifest.Set {
 	t.Helper()
-	doc := `apiVersion: v1
+	doc := manifesttest.Docs(`apiVersion: v1
 kind: Secret
 metadata: {name: creds, namespace: ns}
 stringData: {token: abc}
----
-apiVersion: v1
+`, `apiVersion: v1
 kind: ConfigMap
 metadata: {name: settings, namespace: ns}
 data: {mode: strict}
 binaryData: {blob: AAE=}
----
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: ns}
----
-apiVersion: v1
+`, manifesttest.Broker("ns", "default"), `apiVersion: v1
 kind: Service
 metadata: {name: legacy, namespace: ns}
 spec: {ports: [{port: 80}]}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-` + container + pod
+`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")) + container + pod
 	objs, errs := manifest.Decode("fn.yaml", []byte(doc))
 	if len(errs) > 0 {
 		t.Fatal(errs[0])

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"maps"
 	"os"
 	"path/filepath"
@@ -23,10 +24,7 @@ metadata: {name: settings, namespace: knfaas}
 data: {mode: strict, rules.yaml: "x: 1"}
 binaryData: {blob: AAE=}
 `,
-	"config/600-broker.yaml": `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: knfaas}
-spec:
+	"config/600-broker.yaml": manifesttest.Broker("knfaas", "default") + `spec:
   delivery:
     retry: 3
     deadLetterSink:
