@@ -20,3 +20,24 @@ func Broker(ns, name string) string {
 func Docs(docs ...string) string {
 	return strings.Join(docs, "---\n")
 }
+
+// Trigger is the Trigger ns/name on broker; YAML appended to it continues its spec (two spaces
+// in: subscriber, filters, delivery).
+func Trigger(ns, name, broker string) string {
+	return "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: " + name + ", namespace: " + ns + "}\n" +
+		"spec:\n  broker: " + broker + "\n"
+}
+
+// PingSource is the PingSource ns/name firing on schedule; YAML appended to it continues its
+// spec (sink, data, timezone).
+func PingSource(ns, name, schedule string) string {
+	return "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata: {name: " + name + ", namespace: " + ns + "}\n" +
+		"spec:\n  schedule: \"" + schedule + "\"\n"
+}
+
+// SinkBinding is the SinkBinding ns/name that points the Knative Service subject at broker.
+func SinkBinding(ns, name, subject, broker string) string {
+	return "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {name: " + name + ", namespace: " + ns + "}\n" +
+		"spec:\n  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: " + subject + "}\n" +
+		"  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: " + broker + "}}\n"
+}

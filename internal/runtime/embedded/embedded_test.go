@@ -17,7 +17,7 @@ import (
 
 func trigger(t *testing.T, spec string) *manifest.Object {
 	t.Helper()
-	doc := "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t, namespace: ns}\nspec:\n  broker: default\n  subscriber: {uri: 'http://127.0.0.1:1/'}\n" + spec
+	doc := manifesttest.Trigger("ns", "t", "default") + "  subscriber: {uri: 'http://127.0.0.1:1/'}\n" + spec
 	objs, errs := manifest.Decode("trigger.yaml", []byte(doc))
 	if len(errs) > 0 {
 		t.Fatal(errs[0])

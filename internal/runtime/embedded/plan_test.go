@@ -147,12 +147,7 @@ metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes:
 		},
 		{
 			name: "trigger with filters, dead-letter sink and retry",
-			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, deadLetterDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: default
-  filters:
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, deadLetterDoc, manifesttest.Trigger("ns", "orders", "default")+`  filters:
   - prefix: {type: com.shop.order.}
   subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}, uri: /orders}
   delivery:
@@ -171,12 +166,7 @@ spec:
 		},
 		{
 			name: "trigger without delivery takes its broker's, which Knative defaults",
-			manifests: manifesttest.Docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: all, namespace: ns}
-spec:
-  broker: default
-  filter: {attributes: {type: com.shop.order.placed, source: /shop}}
+			manifests: manifesttest.Docs(brokerDoc, manifesttest.Trigger("ns", "all", "default")+`  filter: {attributes: {type: com.shop.order.placed, source: /shop}}
   subscriber: {uri: "http://127.0.0.1:9/"}
 `),
 			want: planView{Triggers: []triggerView{{
@@ -188,12 +178,7 @@ spec:
 		},
 		{
 			name: "ping source",
-			manifests: manifesttest.Docs(subscriberDoc, `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: ns}
-spec:
-  schedule: "*/5 * * * *"
-  timezone: Europe/Paris
+			manifests: manifesttest.Docs(subscriberDoc, manifesttest.PingSource("ns", "tick", "*/5 * * * *")+`  timezone: Europe/Paris
   data: '{"n": 1}'
   sink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
 `),
@@ -204,14 +189,8 @@ spec:
 			}}},
 		},
 		{
-			name: "sink binding gives its subject K_SINK",
-			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: sub-sink, namespace: ns}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}
-  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
-`),
+			name:      "sink binding gives its subject K_SINK",
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, manifesttest.SinkBinding("ns", "sub-sink", "sub", "default")),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
 					Namespace: "ns", Name: "sub", Env: kEnv("sub"), Timeout: 5 * time.Minute, InitialScale: 1,
@@ -271,23 +250,13 @@ spec:
 		},
 		{
 			name: "a ref to a Service the manifests lack names the object and field",
-			manifests: manifesttest.Docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: default
-  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
+			manifests: manifesttest.Docs(brokerDoc, manifesttest.Trigger("ns", "orders", "default")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
 `),
 			wantErr: "m.yaml: Trigger ns/orders: spec.subscriber.ref: Service ns/nope (serving.knative.dev/v1) is not defined in the manifests",
 		},
 		{
 			name: "a dead-letter sink of a kind that does not run locally",
-			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: default
-  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, manifesttest.Trigger("ns", "orders", "default")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
   delivery:
     deadLetterSink: {ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: dlq}}
 `),
@@ -295,12 +264,7 @@ spec:
 		},
 		{
 			name: "a trigger on a broker the manifests lack",
-			manifests: manifesttest.Docs(subscriberDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: other
-  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+			manifests: manifesttest.Docs(subscriberDoc, manifesttest.Trigger("ns", "orders", "other")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
 `),
 			wantErr: "m.yaml: Trigger ns/orders: spec.broker: Broker ns/other is not defined in the manifests",
 		},
@@ -312,15 +276,9 @@ spec:
 			wantErr: "m.yaml: Service ns/fn: spec.template.spec.volumes[0].configMap: ConfigMap ns/fn-config is not defined in the manifests",
 		},
 		{
-			name: "a SinkBinding whose subject the manifests lack is refused, as verify refuses it",
-			manifests: manifesttest.Docs(brokerDoc, `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: sb, namespace: ns}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: ghost}
-  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
-`),
-			wantErr: "m.yaml: SinkBinding ns/sb: spec.subject: Service ns/ghost is not defined in the manifests",
+			name:      "a SinkBinding whose subject the manifests lack is refused, as verify refuses it",
+			manifests: manifesttest.Docs(brokerDoc, manifesttest.SinkBinding("ns", "sb", "ghost", "default")),
+			wantErr:   "m.yaml: SinkBinding ns/sb: spec.subject: Service ns/ghost is not defined in the manifests",
 		},
 		{
 			name:      "an image that is not ko://",

@@ -288,21 +288,9 @@ func TestResolverCheckAgreesAcrossOptions(t *testing.T) {
 `, `apiVersion: v1
 kind: Service
 metadata: {name: legacy, namespace: ns}
-`, `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: ns}
-spec:
-  schedule: "* * * * *"
-  sink:
+`, manifesttest.PingSource("ns", "tick", "* * * * *")+`  sink:
     ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
-`, `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: fn, namespace: ns}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}
-  sink:
-    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
-`, "")
+`, manifesttest.SinkBinding("ns", "fn", "fn", "default"), "")
 	trigger := func(spec string) string {
 		return "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t, namespace: ns}\nspec:\n" + spec + "\n---\n"
 	}

@@ -46,21 +46,9 @@ binaryData: {blob: AAE=}
           name: settings
           items:
           - {key: rules.yaml, path: rules.yaml}`),
-	"config/700-audit.yaml": ksvc("audit", "", "", ""),
-	"config/710-echo-sinkbinding.yaml": `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: echo, namespace: knfaas}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: echo}
-  sink:
-    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
-`,
-	"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: knfaas}
-spec:
-  schedule: "* * * * *"
-  sink:
+	"config/700-audit.yaml":            ksvc("audit", "", "", ""),
+	"config/710-echo-sinkbinding.yaml": manifesttest.SinkBinding("knfaas", "echo", "echo", "default"),
+	"config/800-tick.yaml": manifesttest.PingSource("knfaas", "tick", "* * * * *") + `  sink:
     ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
 `,
 	"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
@@ -150,14 +138,15 @@ func TestCheckBaseIsClean(t *testing.T) {
 // problem, naming the file, the object and the field.
 func TestCheckBrokenFixtures(t *testing.T) {
 	audit := base["config/700-audit.yaml"]
-	tests := []struct {
+	type brokenFixture struct {
 		name    string
 		replace map[string]string
 		file    string
 		object  string
 		field   string
 		msg     string
-	}{
+	}
+	tests := []brokenFixture{
 		{
 			name:    "trigger names a broker that does not exist",
 			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "broker: default", "broker: fast", 1)},
@@ -306,59 +295,11 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			msg: "holds 2 Triggers",
 		},
 		{
-			name:    "function without scale bounds",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]",
-			msg: "missing",
-		},
-		{
-			name:    "function without part-of label",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", app.kubernetes.io/part-of: knfaas", "", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.labels[app.kubernetes.io/part-of]",
-			msg: "missing",
-		},
-		{
-			name:    "function without a memory limit",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", limits: {memory: 64Mi}", "", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].resources.limits.memory",
-			msg: "missing",
-		},
-		{
-			name:    "readiness probe on the wrong path",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "path: /health/readiness", "path: /healthz", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].readinessProbe",
-			msg: "must be httpGet /health/readiness",
-		},
-		{
-			name:    "no LISTEN_ADDRESS",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env",
-			msg: "LISTEN_ADDRESS is not set",
-		},
-		{
 			name: "password in a plain env value",
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", `
         - {name: REDIS_URL, value: "redis://:hunter2@redis:6379/0"}`, "")},
 			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env[1].value",
 			msg: "REDIS_URL carries a password in plain text",
-		},
-		{
-			name:    "writable root filesystem",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem",
-			msg: "must be true",
-		},
-		{
-			name:    "capabilities not dropped",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.capabilities",
-			msg: `must drop ["ALL"]`,
-		},
-		{
-			name:    "no seccomp profile",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "\n          seccompProfile: {type: RuntimeDefault}", "", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.seccompProfile.type",
-			msg: "must be RuntimeDefault",
 		},
 		{
 			name: "trigger feeds a function its own replies",
@@ -384,6 +325,26 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.filter",
 			msg: "a loop",
 		},
+	}
+	// auditEdits each change one line of the audit function's Service, breaking one rule of a
+	// function's shape: old is replaced by new.
+	auditEdits := []struct{ name, old, new, field, msg string }{
+		{"function without scale bounds", `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]", "missing"},
+		{"function without part-of label", ", app.kubernetes.io/part-of: knfaas", "", "metadata.labels[app.kubernetes.io/part-of]", "missing"},
+		{"function without a memory limit", ", limits: {memory: 64Mi}", "", "spec.template.spec.containers[0].resources.limits.memory", "missing"},
+		{"readiness probe on the wrong path", "path: /health/readiness", "path: /healthz", "spec.template.spec.containers[0].readinessProbe", "must be httpGet /health/readiness"},
+		{"no LISTEN_ADDRESS", "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", "spec.template.spec.containers[0].env", "LISTEN_ADDRESS is not set"},
+		{"writable root filesystem", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem", "must be true"},
+		{"capabilities not dropped", "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", "spec.template.spec.containers[0].securityContext.capabilities", `must drop ["ALL"]`},
+		{"no seccomp profile", "\n          seccompProfile: {type: RuntimeDefault}", "", "spec.template.spec.containers[0].securityContext.seccompProfile.type", "must be RuntimeDefault"},
+	}
+	for _, e := range auditEdits {
+		tests = append(tests, brokenFixture{
+			name:    e.name,
+			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, e.old, e.new, 1)},
+			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: e.field,
+			msg: e.msg,
+		})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -447,12 +408,7 @@ func TestCheckAllowedFlows(t *testing.T) {
 			"config/800-tick.yaml":   strings.Replace(base["config/800-tick.yaml"], "{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}", "{apiVersion: v1, kind: Service, name: legacy}", 1),
 		},
 		"sink by URI is not resolved": {
-			"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: knfaas}
-spec:
-  schedule: "* * * * *"
-  sink: {uri: "http://example.com/"}
+			"config/800-tick.yaml": manifesttest.PingSource("knfaas", "tick", "* * * * *") + `  sink: {uri: "http://example.com/"}
 `,
 		},
 	}
