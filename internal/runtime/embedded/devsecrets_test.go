@@ -71,11 +71,7 @@ spec:
 
 func loadDevSecretsSet(t *testing.T) *manifest.Set {
 	t.Helper()
-	objs, errs := manifest.Decode("secrets.yaml", []byte(devSecretsManifests))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
-	return &manifest.Set{Objects: objs}
+	return decodeSet(t, "secrets.yaml", devSecretsManifests)
 }
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -229,12 +225,9 @@ func TestDevSecretsAreKeptAcrossRuns(t *testing.T) {
 }
 
 func TestDevSecretsWithoutPlaceholdersWriteNothing(t *testing.T) {
-	objs, errs := manifest.Decode("s.yaml", []byte("apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {k: real}\n"))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
+	set := decodeSet(t, "s.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {k: real}\n")
 	file := filepath.Join(t.TempDir(), "state", DevSecretsFile)
-	applied, err := applyDevSecrets(&manifest.Set{Objects: objs}, file)
+	applied, err := applyDevSecrets(set, file)
 	if err != nil {
 		t.Fatal(err)
 	}

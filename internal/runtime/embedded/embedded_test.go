@@ -18,11 +18,7 @@ import (
 func trigger(t *testing.T, spec string) *manifest.Object {
 	t.Helper()
 	doc := manifesttest.Trigger("ns", "t", "default") + "  subscriber: {uri: 'http://127.0.0.1:1/'}\n" + spec
-	objs, errs := manifest.Decode("trigger.yaml", []byte(doc))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
-	return &objs[0]
+	return &decodeSet(t, "trigger.yaml", doc).Objects[0]
 }
 
 func TestTriggerFilters(t *testing.T) {
@@ -89,21 +85,11 @@ stringData: {token: abc}
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			objs, errs := manifest.Decode("fn.yaml", []byte(base+tc.env))
-			if len(errs) > 0 {
-				t.Fatal(errs[0])
-			}
-			set := &manifest.Set{Objects: objs}
+			set := decodeSet(t, "fn.yaml", base+tc.env)
 			svc := set.Services()[0]
 			env, err := envFor(set, svc, &svc.Spec.Template.Spec.Containers[0])
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
-				}
+			if endsWithError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			joined := strings.Join(env, "\n")
 			if tc.want != "" && !strings.Contains(joined, tc.want) {

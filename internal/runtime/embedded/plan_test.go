@@ -296,19 +296,9 @@ metadata: {name: default, namespace: ns, annotations: {knfaas.dev/max-event-byte
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			objs, errs := manifest.Decode("m.yaml", []byte(tc.manifests))
-			if len(errs) > 0 {
-				t.Fatalf("decoding the manifests: %v", errs[0])
-			}
-			p, err := NewPlan(&manifest.Set{Objects: objs}, opts)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("NewPlan: %v, want an error containing %q", err, tc.wantErr)
-				}
+			p, err := NewPlan(decodeSet(t, "m.yaml", tc.manifests), opts)
+			if endsWithError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatalf("NewPlan: %v", err)
 			}
 			got := viewOf(p)
 			for _, part := range []struct {
@@ -333,4 +323,30 @@ metadata: {name: default, namespace: ns, annotations: {knfaas.dev/max-event-byte
 			}
 		})
 	}
+}
+
+// endsWithError fails t unless err is as a case wants: nil when wantErr is "", else an error
+// whose message contains wantErr. It reports whether the case wanted an error, and so ends here.
+func endsWithError(t *testing.T, err error, wantErr string) bool {
+	t.Helper()
+	if wantErr == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), wantErr) {
+		t.Fatalf("err = %v, want an error containing %q", err, wantErr)
+	}
+	return true
+}
+
+// decodeSet is the manifest set of the YAML stream docs, read as if from file.
+func decodeSet(t *testing.T, file, docs string) *manifest.Set {
+	t.Helper()
+	objs, errs := manifest.Decode(file, []byte(docs))
+	if len(errs) > 0 {
+		t.Fatalf("decoding the manifests: %v", errs[0])
+	}
+	return &manifest.Set{Objects: objs}
 }

@@ -31,11 +31,7 @@ kind: Service
 metadata: {name: legacy, namespace: ns}
 spec: {ports: [{port: 80}]}
 `, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")) + container + pod
-	objs, errs := manifest.Decode("fn.yaml", []byte(doc))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
-	return &manifest.Set{Objects: objs}
+	return decodeSet(t, "fn.yaml", doc)
 }
 
 // TestProjectVolumesAsTheKubelet covers what knfaas up writes now that it projects volumes with
@@ -59,14 +55,8 @@ func TestProjectVolumesAsTheKubelet(t *testing.T) {
 			set := resolveFixture(t, "        volumeMounts: [{name: v, mountPath: /etc/v}]\n", "      volumes:\n"+tc.volumes)
 			svc := set.Services()[0]
 			mounts, err := projectVolumes(set, svc, &svc.Spec.Template.Spec.Containers[0], t.TempDir())
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
-				}
+			if endsWithError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			local := mounts["/etc/v"]
 			got := map[string]string{}

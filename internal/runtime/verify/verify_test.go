@@ -137,7 +137,6 @@ func TestCheckBaseIsClean(t *testing.T) {
 // TestCheckBrokenFixtures breaks the base in one place per case and expects exactly one
 // problem, naming the file, the object and the field.
 func TestCheckBrokenFixtures(t *testing.T) {
-	audit := base["config/700-audit.yaml"]
 	type brokenFixture struct {
 		name    string
 		replace map[string]string
@@ -147,12 +146,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 		msg     string
 	}
 	tests := []brokenFixture{
-		{
-			name:    "trigger names a broker that does not exist",
-			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "broker: default", "broker: fast", 1)},
-			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.broker",
-			msg: "Broker knfaas/fast is not defined",
-		},
 		{
 			name:    "trigger subscriber names a missing ksvc",
 			replace: map[string]string{"triggers/echo-ping.yaml": "", "triggers/ecoh-ping.yaml": trigger("ecoh-ping", "ecoh", "", "")},
@@ -177,36 +170,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			msg: "Service knfaas/deadletter",
 		},
 		{
-			name:    "ping source sink names a missing broker",
-			replace: map[string]string{"config/800-tick.yaml": strings.Replace(base["config/800-tick.yaml"], "name: default", "name: defualt", 1)},
-			file:    "config/800-tick.yaml", object: "PingSource knfaas/tick", field: "spec.sink.ref",
-			msg: "Broker knfaas/defualt",
-		},
-		{
-			name:    "sink binding subject names a missing ksvc",
-			replace: map[string]string{"config/710-echo-sinkbinding.yaml": strings.Replace(base["config/710-echo-sinkbinding.yaml"], "name: echo}", "name: echoes}", 1)},
-			file:    "config/710-echo-sinkbinding.yaml", object: "SinkBinding knfaas/echo", field: "spec.subject",
-			msg: "Service knfaas/echoes is not defined",
-		},
-		{
-			name:    "env secretKeyRef names a missing key",
-			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "key: url", "key: uri", 1)},
-			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
-			msg: `Secret knfaas/redis has no key "uri" (it has password, url)`,
-		},
-		{
-			name:    "env secretKeyRef names a missing secret",
-			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "name: redis", "name: redis-auth", 1)},
-			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
-			msg: "Secret knfaas/redis-auth is not defined",
-		},
-		{
-			name:    "env configMapKeyRef names a missing key",
-			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: modes", 1)},
-			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef",
-			msg: `ConfigMap knfaas/settings has no key "modes"`,
-		},
-		{
 			// The kubelet puts only data, never binaryData, in env: the pod would not start.
 			name:    "env configMapKeyRef names a binaryData key",
 			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: blob", 1)},
@@ -218,36 +181,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", "", "\n        envFrom:\n        - secretRef: {name: tokens}")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].envFrom[0].secretRef",
 			msg: "Secret knfaas/tokens is not defined in the manifests (add a template under config/3xx-*)",
-		},
-		{
-			name:    "volume item names a missing configmap key",
-			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: rules.yaml", "key: rule.yaml", 1)},
-			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.volumes[0].configMap.items[0].key",
-			msg: `has no key "rule.yaml"`,
-		},
-		{
-			name:    "ko path outside a function folder",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "internal/tool", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "internal/tool is not a function folder",
-		},
-		{
-			name:    "ko path is a library, not package main",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "functions/lib", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "functions/lib is package lib, not package main",
-		},
-		{
-			name:    "ko path has no package",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "functions/adit", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "no buildable Go package in functions/adit",
-		},
-		{
-			name:    "ko path of another module",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "example.com/fx", "example.com/other", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "not a package of module example.com/fx",
 		},
 		{
 			name:    "emitted type nobody routes",
@@ -269,12 +202,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", `knfaas.dev/terminal: "dev.knfaas.example.audit.recorded"`, "", "")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.annotations[knfaas.dev/terminal]",
 			msg: `"dev.knfaas.example.audit.recorded" is declared terminal but not listed in knfaas.dev/emits`,
-		},
-		{
-			name:    "trigger named unlike its file",
-			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "name: echo-ping", "name: echo-tick", 1)},
-			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-tick", field: "metadata.name",
-			msg: `"echo-tick" differs from its file name "echo-ping"`,
 		},
 		{
 			name: "trigger file not named after its subscriber",
@@ -326,23 +253,34 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			msg: "a loop",
 		},
 	}
-	// auditEdits each change one line of the audit function's Service, breaking one rule of a
-	// function's shape: old is replaced by new.
-	auditEdits := []struct{ name, old, new, field, msg string }{
-		{"function without scale bounds", `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]", "missing"},
-		{"function without part-of label", ", app.kubernetes.io/part-of: knfaas", "", "metadata.labels[app.kubernetes.io/part-of]", "missing"},
-		{"function without a memory limit", ", limits: {memory: 64Mi}", "", "spec.template.spec.containers[0].resources.limits.memory", "missing"},
-		{"readiness probe on the wrong path", "path: /health/readiness", "path: /healthz", "spec.template.spec.containers[0].readinessProbe", "must be httpGet /health/readiness"},
-		{"no LISTEN_ADDRESS", "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", "spec.template.spec.containers[0].env", "LISTEN_ADDRESS is not set"},
-		{"writable root filesystem", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem", "must be true"},
-		{"capabilities not dropped", "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", "spec.template.spec.containers[0].securityContext.capabilities", `must drop ["ALL"]`},
-		{"no seccomp profile", "\n          seccompProfile: {type: RuntimeDefault}", "", "spec.template.spec.containers[0].securityContext.seccompProfile.type", "must be RuntimeDefault"},
+	// edits each change one string in one file of the base: old becomes new.
+	edits := []struct{ name, file, old, new, object, field, msg string }{
+		{"trigger names a broker that does not exist", "triggers/echo-ping.yaml", "broker: default", "broker: fast", "Trigger knfaas/echo-ping", "spec.broker", "Broker knfaas/fast is not defined"},
+		{"ping source sink names a missing broker", "config/800-tick.yaml", "name: default", "name: defualt", "PingSource knfaas/tick", "spec.sink.ref", "Broker knfaas/defualt"},
+		{"sink binding subject names a missing ksvc", "config/710-echo-sinkbinding.yaml", "name: echo}", "name: echoes}", "SinkBinding knfaas/echo", "spec.subject", "Service knfaas/echoes is not defined"},
+		{"env secretKeyRef names a missing key", "config/700-deadletter.yaml", "key: url", "key: uri", "Service knfaas/deadletter", "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef", `Secret knfaas/redis has no key "uri" (it has password, url)`},
+		{"env secretKeyRef names a missing secret", "config/700-deadletter.yaml", "name: redis", "name: redis-auth", "Service knfaas/deadletter", "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef", "Secret knfaas/redis-auth is not defined"},
+		{"env configMapKeyRef names a missing key", "config/700-echo.yaml", "key: mode", "key: modes", "Service knfaas/echo", "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef", `ConfigMap knfaas/settings has no key "modes"`},
+		{"volume item names a missing configmap key", "config/700-echo.yaml", "key: rules.yaml", "key: rule.yaml", "Service knfaas/echo", "spec.template.spec.volumes[0].configMap.items[0].key", `has no key "rule.yaml"`},
+		{"ko path outside a function folder", "config/700-audit.yaml", "functions/echo", "internal/tool", "Service knfaas/audit", "spec.template.spec.containers[0].image", "internal/tool is not a function folder"},
+		{"ko path is a library, not package main", "config/700-audit.yaml", "functions/echo", "functions/lib", "Service knfaas/audit", "spec.template.spec.containers[0].image", "functions/lib is package lib, not package main"},
+		{"ko path has no package", "config/700-audit.yaml", "functions/echo", "functions/adit", "Service knfaas/audit", "spec.template.spec.containers[0].image", "no buildable Go package in functions/adit"},
+		{"ko path of another module", "config/700-audit.yaml", "example.com/fx", "example.com/other", "Service knfaas/audit", "spec.template.spec.containers[0].image", "not a package of module example.com/fx"},
+		{"trigger named unlike its file", "triggers/echo-ping.yaml", "name: echo-ping", "name: echo-tick", "Trigger knfaas/echo-tick", "metadata.name", `"echo-tick" differs from its file name "echo-ping"`},
+		{"function without scale bounds", "config/700-audit.yaml", `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, "Service knfaas/audit", "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]", "missing"},
+		{"function without part-of label", "config/700-audit.yaml", ", app.kubernetes.io/part-of: knfaas", "", "Service knfaas/audit", "metadata.labels[app.kubernetes.io/part-of]", "missing"},
+		{"function without a memory limit", "config/700-audit.yaml", ", limits: {memory: 64Mi}", "", "Service knfaas/audit", "spec.template.spec.containers[0].resources.limits.memory", "missing"},
+		{"readiness probe on the wrong path", "config/700-audit.yaml", "path: /health/readiness", "path: /healthz", "Service knfaas/audit", "spec.template.spec.containers[0].readinessProbe", "must be httpGet /health/readiness"},
+		{"no LISTEN_ADDRESS", "config/700-audit.yaml", "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", "Service knfaas/audit", "spec.template.spec.containers[0].env", "LISTEN_ADDRESS is not set"},
+		{"writable root filesystem", "config/700-audit.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "Service knfaas/audit", "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem", "must be true"},
+		{"capabilities not dropped", "config/700-audit.yaml", "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", "Service knfaas/audit", "spec.template.spec.containers[0].securityContext.capabilities", `must drop ["ALL"]`},
+		{"no seccomp profile", "config/700-audit.yaml", "\n          seccompProfile: {type: RuntimeDefault}", "", "Service knfaas/audit", "spec.template.spec.containers[0].securityContext.seccompProfile.type", "must be RuntimeDefault"},
 	}
-	for _, e := range auditEdits {
+	for _, e := range edits {
 		tests = append(tests, brokenFixture{
 			name:    e.name,
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, e.old, e.new, 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: e.field,
+			replace: map[string]string{e.file: strings.Replace(base[e.file], e.old, e.new, 1)},
+			file:    e.file, object: e.object, field: e.field,
 			msg: e.msg,
 		})
 	}
