@@ -41,3 +41,16 @@ func SinkBinding(ns, name, subject, broker string) string {
 		"spec:\n  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: " + subject + "}\n" +
 		"  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: " + broker + "}}\n"
 }
+
+// RedisStatefulSet is a one-container Redis StatefulSet ns/redis, as a cluster would run it.
+func RedisStatefulSet(ns string) string {
+	return "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: redis, namespace: " + ns + "}\n" +
+		"spec:\n  serviceName: redis\n  selector: {matchLabels: {app: redis}}\n  template:\n    metadata: {labels: {app: redis}}\n" +
+		"    spec:\n      containers: [{name: redis, image: redis:7}]\n"
+}
+
+// RedisService is the Service ns/redis in front of RedisStatefulSet.
+func RedisService(ns string) string {
+	return "apiVersion: v1\nkind: Service\nmetadata: {name: redis, namespace: " + ns + "}\n" +
+		"spec:\n  selector: {app: redis}\n  ports: [{port: 6379}]\n"
+}

@@ -37,23 +37,7 @@ metadata: {name: redis, namespace: ns}
 stringData:
   password: CHANGE-ME
   url: redis://:CHANGE-ME@redis.ns.svc.cluster.local:6379/0
-`, `apiVersion: v1
-kind: Service
-metadata: {name: redis, namespace: ns}
-spec:
-  selector: {app: redis}
-  ports: [{port: 6379}]
-`, `apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: redis, namespace: ns}
-spec:
-  serviceName: redis
-  selector: {matchLabels: {app: redis}}
-  template:
-    metadata: {labels: {app: redis}}
-    spec:
-      containers: [{name: redis, image: redis:7}]
-`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        envFrom:
+`, manifesttest.RedisService("ns"), manifesttest.RedisStatefulSet("ns"), manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        envFrom:
         - secretRef: {name: auth}
         env:
         - name: REDIS_URL

@@ -203,23 +203,7 @@ metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes:
 		},
 		{
 			name: "redis of the manifests is stood in for",
-			manifests: manifesttest.Docs(`apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: redis, namespace: ns}
-spec:
-  selector: {matchLabels: {app: redis}}
-  serviceName: redis
-  template:
-    metadata: {labels: {app: redis}}
-    spec:
-      containers: [{name: redis, image: redis:7}]
-`, `apiVersion: v1
-kind: Service
-metadata: {name: redis, namespace: ns}
-spec:
-  selector: {app: redis}
-  ports: [{port: 6379}]
-`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
+			manifests: manifesttest.Docs(manifesttest.RedisStatefulSet("ns"), manifesttest.RedisService("ns"), manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
 `),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
