@@ -25,9 +25,11 @@ func BenchmarkApply(b *testing.B) {
 		return EventRef{Source: "bench", ID: strconv.FormatInt(i, 10)},
 			Change{Key: "SKU-" + strconv.FormatInt(i%64, 10), Ops: []Op{Incr("store-1", -1)}, Watches: []Watch{{Field: "store-1", Threshold: 5}}}
 	}
-	measure := func(b *testing.B, apply func(rdb *redis.Client, k *Projector, i int64) error) (float64, float64) {
+	// start connects a client with a round-trip counter and a loaded projector, then starts the
+	// clock for 8 goroutines per CPU.
+	start := func(b *testing.B) (*redis.Client, *Projector, *roundTrips) {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
-		defer rdb.Close()
+		b.Cleanup(func() { rdb.Close() })
 		k, _ := New(rdb, "bench", "bench-model", Options{})
 		if err := k.Load(ctx); err != nil {
 			b.Fatal(err)
@@ -36,6 +38,10 @@ func BenchmarkApply(b *testing.B) {
 		rdb.AddHook(hook)
 		b.SetParallelism(8)
 		b.ResetTimer()
+		return rdb, k, hook
+	}
+	measure := func(b *testing.B, apply func(rdb *redis.Client, k *Projector, i int64) error) (float64, float64) {
+		rdb, k, hook := start(b)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if err := apply(rdb, k, seq.Add(1)); err != nil {
@@ -73,16 +79,7 @@ func BenchmarkApply(b *testing.B) {
 	// that could batch. A projector answering one HTTP delivery at a time cannot, so this is
 	// reported for scale, not as the kit's target.
 	b.Run("raw-pipelined-evalsha-64", func(b *testing.B) {
-		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
-		defer rdb.Close()
-		k, _ := New(rdb, "bench", "bench-model", Options{})
-		if err := k.Load(ctx); err != nil {
-			b.Fatal(err)
-		}
-		hook := &roundTrips{}
-		rdb.AddHook(hook)
-		b.SetParallelism(8)
-		b.ResetTimer()
+		rdb, k, hook := start(b)
 		b.RunParallel(func(pb *testing.PB) {
 			p := rdb.Pipeline()
 			flush := func() {
