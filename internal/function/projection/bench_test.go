@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/roundtrips"
 )
 
 // BenchmarkApply compares the kit with a hand-written loop that sends the same script with
@@ -27,14 +28,14 @@ func BenchmarkApply(b *testing.B) {
 	}
 	// start connects a client with a round-trip counter and a loaded projector, then starts the
 	// clock for 8 goroutines per CPU.
-	start := func(b *testing.B) (*redis.Client, *Projector, *roundTrips) {
+	start := func(b *testing.B) (*redis.Client, *Projector, *roundtrips.Counter) {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
 		b.Cleanup(func() { rdb.Close() })
 		k, _ := New(rdb, "bench", "bench-model", Options{})
 		if err := k.Load(ctx); err != nil {
 			b.Fatal(err)
 		}
-		hook := &roundTrips{}
+		hook := &roundtrips.Counter{}
 		rdb.AddHook(hook)
 		b.SetParallelism(8)
 		b.ResetTimer()
@@ -51,7 +52,7 @@ func BenchmarkApply(b *testing.B) {
 			}
 		})
 		b.StopTimer()
-		perEvent := float64(hook.n.Load()) / float64(b.N)
+		perEvent := float64(hook.Count()) / float64(b.N)
 		rate := float64(b.N) / b.Elapsed().Seconds()
 		b.ReportMetric(perEvent, "roundtrips/event")
 		b.ReportMetric(rate, "events/s")
@@ -103,7 +104,7 @@ func BenchmarkApply(b *testing.B) {
 		b.StopTimer()
 		rate := float64(b.N) / b.Elapsed().Seconds()
 		b.ReportMetric(rate, "events/s")
-		b.ReportMetric(float64(hook.n.Load())/float64(b.N), "roundtrips/event")
+		b.ReportMetric(float64(hook.Count())/float64(b.N), "roundtrips/event")
 		if kitRate > 0 {
 			b.ReportMetric(kitRate/rate, "kit/pipelined")
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/roundtrips"
 )
 
 type testEvent struct {
@@ -289,19 +290,6 @@ func TestInvalidChanges(t *testing.T) {
 	}
 }
 
-// roundTrips counts the commands and pipelines a client sends to Redis.
-type roundTrips struct{ n atomic.Int64 }
-
-func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
-}
-func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
-}
-
-var _ redis.Hook = (*roundTrips)(nil)
-
 func TestOneRoundTripPerEvent(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
@@ -311,7 +299,7 @@ func TestOneRoundTripPerEvent(t *testing.T) {
 	if err := k.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hook := &roundTrips{}
+	hook := &roundtrips.Counter{}
 	rdb.AddHook(hook)
 	const n = 100
 	for i := range n {
@@ -319,7 +307,7 @@ func TestOneRoundTripPerEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := hook.n.Load(); got != n {
+	if got := hook.Count(); got != n {
 		t.Fatalf("%d round trips for %d events, want exactly one each", got, n)
 	}
 }
