@@ -17,6 +17,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/sinktest"
+	"github.com/knfaas/knfaas/internal/harness/starttest"
 )
 
 func startFunction(t *testing.T) (*Function, *sinktest.Recorder, *redistest.Server) {
@@ -161,17 +162,9 @@ func TestStartRefusesBadConfiguration(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("K_SINK", "http://127.0.0.1:1")
-			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
-			t.Setenv("PROCESS_DEFINITIONS_DIR", "testdata")
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
 			f := New()
-			err := f.Start(context.Background(), nil)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Start: %v, want an error containing %q", err, tc.want)
-			}
+			base := map[string]string{"K_SINK": "http://127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1", "PROCESS_DEFINITIONS_DIR": "testdata"}
+			starttest.Refuses(t, f.Start, tc.want, base, tc.env)
 			if ok, _ := f.Ready(context.Background()); ok {
 				t.Error("Ready after a refused start")
 			}

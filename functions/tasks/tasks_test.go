@@ -16,6 +16,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/sinktest"
+	"github.com/knfaas/knfaas/internal/harness/starttest"
 )
 
 var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
@@ -305,18 +306,10 @@ func TestStartRefusesBadConfiguration(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("K_SINK", "http://127.0.0.1:1")
-			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
-			t.Setenv("AUTH_TOKENS", "alice:managers:"+aliceToken)
-			t.Setenv("TASKS_SIGNING_KEY", testSigningKey)
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
 			f := New()
-			err := f.Start(context.Background(), nil)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Start: %v, want an error containing %q", err, tc.want)
-			}
+			base := map[string]string{"K_SINK": "http://127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1",
+				"AUTH_TOKENS": "alice:managers:" + aliceToken, "TASKS_SIGNING_KEY": testSigningKey}
+			starttest.Refuses(t, f.Start, tc.want, base, tc.env)
 			if f.Running() {
 				t.Error("running after a refused start")
 			}
