@@ -1,7 +1,10 @@
 // Package manifesttest writes the Knative manifests that tests of the manifest layer, verify and knfaas up load, so that each test states only what sets its case apart.
 package manifesttest
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // KService is a Knative Service with the metadata meta, a YAML flow mapping such as
 // "{name: fn, namespace: ns}", whose only container runs image. YAML appended to it continues
@@ -53,4 +56,34 @@ func RedisStatefulSet(ns string) string {
 func RedisService(ns string) string {
 	return "apiVersion: v1\nkind: Service\nmetadata: {name: redis, namespace: " + ns + "}\n" +
 		"spec:\n  selector: {app: redis}\n  ports: [{port: 6379}]\n"
+}
+
+// Function is a function's Knative Service as the end-to-end tests deploy it: one container
+// from a ko:// image, ready on func-go's readiness path. A zero MaxScale, ContainerConcurrency
+// or TimeoutSeconds leaves the field out.
+type Function struct {
+	Namespace, Name, Image string
+	MaxScale               int
+	ContainerConcurrency   int
+	TimeoutSeconds         int
+	// Env is the container's env items, YAML eight spaces in.
+	Env string
+}
+
+// YAML is the Service's manifest.
+func (f Function) YAML() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\nspec:\n  template:\n", f.Name, f.Namespace)
+	if f.MaxScale > 0 {
+		fmt.Fprintf(&b, "    metadata: {annotations: {autoscaling.knative.dev/max-scale: \"%d\"}}\n", f.MaxScale)
+	}
+	b.WriteString("    spec:\n")
+	if f.ContainerConcurrency > 0 {
+		fmt.Fprintf(&b, "      containerConcurrency: %d\n", f.ContainerConcurrency)
+	}
+	if f.TimeoutSeconds > 0 {
+		fmt.Fprintf(&b, "      timeoutSeconds: %d\n", f.TimeoutSeconds)
+	}
+	fmt.Fprintf(&b, "      containers:\n      - image: %s\n        readinessProbe: {httpGet: {path: /health/readiness}}\n        env:\n%s", f.Image, f.Env)
+	return b.String()
 }
