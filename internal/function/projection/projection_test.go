@@ -325,3 +325,31 @@ func TestScriptCacheFlushed(t *testing.T) {
 		t.Fatalf("after SCRIPT FLUSH: %+v, %v", res, err)
 	}
 }
+
+// TestOpen: Open loads the script when Redis answers, and starts the projector anyway when it
+// does not yet.
+func TestOpen(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	tests := map[string]struct {
+		rdb        *redis.Client
+		wantLoaded bool
+	}{
+		"redis answers":    {rdb: srv.Client(), wantLoaded: true},
+		"redis not up yet": {rdb: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p, err := Open(context.Background(), tc.rdb, "open-test", "open-model", Options{})
+			if err != nil || p == nil {
+				t.Fatalf("Open = %v, %v; want a projector and no error", p, err)
+			}
+			if !tc.wantLoaded {
+				return
+			}
+			exists, err := srv.Client().ScriptExists(context.Background(), applyScript.Hash()).Result()
+			if err != nil || len(exists) != 1 || !exists[0] {
+				t.Fatalf("script loaded = %v (%v), want true", exists, err)
+			}
+		})
+	}
+}
