@@ -59,18 +59,24 @@ binaryData: {blob: AAE=}
     attributes: {type: dev.knfaas.example.echo.replied}`),
 }
 
+// annotated is the YAML that ends a block-style metadata with annotations (lines four spaces
+// in), or nothing when annotations is "".
+func annotated(annotations string) string {
+	if annotations == "" {
+		return ""
+	}
+	return "\n  annotations:\n    " + annotations
+}
+
 // ksvc is a function's Knative Service in the shape checkServiceShape requires; env adds
 // container env items (LISTEN_ADDRESS is env[0]), rest adds lines after the container.
 func ksvc(name, annotations, env, rest string) string {
-	if annotations != "" {
-		annotations = "\n  annotations:\n    " + annotations
-	}
 	return `apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
   name: ` + name + `
   namespace: knfaas
-  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas, networking.knative.dev/visibility: cluster-local}` + annotations + `
+  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas, networking.knative.dev/visibility: cluster-local}` + annotated(annotations) + `
 spec:
   template:
     metadata:
@@ -92,14 +98,11 @@ spec:
 }
 
 func trigger(name, subscriber, annotations, specTail string) string {
-	if annotations != "" {
-		annotations = "\n  annotations:\n    " + annotations
-	}
 	return `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata:
   name: ` + name + `
-  namespace: knfaas` + annotations + `
+  namespace: knfaas` + annotated(annotations) + `
 spec:
   broker: default
   subscriber:
