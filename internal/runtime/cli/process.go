@@ -11,13 +11,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/knfaas/knfaas/internal/function/process"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
 const processLong = `Inspect business process instances run by the process function.
 
-The commands read Redis directly: set REDIS_URL (and REDIS_PASSWORD / REDIS_CA_FILE when needed)
-to the Redis the process function uses. On a cluster, forward the Redis Service first:
+The commands read Redis directly: the Redis of the running knfaas up (found in its state
+directory; --addr or KNFAAS_ADDR pick one of several), or REDIS_URL when it is set (with
+REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, forward the Redis Service first:
 
   kubectl -n knfaas port-forward svc/redis 6379:6379 &
   export REDIS_URL=redis://127.0.0.1:6379/0`
@@ -37,6 +37,7 @@ func newProcessListCommand() *cobra.Command {
 	var (
 		limit  int64
 		output string
+		run    runFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -49,9 +50,9 @@ func newProcessListCommand() *cobra.Command {
 			if limit < 1 {
 				return fmt.Errorf("--limit %d: want at least 1", limit)
 			}
-			rdb, err := redisconn.FromEnv()
+			rdb, err := run.openRedis("process instances")
 			if err != nil {
-				return fmt.Errorf("process instances are read from Redis: %w", err)
+				return err
 			}
 			defer rdb.Close()
 			list, err := process.ListInstances(cmd.Context(), rdb, limit)
@@ -63,11 +64,13 @@ func newProcessListCommand() *cobra.Command {
 	}
 	cmd.Flags().Int64Var(&limit, "limit", 50, "at most this many instances")
 	addOutputFlag(cmd, &output)
+	addRunFlags(cmd, &run)
 	return cmd
 }
 
 func newProcessShowCommand() *cobra.Command {
 	var output string
+	var run runFlags
 	cmd := &cobra.Command{
 		Use:   "show <instance-id>",
 		Short: "Show an instance's state and timeline: events in, commands out, timers, state changes",
@@ -76,9 +79,9 @@ func newProcessShowCommand() *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			rdb, err := redisconn.FromEnv()
+			rdb, err := run.openRedis("process instances")
 			if err != nil {
-				return fmt.Errorf("process instances are read from Redis: %w", err)
+				return err
 			}
 			defer rdb.Close()
 			in, err := process.ReadInstance(cmd.Context(), rdb, args[0])
@@ -92,6 +95,7 @@ func newProcessShowCommand() *cobra.Command {
 		},
 	}
 	addOutputFlag(cmd, &output)
+	addRunFlags(cmd, &run)
 	return cmd
 }
 

@@ -18,8 +18,9 @@ import (
 
 func newSendCommand() *cobra.Command {
 	var (
-		to, brokerRef, serviceRef, addr   string
+		to, brokerRef, serviceRef, path   string
 		id, typ, source, subject, dataArg string
+		run                               runFlags
 		contentType                       string
 		extensions                        []string
 		timeout                           time.Duration
@@ -27,12 +28,19 @@ func newSendCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "send --type TYPE [--data @FILE|-|TEXT] [flags]",
 		Short: "Post a CloudEvent (binary mode) to a broker or a service",
+		Long: `Post a CloudEvent in binary mode to a Broker (--broker namespace/name, default
+knfaas/default), a Knative Service (--service namespace/name, cluster-local ones included),
+or any URL (--to).
+
+The running knfaas up is found in its state directory; --addr or KNFAAS_ADDR name one
+explicitly. A run so named that is not found there (another state directory or machine) is
+reached through its public ingress, so --service then reaches its public Services only.`,
 		Example: `  knfaas send --type dev.knfaas.example.pos.sale.recorded --subject SKU-1 --data '{"store":"s1","quantity":2}'
-  knfaas send --service knfaas/webhook --type t --data @event.json
+  knfaas send --service knfaas/process --type t --data @event.json
   echo '{}' | knfaas send --to http://127.0.0.1:8080/knfaas/default --type t --data -`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			target, err := sendTarget(to, brokerRef, serviceRef, addr)
+			target, err := sendTarget(run, to, brokerRef, serviceRef, path)
 			if err != nil {
 				return err
 			}
@@ -86,7 +94,7 @@ func newSendCommand() *cobra.Command {
 	f.StringVar(&to, "to", "", "target URL (overrides --broker and --service)")
 	f.StringVar(&brokerRef, "broker", "knfaas/default", "target broker as namespace/name")
 	f.StringVar(&serviceRef, "service", "", "target Knative Service as namespace/name (instead of a broker)")
-	f.StringVar(&addr, "addr", "127.0.0.1:8080", "address of knfaas up")
+	f.StringVar(&path, "path", "/", "with --service: the path to post to")
 	f.StringVar(&id, "id", "", "event id (default: a new UUID)")
 	f.StringVar(&typ, "type", "", "event type (required)")
 	f.StringVar(&source, "source", "/knfaas/cli", "event source")
@@ -95,29 +103,20 @@ func newSendCommand() *cobra.Command {
 	f.StringVar(&contentType, "content-type", "application/json", "content type of the data")
 	f.StringArrayVarP(&extensions, "extension", "e", nil, "extension attribute name=value (repeatable)")
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the answer")
+	addRunFlags(cmd, &run)
 	return cmd
 }
 
-func sendTarget(to, brokerRef, serviceRef, addr string) (string, error) {
+// sendTarget is --to as given, else the URL of --service or --broker under the running
+// `knfaas up`.
+func sendTarget(run runFlags, to, brokerRef, serviceRef, path string) (string, error) {
 	if to != "" {
 		return to, nil
 	}
-	_, port, ok := strings.Cut(addr, ":")
-	if !ok {
-		return "", fmt.Errorf("--addr %q: want host:port", addr)
-	}
 	if serviceRef != "" {
-		ns, name, ok := strings.Cut(serviceRef, "/")
-		if !ok || ns == "" || name == "" {
-			return "", fmt.Errorf("--service %q: want namespace/name", serviceRef)
-		}
-		return fmt.Sprintf("http://%s.%s.localhost:%s/", name, ns, port), nil
+		return run.serviceURL(serviceRef, path)
 	}
-	ns, name, ok := strings.Cut(brokerRef, "/")
-	if !ok || ns == "" || name == "" {
-		return "", fmt.Errorf("--broker %q: want namespace/name", brokerRef)
-	}
-	return fmt.Sprintf("http://%s/%s/%s", addr, ns, name), nil
+	return run.brokerURL(brokerRef)
 }
 
 func readData(arg string, stdin io.Reader) ([]byte, error) {

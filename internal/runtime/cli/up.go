@@ -52,6 +52,11 @@ PingSources fire on their schedules.
 Secrets: every CHANGE-ME placeholder of a loaded Secret is replaced by a random development
 secret, generated on first start and kept in <state-dir>/dev-secrets.json (0600).
 
+Discovery: once it listens, the run records its address, internal capability base, Redis URL,
+PID and start time in <run-dir>/<run>/endpoints.json (0600), so send, dlq, process and events
+find it with no address copied by hand. The record goes with the run directory; a record left
+by a run that died (its lock is free) is reported as stale and never used.
+
 Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
 (miniredis) runs in-process and its data is lost on exit.
 
