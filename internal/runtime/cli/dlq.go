@@ -56,17 +56,6 @@ func addFilterFlags(cmd *cobra.Command, f *dlqFilterFlags, defaultLimit int) {
 	fl.BoolVar(&f.parked, "parked", false, "only events the broker parked after subscriber and dead-letter sink kept failing")
 }
 
-func addOutputFlag(cmd *cobra.Command, output *string) {
-	cmd.Flags().StringVarP(output, "output", "o", "table", "output format: table or json")
-}
-
-func checkOutput(output string) error {
-	if output != "table" && output != "json" {
-		return fmt.Errorf("--output %q: want table or json", output)
-	}
-	return nil
-}
-
 // openStore connects to REDIS_URL or the running knfaas up's Redis; retention options do not
 // matter to readers.
 func openStore(run runFlags) (*deadletter.Store, *redis.Client, error) {
@@ -97,7 +86,7 @@ func selectLetters(cmd *cobra.Command, run runFlags, f dlqFilterFlags, ids []str
 	if err != nil {
 		return nil, nil, err
 	}
-	filter.OmitEvent = output == "table"
+	filter.OmitEvent = !structured(output)
 	letters, err := store.List(cmd.Context(), filter)
 	if err != nil {
 		rdb.Close()
@@ -110,6 +99,7 @@ func newDLQListCommand() *cobra.Command {
 	var f dlqFilterFlags
 	var run runFlags
 	var output string
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "list [letter-id...]",
 		Short: "List dead letters, oldest first",
@@ -119,11 +109,12 @@ func newDLQListCommand() *cobra.Command {
 				return err
 			}
 			defer done()
-			return printLetters(cmd.OutOrStdout(), output, letters)
+			return printLetters(cmd.OutOrStdout(), output, quiet, letters)
 		},
 	}
 	addFilterFlags(cmd, &f, 100)
 	addOutputFlag(cmd, &output)
+	addQuietFlag(cmd, &quiet)
 	addRunFlags(cmd, &run)
 	return cmd
 }
@@ -148,8 +139,8 @@ func newDLQShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), l)
+			if structured(output) {
+				return writeDocument(cmd.OutOrStdout(), output, l)
 			}
 			return printLetterDetail(cmd.OutOrStdout(), l)
 		},
@@ -163,6 +154,7 @@ func newDLQRedriveCommand() *cobra.Command {
 	var f dlqFilterFlags
 	var run runFlags
 	var output, broker string
+	var quiet bool
 	var rate float64
 	var dryRun bool
 	var timeout time.Duration
@@ -195,7 +187,7 @@ A full ingress URL is accepted too; on a cluster, forward the broker ingress and
 					return err
 				}
 				defer done()
-				return printLetters(cmd.OutOrStdout(), output, letters)
+				return printLetters(cmd.OutOrStdout(), output, quiet, letters)
 			}
 			// Flags first, then the broker's address, then Redis.
 			if err := checkOutput(output); err != nil {
@@ -217,12 +209,13 @@ A full ingress URL is accepted too; on a cluster, forward the broker ingress and
 				return err
 			}
 			defer rdb.Close()
-			return redrive(cmd, store, pub, filter, output, rate, 2*timeout)
+			return redrive(cmd, store, pub, filter, output, quiet, rate, 2*timeout)
 		},
 	}
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	addQuietFlag(cmd, &quiet)
 	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be redriven and send nothing")
@@ -241,11 +234,11 @@ type redriveLine struct {
 
 // redrive sends the letters matching filter, reading them page by page as it goes.
 func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publisher, filter deadletter.Filter,
-	output string, rate float64, lease time.Duration) error {
+	output string, quiet bool, rate float64, lease time.Duration) error {
 	out := cmd.OutOrStdout()
 	var lines []redriveLine
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	if output == "table" {
+	if !structured(output) && !quiet {
 		fmt.Fprintln(tw, "LETTER\tID\tATTEMPT\tOUTCOME\tERROR")
 	}
 	rep, err := deadletter.RedriveMatching(cmd.Context(), store, pub, filter, deadletter.RedriveOptions{
@@ -255,19 +248,28 @@ func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publish
 			if r.Err != nil {
 				line.Error = r.Err.Error()
 			}
-			if output == "json" {
+			switch {
+			case structured(output):
 				lines = append(lines, line)
+				return
+			case quiet:
+				if r.Outcome == deadletter.Accepted {
+					fmt.Fprintln(out, line.Letter)
+				}
 				return
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", line.Letter, line.ID, line.Attempt, line.Outcome, line.Error)
 			tw.Flush() // show progress as it happens
 		},
 	})
-	if output == "json" {
-		if jerr := writeJSON(out, lines); jerr != nil {
+	if structured(output) {
+		if lines == nil {
+			lines = []redriveLine{}
+		}
+		if jerr := writeDocument(out, output, lines); jerr != nil {
 			return errors.Join(err, jerr)
 		}
-	} else {
+	} else if !quiet {
 		tw.Flush()
 		fmt.Fprintf(out, "accepted %d, failed %d, skipped %d\n", rep.Accepted, rep.Failed, rep.Skipped)
 	}
@@ -281,7 +283,7 @@ func newDLQPurgeCommand() *cobra.Command {
 	var f dlqFilterFlags
 	var run runFlags
 	var output string
-	var dryRun, all bool
+	var dryRun, all, quiet bool
 	cmd := &cobra.Command{
 		Use:   "purge [letter-id...]",
 		Short: "Delete dead letters",
@@ -295,7 +297,7 @@ func newDLQPurgeCommand() *cobra.Command {
 					return err
 				}
 				defer done()
-				return printLetters(cmd.OutOrStdout(), output, letters)
+				return printLetters(cmd.OutOrStdout(), output, quiet, letters)
 			}
 			filter, store, rdb, err := openFiltered(run, f, args, output)
 			if err != nil {
@@ -328,8 +330,11 @@ func newDLQPurgeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), map[string]int{"purged": removed})
+			switch {
+			case structured(output):
+				return writeDocument(cmd.OutOrStdout(), output, map[string]int{"purged": removed})
+			case quiet:
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "purged %d letters\n", removed)
 			return nil
@@ -338,24 +343,25 @@ func newDLQPurgeCommand() *cobra.Command {
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	addQuietFlag(cmd, &quiet)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be purged and delete nothing")
 	cmd.Flags().BoolVar(&all, "all", false, "purge every letter when no id or filter is given")
 	return cmd
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false) // show <, > and & in events as they are
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-func printLetters(w io.Writer, output string, letters []deadletter.Letter) error {
-	if output == "json" {
+// printLetters prints letters as a table, their ids (quiet), or a json or yaml list.
+func printLetters(w io.Writer, output string, quiet bool, letters []deadletter.Letter) error {
+	switch {
+	case structured(output):
 		if letters == nil {
 			letters = []deadletter.Letter{}
 		}
-		return writeJSON(w, letters)
+		return writeDocument(w, output, letters)
+	case quiet:
+		for _, l := range letters {
+			fmt.Fprintln(w, l.ID)
+		}
+		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LETTER\tRECEIVED\tREASON\tTYPE\tSOURCE\tID\tDEST\tCODE\tTRIGGER\tREDRIVES")

@@ -72,6 +72,29 @@ type replayOptions struct {
 	timeout time.Duration
 	horizon time.Duration
 	beyond  bool
+	output  string
+	quiet   bool
+}
+
+// replayLine is one event of a replay in -o json and -o yaml.
+type replayLine struct {
+	Cursor  string `json:"cursor"`
+	Type    string `json:"type"`
+	Subject string `json:"subject,omitempty"`
+	Source  string `json:"source"`
+	ID      string `json:"id"`
+	// Outcome is "sent", "refused" (4xx, skipped) or, with --dry-run, "would send".
+	Outcome string `json:"outcome"`
+	Error   string `json:"error,omitempty"`
+}
+
+// replayReport is the document -o json and -o yaml print.
+type replayReport struct {
+	DryRun    bool         `json:"dryRun,omitempty"`
+	WouldSend int          `json:"wouldSend,omitempty"`
+	Sent      int          `json:"sent"`
+	Refused   int          `json:"refused"`
+	Events    []replayLine `json:"events"`
 }
 
 func newEventsReplayCommand() *cobra.Command {
@@ -105,6 +128,8 @@ compared with the time the event store appended each event.`,
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each send")
 	f.DurationVar(&o.horizon, "inbox-horizon", projection.DefaultInboxTTL, "the shortest deduplication horizon of the target's consumers")
 	f.BoolVar(&o.beyond, "allow-beyond-horizon", false, "send events older than --inbox-horizon (only to a consumer with nothing to forget, e.g. a just-dropped projector)")
+	addOutputFlag(cmd, &o.output)
+	addQuietFlag(cmd, &o.quiet)
 	return cmd
 }
 
@@ -138,6 +163,28 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 	}
 	if o.rate < 0 {
 		return fmt.Errorf("--rate %v: want 0 (no limit) or more", o.rate)
+	}
+	if err := checkOutput(o.output); err != nil {
+		return err
+	}
+	report := replayReport{DryRun: o.dryRun, Events: []replayLine{}}
+	note := func(r eventlog.Record, outcome string, err error) {
+		line := replayLine{Cursor: r.Cursor, Type: r.Event.Type(), Subject: r.Event.Subject(), Source: r.Event.Source(), ID: r.Event.ID(), Outcome: outcome}
+		if err != nil {
+			line.Error = err.Error()
+		}
+		switch {
+		case structured(o.output):
+			report.Events = append(report.Events, line)
+		case o.quiet:
+			if outcome != "refused" {
+				fmt.Fprintln(out, line.ID)
+			}
+		case outcome == "would send":
+			fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", line.Cursor, line.Type, line.Subject, line.Source, line.ID)
+		case outcome == "refused":
+			fmt.Fprintf(out, "refused\t%s\t%s\t%s\t%v\n", line.Cursor, line.Type, line.ID, err)
+		}
 	}
 	var send func(context.Context, eventlog.Record) error
 	if !o.dryRun {
@@ -192,7 +239,7 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 				continue
 			}
 			if send == nil {
-				fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", r.Cursor, r.Event.Type(), r.Event.Subject(), r.Event.Source(), r.Event.ID())
+				note(r, "would send", nil)
 				sent++
 				continue
 			}
@@ -212,18 +259,29 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 				// A refusal (4xx) is what the target answered live too, and will answer every
 				// time: report it and go on. Anything else may pass on a retry: stop, resumable.
 				if code := sink.StatusCode(err); code >= 400 && code < 500 {
-					fmt.Fprintf(out, "refused\t%s\t%s\t%s\t%v\n", r.Cursor, r.Event.Type(), r.Event.ID(), err)
+					note(r, "refused", err)
 					refused++
 					continue
 				}
 				return fmt.Errorf("replayed %d events; stopped at cursor %s (resume with --since or from there): %w", sent, r.Cursor, err)
 			}
+			note(r, "sent", nil)
 			sent++
 		}
 		if page.Next == "" {
 			break
 		}
 		q.After = page.Next
+	}
+	if structured(o.output) {
+		report.Sent, report.Refused = sent, refused
+		if o.dryRun {
+			report.WouldSend, report.Sent = sent, 0
+		}
+		return writeDocument(out, o.output, report)
+	}
+	if o.quiet {
+		return nil
 	}
 	verb := "replayed"
 	if send == nil {
