@@ -26,6 +26,7 @@ func NewRootCommand(name string) *cobra.Command {
 	root.AddCommand(newVerifyCommand())
 	root.AddCommand(newEventsCommand())
 	root.AddCommand(newVersionCommand())
+	root.AddCommand(newNewCommand())
 	handleUsage(root)
 	return root
 }
