@@ -41,7 +41,7 @@ func TestScaffoldRunsUnderUp(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(state) })
 	rt := runtimetest.Start(t, runtimetest.Options{StateDir: state, Paths: []string{
 		"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/400-deadletter-config.yaml", "config/600-broker.yaml",
-		"config/700-deadletter.yaml", "examples/" + domain,
+		"config/500-redis-service.yaml", "config/510-redis-statefulset.yaml", "config/700-deadletter.yaml", "examples/" + domain,
 	}})
 	runs := filepath.Join(state, embedded.RunsDir)
 	var ep embedded.Endpoints
