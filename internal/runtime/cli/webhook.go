@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/webhook/signature"
 	"github.com/knfaas/knfaas/internal/runtime/embedded"
 	"github.com/knfaas/knfaas/internal/runtime/localhost"
+	"github.com/knfaas/knfaas/internal/runtime/manifest"
 )
 
 // webhookSecrets is the template Secret of the webhook function; each provider's signing
@@ -98,8 +100,10 @@ func defaultWebhookEvent(provider string) string {
 	return ""
 }
 
-// devWebhookSecret reads provider's development secret that `knfaas up` generated for the
-// webhook-secrets template.
+// devWebhookSecret is provider's signing secret under `knfaas up`: the template value of its
+// key in the webhook-secrets Secret (read from config/ when it is there) with each CHANGE-ME
+// placeholder replaced by the development secret up generated for it. A Standard Webhooks
+// template holds its placeholder base64-encoded after whsec_; up replaces the whole payload.
 func devWebhookSecret(stateDir, namespace, provider string) (string, error) {
 	if stateDir == "" {
 		d, err := embedded.DefaultStateDir()
@@ -113,13 +117,57 @@ func devWebhookSecret(stateDir, namespace, provider string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	values := map[string]string{} // placeholder → value
 	for _, s := range secrets.Secrets {
 		if s.Namespace == namespace && s.Secret == webhookSecrets && s.Key == provider {
-			return s.Value, nil
+			values[s.Placeholder] = s.Value
 		}
 	}
-	return "", fmt.Errorf("no development secret for key %s of Secret %s/%s in %s: start knfaas up once (it generates them), or pass --webhook-secret",
-		provider, namespace, webhookSecrets, path)
+	if len(values) == 0 {
+		return "", fmt.Errorf("no development secret for key %s of Secret %s/%s in %s: start knfaas up once (it generates them), or pass --webhook-secret",
+			provider, namespace, webhookSecrets, path)
+	}
+	template, ok := webhookSecretTemplate(namespace, provider)
+	if !ok {
+		// No manifests here: the shapes of the platform's own template.
+		for ph, v := range values {
+			if !strings.Contains(ph, "CHANGE-ME") || provider == "stripe" {
+				return "whsec_" + v, nil
+			}
+			return v, nil
+		}
+	}
+	if payload, ok := strings.CutPrefix(template, "whsec_"); ok {
+		if v, ok := values[payload]; ok {
+			return "whsec_" + v, nil
+		}
+	}
+	for ph, v := range values {
+		template = strings.ReplaceAll(template, ph, v)
+	}
+	return template, nil
+}
+
+// webhookSecretTemplate reads provider's key of the webhook-secrets Secret from config/.
+func webhookSecretTemplate(namespace, provider string) (string, bool) {
+	if _, err := os.Stat("config"); err != nil {
+		return "", false
+	}
+	set, err := manifest.Load("config")
+	if err != nil {
+		return "", false
+	}
+	s := set.Secret(namespace, webhookSecrets)
+	if s == nil {
+		return "", false
+	}
+	if v, ok := s.StringData[provider]; ok {
+		return v, true
+	}
+	if v, ok := s.Data[provider]; ok {
+		return string(v), true
+	}
+	return "", false
 }
 
 // postWebhook posts a signed delivery and returns the intake's answer; a non-2xx answer is an

@@ -119,3 +119,68 @@ func TestSendWebhook(t *testing.T) {
 		})
 	}
 }
+
+// TestDevWebhookSecret: the secret up's webhook function gets is the template value with its
+// placeholder replaced: whole for GitHub and Slack, after whsec_ for Stripe, and the whole
+// base64 payload for Standard Webhooks; without the manifests, the platform template's shapes.
+func TestDevWebhookSecret(t *testing.T) {
+	dir := scaffoldModule(t)
+	state := filepath.Join(dir, "state")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	secrets := `{"secrets":[
+{"namespace":"knfaas","secret":"webhook-secrets","key":"github","placeholder":"CHANGE-ME-github-webhook-secret","value":"g1"},
+{"namespace":"knfaas","secret":"webhook-secrets","key":"stripe","placeholder":"CHANGE-ME-stripe-signing-secret","value":"s1"},
+{"namespace":"knfaas","secret":"webhook-secrets","key":"svix","placeholder":"Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ=","value":"abcd"}]}`
+	if err := os.WriteFile(filepath.Join(state, embedded.DevSecretsFile), []byte(secrets), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	template := `apiVersion: v1
+kind: Secret
+metadata: {name: webhook-secrets, namespace: knfaas}
+stringData:
+  github: CHANGE-ME-github-webhook-secret
+  stripe: whsec_CHANGE-ME-stripe-signing-secret
+  svix: whsec_Q0hBTkdFLU1FLWdlbmVyYXRlLWEtcmVhbC1zZWNyZXQ=
+`
+	tests := []struct {
+		provider     string
+		withTemplate bool
+		want         string
+		wantErr      string
+	}{
+		{provider: "github", withTemplate: true, want: "g1"},
+		{provider: "stripe", withTemplate: true, want: "whsec_s1"},
+		{provider: "svix", withTemplate: true, want: "whsec_abcd"},
+		{provider: "github", want: "g1"},
+		{provider: "stripe", want: "whsec_s1"},
+		{provider: "svix", want: "whsec_abcd"},
+		{provider: "slack", wantErr: "no development secret for key slack"},
+	}
+	for _, tc := range tests {
+		name := tc.provider
+		if tc.withTemplate {
+			name += " with the template"
+		}
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, "config", "340-webhook-secrets.yaml")
+			if tc.withTemplate {
+				if err := os.WriteFile(path, []byte(template), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Remove(path)
+			}
+			got, err := devWebhookSecret(state, "knfaas", tc.provider)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("devWebhookSecret = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
