@@ -122,6 +122,7 @@ event type), --id the delivery id, and --data the body (a minimal one by default
 	f.StringArrayVarP(&extensions, "extension", "e", nil, "extension attribute name=value (repeatable)")
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the answer")
 	f.StringVar(&webhook, "webhook", "", "post a signed webhook delivery instead: github, stripe, slack or svix")
+	_ = cmd.RegisterFlagCompletionFunc("webhook", cobra.FixedCompletions(webhookProviders, cobra.ShellCompDirectiveNoFileComp))
 	f.StringVar(&webhookSecret, "webhook-secret", "", "with --webhook: sign with this secret instead of the development one")
 	addQuietFlag(cmd, &quiet)
 	addRunFlags(cmd, &run)

@@ -132,3 +132,30 @@ func TestVersionCommand(t *testing.T) {
 		})
 	}
 }
+
+// TestCompletion: the shell completion (cobra's completion command) offers the values of -o
+// and --webhook, and the subcommands of a group.
+func TestCompletion(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"output formats", []string{"__complete", "dlq", "list", "-o", ""}, []string{"table", "json", "yaml"}},
+		{"webhook providers", []string{"__complete", "send", "--webhook", ""}, []string{"github", "stripe", "slack", "svix"}},
+		{"subcommands", []string{"__complete", "dlq", ""}, []string{"list", "show", "redrive", "purge"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runCLI(t, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w+"\n") && !strings.Contains(out, w+"\t") {
+					t.Errorf("completions lack %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
