@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,7 +28,7 @@ type runFlags struct {
 func addRunFlags(cmd *cobra.Command, f *runFlags) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", "", "address of knfaas up, host:port (default: $"+EnvAddr+", else the running knfaas up found in the state dir)")
-	fl.StringVar(&f.stateDir, "state-dir", "", "state dir of the knfaas up to find (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
+	fl.StringVar(&f.stateDir, "state-dir", "", "state dir of the knfaas up to find; a run started with --run-dir elsewhere is not found there (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
 }
 
 // explicitAddr is --addr, else KNFAAS_ADDR, else "".
@@ -139,6 +138,3 @@ func splitRef(flag, ref string) (namespace, name string, err error) {
 	}
 	return ns, name, nil
 }
-
-// isNoRun reports whether err says no `knfaas up` runs.
-func isNoRun(err error) bool { return errors.Is(err, embedded.ErrNoRun) }
