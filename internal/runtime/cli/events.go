@@ -229,6 +229,7 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 		defer tick.Stop()
 	}
 	sent, refused := 0, 0
+	started, reported := time.Now(), time.Now()
 	for {
 		page, err := log.Read(ctx, q)
 		if err != nil {
@@ -267,6 +268,10 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 			}
 			note(r, "sent", nil)
 			sent++
+			if !structured(o.output) && !o.quiet && time.Since(reported) >= replayProgressInterval {
+				fmt.Fprintf(out, "  replayed %d events so far (%s)\n", sent, time.Since(started).Round(time.Second))
+				reported = time.Now()
+			}
 		}
 		if page.Next == "" {
 			break
@@ -325,6 +330,9 @@ func newEventsDropCommand() *cobra.Command {
 	_ = cmd.MarkFlagRequired("projector")
 	return cmd
 }
+
+// replayProgressInterval is how often a replay that sends says how far it got.
+var replayProgressInterval = 5 * time.Second
 
 // appendedBefore reports whether a stream cursor (<ms>-<seq>) lies before t.
 func appendedBefore(cursor string, t time.Time) bool {

@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -172,4 +174,47 @@ func checkKeys(t *testing.T, doc []byte) {
 		}
 	}
 	walk("", v)
+}
+
+// TestReplayReportsProgress: a replay that sends says how far it got at each progress interval
+// (here: after every event), and only in the table output.
+func TestReplayReportsProgress(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	t.Setenv("REDIS_URL", srv.URL())
+	for i := range 3 {
+		e := event.New()
+		e.SetID(fmt.Sprint("p-", i))
+		e.SetSource("/s")
+		e.SetType("a")
+		if _, err := eventlog.New(srv.Client(), eventlog.Options{}).Append(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) }))
+	t.Cleanup(target.Close)
+	defer func(d time.Duration) { replayProgressInterval = d }(replayProgressInterval)
+	replayProgressInterval = 0
+	tests := []struct {
+		name      string
+		args      []string
+		wantLines int
+	}{
+		{"table", nil, 3},
+		{"json", []string{"-o", "json"}, 0},
+		{"quiet", []string{"-q"}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runCLI(t, append([]string{"events", "replay", "--rate", "0", "--to", target.URL}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Count(out, "events so far"); got != tc.wantLines {
+				t.Errorf("%d progress lines, want %d:\n%s", got, tc.wantLines, out)
+			}
+			if tc.wantLines > 0 && !strings.Contains(out, "replayed 3 events so far") {
+				t.Errorf("no line for the last event:\n%s", out)
+			}
+		})
+	}
 }
