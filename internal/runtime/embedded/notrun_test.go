@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"github.com/knfaas/knfaas/internal/runtime/manifest"
 )
 
@@ -53,10 +54,10 @@ spec:
 		wantNotRun []string
 	}{
 		{name: "only what runs", manifests: brokerDoc},
-		{name: "a deployment", manifests: docs(brokerDoc, deployment),
+		{name: "a deployment", manifests: manifesttest.Docs(brokerDoc, deployment),
 			wantNotRun: []string{"m.yaml (document 2): Deployment ns/legacy: loaded, not run (knfaas up runs Knative Services, Brokers, Triggers, PingSources and SinkBindings)"}},
 		{name: "a redis statefulset behind a service is stood in for", manifests: redis},
-		{name: "a sink binding whose subject is no knative service", manifests: docs(deployment, sinkBinding),
+		{name: "a sink binding whose subject is no knative service", manifests: manifesttest.Docs(deployment, sinkBinding),
 			wantNotRun: []string{
 				"m.yaml (document 1): Deployment ns/legacy: loaded, not run",
 				"m.yaml (document 2): SinkBinding ns/orphan: its subject is no Knative Service in the loaded manifests; no function gets its K_SINK",
