@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
@@ -54,6 +55,9 @@ type Plan struct {
 	// Notes say what runs otherwise than on a cluster, or not at all: the Redis the run uses,
 	// the Services it stands in for, the objects it loads but does not run.
 	Notes []string
+	// NotRun are the notes on objects loaded but not run (also in Notes): `up --strict`
+	// refuses a plan that has any.
+	NotRun []string
 
 	// set is what the plan was made from; the run projects volumes from it.
 	set *manifest.Set
@@ -196,7 +200,8 @@ func NewPlan(set *manifest.Set, opts PlanOptions) (*Plan, error) {
 	if p.DeadLetters, err = deadLetterOptions(set); err != nil {
 		return nil, err
 	}
-	p.Notes = append(planNotes(set, opts, standIn, bound), objectStoreNotes(p)...)
+	p.Notes, p.NotRun = planNotes(set, opts, standIn, bound)
+	p.Notes = append(p.Notes, objectStoreNotes(p)...)
 	return p, nil
 }
 
@@ -341,9 +346,13 @@ func destinationName(d *duckv1.Destination) string {
 	return "?"
 }
 
-// planNotes says which objects the run stands in for or leaves out, in load order.
-func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[*sourcesv1.SinkBinding]bool) []string {
-	var notes []string
+// planNotes says which objects the run stands in for or leaves out, in load order; notRun are
+// the notes on those it leaves out.
+func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[*sourcesv1.SinkBinding]bool) (notes, notRun []string) {
+	leftOut := func(note string) {
+		notes = append(notes, note)
+		notRun = append(notRun, note)
+	}
 	if opts.RedisURL == "" {
 		notes = append(notes, "redis: embedded (miniredis), started by the run; set REDIS_URL to use a real server; embedded data is lost on exit")
 	} else {
@@ -356,22 +365,46 @@ func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[
 			// Run, or read by what runs.
 		case *sourcesv1.SinkBinding:
 			if !bound[obj] {
-				notes = append(notes, o.Where()+": its subject is no Knative Service in the loaded manifests; no function gets its K_SINK")
+				leftOut(o.Where() + ": its subject is no Knative Service in the loaded manifests; no function gets its K_SINK")
 			}
 		case *corev1.Service:
 			if slices.Contains(standIn, serviceHost(obj.Namespace, obj.Name)) {
 				notes = append(notes, o.Where()+": fronts a Redis StatefulSet; the runtime's Redis stands in for it")
 				continue
 			}
-			notes = append(notes, notRun(o))
+			leftOut(notRunNote(o))
+		case *appsv1.StatefulSet:
+			if len(standIn) > 0 && runsRedis(obj) {
+				notes = append(notes, o.Where()+": runs Redis behind a Service; the runtime's Redis stands in for it")
+				continue
+			}
+			leftOut(notRunNote(o))
 		default:
-			notes = append(notes, notRun(o))
+			leftOut(notRunNote(o))
 		}
 	}
-	return notes
+	return notes, notRun
 }
 
-func notRun(o manifest.Object) string {
+// runsRedis reports whether a StatefulSet runs a Redis image (as redisStandIn judges it).
+func runsRedis(ss *appsv1.StatefulSet) bool {
+	for _, c := range ss.Spec.Template.Spec.Containers {
+		if strings.Contains(c.Image, "redis") {
+			return true
+		}
+	}
+	return false
+}
+
+// RefuseNotRun is the error of `up --strict` for a plan with objects loaded but not run, or nil.
+func (p *Plan) RefuseNotRun() error {
+	if len(p.NotRun) == 0 {
+		return nil
+	}
+	return fmt.Errorf("--strict: %d loaded objects would not run:\n  %s", len(p.NotRun), strings.Join(p.NotRun, "\n  "))
+}
+
+func notRunNote(o manifest.Object) string {
 	return o.Where() + ": loaded, not run (knfaas up runs Knative Services, Brokers, Triggers, PingSources and SinkBindings)"
 }
 
