@@ -2,9 +2,11 @@ package notify
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
@@ -340,5 +343,38 @@ func TestLeasedJobIsDueAgainAfterACrash(t *testing.T) {
 		if err != nil || int(n) != tc.want {
 			t.Errorf("%s: due = %d, %v; want %d", name, n, err, tc.want)
 		}
+	}
+}
+
+func TestRetriesAndLeasesArmATimerDeadline(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	s := NewStore(rdb, time.Hour)
+	ctx := context.Background()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if _, _, err := s.Enqueue(ctx, newEvent("8"), []string{"a"}, "", now); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := s.Claim(ctx, now, 30*time.Second, 10)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("claim = %+v, %v", jobs, err)
+	}
+	if err := s.finish(ctx, jobs[0], outcomeRetry, now.Add(5*time.Minute), &Attempt{Number: 1, Outcome: OutcomeRetry}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := rdb.ZRangeWithScores(ctx, deadline.KeyDeadlines, 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []redis.Z{ // the lease's end (03:04:35 → 03:05) and the retry (03:09:05 → 03:10)
+		{Member: "notify:wake:" + strconv.FormatInt(now.Add(55*time.Second).Unix(), 10), Score: float64(now.Add(55 * time.Second).UnixMilli())},
+		{Member: "notify:wake:" + strconv.FormatInt(now.Add(5*time.Minute+55*time.Second).Unix(), 10), Score: float64(now.Add(5*time.Minute + 55*time.Second).UnixMilli())},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("deadlines %v, want %v", got, want)
+	}
+	fired, err := deadline.Take(ctx, rdb, now.Add(time.Hour), 10)
+	if err != nil || len(fired) != 2 || fired[0].Payload.Owner != Owner {
+		t.Errorf("fired %+v, %v", fired, err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
 )
 
 // Prefix starts every Redis key of the notify function.
@@ -124,6 +125,10 @@ func (j Job) member() string { return j.Message + " " + j.Endpoint }
 
 var claimScript = redis.NewScript(`
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+if #items > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[7])
+end
 local out = {}
 for _, m in ipairs(items) do
   redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], m)
@@ -138,10 +143,12 @@ return out
 `)
 
 // Claim takes up to limit pairs that are due at now and leases them for lease: a pair not
-// finished by then (the instance died) is due again.
+// finished by then (the instance died) is due again, and a timer deadline wakes the function
+// for it.
 func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Job, error) {
-	res, err := claimScript.Run(ctx, s.rdb, []string{keyDue, keyTries},
-		now.UnixMilli(), lease.Milliseconds(), limit, keyMessage).StringSlice()
+	w := wakeAt(now.Add(lease))
+	res, err := claimScript.Run(ctx, s.rdb, []string{keyDue, keyTries, deadline.KeyDeadlines, deadline.KeyPayloads},
+		now.UnixMilli(), lease.Milliseconds(), limit, keyMessage, w.id, w.due, w.payload).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("claiming due deliveries: %w", err)
 	}
@@ -178,6 +185,8 @@ if ARGV[4] ~= '' then
 end
 if ARGV[2] == 'retry' or ARGV[2] == 'defer' then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[9], ARGV[8])
+  redis.call('HSET', KEYS[6], ARGV[8], ARGV[10])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
@@ -198,13 +207,37 @@ func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Tim
 		}
 		logged = string(b)
 	}
+	w := wakeAt(next)
 	err := finishScript.Run(ctx, s.rdb,
-		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint},
-		j.member(), outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), j.Endpoint, MaxAttemptLog).Err()
+		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint, deadline.KeyDeadlines, deadline.KeyPayloads},
+		j.member(), outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), j.Endpoint, MaxAttemptLog, w.id, w.due, w.payload).Err()
 	if err != nil {
 		return fmt.Errorf("recording %s of message %s at %s: %w", outcome, j.Message, j.Endpoint, err)
 	}
 	return nil
+}
+
+// Owner is the knfaasowner of the timer deadlines that wake the function: its Trigger on
+// dev.knfaas.timer.fired filters on it.
+const Owner = "notify"
+
+// wake is a timer deadline (functions/timer) that wakes the function when a retry is due after
+// it may have scaled to zero or died. One deadline per minute slot serves every retry due in
+// that minute; the timer fires it on the tick at or after the slot, so a retry is late by at
+// most the timer's one-minute resolution.
+type wake struct {
+	id      string
+	due     int64
+	payload string
+}
+
+func wakeAt(t time.Time) wake {
+	slot := t.Truncate(time.Minute)
+	if slot.Before(t) {
+		slot = slot.Add(time.Minute)
+	}
+	b, _ := json.Marshal(deadline.Payload{Subject: Owner, Owner: Owner, Due: slot.UnixMilli()})
+	return wake{id: "notify:wake:" + strconv.FormatInt(slot.Unix(), 10), due: slot.UnixMilli(), payload: string(b)}
 }
 
 // Attempt is one delivery attempt as the attempts log keeps it.

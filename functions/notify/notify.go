@@ -1,0 +1,190 @@
+// Package main is the notify function: it delivers the events its Triggers subscribe it to as
+// signed Standard Webhooks to the configured endpoints, retrying over hours from Redis.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/types"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/funchealth"
+	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/notify"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
+)
+
+// TypePing is the type of PingSource events; like the timer's fired deadlines
+// (deadline.TypeFired with knfaasowner notify), they wake the function for due retries.
+const TypePing = "dev.knative.sources.ping"
+
+// Config is read once at start; each default is in its tag, and Check refuses a bad value.
+type Config struct {
+	// EndpointsFile is the endpoints YAML (the notify-endpoints ConfigMap, mounted).
+	EndpointsFile string `envconfig:"NOTIFY_ENDPOINTS_FILE" default:"/etc/knfaas/notify/endpoints.yaml"`
+	// Schedule is the wait before each retry, comma-separated Go durations.
+	Schedule string `envconfig:"NOTIFY_SCHEDULE" default:"5s,5m,30m,2h,5h,10h,10h"`
+	// Retention is how long a message's record (event, state per endpoint, attempts) is kept.
+	Retention time.Duration `envconfig:"NOTIFY_RETENTION" default:"336h"`
+	// Poll is how often a running instance looks for due retries when nothing wakes it.
+	Poll time.Duration `envconfig:"NOTIFY_POLL" default:"1s"`
+	// Batch is how many due deliveries one Redis step claims.
+	Batch int `envconfig:"NOTIFY_BATCH" default:"256"`
+	// DrainTimeout bounds how long a PingSource tick waits for the due deliveries it woke.
+	DrainTimeout time.Duration `envconfig:"NOTIFY_DRAIN_TIMEOUT" default:"50s"`
+
+	schedule notify.Schedule
+}
+
+// Check refuses values out of range, naming each variable.
+func (c *Config) Check() error {
+	var errs []error
+	s, err := notify.ParseSchedule(c.Schedule)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("NOTIFY_SCHEDULE (%q): %w", c.Schedule, err))
+	}
+	c.schedule = s
+	if c.Retention < s.Horizon()+24*time.Hour {
+		errs = append(errs, fmt.Errorf("NOTIFY_RETENTION (%s) must be at least the schedule's horizon (%s) plus 24h: a redrive must still know which endpoints got a message",
+			c.Retention, s.Horizon()))
+	}
+	if c.Poll <= 0 || c.Poll > time.Minute {
+		errs = append(errs, fmt.Errorf("NOTIFY_POLL (%s) must be positive and at most 1m", c.Poll))
+	}
+	if c.Batch < 1 || c.Batch > 10000 {
+		errs = append(errs, fmt.Errorf("NOTIFY_BATCH (%d) must be from 1 to 10000", c.Batch))
+	}
+	if c.DrainTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("NOTIFY_DRAIN_TIMEOUT (%s) must be positive", c.DrainTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Function fans events out to webhook endpoints.
+type Function struct {
+	cfg    Config
+	store  *notify.Store
+	d      *notify.Dispatcher
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+	funchealth.Lifecycle
+}
+
+// New returns an unstarted Function.
+func New() *Function { return &Function{} }
+
+// Start reads the configuration and the endpoints file, refusing any mistake, opens Redis and
+// starts the delivery loop.
+func (f *Function) Start(ctx context.Context, _ map[string]string) error {
+	var cfg Config
+	rdb, err := funcstart.Open("notify", &cfg)
+	if err != nil {
+		return err
+	}
+	eps, err := notify.Load(cfg.EndpointsFile, os.LookupEnv)
+	if err != nil {
+		_ = rdb.Close()
+		return fmt.Errorf("notify: %w", err)
+	}
+	f.start(cfg, rdb, eps, Client())
+	return nil
+}
+
+func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, client *http.Client) {
+	f.cfg = cfg
+	f.store = notify.NewStore(rdb, cfg.Retention)
+	f.d = notify.NewDispatcher(f.store, deadletter.NewStore(rdb, deadletter.Options{}), eps, notify.Options{
+		Schedule: cfg.schedule, Poll: cfg.Poll, Batch: cfg.Batch, Client: client,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.done.Add(1)
+	go func() {
+		defer f.done.Done()
+		f.d.Run(ctx)
+	}()
+	names := make([]string, 0, len(eps))
+	for _, ep := range eps {
+		names = append(names, ep.Name)
+	}
+	slog.Info("notify: started", "endpoints", names, "schedule", cfg.Schedule)
+	f.Started(rdb)
+}
+
+// Client is the HTTP client of the deliveries: it never follows a redirect (a 3xx is a failed
+// attempt: the endpoint's URL is what was configured), and bounds connecting and TLS.
+func Client() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:                 nil,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   5 * time.Second,
+			MaxIdleConnsPerHost:   notify.MaxConcurrency,
+			IdleConnTimeout:       60 * time.Second,
+			ResponseHeaderTimeout: notify.MaxTimeout,
+			ForceAttemptHTTP2:     true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// Stop ends the delivery loop (attempts in flight finish) and closes Redis.
+func (f *Function) Stop(context.Context) error {
+	f.Stopping()
+	if f.cancel != nil {
+		f.cancel()
+		f.done.Wait()
+	}
+	return f.Close()
+}
+
+// Handle accepts an event for delivery: it stores the event and schedules it for every endpoint
+// that wants its type and has not had it, in one Redis step, and answers only then (an error
+// answers 5xx and the Broker retries). A fired timer deadline (or a PingSource tick) delivers
+// what is due and waits for it; it is never fanned out.
+func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	if !f.Running() {
+		return nil, errors.New("notify is starting")
+	}
+	if e.Type() == TypePing || e.Type() == deadline.TypeFired {
+		dctx, cancel := context.WithTimeout(ctx, f.cfg.DrainTimeout)
+		defer cancel()
+		if err := f.d.Drain(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("delivering due messages: %w", err)
+		}
+		return nil, nil
+	}
+	eps := f.d.Match(e.Type())
+	redriveTo := ""
+	if v, ok := e.Extensions()[notify.ExtEndpoint]; ok {
+		redriveTo, _ = types.ToString(v)
+		if !slices.Contains(eps, redriveTo) {
+			slog.WarnContext(ctx, "notify: redriven message names an endpoint that no longer wants it", "endpoint", redriveTo, "id", e.ID())
+			return nil, nil
+		}
+		eps = []string{redriveTo}
+	}
+	if len(eps) == 0 {
+		return nil, nil
+	}
+	id, added, err := f.store.Enqueue(ctx, e, eps, redriveTo, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if len(added) > 0 {
+		f.d.Wake()
+		slog.DebugContext(ctx, "notify: enqueued", "message", id, "endpoints", added)
+	}
+	return nil, nil
+}
