@@ -61,6 +61,9 @@ type Dispatcher struct {
 	inflight  sync.WaitGroup
 	busy      sync.Mutex
 	running   int
+	// gone holds the endpoints this instance saw answer 410, so that attempts it claimed before
+	// the disabled mark was read are not made.
+	gone sync.Map
 }
 
 // runner is one endpoint with its bulkhead.
@@ -156,6 +159,13 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// An endpoint re-enabled by an operator (its mark removed from Redis) is tried again.
+	d.gone.Range(func(name, since any) bool {
+		if disabled[name.(string)] == "" && d.opts.Now().Sub(since.(time.Time)) > 10*time.Second {
+			d.gone.Delete(name)
+		}
+		return true
+	})
 	jobs, err := d.store.Claim(ctx, d.opts.Now(), d.lease(), d.opts.Batch)
 	if err != nil {
 		return 0, err
@@ -170,10 +180,12 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 		case !ok:
 			d.deadLetter(ctx, j, nil, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: "endpoint no longer configured"})
 			continue
-		case r.ep.Disabled || disabled[j.Endpoint] != "":
+		case r.ep.Disabled || disabled[j.Endpoint] != "" || d.isGone(j.Endpoint):
 			why := "endpoint disabled in the configuration"
 			if disabled[j.Endpoint] != "" {
 				why = "endpoint disabled: " + disabled[j.Endpoint]
+			} else if d.isGone(j.Endpoint) {
+				why = "endpoint disabled: it answered 410 Gone"
 			}
 			d.deadLetter(ctx, j, r.ep, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: why})
 			continue
@@ -229,8 +241,17 @@ func (d *Dispatcher) Drain(ctx context.Context) error {
 	}
 }
 
+func (d *Dispatcher) isGone(endpoint string) bool {
+	_, ok := d.gone.Load(endpoint)
+	return ok
+}
+
 // deliver makes one attempt and records its outcome.
 func (d *Dispatcher) deliver(ctx context.Context, ep *Endpoint, j Job) {
+	if d.isGone(ep.Name) {
+		d.deadLetter(ctx, j, ep, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: "endpoint disabled: it answered 410 Gone"})
+		return
+	}
 	a, header := d.attempt(ctx, ep, j)
 	now := d.opts.Now()
 	switch {
@@ -239,6 +260,7 @@ func (d *Dispatcher) deliver(ctx context.Context, ep *Endpoint, j Job) {
 		d.finish(ctx, j, StateDelivered, time.Time{}, &a)
 	case a.Status == http.StatusGone:
 		a.Outcome = OutcomeGone
+		d.gone.Store(ep.Name, now)
 		if err := d.store.Disable(ctx, ep.Name, fmt.Sprintf("410 Gone from %s for message %s", ep.URL, j.Message), now); err != nil {
 			slog.Error("notify: disabling endpoint failed", "endpoint", ep.Name, "err", err)
 			d.finish(ctx, j, outcomeRetry, now.Add(time.Second), &a)
