@@ -398,7 +398,7 @@ func TestNotifyLosesNothingAcrossAKill(t *testing.T) {
 	// The deliveries after the restart came through the wake-up path: notify scaled to zero,
 	// the timer fired its deadline and a new instance ran the retries.
 	out := rt.Output()
-	scaledDown := strings.LastIndex(out, `msg="scaling down idle instance" service=knfaas/notify`)
+	scaledDown := strings.Index(out, `msg="scaling down idle instance" service=knfaas/notify`)
 	fired := strings.LastIndex(out, "INFO fired deadlines")
 	if scaledDown < 0 || fired < scaledDown {
 		t.Errorf("no timer wake-up after notify scaled to zero (scaled down at %d, fired at %d)", scaledDown, fired)
