@@ -43,6 +43,15 @@ type Config struct {
 	Batch int `envconfig:"NOTIFY_BATCH" default:"256"`
 	// DrainTimeout bounds how long a PingSource tick waits for the due deliveries it woke.
 	DrainTimeout time.Duration `envconfig:"NOTIFY_DRAIN_TIMEOUT" default:"50s"`
+	// BreakerFailures opens an endpoint's circuit after that many failed attempts in a row.
+	BreakerFailures uint32 `envconfig:"NOTIFY_BREAKER_FAILURES" default:"5"`
+	// BreakerRatio opens it when that share of the attempts in BreakerWindow failed, once
+	// there were BreakerMinRequests of them.
+	BreakerRatio       float64       `envconfig:"NOTIFY_BREAKER_RATIO" default:"0.5"`
+	BreakerMinRequests uint32        `envconfig:"NOTIFY_BREAKER_MIN_REQUESTS" default:"20"`
+	BreakerWindow      time.Duration `envconfig:"NOTIFY_BREAKER_WINDOW" default:"1m"`
+	// BreakerOpen is how long an open circuit refuses attempts before a probe.
+	BreakerOpen time.Duration `envconfig:"NOTIFY_BREAKER_OPEN" default:"30s"`
 
 	schedule notify.Schedule
 }
@@ -64,6 +73,15 @@ func (c *Config) Check() error {
 	}
 	if c.Batch < 1 || c.Batch > 10000 {
 		errs = append(errs, fmt.Errorf("NOTIFY_BATCH (%d) must be from 1 to 10000", c.Batch))
+	}
+	if c.BreakerFailures < 1 {
+		errs = append(errs, fmt.Errorf("NOTIFY_BREAKER_FAILURES (%d) must be at least 1", c.BreakerFailures))
+	}
+	if c.BreakerRatio <= 0 || c.BreakerRatio > 1 || c.BreakerMinRequests < 1 {
+		errs = append(errs, fmt.Errorf("NOTIFY_BREAKER_RATIO (%g) must be in (0, 1] and NOTIFY_BREAKER_MIN_REQUESTS (%d) at least 1", c.BreakerRatio, c.BreakerMinRequests))
+	}
+	if c.BreakerWindow <= 0 || c.BreakerOpen <= 0 {
+		errs = append(errs, fmt.Errorf("NOTIFY_BREAKER_WINDOW (%s) and NOTIFY_BREAKER_OPEN (%s) must be positive", c.BreakerWindow, c.BreakerOpen))
 	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("NOTIFY_DRAIN_TIMEOUT (%s) must be positive", c.DrainTimeout))
@@ -106,6 +124,8 @@ func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, 
 	f.store = notify.NewStore(rdb, cfg.Retention)
 	f.d = notify.NewDispatcher(f.store, deadletter.NewStore(rdb, deadletter.Options{}), eps, notify.Options{
 		Schedule: cfg.schedule, Poll: cfg.Poll, Batch: cfg.Batch, Client: client,
+		Breaker: notify.BreakerSettings{ConsecutiveFailures: cfg.BreakerFailures, FailureRatio: cfg.BreakerRatio,
+			MinRequests: cfg.BreakerMinRequests, Window: cfg.BreakerWindow, OpenFor: cfg.BreakerOpen},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel

@@ -48,6 +48,8 @@ type Options struct {
 	Client *http.Client
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Breaker decides when an endpoint's circuit opens (DefaultBreaker when zero).
+	Breaker BreakerSettings
 }
 
 // Dispatcher runs the attempts: it claims due (message, endpoint) pairs from the Store and
@@ -61,15 +63,19 @@ type Dispatcher struct {
 	inflight  sync.WaitGroup
 	busy      sync.Mutex
 	running   int
+	breakers  *breakerStore
 	// gone holds the endpoints this instance saw answer 410, so that attempts it claimed before
 	// the disabled mark was read are not made.
 	gone sync.Map
 }
 
-// runner is one endpoint with its bulkhead.
+// runner is one endpoint with its bulkhead and its circuit breaker (made on first use: Redis
+// may come up after the function).
 type runner struct {
-	ep    *Endpoint
-	slots chan struct{}
+	ep      *Endpoint
+	slots   chan struct{}
+	mu      sync.Mutex
+	breaker *breaker
 }
 
 // NewDispatcher returns a Dispatcher for endpoints.
@@ -86,7 +92,11 @@ func NewDispatcher(store *Store, dead DeadLetters, endpoints []*Endpoint, opts O
 	if opts.Client == nil {
 		opts.Client = &http.Client{}
 	}
-	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{}, wake: make(chan struct{}, 1)}
+	if opts.Breaker == (BreakerSettings{}) {
+		opts.Breaker = DefaultBreaker
+	}
+	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{}, wake: make(chan struct{}, 1),
+		breakers: newBreakerStore(store.rdb)}
 	for _, ep := range endpoints {
 		d.endpoints[ep.Name] = &runner{ep: ep, slots: make(chan struct{}, ep.Concurrency)}
 	}
@@ -170,6 +180,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	admitted := map[string]admission{}
 	for _, j := range jobs {
 		r, ok := d.endpoints[j.Endpoint]
 		switch {
@@ -178,7 +189,10 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.finish(ctx, j, StateDead, time.Time{}, nil)
 			continue
 		case !ok:
-			d.deadLetter(ctx, j, nil, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: "endpoint no longer configured"})
+			// Removed from the configuration, or not yet known to this instance (a rollout):
+			// a failed attempt, so it is retried on the schedule and then dead-lettered.
+			d.retryOrDeadLetter(ctx, nil, j, Attempt{At: d.opts.Now().UTC(), Number: j.Tries + 1,
+				Error: "endpoint not configured in this instance"}, nil)
 			continue
 		case r.ep.Disabled || disabled[j.Endpoint] != "" || d.isGone(j.Endpoint):
 			why := "endpoint disabled in the configuration"
@@ -190,12 +204,30 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.deadLetter(ctx, j, r.ep, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: why})
 			continue
 		}
+		adm, ok := admitted[j.Endpoint]
+		if !ok {
+			adm, err = d.admit(ctx, r)
+			if err != nil {
+				slog.Warn("notify: reading the circuit failed", "endpoint", j.Endpoint, "err", err)
+				adm = admission{until: d.opts.Now().Add(time.Second)}
+			}
+			admitted[j.Endpoint] = adm
+		}
+		if !adm.until.IsZero() {
+			// An open circuit: the message waits, without an attempt counted, until a probe may go.
+			d.finish(ctx, j, outcomeDefer, adm.until, nil)
+			continue
+		}
 		select {
 		case r.slots <- struct{}{}:
 		default:
 			// The bulkhead is full: this endpoint is slow; others are not held up by it.
 			d.finish(ctx, j, outcomeDefer, d.opts.Now().Add(50*time.Millisecond), nil)
 			continue
+		}
+		if adm.probe {
+			// This job is the half-open probe; the step's other jobs for the endpoint wait.
+			admitted[j.Endpoint] = admission{state: adm.state, until: d.opts.Now().Add(time.Second)}
 		}
 		d.inflight.Add(1)
 		d.busy.Lock()
@@ -209,7 +241,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 				d.busy.Unlock()
 				d.inflight.Done()
 			}()
-			d.deliver(context.WithoutCancel(ctx), r.ep, j)
+			d.deliver(context.WithoutCancel(ctx), r, j, adm)
 		}()
 	}
 	return len(jobs), nil
@@ -246,13 +278,35 @@ func (d *Dispatcher) isGone(endpoint string) bool {
 	return ok
 }
 
-// deliver makes one attempt and records its outcome.
-func (d *Dispatcher) deliver(ctx context.Context, ep *Endpoint, j Job) {
+// admit reads the endpoint's circuit for one step, making its breaker on first use.
+func (d *Dispatcher) admit(ctx context.Context, r *runner) (admission, error) {
+	r.mu.Lock()
+	if r.breaker == nil {
+		b, err := newBreaker(d.breakers, r.ep.Name, d.opts.Breaker, r.ep.Timeout+5*time.Second)
+		if err != nil {
+			r.mu.Unlock()
+			return admission{}, err
+		}
+		r.breaker = b
+	}
+	b := r.breaker
+	r.mu.Unlock()
+	return b.admit(ctx, d.opts.Now())
+}
+
+// deliver makes one attempt, reports it to the endpoint's circuit and records its outcome.
+func (d *Dispatcher) deliver(ctx context.Context, r *runner, j Job, adm admission) {
+	ep := r.ep
 	if d.isGone(ep.Name) {
 		d.deadLetter(ctx, j, ep, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: "endpoint disabled: it answered 410 Gone"})
 		return
 	}
 	a, header := d.attempt(ctx, ep, j)
+	a.Breaker = adm.state
+	if adm.probe {
+		a.Breaker = "half-open probe"
+	}
+	r.breaker.record(ctx, countsAsFailure(a), adm.probe)
 	now := d.opts.Now()
 	switch {
 	case a.Status >= 200 && a.Status < 300:
@@ -269,18 +323,25 @@ func (d *Dispatcher) deliver(ctx context.Context, ep *Endpoint, j Job) {
 		slog.Warn("notify: endpoint answered 410 Gone: disabled; its pending messages go to the dead letters", "endpoint", ep.Name)
 		d.deadLetter(ctx, j, ep, &a)
 	default:
-		wait, more := d.opts.Schedule.Next(a.Number)
-		if !more {
-			a.Outcome = OutcomeDead
-			d.deadLetter(ctx, j, ep, &a)
-			return
-		}
-		if a.Status == http.StatusTooManyRequests || a.Status == http.StatusServiceUnavailable {
-			wait = max(wait, RetryAfter(header, now))
-		}
-		a.Outcome, a.Next = OutcomeRetry, now.Add(wait)
-		d.finish(ctx, j, outcomeRetry, a.Next, &a)
+		d.retryOrDeadLetter(ctx, ep, j, a, header)
 	}
+}
+
+// retryOrDeadLetter schedules the next attempt after a failed one, or dead-letters the message
+// after the last.
+func (d *Dispatcher) retryOrDeadLetter(ctx context.Context, ep *Endpoint, j Job, a Attempt, header http.Header) {
+	wait, more := d.opts.Schedule.Next(a.Number)
+	if !more {
+		a.Outcome = OutcomeDead
+		d.deadLetter(ctx, j, ep, &a)
+		return
+	}
+	now := d.opts.Now()
+	if a.Status == http.StatusTooManyRequests || a.Status == http.StatusServiceUnavailable {
+		wait = max(wait, RetryAfter(header, now))
+	}
+	a.Outcome, a.Next = OutcomeRetry, now.Add(wait)
+	d.finish(ctx, j, outcomeRetry, a.Next, &a)
 }
 
 // attempt POSTs the message to the endpoint once: the event's data byte for byte with its

@@ -378,3 +378,14 @@ func TestRetriesAndLeasesArmATimerDeadline(t *testing.T) {
 		t.Errorf("fired %+v, %v", fired, err)
 	}
 }
+
+func TestUnknownEndpointIsRetriedThenDeadLettered(t *testing.T) {
+	f := start(t, Schedule{10 * time.Millisecond, 10 * time.Millisecond})
+	e := newEvent("9")
+	f.enqueue(t, e, "", "removed")
+	eventually(t, "dead", func() bool { return f.state(t, e, "removed") == StateDead })
+	attempts, _ := f.store.Attempts(context.Background(), MessageID("/test", "9"), "removed")
+	if len(attempts) != 3 || attempts[2].Outcome != OutcomeDead || !strings.Contains(attempts[0].Error, "not configured") {
+		t.Errorf("attempts %+v", attempts)
+	}
+}

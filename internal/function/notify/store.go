@@ -252,6 +252,8 @@ type Attempt struct {
 	Outcome string `json:"outcome"`
 	// Next is when the next attempt is due, for a retry.
 	Next time.Time `json:"next,omitzero"`
+	// Breaker is the endpoint's circuit when the attempt was let through.
+	Breaker string `json:"breaker,omitempty"`
 }
 
 // Attempts returns the attempts log of a message at an endpoint, oldest first.
