@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"sync"
@@ -43,6 +45,9 @@ type Config struct {
 	Batch int `envconfig:"NOTIFY_BATCH" default:"256"`
 	// DrainTimeout bounds how long a PingSource tick waits for the due deliveries it woke.
 	DrainTimeout time.Duration `envconfig:"NOTIFY_DRAIN_TIMEOUT" default:"50s"`
+	// AllowNets lists networks (CIDR or single addresses, comma-separated) that deliveries may
+	// reach although they are private, link-local or otherwise special.
+	AllowNets string `envconfig:"NOTIFY_ALLOW_NETS"`
 	// BreakerFailures opens an endpoint's circuit after that many failed attempts in a row.
 	BreakerFailures uint32 `envconfig:"NOTIFY_BREAKER_FAILURES" default:"5"`
 	// BreakerRatio opens it when that share of the attempts in BreakerWindow failed, once
@@ -54,6 +59,7 @@ type Config struct {
 	BreakerOpen time.Duration `envconfig:"NOTIFY_BREAKER_OPEN" default:"30s"`
 
 	schedule notify.Schedule
+	allow    []netip.Prefix
 }
 
 // Check refuses values out of range, naming each variable.
@@ -64,6 +70,11 @@ func (c *Config) Check() error {
 		errs = append(errs, fmt.Errorf("NOTIFY_SCHEDULE (%q): %w", c.Schedule, err))
 	}
 	c.schedule = s
+	nets, err := notify.ParseNets(c.AllowNets)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("NOTIFY_ALLOW_NETS: %w", err))
+	}
+	c.allow = nets
 	if c.Retention < s.Horizon()+24*time.Hour {
 		errs = append(errs, fmt.Errorf("NOTIFY_RETENTION (%s) must be at least the schedule's horizon (%s) plus 24h: a redrive must still know which endpoints got a message",
 			c.Retention, s.Horizon()))
@@ -115,8 +126,32 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 		_ = rdb.Close()
 		return fmt.Errorf("notify: %w", err)
 	}
-	f.start(cfg, rdb, eps, Client())
+	f.start(cfg, rdb, eps, Client(guard(cfg)))
 	return nil
+}
+
+// guard is where deliveries may connect. A function that listens on loopback runs under
+// knfaas up (on a cluster it must listen on the pod's address to be reached): there loopback
+// endpoints are allowed for development, except the ports of the runtime (its ingress, Broker,
+// Redis) and of its functions, this one included.
+func guard(cfg Config) *notify.Guard {
+	g := &notify.Guard{Allow: cfg.allow}
+	host, _, _ := net.SplitHostPort(os.Getenv("LISTEN_ADDRESS"))
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		var extra []uint16
+		for _, v := range []string{os.Getenv("REDIS_URL"), os.Getenv("K_SINK")} {
+			if u, err := url.Parse(v); err == nil && u.Host != "" {
+				if p := notify.HostPort(u.Host); p != 0 {
+					extra = append(extra, p)
+				} else if u.Scheme == "redis" || u.Scheme == "rediss" {
+					extra = append(extra, 6379)
+				}
+			}
+		}
+		g.Loopback, g.Forbidden = true, notify.RuntimePorts(extra...)
+		slog.Info("notify: running under knfaas up (LISTEN_ADDRESS on loopback): loopback endpoints are allowed for development, except the runtime's and its functions' own ports")
+	}
+	return g
 }
 
 func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, client *http.Client) {
@@ -142,13 +177,15 @@ func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, 
 	f.Started(rdb)
 }
 
-// Client is the HTTP client of the deliveries: it never follows a redirect (a 3xx is a failed
-// attempt: the endpoint's URL is what was configured), and bounds connecting and TLS.
-func Client() *http.Client {
+// Client is the HTTP client of the deliveries: every connection is checked by g once its
+// address is resolved (so a name rebound to a private address is refused), it never follows a
+// redirect (a 3xx is a failed attempt: the endpoint's URL is what was configured), uses no
+// proxy, and bounds connecting and TLS.
+func Client(g *notify.Guard) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                 nil,
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Control: g.Control}).DialContext,
 			TLSHandshakeTimeout:   5 * time.Second,
 			MaxIdleConnsPerHost:   notify.MaxConcurrency,
 			IdleConnTimeout:       60 * time.Second,

@@ -24,6 +24,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
@@ -134,7 +135,7 @@ func always(code int) func(string, int) int { return func(string, int) int { ret
 // platform writes the manifests of a test: the platform's Broker, dead letters, timer and the
 // notify Service with schedule instead of the shipped one, the endpoints, their secrets and a
 // Trigger subscribing notify to typeOrder.
-func platform(t *testing.T, schedule string, endpoints map[string]string) []string {
+func platform(t *testing.T, schedule string, endpoints map[string]string, env ...string) []string {
 	t.Helper()
 	root := runtimetest.ModuleRoot(t)
 	dir := t.TempDir()
@@ -142,7 +143,11 @@ func platform(t *testing.T, schedule string, endpoints map[string]string) []stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	tuned := strings.Replace(string(ksvc), `value: "5s,5m,30m,2h,5h,10h,10h"`, "value: "+strconv.Quote(schedule), 1)
+	extra := ""
+	for i := 0; i+1 < len(env); i += 2 {
+		extra += "\n        - name: " + env[i] + "\n          value: " + strconv.Quote(env[i+1])
+	}
+	tuned := strings.Replace(string(ksvc), `value: "5s,5m,30m,2h,5h,10h,10h"`, "value: "+strconv.Quote(schedule)+extra, 1)
 	if tuned == string(ksvc) {
 		t.Fatal("700-notify.yaml no longer sets NOTIFY_SCHEDULE to the default")
 	}
@@ -226,12 +231,14 @@ func TestNotifyDeliversRetriesDisablesAndDeadLetters(t *testing.T) {
 	spec := func(url, secrets string) string {
 		return fmt.Sprintf("url: '%s', types: [com.example.order.*], secretEnv: [%s]", url, secrets)
 	}
+	// The runtime's own Redis as an endpoint: the SSRF guard refuses every connection to it.
 	rt := runtimetest.Start(t, runtimetest.Options{RedisURL: srv.URL(), Paths: platform(t, "1s,1s,2s", map[string]string{
 		"healthy": spec(healthy.srv.URL, "CURRENT, PREVIOUS"),
 		"flaky":   spec(flaky.srv.URL, "CURRENT"),
 		"gone":    spec(gone.srv.URL, "CURRENT") + ", concurrency: 1",
 		"dead":    spec(dead.srv.URL, "CURRENT"),
-	})})
+		"redis":   spec("http://"+srv.Addr()+"/", "CURRENT"),
+	}, "NOTIFY_BREAKER_OPEN", "1s")})
 
 	const n = 5
 	for i := range n {
@@ -245,7 +252,7 @@ func TestNotifyDeliversRetriesDisablesAndDeadLetters(t *testing.T) {
 		letters, _ = store.List(ctx, deadletter.Filter{})
 		ids, _ := flaky.byEvent()
 		hids, _ := healthy.byEvent()
-		return len(letters) == 2*n && len(ids) == n && len(hids) == n
+		return len(letters) == 3*n && len(ids) == n && len(hids) == n
 	})
 	for name, ep := range map[string]*endpointServer{"healthy": healthy, "flaky": flaky, "gone": gone, "dead": dead} {
 		if bad := ep.failures(); len(bad) > 0 {
@@ -281,9 +288,30 @@ func TestNotifyDeliversRetriesDisablesAndDeadLetters(t *testing.T) {
 		if l.Dest == dead.srv.URL && (l.Code != 502 || !strings.Contains(l.Detail, "4 attempts")) {
 			t.Errorf("dead letter %+v", l)
 		}
+		if l.Dest == "http://"+srv.Addr()+"/" && !strings.Contains(l.ErrorData, "refused address") {
+			t.Errorf("dead letter of the Redis endpoint says %q, want the guard's refusal", l.ErrorData)
+		}
 	}
-	if byDest[dead.srv.URL] != n || byDest[gone.srv.URL] != n {
-		t.Errorf("dead letters by endpoint %v, want %d for dead and gone each", byDest, n)
+	if byDest[dead.srv.URL] != n || byDest[gone.srv.URL] != n || byDest["http://"+srv.Addr()+"/"] != n {
+		t.Errorf("dead letters by endpoint %v, want %d for dead, gone and redis each", byDest, n)
+	}
+	// The dead endpoint's circuit opened after 5 failures in a row: later attempts went as
+	// half-open probes, one at a time.
+	nstore := notify.NewStore(srv.Client(), time.Hour)
+	probes := 0
+	for i := range n {
+		attempts, err := nstore.Attempts(ctx, notify.MessageID("/e2e/shop", fmt.Sprintf("order-%d", i)), "dead")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range attempts {
+			if a.Breaker == "half-open probe" {
+				probes++
+			}
+		}
+	}
+	if probes == 0 {
+		t.Error("no attempt at the dead endpoint went as a half-open probe: its circuit never opened")
 	}
 
 	// Redrive the dead endpoint's letters once it is healthy: it gets each message once more, with

@@ -65,6 +65,31 @@ func TestStartRefusesABadEndpointsFile(t *testing.T) {
 	}
 }
 
+func TestGuardUnderKnfaasUp(t *testing.T) {
+	tests := map[string]struct {
+		listen, redis string
+		addr          string
+		ok            bool
+	}{
+		"cluster: loopback refused":        {listen: "[::]:8080", addr: "127.0.0.1:9000"},
+		"cluster: public allowed":          {listen: "[::]:8080", addr: "93.184.216.34:443", ok: true},
+		"knfaas up: loopback allowed":      {listen: "127.0.0.1:40000", redis: "redis://127.0.0.1:6390/0", addr: "127.0.0.1:9000", ok: true},
+		"knfaas up: Redis refused":         {listen: "127.0.0.1:40000", redis: "redis://127.0.0.1:6390/0", addr: "127.0.0.1:6390"},
+		"knfaas up: private still refused": {listen: "127.0.0.1:40000", addr: "10.0.0.1:80"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("LISTEN_ADDRESS", tc.listen)
+			t.Setenv("REDIS_URL", tc.redis)
+			t.Setenv("K_SINK", "")
+			err := guard(Config{}).Check(tc.addr)
+			if tc.ok != (err == nil) {
+				t.Fatalf("Check(%s) = %v, want allowed=%v", tc.addr, err, tc.ok)
+			}
+		})
+	}
+}
+
 // recorder counts the webhook-ids it received.
 type recorder struct {
 	mu  sync.Mutex
@@ -98,7 +123,7 @@ func TestHandleFansOutByTypeAndRedrivesOneEndpoint(t *testing.T) {
 	cfg := Config{Retention: time.Hour, Poll: 10 * time.Millisecond, Batch: 10, DrainTimeout: 5 * time.Second, schedule: notify.Schedule{time.Second},
 		BreakerFailures: 5, BreakerRatio: 0.5, BreakerMinRequests: 20, BreakerWindow: time.Minute, BreakerOpen: time.Second}
 	f := New()
-	f.start(cfg, srv.Client(), eps, Client())
+	f.start(cfg, srv.Client(), eps, Client(&notify.Guard{Loopback: true}))
 	defer f.Stop(context.Background())
 
 	ev := func(id, typ string) event.Event {

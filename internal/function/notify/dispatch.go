@@ -165,6 +165,16 @@ func (d *Dispatcher) Run(ctx context.Context) {
 
 // Step claims one batch of due pairs and starts their attempts; it returns how many it claimed.
 func (d *Dispatcher) Step(ctx context.Context) (int, error) {
+	// Counted as running while it claims and dispatches, so that Drain does not see "nothing
+	// due, nothing running" between the claim and the start of the attempts.
+	d.busy.Lock()
+	d.running++
+	d.busy.Unlock()
+	defer func() {
+		d.busy.Lock()
+		d.running--
+		d.busy.Unlock()
+	}()
 	disabled, err := d.store.Disabled(ctx)
 	if err != nil {
 		return 0, err
@@ -247,7 +257,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	return len(jobs), nil
 }
 
-// Running is how many attempts are in flight.
+// Running is how many attempts (and claim steps) are in flight.
 func (d *Dispatcher) Running() int {
 	d.busy.Lock()
 	defer d.busy.Unlock()
