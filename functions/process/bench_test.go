@@ -72,7 +72,7 @@ func BenchmarkSteps(b *testing.B) {
 		run(b, 64, 8000, func(i int64) error { return rawTransition(rdb, fmt.Sprintf("raw%d", seq.Add(1))) })
 		rawTime += time.Since(start)
 	}
-	f.acks.flush(context.Background())
+	f.acks.close()
 	n := float64(transitions.Load())
 	engineRate := n / engineTime.Seconds()
 	rawRate := float64(8000*b.N) / rawTime.Seconds()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/groupcommit"
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/function/sink"
@@ -35,8 +37,8 @@ type Config struct {
 	TimelineMax int `envconfig:"PROCESS_TIMELINE_MAX" default:"500"`
 	// SendTimeout bounds each publish to K_SINK; positive.
 	SendTimeout time.Duration `envconfig:"PROCESS_SEND_TIMEOUT" default:"10s"`
-	// AckInterval is how often published outbox entries are removed, in one pipeline per batch;
-	// positive.
+	// AckInterval is how long a published outbox entry waits to be removed together with others,
+	// in one pipeline per batch; positive.
 	AckInterval time.Duration `envconfig:"PROCESS_ACK_INTERVAL" default:"50ms"`
 	// Sink is where commands are published (the Broker, set by the SinkBinding).
 	Sink string `envconfig:"K_SINK" required:"true"`
@@ -138,7 +140,7 @@ func (f *Function) Stop(ctx context.Context) error {
 	// Refuse new events first, so none adds an acknowledgement after the flush.
 	f.Stopping()
 	if f.acks != nil {
-		f.acks.close(ctx)
+		f.acks.close()
 	}
 	return f.Close()
 }
@@ -170,12 +172,12 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		if err := f.send(ctx, em.Event()); err != nil {
 			// Leave the rest in the outbox: the broker redelivers this event, the step is a
 			// duplicate by then, and the outbox is offered again.
-			f.acks.add(acked...)
+			f.acks.add(ctx, acked...)
 			return nil, fmt.Errorf("publishing %s %s: %w", em.Type, em.ID, err)
 		}
 		acked = append(acked, a)
 	}
-	f.acks.add(acked...)
+	f.acks.add(ctx, acked...)
 	switch res.Status {
 	case process.StatusUnknown, process.StatusStale, process.StatusConflict:
 		// 422, not 404/409: Knative retries those, and no retry can make this event apply.
@@ -187,16 +189,16 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 // acker removes published entries from instance outboxes in batches, off the request path: an
 // entry left behind by a crash is only published again, with the same id.
 type acker struct {
-	rdb      *redis.Client
-	mu       sync.Mutex
-	pending  []process.Acked
+	rdb     *redis.Client
+	batches *groupcommit.Batcher[process.Acked]
+	mu      sync.Mutex
+	// inFlight holds the entries published and not yet removed, or removed less than ackGrace
+	// ago.
 	inFlight map[process.Acked]struct{}
 	// removed holds batches already removed from the outboxes; they stay in inFlight for
 	// ackGrace, because a transition that read its outbox just before the removal still
 	// returns them.
 	removed []ackedBatch
-	stop    chan struct{}
-	done    chan struct{}
 }
 
 // ackedBatch is one batch of entries removed from the outboxes at a time.
@@ -208,47 +210,52 @@ type ackedBatch struct {
 // ackGrace is how long a removed entry is still reported as published.
 const ackGrace = time.Second
 
+// maxAckBatch bounds the entries one pipeline removes; a full batch goes without waiting for
+// the interval.
+const maxAckBatch = 1024
+
+// newAcker returns a running acker that removes entries every interval (or when a batch is full).
 func newAcker(rdb *redis.Client, every time.Duration) *acker {
-	a := &acker{rdb: rdb, inFlight: map[process.Acked]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(a.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				a.flush(context.Background())
-			case <-a.stop:
-				return
-			}
-		}
-	}()
+	a := &acker{rdb: rdb, inFlight: map[process.Acked]struct{}{}}
+	a.batches = groupcommit.New(a.flush, groupcommit.Options{MaxBatch: maxAckBatch, Linger: every, QueueLimit: 16 * maxAckBatch})
+	go a.batches.Run(context.Background(), 1)
 	return a
 }
 
-func (a *acker) add(acks ...process.Acked) {
+// add queues published entries for removal. An entry it cannot queue (ctx ended while the
+// queue was full, or the acker is closed) stays in the outbox and is published again.
+func (a *acker) add(ctx context.Context, acks ...process.Acked) {
 	if len(acks) == 0 {
 		return
 	}
 	a.mu.Lock()
-	a.pending = append(a.pending, acks...)
+	a.forgetRemoved()
 	for _, k := range acks {
 		a.inFlight[k] = struct{}{}
 	}
 	a.mu.Unlock()
+	for i, k := range acks {
+		if _, err := a.batches.Submit(ctx, k); err != nil {
+			a.mu.Lock()
+			for _, k := range acks[i:] {
+				delete(a.inFlight, k)
+			}
+			a.mu.Unlock()
+			return
+		}
+	}
 }
 
 func (a *acker) published(k process.Acked) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.forgetRemoved()
 	_, ok := a.inFlight[k]
 	return ok
 }
 
-func (a *acker) flush(ctx context.Context) {
-	a.mu.Lock()
-	batch := a.pending
-	a.pending = nil
+// forgetRemoved drops from inFlight the batches removed ackGrace ago or earlier. a.mu is held.
+func (a *acker) forgetRemoved() {
 	now := time.Now()
 	for len(a.removed) > 0 && now.Sub(a.removed[0].at) >= ackGrace {
 		for _, k := range a.removed[0].keys {
@@ -256,10 +263,13 @@ func (a *acker) flush(ctx context.Context) {
 		}
 		a.removed = a.removed[1:]
 	}
+}
+
+// flush removes one batch from the outboxes.
+func (a *acker) flush(ctx context.Context, batch []process.Acked) error {
+	a.mu.Lock()
+	a.forgetRemoved()
 	a.mu.Unlock()
-	if len(batch) == 0 {
-		return
-	}
 	err := process.Ack(ctx, a.rdb, batch...)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -269,13 +279,11 @@ func (a *acker) flush(ctx context.Context) {
 		for _, k := range batch {
 			delete(a.inFlight, k)
 		}
-		return
+		return nil
 	}
-	a.removed = append(a.removed, ackedBatch{at: time.Now(), keys: batch})
+	a.removed = append(a.removed, ackedBatch{at: time.Now(), keys: slices.Clone(batch)})
+	return nil
 }
 
-func (a *acker) close(ctx context.Context) {
-	close(a.stop)
-	<-a.done
-	a.flush(ctx)
-}
+// close removes the entries added before it and stops the acker. It may be called more than once.
+func (a *acker) close() { a.batches.Close() }

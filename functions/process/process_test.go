@@ -250,3 +250,53 @@ func TestHandleRefusesForgedAuthority(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishedCommandsLeaveTheOutbox: a published command is removed from its instance's
+// outbox by the acker, after the ack interval or, at the latest, by Stop.
+func TestPublishedCommandsLeaveTheOutbox(t *testing.T) {
+	tests := map[string]struct {
+		interval time.Duration
+		stop     bool
+	}{
+		"after the ack interval": {interval: 10 * time.Millisecond},
+		"by Stop":                {interval: time.Hour, stop: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			srv := redistest.Start(t, redistest.Options{})
+			rdb := srv.Client()
+			c := &capture{}
+			f := New()
+			cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: tc.interval, SigningKey: testSigningKey}
+			if err := f.start(context.Background(), cfg, rdb, c.send); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = f.Stop(context.Background()) })
+			if _, err := f.Handle(context.Background(), ce("s1", "test.order.placed", "o1", `{"amount":5}`)); err != nil {
+				t.Fatal(err)
+			}
+			if len(c.take()) != 1 {
+				t.Fatal("the start event did not publish one command")
+			}
+			outbox := process.KeyOutboxPrefix + "o1"
+			observer := srv.Client() // Stop closes the function's client
+			if tc.stop {
+				_ = f.Stop(context.Background())
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				n, err := observer.LLen(context.Background(), outbox).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					return
+				}
+				if tc.stop || time.Now().After(deadline) {
+					t.Fatalf("%d published commands still in the outbox", n)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 
+	"github.com/knfaas/knfaas/internal/function/groupcommit"
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
 )
 
@@ -54,12 +55,12 @@ func (t *Trigger) Key() string { return t.Namespace + "/" + t.Name }
 // Group is the consumer group of the trigger on its broker's stream.
 func (t *Trigger) Group() string { return "trigger:" + t.Key() }
 
-// ConsumerOptions tune delivery.
+// ConsumerOptions tune delivery. A field left zero takes its default.
 type ConsumerOptions struct {
-	// Parallelism bounds deliveries in flight per trigger.
+	// Parallelism bounds deliveries in flight per trigger: DefaultParallelism when <= 0.
 	Parallelism int
 	// RedeliverAfter is how long an entry may stay pending before it is delivered again (after a
-	// failure of both subscriber and dead-letter sink, or a crash).
+	// failure of both subscriber and dead-letter sink, or a crash): DefaultRedeliverAfter when <= 0.
 	RedeliverAfter time.Duration
 	// Block is how long one read waits for new entries.
 	Block time.Duration
@@ -73,8 +74,15 @@ type ConsumerOptions struct {
 	Parker Parker
 }
 
-// DefaultMaxRounds is the number of failed rounds after which an event is parked.
-const DefaultMaxRounds = 3
+// Defaults of ConsumerOptions; `knfaas up` uses them for its flags.
+const (
+	// DefaultParallelism is ConsumerOptions.Parallelism when unset.
+	DefaultParallelism = 128
+	// DefaultRedeliverAfter is ConsumerOptions.RedeliverAfter when unset.
+	DefaultRedeliverAfter = 30 * time.Second
+	// DefaultMaxRounds is the number of failed rounds after which an event is parked.
+	DefaultMaxRounds = 3
+)
 
 // MaxParkedResponseBytes bounds the response bodies a Parked event keeps.
 const MaxParkedResponseBytes = 4 << 10
@@ -146,19 +154,19 @@ type Consumer struct {
 	deliverCtx context.Context
 
 	sem      chan struct{}
-	acks     chan ack
+	acks     *groupcommit.Batcher[ack]
 	mu       sync.Mutex
 	inflight map[string]bool
 	wg       sync.WaitGroup
 }
 
-// NewConsumer returns a consumer for t. It keeps its own copy of t.
+// NewConsumer returns a consumer for t. It works on its own copy of t and never writes to t.
 func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatcher, log *slog.Logger, m *metrics.Runtime, opts ConsumerOptions) *Consumer {
 	if opts.Parallelism <= 0 {
-		opts.Parallelism = 128
+		opts.Parallelism = DefaultParallelism
 	}
 	if opts.RedeliverAfter <= 0 {
-		opts.RedeliverAfter = 30 * time.Second
+		opts.RedeliverAfter = DefaultRedeliverAfter
 	}
 	if opts.Block <= 0 {
 		opts.Block = time.Second
@@ -174,7 +182,7 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	return &Consumer{
 		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", t.Namespace+"/"+t.Broker), metrics: m, opts: opts,
 		stream: stream, brokerKey: t.Namespace + "/" + t.Broker, roundsKey: RoundsKey(stream, tc.Group()),
-		sem: make(chan struct{}, opts.Parallelism), acks: make(chan ack, opts.Parallelism*2), inflight: map[string]bool{},
+		sem: make(chan struct{}, opts.Parallelism), inflight: map[string]bool{},
 	}
 }
 
@@ -197,16 +205,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 		sleep(deliverCtx, c.opts.ShutdownGrace)
 		cancelDeliveries()
 	}()
-	ackDone := make(chan struct{})
-	go func() { c.ackLoop(); close(ackDone) }()
+	// Acknowledgements outlive ctx: deliveries finishing within the grace are acknowledged,
+	// and Close flushes the last ones.
+	c.acks = groupcommit.New(c.flushAcks, groupcommit.Options{MaxBatch: maxAckBatch, QueueLimit: c.opts.Parallelism * 2})
+	go c.acks.Run(context.WithoutCancel(ctx), 1)
 	var loops sync.WaitGroup
 	loops.Add(2)
 	go func() { defer loops.Done(); c.readLoop(ctx) }()
 	go func() { defer loops.Done(); c.reclaimLoop(ctx) }()
 	loops.Wait()
 	c.wg.Wait()
-	close(c.acks)
-	<-ackDone
+	c.acks.Close()
 	return nil
 }
 
@@ -313,7 +322,9 @@ func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage, redelivered b
 		if c.deliver(c.deliverCtx, m) {
 			// The entry stays in flight until it is acknowledged: a reclaim in between would
 			// deliver it again.
-			c.acks <- ack{id: m.ID, forgetRounds: redelivered}
+			if _, err := c.acks.Submit(context.Background(), ack{id: m.ID, forgetRounds: redelivered}); err != nil {
+				c.done(m.ID) // cannot happen before Run's deliveries are done; left pending
+			}
 			return
 		}
 		c.done(m.ID)
@@ -518,54 +529,33 @@ func ErrorTransformers(dest *apis.URL, info *kncloudevents.DispatchInfo) binding
 	return attributes.KnativeErrorTransformers(*dest.URL(), info.ResponseCode, encoded)
 }
 
-// ackLoop acknowledges delivered entries in batches: one XACK for all entries finished since
-// the last one. Then it drops their failed rounds, and they are no longer in flight.
-func (c *Consumer) ackLoop() {
-	batch := make([]ack, 0, 256)
-	ids := make([]string, 0, cap(batch))
+// maxAckBatch bounds the entries one XACK acknowledges.
+const maxAckBatch = 256
+
+// flushAcks acknowledges delivered entries in one XACK: all entries finished since the last
+// one. Then it drops their failed rounds, and they are no longer in flight.
+func (c *Consumer) flushAcks(ctx context.Context, batch []ack) error {
+	ids := make([]string, 0, len(batch))
 	var forget []string
-	flush := func() {
-		if len(batch) == 0 {
-			return
+	for _, a := range batch {
+		ids = append(ids, a.id)
+		if a.forgetRounds {
+			forget = append(forget, a.id)
 		}
-		ids, forget = ids[:0], forget[:0]
-		for _, a := range batch {
-			ids = append(ids, a.id)
-			if a.forgetRounds {
-				forget = append(forget, a.id)
-			}
-		}
-		if err := c.rdb.XAck(context.Background(), c.stream, c.t.Group(), ids...).Err(); err != nil {
-			// Unacknowledged entries are redelivered later: at-least-once, never lost.
-			c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(ids), "error", err)
-		} else if len(forget) > 0 {
-			// The key's expiry collects what a failure here leaves behind.
-			if err := c.rdb.HDel(context.Background(), c.roundsKey, forget...).Err(); err != nil {
-				c.log.Debug("forgetting failed rounds failed", "count", len(forget), "error", err)
-			}
-		}
-		for _, id := range ids {
-			c.done(id)
-		}
-		batch = batch[:0]
 	}
-	for a := range c.acks {
-		batch = append(batch, a)
-	drain:
-		for len(batch) < cap(batch) {
-			select {
-			case a, ok := <-c.acks:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, a)
-			default:
-				break drain
-			}
+	if err := c.rdb.XAck(ctx, c.stream, c.t.Group(), ids...).Err(); err != nil {
+		// Unacknowledged entries are redelivered later: at-least-once, never lost.
+		c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(ids), "error", err)
+	} else if len(forget) > 0 {
+		// The key's expiry collects what a failure here leaves behind.
+		if err := c.rdb.HDel(ctx, c.roundsKey, forget...).Err(); err != nil {
+			c.log.Debug("forgetting failed rounds failed", "count", len(forget), "error", err)
 		}
-		flush()
 	}
-	flush()
+	for _, id := range ids {
+		c.done(id)
+	}
+	return nil
 }
 
 // String describes the trigger for start-up output.

@@ -717,14 +717,77 @@ func TestRetriedCountsSubscriberDeliveries(t *testing.T) {
 	}
 }
 
-// TestNewConsumerKeepsTheCallersTrigger: the consumer does not rewrite the Trigger it is given.
-func TestNewConsumerKeepsTheCallersTrigger(t *testing.T) {
-	retry, _ := kncloudevents.RetryConfigFromDeliverySpec(eventingduckv1.DeliverySpec{Retry: ptr.Int32(1)})
-	trig := &Trigger{Namespace: "ns", Name: "t", Broker: "b", Retry: retry}
-	before := reflect.ValueOf(trig.Retry.CheckRetry).Pointer()
-	NewConsumer(trig, nil, nil, quietLog(), metrics.New(), ConsumerOptions{})
-	if after := reflect.ValueOf(trig.Retry.CheckRetry).Pointer(); after != before {
-		t.Fatal("NewConsumer replaced the caller's Trigger.Retry.CheckRetry")
+// triggerSnapshot describes every field reachable from t, pointed-to values and the identity of
+// functions included, so that any write through t shows as a difference.
+func triggerSnapshot(t *Trigger) string {
+	fn := func(f any) uintptr {
+		v := reflect.ValueOf(f)
+		if !v.IsValid() || v.IsNil() {
+			return 0
+		}
+		return v.Pointer()
+	}
+	deref := func(p any) string {
+		v := reflect.ValueOf(p)
+		if v.IsNil() {
+			return "<nil>"
+		}
+		return fmt.Sprintf("%+v", v.Elem().Interface())
+	}
+	dl := "<nil>"
+	if t.DeadLetter != nil {
+		dl = fmt.Sprintf("%+v url=%s", *t.DeadLetter, t.DeadLetter.URL)
+	}
+	r := t.Retry
+	return fmt.Sprintf("%s/%s broker=%s filter=%v sub=%+v url=%s dl=%s reply=%s retry{max=%d delay=%s policy=%s check=%x backoff=%x timeout=%s after=%s}",
+		t.Namespace, t.Name, t.Broker, t.Filter, t.Subscriber, t.Subscriber.URL, dl, t.ReplyURL,
+		r.RetryMax, deref(r.BackoffDelay), deref(r.BackoffPolicy), fn(r.CheckRetry), fn(r.Backoff), r.RequestTimeout, deref(r.RetryAfterMaxDuration))
+}
+
+// TestNewConsumerLeavesItsInputAlone: neither NewConsumer nor the consumer's deliveries (with
+// retries and dead-lettering) write to the Trigger they were given; the consumer works on its
+// own copy.
+func TestNewConsumerLeavesItsInputAlone(t *testing.T) {
+	linear := eventingduckv1.BackoffPolicyLinear
+	retry, err := kncloudevents.RetryConfigFromDeliverySpec(eventingduckv1.DeliverySpec{Retry: ptr.Int32(1), BackoffPolicy: &linear, BackoffDelay: ptr.String("PT0.01S")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		deliver bool // run the consumer through a failing delivery that is dead-lettered
+	}{
+		"constructed":                          {},
+		"after a retried, dead-lettered event": {deliver: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			sub := newRawCapture(t, always(http.StatusInternalServerError))
+			dls := newRawCapture(t, always(http.StatusAccepted))
+			dl := addressable(t, dls.URL)
+			trig := &Trigger{Namespace: "ns", Name: "t", Broker: "b", Subscriber: addressable(t, sub.URL), DeadLetter: &dl,
+				ReplyURL: "http://127.0.0.1:1/ns/b", Retry: retry}
+			before := triggerSnapshot(trig)
+			if !tc.deliver {
+				NewConsumer(trig, nil, nil, quietLog(), metrics.New(), ConsumerOptions{})
+			} else {
+				srv := redistest.Start(t, redistest.Options{})
+				rdb := srv.Client()
+				m := metrics.New()
+				runConsumer(t, rdb, trig, m, ConsumerOptions{RedeliverAfter: time.Hour})
+				e := cloudevents.NewEvent()
+				e.SetID("i")
+				e.SetType("t")
+				e.SetSource("/s")
+				entry, _ := EncodeEntry(&e)
+				rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: StreamKey("ns", "b"), Values: entry.Fields()})
+				eventually(t, "the event was dead-lettered", func() bool {
+					return testutil.ToFloat64(m.EventsDeadLettered.WithLabelValues("ns/b", "ns/t")) == 1
+				})
+			}
+			if after := triggerSnapshot(trig); after != before {
+				t.Fatalf("the caller's Trigger changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
 	}
 }
 

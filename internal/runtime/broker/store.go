@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/function/groupcommit"
 )
 
 // StreamKey is the Redis Stream holding the events of a broker.
@@ -33,6 +35,10 @@ const DefaultClockMargin = 500 * time.Millisecond
 // not stored and never will be: the caller may answer 503 and the sender may retry.
 var ErrAppendTimeout = errors.New("redis did not store the event in time")
 
+// ErrStoreStopped reports an append made once the store's Run has returned: nothing writes to
+// Redis any more, so the event was not stored.
+var ErrStoreStopped = errors.New("the broker store has stopped")
+
 // Store appends events to broker streams, coalescing concurrent appends into pipelines so that
 // many requests share one Redis round trip (group commit) without giving up per-event acks.
 //
@@ -43,7 +49,7 @@ var ErrAppendTimeout = errors.New("redis did not store the event in time")
 // holds while the two clocks differ by less than the margin, minus the time a reply takes.
 type Store struct {
 	rdb     redis.UniversalClient
-	reqs    chan *appendReq
+	appends *groupcommit.Batcher[*appendReq]
 	timeout time.Duration
 	margin  time.Duration
 	log     *slog.Logger
@@ -93,21 +99,27 @@ type appendReq struct {
 	id       string
 	err      error
 	state    atomic.Int32
-	done     chan struct{}
 }
 
 // maxBatch bounds how many appends share one pipeline.
 const maxBatch = 256
 
+// maxQueued bounds the appends waiting for a pipeline.
+const maxQueued = 4096
+
 // NewStore returns a Store; Run must be running for Append to complete.
 func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
-	s := &Store{rdb: rdb, reqs: make(chan *appendReq, 4096), timeout: DefaultAppendTimeout, margin: DefaultClockMargin, log: slog.Default()}
+	s := &Store{rdb: rdb, timeout: DefaultAppendTimeout, margin: DefaultClockMargin, log: slog.Default()}
 	for _, o := range opts {
 		o(s)
 	}
 	if s.margin >= s.timeout {
 		s.margin = s.timeout / 4
 	}
+	s.appends = groupcommit.New(func(_ context.Context, batch []*appendReq) error {
+		s.send(batch)
+		return nil // each request carries its own outcome
+	}, groupcommit.Options{MaxBatch: maxBatch, QueueLimit: maxQueued})
 	return s
 }
 
@@ -117,42 +129,11 @@ var appendScript = redis.NewScript(appendSource)
 // errLatePrefix starts the error appendScript answers when it refused a write.
 const errLatePrefix = "KNFAAS_LATE"
 
-// Run drains appends with writers concurrent pipelines until ctx ends. Appends queued when it
-// returns fail at their deadline.
+// Run sends appends with writers concurrent pipelines until ctx ends. Then it sends the appends
+// already queued (each still bounded by its deadline) and returns; from then on Append fails
+// at once with ErrStoreStopped.
 func (s *Store) Run(ctx context.Context, writers int) {
-	done := make(chan struct{})
-	for i := 0; i < writers; i++ {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			s.write(ctx)
-		}()
-	}
-	for i := 0; i < writers; i++ {
-		<-done
-	}
-}
-
-func (s *Store) write(ctx context.Context) {
-	batch := make([]*appendReq, 0, maxBatch)
-	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
-			return
-		case r := <-s.reqs:
-			batch = append(batch, r)
-		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-s.reqs:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		s.send(batch)
-	}
+	s.appends.Run(ctx, writers)
 }
 
 // send runs a batch of appends in one pipeline. Requests already past their deadline are
@@ -273,14 +254,14 @@ func (s *Store) finish(r *appendReq, id string, err error) {
 		s.log.Error("redis stored an event after the append had been reported as failed; clocks of the runtime and redis differ by more than the margin?",
 			"stream", r.stream, "id", id, "deadline", r.deadline, "margin", s.margin)
 	}
-	close(r.done)
 }
 
 // Append adds an entry with the given field/value pairs to the end of stream and returns its
 // id once Redis acknowledged it. It returns within the store's timeout (or ctx's deadline, if
 // earlier); an error means the entry was not stored and will not be: an append that did not
-// complete in time fails with ErrAppendTimeout. Cancelling ctx does not abandon a queued
-// append: its outcome decides the answer.
+// complete in time fails with ErrAppendTimeout, one made once Run has returned with
+// ErrStoreStopped. Cancelling ctx does not abandon a queued append: its outcome decides the
+// answer.
 func (s *Store) Append(ctx context.Context, stream string, fields ...any) (string, error) {
 	if len(fields) == 0 || len(fields)%2 != 0 {
 		return "", fmt.Errorf("storing event in %s: %d fields, want field/value pairs", stream, len(fields))
@@ -289,27 +270,40 @@ func (s *Store) Append(ctx context.Context, stream string, fields ...any) (strin
 	if d, ok := ctx.Deadline(); ok && d.Before(giveUp) {
 		giveUp = d
 	}
-	r := &appendReq{stream: stream, fields: fields, deadline: giveUp.Add(-s.margin), done: make(chan struct{})}
+	r := &appendReq{stream: stream, fields: fields, deadline: giveUp.Add(-s.margin)}
 	if !time.Now().Before(r.deadline) {
 		return "", fmt.Errorf("storing event in %s: %w (less than the clock margin %s left)", stream, ErrAppendTimeout, s.margin)
 	}
-	timer := time.NewTimer(time.Until(giveUp))
-	defer timer.Stop()
-	select {
-	case s.reqs <- r:
-	case <-ctx.Done():
+	queueCtx, cancelQueue := context.WithDeadline(ctx, giveUp)
+	defer cancelQueue()
+	ticket, err := s.appends.Submit(queueCtx, r)
+	switch {
+	case errors.Is(err, groupcommit.ErrClosed):
+		return "", fmt.Errorf("storing event in %s: %w", stream, ErrStoreStopped)
+	case err != nil && ctx.Err() != nil:
 		return "", fmt.Errorf("storing event in %s: %w", stream, ctx.Err())
-	case <-timer.C:
+	case err != nil:
 		return "", fmt.Errorf("storing event in %s: %w (the store's queue stayed full)", stream, ErrAppendTimeout)
 	}
-	select {
-	case <-r.done:
-	case <-timer.C:
+	// Once queued, only the deadline ends the wait: the outcome decides the answer.
+	waitCtx, cancelWait := context.WithDeadline(context.WithoutCancel(ctx), giveUp)
+	defer cancelWait()
+	err = ticket.Wait(waitCtx)
+	switch {
+	case errors.Is(err, groupcommit.ErrClosed):
+		return "", fmt.Errorf("storing event in %s: %w", stream, ErrStoreStopped)
+	case err != nil && r.state.CompareAndSwap(reqPending, reqAbandoned):
+		return "", fmt.Errorf("storing event in %s: %w (no answer from redis)", stream, ErrAppendTimeout)
+	}
+	if r.state.Load() != reqDone {
+		// The pipeline ended without an answer for r (see result): Redis may still run the
+		// script until its deadline, so the append fails only at Append's timeout.
+		<-waitCtx.Done()
 		if r.state.CompareAndSwap(reqPending, reqAbandoned) {
 			return "", fmt.Errorf("storing event in %s: %w (no answer from redis)", stream, ErrAppendTimeout)
 		}
-		<-r.done // the writer has the outcome already
 	}
+	// The writer handed over the outcome (finish sets it before the state change).
 	if r.err != nil {
 		return "", fmt.Errorf("storing event in %s: %w", stream, r.err)
 	}

@@ -286,22 +286,74 @@ func TestAppendNeverSentTwice(t *testing.T) {
 	}
 }
 
-// TestAppendWithoutRun checks that Append returns at its deadline when no writer runs (Run
-// has returned), and that nothing is stored.
-func TestAppendWithoutRun(t *testing.T) {
-	m := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	defer rdb.Close()
-	store := quietStore(rdb, WithAppendTimeout(300*time.Millisecond), WithClockMargin(100*time.Millisecond))
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	store.Run(ctx, 2) // returns at once
-	stream := StreamKey("ns", "no-writer")
-	if _, err := store.Append(context.Background(), stream, eventField, "x"); !errors.Is(err, ErrAppendTimeout) {
-		t.Fatalf("append without a running store returned %v; want ErrAppendTimeout", err)
+// TestAppendAndRun checks what Append answers around Run's lifetime: once Run has returned it
+// fails at once with ErrStoreStopped (it used to wait for its deadline), an append queued
+// when Run's context ends is still sent, and without Run an append fails at its deadline.
+// Nothing that failed is stored.
+func TestAppendAndRun(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	stopped := func() context.Context {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx
 	}
-	if m.Exists(stream) {
-		t.Fatal("the failed append was stored")
+	cases := map[string]struct {
+		timeout time.Duration
+		// before runs before the append, after once it was made; either may be nil.
+		before, after func(s *Store)
+		wantErr       error // nil: stored
+		within        time.Duration
+	}{
+		"Run has returned: fails at once": {
+			timeout: 5 * time.Second,
+			before:  func(s *Store) { s.Run(stopped(), 2) },
+			wantErr: ErrStoreStopped,
+			within:  time.Second,
+		},
+		"queued when Run's context ends: sent by the drain": {
+			timeout: 5 * time.Second,
+			after:   func(s *Store) { time.Sleep(50 * time.Millisecond); s.Run(stopped(), 2) },
+			within:  time.Second,
+		},
+		"Run never started: fails at its deadline": {
+			timeout: 300 * time.Millisecond,
+			wantErr: ErrAppendTimeout,
+			within:  time.Second,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			store := quietStore(rdb, WithAppendTimeout(tc.timeout), WithClockMargin(100*time.Millisecond))
+			stream := StreamKey("ns", "run-"+strings.ReplaceAll(name, " ", "-"))
+			if tc.before != nil {
+				tc.before(store)
+			}
+			if tc.after != nil {
+				go tc.after(store)
+			}
+			start := time.Now()
+			id, err := store.Append(context.Background(), stream, eventField, "x")
+			if took := time.Since(start); took > tc.within {
+				t.Errorf("Append took %s, want at most %s", took, tc.within)
+			}
+			n, xerr := rdb.XLen(context.Background(), stream).Result()
+			if xerr != nil {
+				t.Fatal(xerr)
+			}
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("Append = %q, %v; want %v", id, err, tc.wantErr)
+				}
+				if n != 0 {
+					t.Fatalf("the failed append was stored (%d entries)", n)
+				}
+				return
+			}
+			if err != nil || n != 1 {
+				t.Fatalf("Append = %q, %v with %d entries stored; want it stored once", id, err, n)
+			}
+		})
 	}
 }
 

@@ -2,10 +2,10 @@ package dedup
 
 import (
 	"context"
-	"errors"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/function/groupcommit"
 )
 
 // batcher sends the commands of concurrent requests to Redis together, as one pipeline per
@@ -13,15 +13,7 @@ import (
 // saves the system calls that dominate a busy intake. An idle batcher sends a lone command at
 // once, so a quiet intake pays only a goroutine hand-off.
 type batcher struct {
-	rdb  redis.UniversalClient
-	in   chan *op
-	stop chan struct{}
-	wg   sync.WaitGroup
-}
-
-type op struct {
-	cmd  redis.Cmder
-	done chan struct{}
+	commands *groupcommit.Batcher[redis.Cmder]
 }
 
 // maxBatch bounds one pipeline, so one turn's reply stays small.
@@ -30,106 +22,38 @@ const maxBatch = 128
 // batchLoops is how many pipelines may be in flight at once.
 const batchLoops = 2
 
-var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
-
 func newBatcher(rdb redis.UniversalClient) *batcher {
-	b := &batcher{rdb: rdb, in: make(chan *op, maxBatch), stop: make(chan struct{})}
-	for range batchLoops {
-		b.wg.Add(1)
-		go b.loop()
-	}
+	b := &batcher{commands: groupcommit.New(func(ctx context.Context, batch []redis.Cmder) error {
+		exec(ctx, rdb, batch)
+		return nil // each command carries its own error
+	}, groupcommit.Options{MaxBatch: maxBatch, QueueLimit: maxBatch})}
+	go b.commands.Run(context.Background(), batchLoops)
 	return b
 }
 
 // do runs cmd in the next pipeline and waits for its reply. If ctx ends first the command may
 // still run; the caller only stops waiting.
 func (b *batcher) do(ctx context.Context, cmd redis.Cmder) error {
-	o := opPool.Get().(*op)
-	o.cmd = cmd
-	select {
-	case b.in <- o:
-	case <-ctx.Done():
-		opPool.Put(o)
-		return ctx.Err()
-	case <-b.stop:
-		opPool.Put(o)
-		return errors.New("dedup batcher closed")
+	if err := b.commands.Do(ctx, cmd); err != nil {
+		return err // ctx.Err(), or groupcommit.ErrClosed after close
 	}
-	select {
-	case <-o.done:
-		o.cmd = nil
-		opPool.Put(o)
-		return cmd.Err()
-	case <-ctx.Done():
-		// The loop still signals o.done later; o is not reused.
-		return ctx.Err()
-	}
+	return cmd.Err()
 }
 
-func (b *batcher) loop() {
-	defer b.wg.Done()
-	batch := make([]*op, 0, maxBatch)
-	for {
-		select {
-		case <-b.stop:
-			b.drain(batch)
-			return
-		case o := <-b.in:
-			batch = append(batch[:0], o)
-		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case o := <-b.in:
-				batch = append(batch, o)
-			default:
-				break fill
-			}
-		}
-		b.exec(batch)
-	}
-}
-
-func (b *batcher) exec(batch []*op) {
-	ctx := context.Background()
+func exec(ctx context.Context, rdb redis.UniversalClient, batch []redis.Cmder) {
 	if len(batch) == 1 {
-		_ = b.rdb.Process(ctx, batch[0].cmd)
-	} else {
-		pipe := b.rdb.Pipeline()
-		for _, o := range batch {
-			_ = pipe.Process(ctx, o.cmd)
-		}
-		_, _ = pipe.Exec(ctx) // each command carries its own error
+		_ = rdb.Process(ctx, batch[0])
+		return
 	}
-	for _, o := range batch {
-		o.done <- struct{}{}
+	pipe := rdb.Pipeline()
+	for _, cmd := range batch {
+		_ = pipe.Process(ctx, cmd)
 	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
 }
 
-// drain runs what was queued before close, so no caller is left waiting.
-func (b *batcher) drain(batch []*op) {
-	for {
-		batch = batch[:0]
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case o := <-b.in:
-				batch = append(batch, o)
-			default:
-				break fill
-			}
-		}
-		if len(batch) == 0 {
-			return
-		}
-		b.exec(batch)
-	}
-}
-
-func (b *batcher) close() {
-	close(b.stop)
-	b.wg.Wait()
-}
+// close runs what was queued before it, so no caller is left waiting, and stops the pipelines.
+func (b *batcher) close() { b.commands.Close() }
 
 // isNoScript reports Redis' answer to EVALSHA of a script it does not hold (after a restart
 // or SCRIPT FLUSH): a Redis error reply, possibly wrapped, never any error whose text happens
