@@ -1,4 +1,4 @@
-// Package cli holds the knfaas command tree: up, send, verify, dlq, events, process.
+// Package cli holds the knfaas command tree: up, send, verify, dlq, events, process, notify.
 package cli
 
 import (
@@ -20,5 +20,6 @@ func NewRootCommand(name string) *cobra.Command {
 	root.AddCommand(newProcessCommand())
 	root.AddCommand(newVerifyCommand())
 	root.AddCommand(newEventsCommand())
+	root.AddCommand(newNotifyCommand())
 	return root
 }
