@@ -25,7 +25,15 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/function/sink"
 )
+
+// TypeEndpointDisabled is the event the function publishes (through K_SINK) when it disables
+// an endpoint: it answered 410 Gone, or every attempt failed for NOTIFY_DISABLE_AFTER.
+const TypeEndpointDisabled = "dev.knfaas.notify.endpoint.disabled"
+
+// Source is the source of the events the function publishes.
+const Source = "/knfaas/notify"
 
 // TypePing is the type of PingSource events; like the timer's fired deadlines
 // (deadline.TypeFired with knfaasowner notify), they wake the function for due retries.
@@ -45,6 +53,11 @@ type Config struct {
 	Batch int `envconfig:"NOTIFY_BATCH" default:"256"`
 	// DrainTimeout bounds how long a PingSource tick waits for the due deliveries it woke.
 	DrainTimeout time.Duration `envconfig:"NOTIFY_DRAIN_TIMEOUT" default:"50s"`
+	// DisableAfter disables an endpoint whose attempts have all failed for that long; 0: never.
+	DisableAfter time.Duration `envconfig:"NOTIFY_DISABLE_AFTER" default:"120h"`
+	// Sink is where TypeEndpointDisabled goes (the Broker, set by the SinkBinding); unset,
+	// disabling is only logged.
+	Sink string `envconfig:"K_SINK"`
 	// AllowNets lists networks (CIDR or single addresses, comma-separated) that deliveries may
 	// reach although they are private, link-local or otherwise special.
 	AllowNets string `envconfig:"NOTIFY_ALLOW_NETS"`
@@ -94,6 +107,9 @@ func (c *Config) Check() error {
 	if c.BreakerWindow <= 0 || c.BreakerOpen <= 0 {
 		errs = append(errs, fmt.Errorf("NOTIFY_BREAKER_WINDOW (%s) and NOTIFY_BREAKER_OPEN (%s) must be positive", c.BreakerWindow, c.BreakerOpen))
 	}
+	if c.DisableAfter < 0 {
+		errs = append(errs, fmt.Errorf("NOTIFY_DISABLE_AFTER (%s) must not be negative", c.DisableAfter))
+	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("NOTIFY_DRAIN_TIMEOUT (%s) must be positive", c.DrainTimeout))
 	}
@@ -102,11 +118,12 @@ func (c *Config) Check() error {
 
 // Function fans events out to webhook endpoints.
 type Function struct {
-	cfg    Config
-	store  *notify.Store
-	d      *notify.Dispatcher
-	cancel context.CancelFunc
-	done   sync.WaitGroup
+	cfg     Config
+	publish func(context.Context, event.Event) error
+	store   *notify.Store
+	d       *notify.Dispatcher
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
 	funchealth.Lifecycle
 }
 
@@ -126,8 +143,41 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 		_ = rdb.Close()
 		return fmt.Errorf("notify: %w", err)
 	}
+	var publish func(context.Context, event.Event) error
+	if cfg.Sink != "" {
+		s, err := sink.New(cfg.Sink, 10*time.Second)
+		if err != nil {
+			_ = rdb.Close()
+			return fmt.Errorf("notify: %w", err)
+		}
+		publish = s.Send
+	}
+	f.publish = publish
 	f.start(cfg, rdb, eps, Client(guard(cfg)))
 	return nil
+}
+
+// DisabledEvent is what the function publishes when it disables an endpoint; its id is stable
+// for one disabling.
+func DisabledEvent(ep *notify.Endpoint, reason string, at time.Time) event.Event {
+	e := event.New()
+	e.SetID(fmt.Sprintf("endpoint-disabled:%s:%d", ep.Name, at.UnixMilli()))
+	e.SetType(TypeEndpointDisabled)
+	e.SetSource(Source)
+	e.SetSubject(ep.Name)
+	e.SetTime(at.UTC())
+	_ = e.SetData("application/json", map[string]string{"endpoint": ep.Name, "url": ep.URL, "reason": reason})
+	return e
+}
+
+// onDisabled publishes TypeEndpointDisabled, when there is a sink.
+func (f *Function) onDisabled(ctx context.Context, ep *notify.Endpoint, reason string, at time.Time) {
+	if f.publish == nil {
+		return
+	}
+	if err := f.publish(ctx, DisabledEvent(ep, reason, at)); err != nil {
+		slog.ErrorContext(ctx, "notify: publishing that an endpoint was disabled failed", "endpoint", ep.Name, "err", err)
+	}
 }
 
 // guard is where deliveries may connect. A function that listens on loopback runs under
@@ -161,6 +211,7 @@ func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, 
 		Schedule: cfg.schedule, Poll: cfg.Poll, Batch: cfg.Batch, Client: client,
 		Breaker: notify.BreakerSettings{ConsecutiveFailures: cfg.BreakerFailures, FailureRatio: cfg.BreakerRatio,
 			MinRequests: cfg.BreakerMinRequests, Window: cfg.BreakerWindow, OpenFor: cfg.BreakerOpen},
+		DisableAfter: cfg.DisableAfter, OnDisabled: f.onDisabled,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel

@@ -90,6 +90,38 @@ func TestGuardUnderKnfaasUp(t *testing.T) {
 	}
 }
 
+func TestGoneEndpointIsPublishedAsDisabled(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	gone := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusGone) }))
+	defer gone.Close()
+	t.Setenv("SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	eps, err := notify.Parse([]byte("endpoints:\n- {name: old, url: '"+gone.URL+"', types: ['*'], secretEnv: [SECRET]}\n"), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := make(chan event.Event, 4)
+	f := New()
+	f.publish = func(_ context.Context, e event.Event) error { published <- e; return nil }
+	f.start(Config{Retention: time.Hour, Poll: 10 * time.Millisecond, Batch: 10, DrainTimeout: 5 * time.Second, schedule: notify.Schedule{time.Second},
+		BreakerFailures: 5, BreakerRatio: 0.5, BreakerMinRequests: 20, BreakerWindow: time.Minute, BreakerOpen: time.Second}, srv.Client(), eps, Client(&notify.Guard{Loopback: true}))
+	defer f.Stop(context.Background())
+	e := cloudevents.NewEvent()
+	e.SetID("x")
+	e.SetSource("/t")
+	e.SetType("t")
+	if _, err := f.Handle(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-published:
+		if got.Type() != TypeEndpointDisabled || got.Subject() != "old" || !strings.Contains(string(got.Data()), "410 Gone") {
+			t.Errorf("published %v", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing published")
+	}
+}
+
 // recorder counts the webhook-ids it received.
 type recorder struct {
 	mu  sync.Mutex

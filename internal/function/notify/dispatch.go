@@ -50,6 +50,12 @@ type Options struct {
 	Now func() time.Time
 	// Breaker decides when an endpoint's circuit opens (DefaultBreaker when zero).
 	Breaker BreakerSettings
+	// DisableAfter disables an endpoint whose attempts have all failed for that long (zero:
+	// never).
+	DisableAfter time.Duration
+	// OnDisabled is told when this instance disables an endpoint (a 410, or DisableAfter), to
+	// publish that it did; nil: it is only logged.
+	OnDisabled func(ctx context.Context, ep *Endpoint, reason string, at time.Time)
 }
 
 // Dispatcher runs the attempts: it claims due (message, endpoint) pairs from the Store and
@@ -325,12 +331,10 @@ func (d *Dispatcher) deliver(ctx context.Context, r *runner, j Job, adm admissio
 	case a.Status == http.StatusGone:
 		a.Outcome = OutcomeGone
 		d.gone.Store(ep.Name, now)
-		if err := d.store.Disable(ctx, ep.Name, fmt.Sprintf("410 Gone from %s for message %s", ep.URL, j.Message), now); err != nil {
-			slog.Error("notify: disabling endpoint failed", "endpoint", ep.Name, "err", err)
+		if err := d.disable(ctx, ep, fmt.Sprintf("410 Gone from %s for message %s", ep.URL, j.Message), now); err != nil {
 			d.finish(ctx, j, outcomeRetry, now.Add(time.Second), &a)
 			return
 		}
-		slog.Warn("notify: endpoint answered 410 Gone: disabled; its pending messages go to the dead letters", "endpoint", ep.Name)
 		d.deadLetter(ctx, j, ep, &a)
 	default:
 		d.retryOrDeadLetter(ctx, ep, j, a, header)
@@ -359,7 +363,7 @@ func (d *Dispatcher) retryOrDeadLetter(ctx context.Context, ep *Endpoint, j Job,
 // headers and the Standard Webhooks headers.
 func (d *Dispatcher) attempt(ctx context.Context, ep *Endpoint, j Job) (Attempt, http.Header) {
 	start := d.opts.Now()
-	a := Attempt{At: start.UTC(), Number: j.Tries + 1}
+	a := Attempt{At: start.UTC(), Number: j.Tries + 1, made: true}
 	body := j.Event.Data()
 	ctx, cancel := context.WithTimeout(ctx, ep.Timeout)
 	defer cancel()
@@ -415,10 +419,42 @@ func excerpt(b []byte) string {
 }
 
 func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) {
-	if err := d.store.finish(ctx, j, outcome, next, a); err != nil {
+	health := ""
+	if a != nil && a.made && a.Outcome != OutcomeGone {
+		health = "ok"
+		if countsAsFailure(*a) {
+			health = "failed"
+		}
+	}
+	now := d.opts.Now()
+	failing, err := d.store.finish(ctx, j, outcome, next, a, health, now)
+	if err != nil {
 		// The pair stays leased; it is due again when the lease runs out.
 		slog.Error("notify: recording an attempt failed", "message", j.Message, "endpoint", j.Endpoint, "err", err)
+		return
 	}
+	if d.opts.DisableAfter > 0 && !failing.IsZero() && now.Sub(failing) >= d.opts.DisableAfter && !d.isGone(j.Endpoint) {
+		r, ok := d.endpoints[j.Endpoint]
+		if !ok {
+			return
+		}
+		d.gone.Store(j.Endpoint, now)
+		reason := fmt.Sprintf("every attempt failed since %s (more than NOTIFY_DISABLE_AFTER %s)", failing.UTC().Format(time.RFC3339), d.opts.DisableAfter)
+		d.disable(ctx, r.ep, reason, now)
+	}
+}
+
+// disable marks an endpoint disabled and says so.
+func (d *Dispatcher) disable(ctx context.Context, ep *Endpoint, reason string, at time.Time) error {
+	if err := d.store.Disable(ctx, ep.Name, reason, at); err != nil {
+		slog.Error("notify: disabling endpoint failed", "endpoint", ep.Name, "err", err)
+		return err
+	}
+	slog.Warn("notify: endpoint disabled; its pending messages go to the dead letters", "endpoint", ep.Name, "reason", reason)
+	if d.opts.OnDisabled != nil {
+		d.opts.OnDisabled(ctx, ep, reason, at)
+	}
+	return nil
 }
 
 // deadLetter stores the message as a dead letter naming the endpoint, its attempts and last

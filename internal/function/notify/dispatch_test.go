@@ -359,7 +359,7 @@ func TestRetriesAndLeasesArmATimerDeadline(t *testing.T) {
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim = %+v, %v", jobs, err)
 	}
-	if err := s.finish(ctx, jobs[0], outcomeRetry, now.Add(5*time.Minute), &Attempt{Number: 1, Outcome: OutcomeRetry}); err != nil {
+	if _, err := s.finish(ctx, jobs[0], outcomeRetry, now.Add(5*time.Minute), &Attempt{Number: 1, Outcome: OutcomeRetry}, "failed", now); err != nil {
 		t.Fatal(err)
 	}
 	got, err := rdb.ZRangeWithScores(ctx, deadline.KeyDeadlines, 0, -1).Result()
@@ -388,4 +388,69 @@ func TestUnknownEndpointIsRetriedThenDeadLettered(t *testing.T) {
 	if len(attempts) != 3 || attempts[2].Outcome != OutcomeDead || !strings.Contains(attempts[0].Error, "not configured") {
 		t.Errorf("attempts %+v", attempts)
 	}
+}
+
+func TestEndpointFailingTooLongIsDisabledAndSaysSo(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusInternalServerError))
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	store := NewStore(rdb, time.Hour)
+	var told atomic.Int32
+	var reason atomic.Value
+	d := NewDispatcher(store, deadletter.NewStore(rdb, deadletter.Options{}), []*Endpoint{endpoint("a", rcv.URL, 4)}, Options{
+		Schedule: Schedule{50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond},
+		Poll:     10 * time.Millisecond, DisableAfter: 150 * time.Millisecond,
+		Breaker: BreakerSettings{ConsecutiveFailures: 1000, FailureRatio: 1, MinRequests: 1000, Window: time.Minute, OpenFor: time.Second},
+		OnDisabled: func(_ context.Context, ep *Endpoint, why string, _ time.Time) {
+			told.Add(1)
+			reason.Store(ep.Name + ": " + why)
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for _, id := range []string{"d1", "d2", "d3"} {
+		if _, _, err := store.Enqueue(ctx, newEvent(id), []string{"a"}, "", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Wake()
+	eventually(t, "every message dead", func() bool {
+		for _, id := range []string{"d1", "d2", "d3"} {
+			st, _ := store.States(ctx, MessageID("/test", id))
+			if st["a"] != StateDead {
+				return false
+			}
+		}
+		return true
+	})
+	disabled, _ := store.Disabled(ctx)
+	if !strings.Contains(disabled["a"], "every attempt failed since") {
+		t.Errorf("disabled = %v", disabled)
+	}
+	if told.Load() != 1 || !strings.Contains(reason.Load().(string), "a: every attempt failed since") {
+		t.Errorf("told %d times: %v", told.Load(), reason.Load())
+	}
+	if n := rcv.count(); n >= 3*7 {
+		t.Errorf("%d attempts: the endpoint was not disabled before the schedules ran out", n)
+	}
+}
+
+func TestASuccessResetsFailingSince(t *testing.T) {
+	var fail atomic.Bool
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		if fail.Load() {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	f := start(t, Schedule{10 * time.Millisecond}, endpoint("a", rcv.URL, 4))
+	fail.Store(true)
+	f.enqueue(t, newEvent("f1"), "", "a")
+	eventually(t, "failing recorded", func() bool { return f.rdb.HExists(context.Background(), keyFailing, "a").Val() })
+	fail.Store(false)
+	f.enqueue(t, newEvent("f2"), "", "a")
+	eventually(t, "a success clears it", func() bool { return !f.rdb.HExists(context.Background(), keyFailing, "a").Val() })
 }

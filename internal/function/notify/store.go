@@ -29,6 +29,7 @@ const (
 	keyTries    = Prefix + "tries"     // hash "<message> <endpoint>" → attempts made; removed when finished
 	keyAttempts = Prefix + "attempts:" // list per "<message>:<endpoint>": the last MaxAttemptLog attempts; TTL Retention
 	keyDisabled = Prefix + "disabled"  // hash endpoint → why it was disabled (JSON)
+	keyFailing  = Prefix + "failing"   // hash endpoint → since when its attempts fail (unix ms); removed on a success
 )
 
 // MaxAttemptLog is how many attempts are kept per message and endpoint.
@@ -192,29 +193,42 @@ else
   redis.call('HDEL', KEYS[3], ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[6], ARGV[2])
 end
+if ARGV[11] == 'ok' then
+  redis.call('HDEL', KEYS[7], ARGV[6])
+elseif ARGV[11] == 'failed' then
+  redis.call('HSETNX', KEYS[7], ARGV[6], ARGV[12])
+  return tonumber(redis.call('HGET', KEYS[7], ARGV[6]))
+end
 return 1
 `)
 
 // finish records the attempt a (nil when none was made) and the pair's new state: outcomeRetry
 // or outcomeDefer at next, or StateDelivered / StateDead. It does nothing when the pair is no
-// longer scheduled (another instance finished it after this one's lease ran out).
-func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) error {
+// longer scheduled (another instance finished it after this one's lease ran out). health is
+// "ok" after an attempt the endpoint answered, "failed" after one it failed, "" otherwise;
+// after a failed one, failing is since when the endpoint's attempts have failed without a
+// success in between.
+func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt, health string, now time.Time) (failing time.Time, err error) {
 	logged := ""
 	if a != nil {
 		b, err := json.Marshal(a)
 		if err != nil {
-			return err
+			return time.Time{}, err
 		}
 		logged = string(b)
 	}
 	w := wakeAt(next)
-	err := finishScript.Run(ctx, s.rdb,
-		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint, deadline.KeyDeadlines, deadline.KeyPayloads},
-		j.member(), outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), j.Endpoint, MaxAttemptLog, w.id, w.due, w.payload).Err()
+	n, err := finishScript.Run(ctx, s.rdb,
+		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint, deadline.KeyDeadlines, deadline.KeyPayloads, keyFailing},
+		j.member(), outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), j.Endpoint, MaxAttemptLog, w.id, w.due, w.payload,
+		health, now.UnixMilli()).Int64()
 	if err != nil {
-		return fmt.Errorf("recording %s of message %s at %s: %w", outcome, j.Message, j.Endpoint, err)
+		return time.Time{}, fmt.Errorf("recording %s of message %s at %s: %w", outcome, j.Message, j.Endpoint, err)
 	}
-	return nil
+	if health == "failed" && n > 1 {
+		return time.UnixMilli(n), nil
+	}
+	return time.Time{}, nil
 }
 
 // Owner is the knfaasowner of the timer deadlines that wake the function: its Trigger on
@@ -254,6 +268,9 @@ type Attempt struct {
 	Next time.Time `json:"next,omitzero"`
 	// Breaker is the endpoint's circuit when the attempt was let through.
 	Breaker string `json:"breaker,omitempty"`
+	// made is true when a request was sent (or its connection tried), false for an entry that
+	// records why none was.
+	made bool
 }
 
 // Attempts returns the attempts log of a message at an endpoint, oldest first.
