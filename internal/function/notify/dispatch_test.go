@@ -454,3 +454,23 @@ func TestASuccessResetsFailingSince(t *testing.T) {
 	f.enqueue(t, newEvent("f2"), "", "a")
 	eventually(t, "a success clears it", func() bool { return !f.rdb.HExists(context.Background(), keyFailing, "a").Val() })
 }
+
+func TestTimeoutIsRetried(t *testing.T) {
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if n == 1 {
+			time.Sleep(time.Second) // longer than the endpoint's timeout
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	ep := endpoint("slow", rcv.URL, 4)
+	ep.Timeout = 100 * time.Millisecond
+	f := start(t, Schedule{10 * time.Millisecond}, ep)
+	e := newEvent("t1")
+	f.enqueue(t, e, "", "slow")
+	eventually(t, "delivered on the retry", func() bool { return f.state(t, e, "slow") == StateDelivered })
+	attempts, _ := f.store.Attempts(context.Background(), MessageID("/test", "t1"), "slow")
+	if len(attempts) != 2 || attempts[0].Outcome != OutcomeRetry || !strings.Contains(attempts[0].Error, "deadline exceeded") ||
+		attempts[0].Latency < 100 || attempts[1].Outcome != OutcomeDelivered {
+		t.Errorf("attempts %+v", attempts)
+	}
+}
