@@ -38,6 +38,8 @@ const (
 	MaxSecrets = 2
 	// MaxHeaders caps an endpoint's custom headers.
 	MaxHeaders = 32
+	// MaxRateLimit caps an endpoint's rateLimit (attempts per second).
+	MaxRateLimit = 100000
 )
 
 // File is the endpoints file (the notify-endpoints ConfigMap).
@@ -64,6 +66,9 @@ type EndpointConfig struct {
 	// Concurrency is the endpoint's bulkhead: attempts in flight at once, 1 to MaxConcurrency.
 	// Unset, DefaultConcurrency.
 	Concurrency int `json:"concurrency,omitempty"`
+	// RateLimit caps the attempts per second at the endpoint, across all instances (counted in
+	// Redis); 0 is no cap. Messages over it wait for the next second, no attempt counted.
+	RateLimit int `json:"rateLimit,omitempty"`
 	// Disabled keeps the endpoint configured but sends it nothing.
 	Disabled bool `json:"disabled,omitempty"`
 }
@@ -76,6 +81,7 @@ type Endpoint struct {
 	Headers     map[string]string
 	Timeout     time.Duration
 	Concurrency int
+	RateLimit   int
 	Disabled    bool
 	Signer      *Signer
 }
@@ -177,7 +183,10 @@ func build(c EndpointConfig, env LookupEnv) (*Endpoint, error) {
 		}
 	}
 	ep := &Endpoint{Name: c.Name, URL: c.URL, Types: slices.Clone(c.Types), Timeout: DefaultTimeout,
-		Concurrency: DefaultConcurrency, Disabled: c.Disabled, Headers: map[string]string{}}
+		Concurrency: DefaultConcurrency, Disabled: c.Disabled, Headers: map[string]string{}, RateLimit: c.RateLimit}
+	if c.RateLimit < 0 || c.RateLimit > MaxRateLimit {
+		bad("rateLimit", "%d is not between 0 (no cap) and %d per second", c.RateLimit, MaxRateLimit)
+	}
 	if c.Timeout != "" {
 		d, err := time.ParseDuration(c.Timeout)
 		if err != nil || d <= 0 || d > MaxTimeout {

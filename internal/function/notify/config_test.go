@@ -77,6 +77,7 @@ func TestParse(t *testing.T) {
 		"three secrets":          {doc: "endpoints:\n- {name: a, url: 'https://a.example', types: [t], secretEnv: [ORDERS, ORDERS, ORDERS]}\n", errs: []string{"secretEnv: 3 names, at most 2"}},
 		"bad type":               {doc: "endpoints:\n- {name: a, url: 'https://a.example', types: ['a*b', ''], secretEnv: [ORDERS]}\n", errs: []string{`types: "a*b"`, `types: ""`}},
 		"ce header":              {doc: "endpoints:\n- {name: a, url: 'https://a.example', types: [t], secretEnv: [ORDERS], headers: {Ce-Type: x}}\n", errs: []string{`"Ce-Type" is set by the delivery`}},
+		"rate limit":             {doc: "endpoints:\n- {name: a, url: 'https://a.example', types: [t], secretEnv: [ORDERS], rateLimit: -1}\n", errs: []string{"rateLimit: -1 is not between 0"}},
 		"header injection":       {doc: "endpoints:\n- {name: a, url: 'https://a.example', types: [t], secretEnv: [ORDERS], headers: {X-A: \"v\\r\\nX-B: w\"}}\n", errs: []string{`value of "X-A" holds a line break`}},
 		"not yaml":               {doc: "endpoints: [", errs: []string{"parsing:"}},
 	}

@@ -234,6 +234,15 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.finish(ctx, j, outcomeDefer, adm.until, nil)
 			continue
 		}
+		if r.ep.RateLimit > 0 {
+			now := d.opts.Now()
+			ok, err := d.store.takeRate(ctx, j.Endpoint, now, r.ep.RateLimit)
+			if err != nil || !ok {
+				// Over the endpoint's rate this second: wait for the next, no attempt counted.
+				d.finish(ctx, j, outcomeDefer, now.Truncate(time.Second).Add(time.Second), nil)
+				continue
+			}
+		}
 		select {
 		case r.slots <- struct{}{}:
 		default:

@@ -474,3 +474,41 @@ func TestTimeoutIsRetried(t *testing.T) {
 		t.Errorf("attempts %+v", attempts)
 	}
 }
+
+func TestRateLimitCapsAttemptsPerSecond(t *testing.T) {
+	var mu sync.Mutex
+	perSecond := map[int64]int{}
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		mu.Lock()
+		perSecond[time.Now().Unix()]++
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	})
+	ep := endpoint("capped", rcv.URL, 8)
+	ep.RateLimit = 5
+	f := start(t, Schedule{time.Hour}, ep)
+	const n = 12
+	for i := range n {
+		f.enqueue(t, newEvent("r"+strconv.Itoa(i)), "", "capped")
+	}
+	eventually(t, "all delivered", func() bool { return rcv.count() == n })
+	mu.Lock()
+	defer mu.Unlock()
+	// The cap is counted per second of the dispatcher's clock when the attempt is let through;
+	// the receiver's second may differ by the delivery's latency, so one receiver-second can
+	// hold the end of one window and the start of the next, never more.
+	for sec, c := range perSecond {
+		if c > 2*5 {
+			t.Errorf("%d attempts in second %d, the cap is 5", c, sec)
+		}
+	}
+	if len(perSecond) < 3 {
+		t.Errorf("12 messages at 5/s spread over %d seconds, want at least 3", len(perSecond))
+	}
+	for i := range n {
+		attempts, _ := f.store.Attempts(context.Background(), MessageID("/test", "r"+strconv.Itoa(i)), "capped")
+		if len(attempts) != 1 {
+			t.Errorf("message %d: %d attempts logged, want 1 (waiting for the rate uses none)", i, len(attempts))
+		}
+	}
+}

@@ -30,6 +30,7 @@ const (
 	keyAttempts = Prefix + "attempts:" // list per "<message>:<endpoint>": the last MaxAttemptLog attempts; TTL Retention
 	keyDisabled = Prefix + "disabled"  // hash endpoint → why it was disabled (JSON)
 	keyFailing  = Prefix + "failing"   // hash endpoint → since when its attempts fail (unix ms); removed on a success
+	keyRate     = Prefix + "rate:"     // string per "<endpoint>:<unix second>": attempts let through in that second; TTL 2s
 )
 
 // MaxAttemptLog is how many attempts are kept per message and endpoint.
@@ -342,4 +343,20 @@ func (s *Store) Disabled(ctx context.Context) (map[string]string, error) {
 		}
 	}
 	return m, nil
+}
+
+var rateScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], 2000) end
+return n
+`)
+
+// takeRate counts one attempt at endpoint in now's second and reports whether it is within
+// limit; the count is shared by every instance.
+func (s *Store) takeRate(ctx context.Context, endpoint string, now time.Time, limit int) (bool, error) {
+	n, err := rateScript.Run(ctx, s.rdb, []string{keyRate + endpoint + ":" + strconv.FormatInt(now.Unix(), 10)}).Int()
+	if err != nil {
+		return false, fmt.Errorf("counting the rate of %s: %w", endpoint, err)
+	}
+	return n <= limit, nil
 }
