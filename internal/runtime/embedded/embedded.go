@@ -79,6 +79,7 @@ type Runtime struct {
 	rdb      *redis.Client
 	redisURL string
 	mini     *miniredis.Miniredis
+	objects  *objectStore
 	// addr is where the public listener listens.
 	addr string
 
@@ -171,6 +172,9 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	if err := r.openRedis(ctx, len(r.plan.Triggers)); err != nil {
 		return nil, err
 	}
+	if err := r.openObjectStore(); err != nil {
+		return nil, err
+	}
 	if err := r.startServices(ctx); err != nil {
 		return nil, err
 	}
@@ -190,6 +194,7 @@ func (r *Runtime) closeEarly() {
 	if r.mini != nil {
 		r.mini.Close()
 	}
+	r.closeObjectStore()
 }
 
 // DryRun loads the manifests and prints the plan of a run to opts.Out, as the run would start

@@ -196,7 +196,7 @@ func NewPlan(set *manifest.Set, opts PlanOptions) (*Plan, error) {
 	if p.DeadLetters, err = deadLetterOptions(set); err != nil {
 		return nil, err
 	}
-	p.Notes = planNotes(set, opts, standIn, bound)
+	p.Notes = append(planNotes(set, opts, standIn, bound), objectStoreNotes(p)...)
 	return p, nil
 }
 

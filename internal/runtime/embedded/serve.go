@@ -108,6 +108,7 @@ func (r *Runtime) serve(ctx context.Context) error {
 	if r.mini != nil {
 		r.mini.Close()
 	}
+	r.closeObjectStore()
 	fmt.Fprintln(r.opts.Out, "stopped")
 	return nil
 }

@@ -108,6 +108,7 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 			env[i] = k + "=" + r.redisURL
 		}
 	}
+	env = r.withObjectStore(env)
 	if p.Sink != nil {
 		// The function publishes over the internal listener, which stays open until every
 		// function stopped: a shutdown never cuts off its publishes.
