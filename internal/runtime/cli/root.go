@@ -1,4 +1,4 @@
-// Package cli holds the knfaas command tree: up, send, verify, dlq, events, process, version.
+// Package cli holds the knfaas command tree: up, send, verify, dlq, events, process, notify, new, version.
 package cli
 
 import (
@@ -25,6 +25,7 @@ func NewRootCommand(name string) *cobra.Command {
 	root.AddCommand(newProcessCommand())
 	root.AddCommand(newVerifyCommand())
 	root.AddCommand(newEventsCommand())
+	root.AddCommand(newNotifyCommand())
 	root.AddCommand(newVersionCommand())
 	root.AddCommand(newNewCommand())
 	handleUsage(root)

@@ -1,0 +1,96 @@
+package notify
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
+)
+
+func TestOpenCircuitHoldsMessagesUntilAProbeSucceeds(t *testing.T) {
+	var up atomic.Bool
+	down := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		if up.Load() {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	healthy := newReceiver(t, nil)
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	store := NewStore(rdb, time.Hour)
+	schedule := Schedule{}
+	for range 30 {
+		schedule = append(schedule, 20*time.Millisecond)
+	}
+	settings := BreakerSettings{ConsecutiveFailures: 3, FailureRatio: 1, MinRequests: 1000, Window: time.Minute, OpenFor: 700 * time.Millisecond}
+	run := func(eps ...*Endpoint) *Dispatcher {
+		d := NewDispatcher(store, deadletter.NewStore(rdb, deadletter.Options{}), eps, Options{Schedule: schedule, Poll: 10 * time.Millisecond, Breaker: settings})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); d.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return d
+	}
+	d := run(endpoint("down", down.URL, 1), endpoint("healthy", healthy.URL, 4))
+	ctx := context.Background()
+	const n = 10
+	for i := range n {
+		if _, _, err := store.Enqueue(ctx, newEvent("c"+string(rune('a'+i))), []string{"down", "healthy"}, "", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Wake()
+	eventually(t, "the circuit opens", func() bool {
+		st, _ := ReadBreaker(ctx, rdb, "down")
+		return st.State == "open"
+	})
+	// A second instance (a cold start) sees the open circuit too and sends nothing.
+	second := run(endpoint("down", down.URL, 1), endpoint("healthy", healthy.URL, 4))
+	second.Wake()
+	atOpen := down.count()
+	eventually(t, "the healthy endpoint got every message", func() bool { return healthy.count() == n })
+	time.Sleep(300 * time.Millisecond) // within OpenFor: nothing goes to the open endpoint
+	if got := down.count(); got != atOpen {
+		t.Errorf("%d attempts reached the endpoint while its circuit was open", got-atOpen)
+	}
+	if atOpen < 3 || atOpen > 3+1 { // 3 failures trip it; one attempt in flight may finish after
+		t.Errorf("%d attempts before the circuit opened, want 3", atOpen)
+	}
+	// Probes keep failing while it is down: about one per OpenFor (two or three in 1.5s, one
+	// more for an attempt that was in flight when the circuit opened), not one per message
+	// every 20ms as the schedule alone would send.
+	time.Sleep(1500 * time.Millisecond)
+	probes := down.count() - atOpen
+	if probes < 1 || probes > 5 {
+		t.Errorf("%d probes in 1.5s with OpenFor 700ms", probes)
+	}
+	up.Store(true)
+	eventually(t, "every message is delivered once the probe succeeds", func() bool {
+		for i := range n {
+			e := newEvent("c" + string(rune('a'+i)))
+			st, _ := store.States(ctx, MessageID(e.Source(), e.ID()))
+			if st["down"] != StateDelivered {
+				return false
+			}
+		}
+		return true
+	})
+	if st, _ := ReadBreaker(ctx, rdb, "down"); st.State != "closed" {
+		t.Errorf("circuit %+v after the endpoint came back", st)
+	}
+	if letters, _ := deadletter.NewStore(rdb, deadletter.Options{}).List(ctx, deadletter.Filter{}); len(letters) != 0 {
+		t.Errorf("%d dead letters: waiting at an open circuit must not use up attempts", len(letters))
+	}
+	attempts, _ := store.Attempts(ctx, MessageID("/test", "ca"), "down")
+	for _, a := range attempts {
+		if a.Breaker == "" {
+			t.Errorf("attempt %+v does not say the circuit's state", a)
+		}
+	}
+}
