@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,8 @@ import (
 	"github.com/knfaas/knfaas/internal/function/objectstore"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
+	"github.com/knfaas/knfaas/internal/runtime/manifest"
+	"github.com/knfaas/knfaas/internal/runtime/serving"
 )
 
 const typeThumbnailCreated = "dev.knfaas.example.thumbnails.thumbnail.created"
@@ -242,6 +245,24 @@ func TestUploadMakesThumbnails(t *testing.T) {
 		}
 	}
 
+	// Each instance that served the four objects (the 1 MP image, the refused ones) stayed far
+	// within the Service's memory limit: its peak resident set, VmHWM of the live process.
+	instances := rt.InstancePIDs("thumbnail")
+	if len(instances) == 0 {
+		t.Fatal("no running instance of the thumbnail function")
+	}
+	limit := memoryLimit(t, filepath.Join(root, "examples/thumbnails/config/700-thumbnail.yaml"))
+	for _, pid := range instances {
+		peak, err := peakRSS(pid)
+		if err != nil {
+			t.Fatalf("instance %d: %v", pid, err)
+		}
+		t.Logf("thumbnail instance %d: peak RSS %.1f MiB (limit %.0f MiB)", pid, float64(peak)/(1<<20), float64(limit)/(1<<20))
+		if !serving.Race() && peak >= limit {
+			t.Errorf("thumbnail instance %d: peak RSS %d bytes, over the Service's memory limit %d", pid, peak, limit)
+		}
+	}
+
 	// Redelivery: the store resends the notification (deduplicated by the webhook), and the
 	// Broker delivers the image's event again (the function finds its thumbnails).
 	if got := post(); got != http.StatusOK {
@@ -276,4 +297,36 @@ func TestUploadMakesThumbnails(t *testing.T) {
 	if got, _ := letters.List(ctx, deadletter.Filter{}); len(got) != 3 {
 		t.Errorf("%d dead letters after the redelivery, want still 3", len(got))
 	}
+}
+
+// peakRSS is the peak resident set of a live process in bytes (VmHWM of /proc/<pid>/status).
+func peakRSS(pid int) (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading its status: %w", err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("VmHWM %q: %w", rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+// memoryLimit is the memory limit of the only container of the only Service in file, in bytes.
+func memoryLimit(t *testing.T, file string) int64 {
+	t.Helper()
+	set, err := manifest.Load(file)
+	if err != nil || len(set.Services()) != 1 {
+		t.Fatalf("%s: %v", file, err)
+	}
+	limit, ok := set.Services()[0].Spec.Template.Spec.Containers[0].Resources.Limits.Memory().AsInt64()
+	if !ok || limit == 0 {
+		t.Fatalf("%s: no memory limit", file)
+	}
+	return limit
 }

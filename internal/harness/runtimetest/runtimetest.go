@@ -345,6 +345,49 @@ func (r *Runtime) ListeningPorts() []int {
 	return ports
 }
 
+// InstancePIDs returns the process ids of the running instances of the Knative Service name:
+// the children of knfaas up whose environment has K_SERVICE=name, read from /proc; the test is
+// skipped where there is no /proc.
+func (r *Runtime) InstancePIDs(name string) []int {
+	r.t.Helper()
+	parent := strconv.Itoa(r.PID())
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		r.t.Skipf("finding the instances needs /proc: %v", err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid …; comm may hold spaces and parentheses.
+		_, rest, ok := bytes.Cut(stat, []byte(") "))
+		if i := bytes.LastIndex(stat, []byte(") ")); i >= 0 {
+			rest = stat[i+2:]
+		}
+		fields := strings.Fields(string(rest))
+		if !ok || len(fields) < 2 || fields[1] != parent {
+			continue
+		}
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(environ, []byte{0}) {
+			if string(kv) == "K_SERVICE="+name {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
 // Output is everything the runtime printed so far.
 func (r *Runtime) Output() string { return r.out.String() }
 
