@@ -366,12 +366,12 @@ func (r *Runtime) InstancePIDs(name string) []int {
 			continue // gone meanwhile
 		}
 		// pid (comm) state ppid …; comm may hold spaces and parentheses.
-		_, rest, ok := bytes.Cut(stat, []byte(") "))
-		if i := bytes.LastIndex(stat, []byte(") ")); i >= 0 {
-			rest = stat[i+2:]
+		i := bytes.LastIndex(stat, []byte(") "))
+		if i < 0 {
+			continue
 		}
-		fields := strings.Fields(string(rest))
-		if !ok || len(fields) < 2 || fields[1] != parent {
+		fields := strings.Fields(string(stat[i+2:]))
+		if len(fields) < 2 || fields[1] != parent {
 			continue
 		}
 		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
