@@ -26,6 +26,7 @@ import (
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 	"github.com/knfaas/knfaas/internal/runtime/manifest"
 	"github.com/knfaas/knfaas/internal/runtime/ping"
+	"github.com/knfaas/knfaas/internal/runtime/serving"
 )
 
 // listedRecorder records every event the object source emits.
@@ -187,6 +188,17 @@ func TestObjectSourceEmitsEachVersionOnceAcrossRestart(t *testing.T) {
 	tick()
 	tick()
 	waitFor(6)
+	limit := memoryLimit(t, filepath.Join(root, "examples/thumbnails/config/700-objectsource.yaml"))
+	for _, pid := range rt.InstancePIDs("objectsource") {
+		peak, err := peakRSS(pid)
+		if err != nil {
+			t.Fatalf("instance %d: %v", pid, err)
+		}
+		t.Logf("objectsource instance %d: peak RSS %.1f MiB (limit %.0f MiB)", pid, float64(peak)/(1<<20), float64(limit)/(1<<20))
+		if !serving.Race() && peak >= limit {
+			t.Errorf("objectsource instance %d: peak RSS %d bytes, over the Service's memory limit %d", pid, peak, limit)
+		}
+	}
 	// Late duplicates would arrive within a redelivery or two; none may.
 	time.Sleep(5 * time.Second)
 	after := tallyListed(t, rdb, want)
