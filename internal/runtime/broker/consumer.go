@@ -78,6 +78,12 @@ type ConsumerOptions struct {
 	// entries a replica read but never acknowledged are claimed by the others after
 	// RedeliverAfter, so a replica that never comes back loses nothing.
 	Name string
+	// ExternalGroups says the consumer groups are created and deleted by someone else (the
+	// Broker class controller, which creates a Trigger's group before it marks the Trigger Ready
+	// and destroys it when the Trigger is deleted): Run neither creates a missing group nor
+	// recreates one that vanished, it waits for it, so a replica still running a deleted
+	// Trigger cannot bring its group back and hold the stream's trim forever.
+	ExternalGroups bool
 }
 
 // Defaults of ConsumerOptions; `knfaas up` uses them for its flags.
@@ -203,8 +209,10 @@ func RoundsKey(stream, group string) string {
 
 // Run delivers until ctx ends, then waits for deliveries in flight to finish.
 func (c *Consumer) Run(ctx context.Context) error {
-	if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
-		return err
+	if !c.opts.ExternalGroups {
+		if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
+			return err
+		}
 	}
 	deliverCtx, cancelDeliveries := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDeliveries()
@@ -242,7 +250,7 @@ func (c *Consumer) readLoop(ctx context.Context) {
 			if errors.Is(err, redis.Nil) || ctx.Err() != nil {
 				continue
 			}
-			if isNoGroup(err) {
+			if isNoGroup(err) && !c.opts.ExternalGroups {
 				_ = EnsureGroup(ctx, c.rdb, c.stream, c.t.Group())
 			}
 			c.log.Warn("reading events failed; retrying", "error", err, "in", backoff)

@@ -11,6 +11,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/redis/go-redis/v9"
+	"knative.dev/eventing/pkg/eventingtls"
 	"knative.dev/eventing/pkg/kncloudevents"
 
 	"github.com/knfaas/knfaas/internal/harness/redistest"
@@ -191,6 +192,47 @@ func TestTrimLease(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv.Client().FlushAll(ctx)
 			tc.run(t)
+		})
+	}
+}
+
+// TestExternalGroupsAreNeverCreated: with ExternalGroups a consumer creates no group, neither
+// at start nor when its group vanished; it delivers once the owner created it. Without it, a
+// missing group is created.
+func TestExternalGroupsAreNeverCreated(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		external  bool
+		wantGroup bool
+	}{
+		{name: "knfaas up creates its groups", external: false, wantGroup: true},
+		{name: "the class controller owns them", external: true, wantGroup: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t, redistest.Options{})
+			rdb := srv.Client()
+			ctx := context.Background()
+			sub := newRawCapture(t, always(http.StatusOK))
+			trig := &Trigger{Namespace: "ns", Name: "t", Broker: "b", Subscriber: addressable(t, sub.URL), Retry: kncloudevents.NoRetries(), ReplyURL: "http://127.0.0.1:1/ns/b"}
+			stream := StreamKey("ns", "b")
+			c := NewConsumer(trig, rdb, kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil), quietLog(), metrics.New(),
+				ConsumerOptions{Name: "d-1", ExternalGroups: tc.external, Block: 50 * time.Millisecond})
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { _ = c.Run(runCtx); close(done) }()
+			t.Cleanup(func() { stop(); <-done })
+			time.Sleep(300 * time.Millisecond) // several reads
+			groups, _ := rdb.XInfoGroups(ctx, stream).Result()
+			if got := len(groups) == 1; got != tc.wantGroup {
+				t.Fatalf("groups after the consumer ran: %+v; want a group: %v", groups, tc.wantGroup)
+			}
+			if tc.external {
+				if err := EnsureGroup(ctx, rdb, stream, trig.Group()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: eventFields(t, "e1")})
+			eventually(t, "the delivery", func() bool { return sub.count() == 1 })
 		})
 	}
 }

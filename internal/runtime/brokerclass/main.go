@@ -88,7 +88,7 @@ func run(ctx context.Context, mode string, log *slog.Logger) error {
 		return RunDispatcher(ctx, rdb, w, DispatcherOptions{
 			Listen: env.ListenAddress,
 			Consumer: broker.ConsumerOptions{
-				Name: env.PodName, RedeliverAfter: env.RedeliverAfter, Parallelism: env.Parallelism, MaxRounds: env.ParkAfter,
+				Name: env.PodName, ExternalGroups: true, RedeliverAfter: env.RedeliverAfter, Parallelism: env.Parallelism, MaxRounds: env.ParkAfter,
 				Parker: broker.NewDeadLetterParker(rdb, deadletter.Options{}),
 			},
 		}, log)
