@@ -3,17 +3,14 @@
 package brokerclass_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,121 +25,8 @@ import (
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
-	"github.com/knfaas/knfaas/internal/runtime/serving"
+	"github.com/knfaas/knfaas/internal/runtime/brokerclass/dataplanetest"
 )
-
-var (
-	buildOnce sync.Once
-	binaries  map[string]string
-	buildErr  error
-)
-
-// dataPlaneBinaries builds cmd/broker-ingress and cmd/broker-dispatcher once per test binary,
-// with the race detector when KNFAAS_RACE=1.
-func dataPlaneBinaries(t *testing.T) map[string]string {
-	t.Helper()
-	root := runtimetest.ModuleRoot(t)
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "knfaas-broker-e2e-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binaries = map[string]string{}
-		for _, mode := range []string{brokerclass.ModeIngress, brokerclass.ModeDispatcher} {
-			bin := filepath.Join(dir, "broker-"+mode)
-			args := []string{"build", "-o", bin}
-			if serving.Race() {
-				args = append(args, "-race")
-			}
-			cmd := exec.Command("go", append(args, "./cmd/broker-"+mode)...)
-			cmd.Dir = root
-			if serving.Race() {
-				cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-			}
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("building broker-%s: %w: %s", mode, err, out)
-				return
-			}
-			binaries[mode] = bin
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binaries
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// process is a data plane process; it is stopped with SIGTERM when the test ends unless killed.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
-}
-
-func startProcess(t *testing.T, name, bin string, env map[string]string) *process {
-	t.Helper()
-	p := &process{name: name, cmd: exec.Command(bin), out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = os.Environ()
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
-			t.Errorf("%s reported a data race:\n%s", name, p.out.String())
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, tail(p.out.String(), 40))
-		}
-	})
-	return p
-}
-
-func (p *process) kill(t *testing.T) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-p.done
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -152,18 +36,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-func waitReady(t *testing.T, addr string) {
-	t.Helper()
-	runtimetest.Eventually(t, time.Minute, addr+" ready", func() bool {
-		resp, err := http.Get("http://" + addr + brokerclass.ReadinessPath)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 }
 
 // sink records the events it receives by id and answers status after delay; reply, when set,
@@ -269,7 +141,7 @@ func exactType(typ string) []eventingv1.SubscriptionsAPIFilter {
 // back through the ingress, retries then the dead-letter sink, a dispatcher replica killed with
 // SIGKILL mid-delivery with nothing lost, a Trigger added by a new contract, and the trim.
 func TestDataPlaneEndToEnd(t *testing.T) {
-	bins := dataPlaneBinaries(t)
+	bins := dataplanetest.Binaries(t)
 	srv := redistest.Start(t, redistest.Options{})
 	rdb := srv.Client()
 	ctx := context.Background()
@@ -326,14 +198,14 @@ func TestDataPlaneEndToEnd(t *testing.T) {
 		}
 		return env
 	}
-	startProcess(t, "ingress", bins[brokerclass.ModeIngress], with(map[string]string{"LISTEN_ADDRESS": ingressAddr, "POD_NAME": "ingress-1"}))
-	dispatchers := map[string]*process{}
+	dataplanetest.Start(t, "ingress", bins[brokerclass.ModeIngress], with(map[string]string{"LISTEN_ADDRESS": ingressAddr, "POD_NAME": "ingress-1"}))
+	dispatchers := map[string]*dataplanetest.Process{}
 	for _, name := range []string{"dispatcher-1", "dispatcher-2"} {
 		addr := freeAddr(t)
-		dispatchers[name] = startProcess(t, name, bins[brokerclass.ModeDispatcher], with(map[string]string{"LISTEN_ADDRESS": addr, "POD_NAME": name}))
-		waitReady(t, addr)
+		dispatchers[name] = dataplanetest.Start(t, name, bins[brokerclass.ModeDispatcher], with(map[string]string{"LISTEN_ADDRESS": addr, "POD_NAME": name}))
+		dataplanetest.WaitReady(t, addr)
 	}
-	waitReady(t, ingressAddr)
+	dataplanetest.WaitReady(t, ingressAddr)
 
 	t.Run("filtered delivery and replies", func(t *testing.T) {
 		send(t, brokerURL, "o-1", "dev.knfaas.e2e.order")
@@ -389,7 +261,7 @@ func TestDataPlaneEndToEnd(t *testing.T) {
 			return got >= 20
 		})
 		stream, group := broker.StreamKey("knfaas", "default"), (&broker.Trigger{Namespace: "knfaas", Name: "orders"}).Group()
-		dispatchers["dispatcher-1"].kill(t)
+		dispatchers["dispatcher-1"].Kill(t)
 		var pendingAtKill int64
 		consumers, err := rdb.XInfoConsumers(ctx, stream, group).Result()
 		if err != nil {

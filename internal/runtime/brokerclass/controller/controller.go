@@ -35,6 +35,7 @@ func Constructors(namespace string, rdb redis.UniversalClient) []injection.Contr
 				contract:  newContractWriter(kubeclient.Get(ctx), namespace),
 				endpoints: endpointsliceinformer.Get(ctx).Lister(),
 				brokers:   brokerinformer.Get(ctx).Lister(),
+				deleted:   map[string]bool{},
 			}
 		}
 		return s

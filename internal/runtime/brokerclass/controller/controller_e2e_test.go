@@ -11,6 +11,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -43,6 +46,7 @@ import (
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
+	"github.com/knfaas/knfaas/internal/runtime/brokerclass/dataplanetest"
 )
 
 // controlPlane is a real etcd and kube-apiserver, built by hack/verify-apiserver.sh, with the
@@ -481,6 +485,57 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 		})
 	})
 
+	t.Run("the data plane runs the contract the controller wrote", func(t *testing.T) {
+		bins := dataplanetest.Binaries(t)
+		got := make(chan string, 10)
+		sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got <- r.Header.Get("Ce-Id")
+		}))
+		defer sink.Close()
+		if _, err := f.ev.EventingV1().Triggers(appNS).Create(ctx, newTrigger("to-local", "default", duckv1.Destination{URI: apis.HTTP(strings.TrimPrefix(sink.URL, "http://"))}), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitCondition(t, "Trigger to-local", f.triggerCond(t, "to-local", apis.ConditionReady), corev1.ConditionTrue, "")
+		cm, err := f.kube.CoreV1().ConfigMaps(systemNS).Get(ctx, brokerclass.ContractConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the kubelet mounts the ConfigMap key into the data plane's pods.
+		path := filepath.Join(t.TempDir(), brokerclass.ContractKey)
+		if err := os.WriteFile(path, []byte(cm.Data[brokerclass.ContractKey]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ingress, dispatcher := freeAddrString(t), freeAddrString(t)
+		env := func(name, addr string) map[string]string {
+			return map[string]string{"REDIS_URL": f.redis.URL(), "CONTRACT_PATH": path, "LISTEN_ADDRESS": addr, "POD_NAME": name}
+		}
+		dataplanetest.Start(t, "ingress", bins[brokerclass.ModeIngress], env("ingress-0", ingress))
+		dataplanetest.Start(t, "dispatcher", bins[brokerclass.ModeDispatcher], env("dispatcher-0", dispatcher))
+		dataplanetest.WaitReady(t, ingress)
+		dataplanetest.WaitReady(t, dispatcher)
+		e := runtimetest.NewEvent("via-contract-1", "dev.knfaas.e2e.to-local")
+		req, err := cehttp.NewHTTPRequestFromEvent(ctx, "http://"+ingress+broker.Path(appNS, "default"), e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("ingress answered %d, want 202", resp.StatusCode)
+		}
+		select {
+		case id := <-got:
+			if id != "via-contract-1" {
+				t.Fatalf("the subscriber got %q", id)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("the event never reached the Trigger's subscriber")
+		}
+	})
+
 	t.Run("redis down", func(t *testing.T) {
 		f.redis.Stop()
 		defer f.redis.Cont()
@@ -493,6 +548,11 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 		waitCondition(t, "Broker default", f.brokerCond(t, "default", apis.ConditionReady), corev1.ConditionFalse, ReasonRedisUnreachable)
 		waitCondition(t, "Trigger to-ksvc", f.triggerCond(t, "to-ksvc", eventingv1.TriggerConditionBroker), corev1.ConditionFalse, ReasonBrokerNotReady)
 		f.redis.Cont()
+		b = f.broker(t, "default")
+		b.Annotations["touch"] = "2"
+		if _, err := f.ev.EventingV1().Brokers(appNS).Update(ctx, b, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		waitCondition(t, "Broker default after redis is back", f.brokerCond(t, "default", apis.ConditionReady), corev1.ConditionTrue, "")
 	})
 
@@ -523,6 +583,42 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("100 triggers", func(t *testing.T) {
+		const n = 100
+		start := time.Now()
+		for i := range n {
+			tr := newTrigger(fmt.Sprintf("many-%03d", i), "default", duckv1.Destination{URI: apis.HTTP(fmt.Sprintf("sink-%d.example.com", i))})
+			if _, err := f.ev.EventingV1().Triggers(appNS).Create(ctx, tr, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		created := time.Since(start)
+		runtimetest.Eventually(t, 2*time.Minute, "100 Triggers Ready and in the contract", func() bool {
+			list, err := f.ev.EventingV1().Triggers(appNS).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false
+			}
+			ready := 0
+			for _, tr := range list.Items {
+				if strings.HasPrefix(tr.Name, "many-") && tr.Status.IsReady() {
+					ready++
+				}
+			}
+			return ready == n
+		})
+		all := time.Since(start)
+		inContract := 0
+		for _, tr := range f.contract(t).Triggers {
+			if strings.HasPrefix(tr.Name, "many-") {
+				inContract++
+			}
+		}
+		if inContract != n {
+			t.Errorf("%d of %d Ready Triggers in the contract", inContract, n)
+		}
+		t.Logf("%d Triggers created in %s, all Ready (groups created, contract written) %s after the first create", n, created.Round(time.Millisecond), all.Round(time.Millisecond))
+	})
+
 	t.Run("broker delete removes its stream", func(t *testing.T) {
 		if err := f.ev.EventingV1().Brokers(appNS).Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -541,6 +637,8 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 		}
 	})
 }
+
+func freeAddrString(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
 
 func hasGroup(groups []redis.XInfoGroup, name string) bool {
 	for _, g := range groups {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -66,6 +67,39 @@ type shared struct {
 	contract  *contractWriter
 	endpoints discoverylisters.EndpointSliceLister
 	brokers   eventinglisters.BrokerLister
+
+	// streamsMu orders creating consumer groups against deleting streams: a Trigger reconciled
+	// while its Broker is being deleted must not bring the stream back (XGROUP CREATE MKSTREAM).
+	streamsMu sync.Mutex
+	// deleted holds the Brokers (namespace/name) whose stream was deleted and that have not
+	// been reconciled since.
+	deleted map[string]bool
+}
+
+// ensureGroup creates a Trigger's consumer group unless its Broker was deleted; it reports
+// whether the Broker still exists.
+func (s *shared) ensureGroup(ctx context.Context, t brokerclass.Trigger) (bool, error) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.deleted[t.Namespace+"/"+t.Broker] {
+		return false, nil
+	}
+	return true, broker.EnsureGroup(ctx, s.rdb, t.Stream(), t.Group())
+}
+
+// brokerLives forgets that a Broker was deleted: one of that name exists again.
+func (s *shared) brokerLives(key string) {
+	s.streamsMu.Lock()
+	delete(s.deleted, key)
+	s.streamsMu.Unlock()
+}
+
+// deleteStream deletes keys, the data of the Broker key, and remembers that it is gone.
+func (s *shared) deleteStream(ctx context.Context, key string, keys []string) error {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	s.deleted[key] = true
+	return s.rdb.Del(ctx, keys...).Err()
 }
 
 // ingressBaseURL is the ingress Service's cluster address.
@@ -104,6 +138,7 @@ type brokerReconciler struct {
 // data plane, and adds the Broker to the contract.
 func (r *brokerReconciler) ReconcileKind(ctx context.Context, b *eventingv1.Broker) pkgreconciler.Event {
 	b.Status.InitializeConditions()
+	r.brokerLives(b.Namespace + "/" + b.Name)
 	maxBytes, err := broker.MaxEventBytesOf(b.Annotations)
 	if err != nil {
 		return pkgcontroller.NewPermanentError(err)
@@ -168,7 +203,7 @@ func (r *brokerReconciler) FinalizeKind(ctx context.Context, b *eventingv1.Broke
 	for _, g := range groups {
 		keys = append(keys, broker.RoundsKey(stream, g.Name))
 	}
-	if err := r.rdb.Del(ctx, keys...).Err(); err != nil {
+	if err := r.deleteStream(ctx, b.Namespace+"/"+b.Name, keys); err != nil {
 		return fmt.Errorf("deleting the stream of Broker %s/%s: %w", b.Namespace, b.Name, err)
 	}
 	return nil
@@ -188,7 +223,7 @@ func (r *triggerReconciler) ReconcileKind(ctx context.Context, t *eventingv1.Tri
 	t.Status.MarkOIDCIdentityCreatedNotSupported()
 	t.Status.MarkDependencySucceeded() // this class has no dependency annotation
 	b, err := r.brokers.Brokers(t.Namespace).Get(t.Spec.Broker)
-	if apierrors.IsNotFound(err) {
+	if apierrors.IsNotFound(err) || (err == nil && b.DeletionTimestamp != nil) {
 		t.Status.MarkBrokerFailed(ReasonBrokerNotFound, "Broker %s/%s does not exist", t.Namespace, t.Spec.Broker)
 		return nil
 	}
@@ -243,9 +278,14 @@ func (r *triggerReconciler) ReconcileKind(ctx context.Context, t *eventingv1.Tri
 		return pkgcontroller.NewPermanentError(err)
 	}
 
-	if err := broker.EnsureGroup(ctx, r.rdb, contractTrigger.Stream(), contractTrigger.Group()); err != nil {
+	exists, err := r.ensureGroup(ctx, contractTrigger)
+	if err != nil {
 		t.Status.MarkNotSubscribed(ReasonRedisUnreachable, "creating the consumer group: %v", err)
 		return pkgcontroller.NewRequeueAfter(recheckNotReady)
+	}
+	if !exists {
+		t.Status.MarkBrokerFailed(ReasonBrokerNotFound, "Broker %s/%s was deleted", t.Namespace, t.Spec.Broker)
+		return nil
 	}
 	r.contract.setTrigger(contractTrigger)
 	if err := r.contract.write(ctx); err != nil {
