@@ -15,50 +15,23 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
 // subscriber is a recorder behind a Trigger on the platform's Broker, so an event it keeps
 // failing is dead-lettered by the Broker of config/600-broker.yaml.
-const subscriber = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: recorder
-  namespace: knfaas
-spec:
-  template:
-    spec:
-      timeoutSeconds: 5
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe:
-          httpGet:
-            path: /health/readiness
-        env:
-        - name: REDIS_URL
+var subscriber = manifesttest.Function{Namespace: "knfaas", Name: "recorder", Image: "ko://github.com/knfaas/knfaas/test/functions/recorder",
+	TimeoutSeconds: 5,
+	Env: `        - name: REDIS_URL
           valueFrom:
             secretKeyRef: {name: redis, key: url}
         - name: RECORDER_NAME
           value: dlq-e2e
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: recorder-orders
-  namespace: knfaas
-spec:
-  broker: default
-  filter:
-    attributes:
-      type: com.example.order.created
-  subscriber:
-    ref:
-      apiVersion: serving.knative.dev/v1
-      kind: Service
-      name: recorder
-      namespace: knfaas
-`
+`}.YAML() + "---\n" + manifesttest.Trigger("knfaas", "recorder-orders", "default") +
+	"  filter: {attributes: {type: com.example.order.created}}\n" +
+	"  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: recorder, namespace: knfaas}}\n"
 
 // TestDeadLetterAndRedriveThroughKnfaasUp runs the platform's own manifests (Broker with its
 // deadLetterSink, the deadletter Service and its ConfigMap), lets a subscriber fail an event

@@ -111,8 +111,7 @@ func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle routes appends and reads.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
-	if !f.Running() {
-		http.Error(w, "event store is starting", http.StatusServiceUnavailable)
+	if f.RefuseWhileStarting(w, "event store") {
 		return
 	}
 	f.mux.ServeHTTP(w, r)

@@ -11,18 +11,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/roundtrips"
 )
-
-// roundTrips counts Redis round trips: one per command or pipeline sent.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { r.n.Add(1); return next(ctx, cmd) }
-}
-func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
-}
 
 // BenchmarkSteps drives whole instances (start, paid, cooked, shipped = 4 transitions each)
 // through Handle, in parallel, and in the same run the raw Redis work of one transition as a
@@ -33,7 +23,7 @@ func BenchmarkSteps(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
 	defer rdb.Close()
-	var rt roundTrips
+	var rt roundtrips.Counter
 	f := New()
 	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 20 * time.Millisecond, SigningKey: testSigningKey}
 	if err := f.start(context.Background(), cfg, rdb, func(context.Context, event.Event) error { return nil }); err != nil {
@@ -80,7 +70,7 @@ func BenchmarkSteps(b *testing.B) {
 	b.ReportMetric(rawRate, "raw-pipeline/s")
 	b.ReportMetric(engineRate/rawRate, "ratio-vs-raw")
 	// the raw pipelines count one round trip each; subtract them
-	b.ReportMetric((float64(rt.n.Load())-float64(8000*b.N))/n, "roundtrips/transition")
+	b.ReportMetric((float64(rt.Count())-float64(8000*b.N))/n, "roundtrips/transition")
 }
 
 // run calls fn n times from workers goroutines.

@@ -76,7 +76,7 @@ func TestBadDefinitionRefusedAtStart(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte(badDefinition), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"up", "--defaults=false", "--addr", "127.0.0.1:0", "--start-timeout", "60s"}
+	args := []string{"up", "--defaults=false", "--addr", "127.0.0.1:0", "--start-timeout", "60s", "--state-dir", t.TempDir(), "--run-dir", t.TempDir()}
 	for _, p := range []string{"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml", "config/600-broker.yaml", "config/400-deadletter-config.yaml", "config/700-deadletter.yaml", dir} {
 		args = append(args, "-f", p)
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,39 +16,17 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/sinktest"
+	"github.com/knfaas/knfaas/internal/harness/starttest"
 )
 
-type capture struct {
-	mu     sync.Mutex
-	events []event.Event
-	fail   bool
-}
-
-func (c *capture) send(_ context.Context, e event.Event) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.fail {
-		return errors.New("broker down")
-	}
-	c.events = append(c.events, e)
-	return nil
-}
-
-func (c *capture) take() []event.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := c.events
-	c.events = nil
-	return out
-}
-
-func startFunction(t *testing.T) (*Function, *capture, *redistest.Server) {
+func startFunction(t *testing.T) (*Function, *sinktest.Recorder, *redistest.Server) {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{})
-	c := &capture{}
+	c := &sinktest.Recorder{}
 	f := New()
 	cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: 10 * time.Millisecond, SigningKey: testSigningKey}
-	if err := f.start(context.Background(), cfg, srv.Client(), c.send); err != nil {
+	if err := f.start(context.Background(), cfg, srv.Client(), c.Send); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = f.Stop(context.Background()) })
@@ -109,7 +86,7 @@ func TestHandle(t *testing.T) {
 			t.Fatalf("%s: status %d (%v), want %d", s.name, got, err, s.status)
 		}
 		var got []string
-		for _, e := range c.take() {
+		for _, e := range c.Take() {
 			got = append(got, e.Type()+" "+e.ID())
 			if e.Subject() != "o1" {
 				t.Errorf("%s: emitted %s with subject %q", s.name, e.ID(), e.Subject())
@@ -127,16 +104,16 @@ func TestPublishFailureIsRetriedWithoutAdvancingTwice(t *testing.T) {
 	if _, err := f.Handle(ctx, ce("s1", "test.order.placed", "o1", `{}`)); err != nil {
 		t.Fatal(err)
 	}
-	c.take()
-	c.fail = true
+	c.Take()
+	c.SetFailing(true)
 	if _, err := f.Handle(ctx, ce("r1", "test.paid", "o1", "")); status(err) != 500 {
 		t.Fatalf("publish failure answered %d (%v), want 5xx so the broker retries", status(err), err)
 	}
-	c.fail = false
+	c.SetFailing(false)
 	if _, err := f.Handle(ctx, ce("r1", "test.paid", "o1", "")); err != nil {
 		t.Fatalf("redelivery: %v", err)
 	}
-	got := c.take()
+	got := c.Take()
 	if len(got) != 1 || got[0].ID() != "o1:cook:1" {
 		t.Fatalf("redelivery published %v, want the unpublished o1:cook:1 once", got)
 	}
@@ -157,7 +134,7 @@ func TestStartRefusesBadDefinition(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New()
-	err := f.start(context.Background(), Config{DefinitionsDir: dir, AckInterval: time.Second}, srv.Client(), (&capture{}).send)
+	err := f.start(context.Background(), Config{DefinitionsDir: dir, AckInterval: time.Second}, srv.Client(), (&sinktest.Recorder{}).Send)
 	if err == nil || !strings.Contains(err.Error(), `process "order" step 1 "cook"`) {
 		t.Fatalf("start error = %v, want one naming the process and step", err)
 	}
@@ -185,17 +162,9 @@ func TestStartRefusesBadConfiguration(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("K_SINK", "http://127.0.0.1:1")
-			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
-			t.Setenv("PROCESS_DEFINITIONS_DIR", "testdata")
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
 			f := New()
-			err := f.Start(context.Background(), nil)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Start: %v, want an error containing %q", err, tc.want)
-			}
+			base := map[string]string{"K_SINK": "http://127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1", "PROCESS_DEFINITIONS_DIR": "testdata"}
+			starttest.Refuses(t, f.Start, tc.want, base, tc.env)
 			if ok, _ := f.Ready(context.Background()); ok {
 				t.Error("Ready after a refused start")
 			}
@@ -211,7 +180,7 @@ func TestHandleRefusesForgedAuthority(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := c.take(); len(got) != 2 || got[1].Type() != process.TypeTaskCreated {
+	if got := c.Take(); len(got) != 2 || got[1].Type() != process.TypeTaskCreated {
 		t.Fatalf("emitted %v, want the approval task", got)
 	}
 	forged := map[string]event.Event{
@@ -240,7 +209,7 @@ func TestHandleRefusesForgedAuthority(t *testing.T) {
 			if status(err) != http.StatusForbidden {
 				t.Fatalf("answered %d (%v), want 403", status(err), err)
 			}
-			if got := c.take(); len(got) != 0 {
+			if got := c.Take(); len(got) != 0 {
 				t.Errorf("a forged event published %v", got)
 			}
 			in, err := process.ReadInstance(ctx, f.rdb, "o1")
@@ -265,17 +234,17 @@ func TestPublishedCommandsLeaveTheOutbox(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			srv := redistest.Start(t, redistest.Options{})
 			rdb := srv.Client()
-			c := &capture{}
+			c := &sinktest.Recorder{}
 			f := New()
 			cfg := Config{DefinitionsDir: "testdata", Owner: "process", Retention: time.Hour, TimelineMax: 100, AckInterval: tc.interval, SigningKey: testSigningKey}
-			if err := f.start(context.Background(), cfg, rdb, c.send); err != nil {
+			if err := f.start(context.Background(), cfg, rdb, c.Send); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = f.Stop(context.Background()) })
 			if _, err := f.Handle(context.Background(), ce("s1", "test.order.placed", "o1", `{"amount":5}`)); err != nil {
 				t.Fatal(err)
 			}
-			if len(c.take()) != 1 {
+			if len(c.Take()) != 1 {
 				t.Fatal("the start event did not publish one command")
 			}
 			outbox := process.KeyOutboxPrefix + "o1"

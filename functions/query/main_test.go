@@ -2,27 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/knfaas/knfaas/internal/harness/maintest"
 )
 
-// runMainEnv makes the test binary run the function's main instead of the tests, so that a
-// test can watch what the deployed binary does when Start fails: its exit code and its log.
-const runMainEnv = "KNFAAS_TEST_RUN_MAIN"
-
-func TestMain(m *testing.M) {
-	if os.Getenv(runMainEnv) == "1" {
-		main()
-		os.Exit(0) // main returned: the exit code the real binary would have
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { maintest.Run(m, main) }
 
 // templateTokens are the lines of config/330-query-auth-secret.yaml as shipped.
 const templateTokens = "dashboard:stock-readers:CHANGE-ME-dashboard-token-000\n" +
@@ -108,25 +97,15 @@ func TestStartRefusesBadConfiguration(t *testing.T) {
 func TestMainExitsNonZeroWhenStartFails(t *testing.T) {
 	for name, tc := range startCases(t) {
 		t.Run(name, func(t *testing.T) {
-			// A safety net only: a main that keeps serving instead of exiting is killed here.
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+			var env []string
 			for _, kv := range os.Environ() {
 				if k, _, _ := strings.Cut(kv, "="); !slices.Contains(tc.unset, k) {
-					cmd.Env = append(cmd.Env, kv)
+					env = append(env, kv)
 				}
 			}
-			// exec uses the last value of a variable listed twice.
-			cmd.Env = append(cmd.Env, runMainEnv+"=1", "LISTEN_ADDRESS=127.0.0.1:0")
-			cmd.Env = append(cmd.Env, tc.environ()...)
-			out, err := cmd.CombinedOutput()
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.ExitCode() <= 0 {
-				t.Fatalf("main ended with %v, want a non-zero exit; output:\n%s", err, out)
-			}
+			out := maintest.FailingOutput(t, env, tc.environ()...)
 			for _, w := range tc.want {
-				if !strings.Contains(string(out), w) {
+				if !strings.Contains(out, w) {
 					t.Errorf("output does not name %q:\n%s", w, out)
 				}
 			}

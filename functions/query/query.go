@@ -135,8 +135,7 @@ func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle authenticates the caller, then serves the read model.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
-	if !f.Running() {
-		http.Error(w, "query is starting", http.StatusServiceUnavailable)
+	if f.RefuseWhileStarting(w, "query") {
 		return
 	}
 	f.mux.ServeHTTP(w, r)

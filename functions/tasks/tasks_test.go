@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -13,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
-
 	"github.com/knfaas/knfaas/internal/function/httpauth"
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/sinktest"
+	"github.com/knfaas/knfaas/internal/harness/starttest"
 )
 
 var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
@@ -30,34 +29,10 @@ const (
 	testSigningKey = "test-signing-key-0123456789abcdef"
 )
 
-type capture struct {
-	mu     sync.Mutex
-	events []event.Event
-	fail   bool
-}
-
-func (c *capture) send(_ context.Context, e event.Event) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.fail {
-		return errors.New("broker down")
-	}
-	c.events = append(c.events, e)
-	return nil
-}
-
-func (c *capture) take() []event.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := c.events
-	c.events = nil
-	return out
-}
-
 type fixture struct {
 	t      *testing.T
 	f      *Function
-	sink   *capture
+	sink   *sinktest.Recorder
 	engine *process.Engine
 	now    time.Time
 }
@@ -75,7 +50,7 @@ func setup(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	set, _ := process.NewSet(d)
-	fx := &fixture{t: t, sink: &capture{}, now: t0}
+	fx := &fixture{t: t, sink: &sinktest.Recorder{}, now: t0}
 	keys, err := process.NewSigningKeys(testSigningKey, "")
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +66,7 @@ func setup(t *testing.T) *fixture {
 	}
 	fx.f = New()
 	fx.f.now = func() time.Time { return fx.now }
-	fx.f.start(Config{AdminGroups: []string{"ops"}}, rdb, auth, keys, fx.sink.send)
+	fx.f.start(Config{AdminGroups: []string{"ops"}}, rdb, auth, keys, fx.sink.Send)
 	return fx
 }
 
@@ -155,7 +130,7 @@ func TestTasksAPI(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d containing %q", s.name, code, body, s.status, s.contains)
 		}
 	}
-	got := fx.sink.take()
+	got := fx.sink.Take()
 	if len(got) != 1 {
 		t.Fatalf("published %d replies, want 1", len(got))
 	}
@@ -188,7 +163,7 @@ func TestExpiredTaskIsRefused(t *testing.T) {
 	if code != 409 || !strings.Contains(body, "expired") {
 		t.Errorf("completing an expired task: %d %q, want 409 expired", code, body)
 	}
-	if n := len(fx.sink.take()); n != 0 {
+	if n := len(fx.sink.Take()); n != 0 {
 		t.Errorf("expired task published %d replies", n)
 	}
 }
@@ -196,18 +171,18 @@ func TestExpiredTaskIsRefused(t *testing.T) {
 func TestFailedPublishIsRepeatedBySameCaller(t *testing.T) {
 	fx := setup(t)
 	id := fx.openTask("o")
-	fx.sink.fail = true
+	fx.sink.SetFailing(true)
 	if code, _ := fx.do("POST", "/tasks/"+id+"/reject", aliceToken, `{"why":"too big"}`); code != 503 {
 		t.Fatalf("publish failure answered %d, want 503", code)
 	}
-	fx.sink.fail = false
+	fx.sink.SetFailing(false)
 	if code, body := fx.do("POST", "/tasks/"+id+"/complete", opsToken, `{}`); code != 409 {
 		t.Errorf("another decision after the recorded rejection: %d %q, want 409", code, body)
 	}
 	if code, body := fx.do("POST", "/tasks/"+id+"/reject", aliceToken, `{"why":"too big"}`); code != 200 {
 		t.Fatalf("repeating the rejection: %d %q, want 200", code, body)
 	}
-	got := fx.sink.take()
+	got := fx.sink.Take()
 	if len(got) != 1 || got[0].ID() != id+":rejected" || !strings.Contains(string(got[0].Data()), "too big") {
 		t.Errorf("published %v, want the one recorded rejection", got)
 	}
@@ -242,7 +217,7 @@ func TestDecisionBodyMustBeAnObject(t *testing.T) {
 			if code != tc.status || !strings.Contains(body, tc.contains) {
 				t.Fatalf("%d %q, want %d containing %q", code, body, tc.status, tc.contains)
 			}
-			if published := len(fx.sink.take()); (tc.status == 200) != (published == 1) {
+			if published := len(fx.sink.Take()); (tc.status == 200) != (published == 1) {
 				t.Errorf("published %d replies", published)
 			}
 		})
@@ -286,7 +261,7 @@ func TestConcurrentDecisionsOneWins(t *testing.T) {
 	if len(won) != 1 {
 		t.Fatalf("decisions answered 200: %v, want one decision", won)
 	}
-	got := fx.sink.take()
+	got := fx.sink.Take()
 	if len(got) == 0 {
 		t.Fatal("nothing published")
 	}
@@ -331,18 +306,10 @@ func TestStartRefusesBadConfiguration(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("K_SINK", "http://127.0.0.1:1")
-			t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
-			t.Setenv("AUTH_TOKENS", "alice:managers:"+aliceToken)
-			t.Setenv("TASKS_SIGNING_KEY", testSigningKey)
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
 			f := New()
-			err := f.Start(context.Background(), nil)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Start: %v, want an error containing %q", err, tc.want)
-			}
+			base := map[string]string{"K_SINK": "http://127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1",
+				"AUTH_TOKENS": "alice:managers:" + aliceToken, "TASKS_SIGNING_KEY": testSigningKey}
+			starttest.Refuses(t, f.Start, tc.want, base, tc.env)
 			if f.Running() {
 				t.Error("running after a refused start")
 			}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
@@ -65,35 +66,26 @@ metadata:
 
 const clusterLocal = "  labels:\n    networking.knative.dev/visibility: cluster-local\n"
 
+// subscription is the Trigger ns/name on broker that delivers what filter (a YAML line, or
+// "") lets through to the Service service.
+func subscription(name, broker, filter, service string) string {
+	if filter != "" {
+		filter = "  " + filter + "\n"
+	}
+	return manifesttest.Trigger(ns, name, broker) + filter +
+		"  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: " + service + "}}\n"
+}
+
 // manifests add, beside the platform's own objects and the food-delivery example: a public
 // recorder and a cluster-local one behind Triggers on the platform Broker, a Broker whose
 // dead-letter sink fails as well as its subscriber, and a function with a short timeout for
 // slow clients.
 var manifests = recorder("sub", "", "") + recorder("inner", clusterLocal, "") +
 	recorder("slowfn", "", "      containerConcurrency: 1\n      timeoutSeconds: 2\n") +
-	recorder("baddls", clusterLocal, "") + `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: sub-adv
-  namespace: knfaas
-spec:
-  broker: default
-  filter: {attributes: {type: dev.knfaas.test.adv}}
-  subscriber:
-    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: inner-adv
-  namespace: knfaas
-spec:
-  broker: default
-  filter: {attributes: {type: dev.knfaas.test.adv.inner}}
-  subscriber:
-    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: inner}
----
-apiVersion: eventing.knative.dev/v1
+	recorder("baddls", clusterLocal, "") + manifesttest.Docs(
+	subscription("sub-adv", "default", "filter: {attributes: {type: dev.knfaas.test.adv}}", "sub"),
+	subscription("inner-adv", "default", "filter: {attributes: {type: dev.knfaas.test.adv.inner}}", "inner"),
+	`apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata:
   name: poison
@@ -105,17 +97,8 @@ spec:
     backoffDelay: PT0.05S
     deadLetterSink:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: baddls}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: sub-poison
-  namespace: knfaas
-spec:
-  broker: poison
-  subscriber:
-    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}
-`
+`,
+	subscription("sub-poison", "poison", "", "sub"))
 
 // row is one line of the report.
 type row struct {

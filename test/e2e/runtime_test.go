@@ -362,8 +362,8 @@ func TestUpRefusesBadSetups(t *testing.T) {
 		{name: "function never ready", paths: []string{"test/e2e/testdata/bad/never-ready.yaml"}, args: []string{"--start-timeout", "2s"}, want: []string{"never-ready.yaml", "Service e2e/slow", "did not become ready on /health/readiness within 2s"}},
 		{name: "function exits at start", paths: []string{"test/e2e/testdata/bad/exits.yaml"}, want: []string{"Service e2e/exits", "exited before it became ready"}},
 		{name: "invalid manifest", paths: []string{"test/e2e/testdata/bad/unknown-field.yaml"}, want: []string{"unknown-field.yaml", "Service e2e/echo", `unknown field "spec.template.spec.containers[0].imagee"`}},
-		{name: "trigger of a missing broker", paths: []string{"test/e2e/testdata/bad/missing-broker.yaml"}, want: []string{"Trigger e2e/lost", "Broker e2e/nowhere not found"}},
-		{name: "unknown subscriber", paths: []string{"test/e2e/testdata/bad/missing-subscriber.yaml"}, want: []string{"Trigger e2e/lost", "Service e2e/ghost not found"}},
+		{name: "trigger of a missing broker", paths: []string{"test/e2e/testdata/bad/missing-broker.yaml"}, want: []string{"Trigger e2e/lost", "spec.broker: Broker e2e/nowhere is not defined in the manifests"}},
+		{name: "unknown subscriber", paths: []string{"test/e2e/testdata/bad/missing-subscriber.yaml"}, want: []string{"Trigger e2e/lost", "spec.subscriber.ref: Service e2e/ghost (serving.knative.dev/v1) is not defined in the manifests"}},
 		{name: "non-ko image", paths: []string{"test/e2e/testdata/bad/registry-image.yaml"}, want: []string{"Service e2e/web", "only ko://"}},
 		{name: "function that does not build", paths: []string{"test/e2e/testdata/bad/no-such-package.yaml"}, want: []string{"building github.com/knfaas/knfaas/test/functions/nope"}},
 		{name: "port in use", paths: []string{"test/e2e/testdata/basic"}, addr: busy.Addr(), want: []string{"listening on " + busy.Addr(), "address already in use"}},
@@ -374,7 +374,8 @@ func TestUpRefusesBadSetups(t *testing.T) {
 			if addr == "" {
 				addr = "127.0.0.1:0"
 			}
-			args := []string{"up", "--defaults=false", "--addr", addr}
+			// Its own state and run directories: a test never writes to the user's.
+			args := []string{"up", "--defaults=false", "--addr", addr, "--state-dir", t.TempDir(), "--run-dir", t.TempDir()}
 			for _, p := range tc.paths {
 				args = append(args, "-f", p)
 			}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
@@ -39,6 +40,7 @@ const (
 // manifests are the objects of the scenario: a Broker whose dead letters go to the deadletter
 // function, the recorder subscriber behind a Trigger, both on the test's Redis.
 func manifests(redisURL string) string {
+	redisEnv := "        - name: REDIS_URL\n          value: " + redisURL + "\n"
 	return fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata:
@@ -70,52 +72,13 @@ spec:
       name: recorder
       namespace: %[1]s
 ---
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: recorder
-  namespace: %[1]s
-spec:
-  template:
-    metadata:
-      annotations:
-        autoscaling.knative.dev/max-scale: "2"
-    spec:
-      containerConcurrency: 64
-      timeoutSeconds: 2
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe:
-          httpGet:
-            path: /health/readiness
-        env:
-        - name: REDIS_URL
-          value: %[2]s
-        - name: RECORDER_NAME
-          value: %[3]s
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: deadletter
-  namespace: %[1]s
-spec:
-  template:
-    metadata:
-      annotations:
-        autoscaling.knative.dev/max-scale: "2"
-    spec:
-      containerConcurrency: 100
-      timeoutSeconds: 10
-      containers:
-      - image: ko://github.com/knfaas/knfaas/functions/deadletter
-        readinessProbe:
-          httpGet:
-            path: /health/readiness
-        env:
-        - name: REDIS_URL
-          value: %[2]s
-`, namespace, redisURL, recorderName)
+`, namespace) + manifesttest.Docs(
+		manifesttest.Function{Namespace: namespace, Name: "recorder", Image: "ko://github.com/knfaas/knfaas/test/functions/recorder",
+			MaxScale: 2, ContainerConcurrency: 64, TimeoutSeconds: 2,
+			Env: redisEnv + "        - name: RECORDER_NAME\n          value: " + recorderName + "\n"}.YAML(),
+		manifesttest.Function{Namespace: namespace, Name: "deadletter", Image: "ko://github.com/knfaas/knfaas/functions/deadletter",
+			MaxScale: 2, ContainerConcurrency: 100, TimeoutSeconds: 10,
+			Env: redisEnv}.YAML())
 }
 
 // eventFor decides how event i misbehaves at the subscriber.

@@ -3,6 +3,7 @@ package funchealth
 
 import (
 	"context"
+	"net/http"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -26,6 +27,16 @@ func (l *Lifecycle) Started(rdb redis.UniversalClient) {
 // Running reports whether Started was called and Close was not, so handlers can refuse work
 // while the function is starting or stopping.
 func (l *Lifecycle) Running() bool { return l.running.Load() }
+
+// RefuseWhileStarting answers 503 "<function> is starting" and reports true while the function
+// is not Running, so that an HTTP handler returns at once and the caller retries later.
+func (l *Lifecycle) RefuseWhileStarting(w http.ResponseWriter, function string) bool {
+	if l.Running() {
+		return false
+	}
+	http.Error(w, function+" is starting", http.StatusServiceUnavailable)
+	return true
+}
 
 // Stopping marks the function not ready without closing Redis, for a Stop that still has work
 // to flush before it calls Close.

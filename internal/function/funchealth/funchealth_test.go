@@ -2,6 +2,9 @@ package funchealth_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
@@ -57,6 +60,37 @@ func TestLifecycle(t *testing.T) {
 			}
 			if alive, err := h.Alive(context.Background()); !alive || err != nil {
 				t.Errorf("Alive = %v, %v; want true, nil", alive, err)
+			}
+		})
+	}
+}
+
+func TestRefuseWhileStarting(t *testing.T) {
+	tests := map[string]struct {
+		started    bool
+		wantRefuse bool
+	}{
+		"starting": {started: false, wantRefuse: true},
+		"running":  {started: true, wantRefuse: false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var l funchealth.Lifecycle
+			if tc.started {
+				l.Started(nil)
+			}
+			w := httptest.NewRecorder()
+			if got := l.RefuseWhileStarting(w, "demo"); got != tc.wantRefuse {
+				t.Fatalf("RefuseWhileStarting = %v, want %v", got, tc.wantRefuse)
+			}
+			if !tc.wantRefuse {
+				if w.Body.Len() != 0 {
+					t.Fatalf("wrote %q to a running function's response", w.Body.String())
+				}
+				return
+			}
+			if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "demo is starting") {
+				t.Fatalf("answer = %d %q, want 503 \"demo is starting\"", w.Code, w.Body.String())
 			}
 		})
 	}

@@ -3,6 +3,7 @@
 package funcstart
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/kelseyhightower/envconfig"
@@ -45,4 +46,15 @@ func Open(function string, cfg any) (*redis.Client, error) {
 		return nil, fmt.Errorf("%s: %w", function, err)
 	}
 	return rdb, nil
+}
+
+// Start is the whole Start of a function that needs nothing but its configuration and Redis:
+// it reads cfg (preset with any Go-constant defaults) and builds the client as Open does, then
+// hands both to start.
+func Start[C any](ctx context.Context, function string, cfg *C, start func(context.Context, C, *redis.Client) error) error {
+	rdb, err := Open(function, cfg)
+	if err != nil {
+		return err
+	}
+	return start(ctx, *cfg, rdb)
 }

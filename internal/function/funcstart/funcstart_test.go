@@ -1,11 +1,14 @@
 package funcstart_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 )
@@ -61,6 +64,37 @@ func TestOpen(t *testing.T) {
 				t.Fatalf("Open = %v, want an error saying %q", err, tc.err)
 			case err == nil && cfg != tc.want:
 				t.Errorf("read %+v, want %+v", cfg, tc.want)
+			}
+		})
+	}
+}
+
+func TestStartHandsTheConfigurationAndRedisToStart(t *testing.T) {
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1")
+	tests := map[string]struct {
+		limit string
+		err   string // what the error says; "" when start must be called
+	}{
+		"configuration read": {limit: "9"},
+		"bad configuration":  {limit: "0", err: "demo: FUNCSTART_TEST_LIMIT must be at least 1"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("FUNCSTART_TEST_LIMIT", tc.limit)
+			var got config
+			err := funcstart.Start(context.Background(), "demo", &config{}, func(_ context.Context, cfg config, rdb *redis.Client) error {
+				defer rdb.Close()
+				got = cfg
+				return nil
+			})
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("Start = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || got.Limit != 9 || got.Wait != 5*time.Second {
+				t.Fatalf("Start = %v and start got %+v, want nil and {Wait:5s Limit:9}", err, got)
 			}
 		})
 	}

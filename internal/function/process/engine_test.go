@@ -14,6 +14,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/roundtrips"
 )
 
 // harness drives an Engine against a real redis-server with a manual clock.
@@ -461,21 +462,10 @@ func TestManyConcurrentInstances(t *testing.T) {
 	}
 }
 
-// roundTrips counts commands sent to Redis, one per process call or pipeline.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { r.n.Add(1); return next(ctx, cmd) }
-}
-func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
-}
-
 func TestOneRoundTripPerTransition(t *testing.T) {
 	h := newHarness(t)
 	h.start("warm", 10) // loads the script once (EVALSHA → NOSCRIPT → EVAL)
-	var rt roundTrips
+	var rt roundtrips.Counter
 	h.rdb.AddHook(&rt)
 	for i := range 20 {
 		inst := fmt.Sprintf("o%d", i)
@@ -486,7 +476,7 @@ func TestOneRoundTripPerTransition(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := rt.n.Load(); got != 40 {
+	if got := rt.Count(); got != 40 {
 		t.Errorf("%d round trips for 40 transitions, want 40", got)
 	}
 }

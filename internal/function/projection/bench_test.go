@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/roundtrips"
 )
 
 // BenchmarkApply compares the kit with a hand-written loop that sends the same script with
@@ -25,17 +26,23 @@ func BenchmarkApply(b *testing.B) {
 		return EventRef{Source: "bench", ID: strconv.FormatInt(i, 10)},
 			Change{Key: "SKU-" + strconv.FormatInt(i%64, 10), Ops: []Op{Incr("store-1", -1)}, Watches: []Watch{{Field: "store-1", Threshold: 5}}}
 	}
-	measure := func(b *testing.B, apply func(rdb *redis.Client, k *Projector, i int64) error) (float64, float64) {
+	// start connects a client with a round-trip counter and a loaded projector, then starts the
+	// clock for 8 goroutines per CPU.
+	start := func(b *testing.B) (*redis.Client, *Projector, *roundtrips.Counter) {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
-		defer rdb.Close()
+		b.Cleanup(func() { rdb.Close() })
 		k, _ := New(rdb, "bench", "bench-model", Options{})
 		if err := k.Load(ctx); err != nil {
 			b.Fatal(err)
 		}
-		hook := &roundTrips{}
+		hook := &roundtrips.Counter{}
 		rdb.AddHook(hook)
 		b.SetParallelism(8)
 		b.ResetTimer()
+		return rdb, k, hook
+	}
+	measure := func(b *testing.B, apply func(rdb *redis.Client, k *Projector, i int64) error) (float64, float64) {
+		rdb, k, hook := start(b)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if err := apply(rdb, k, seq.Add(1)); err != nil {
@@ -45,7 +52,7 @@ func BenchmarkApply(b *testing.B) {
 			}
 		})
 		b.StopTimer()
-		perEvent := float64(hook.n.Load()) / float64(b.N)
+		perEvent := float64(hook.Count()) / float64(b.N)
 		rate := float64(b.N) / b.Elapsed().Seconds()
 		b.ReportMetric(perEvent, "roundtrips/event")
 		b.ReportMetric(rate, "events/s")
@@ -73,16 +80,7 @@ func BenchmarkApply(b *testing.B) {
 	// that could batch. A projector answering one HTTP delivery at a time cannot, so this is
 	// reported for scale, not as the kit's target.
 	b.Run("raw-pipelined-evalsha-64", func(b *testing.B) {
-		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
-		defer rdb.Close()
-		k, _ := New(rdb, "bench", "bench-model", Options{})
-		if err := k.Load(ctx); err != nil {
-			b.Fatal(err)
-		}
-		hook := &roundTrips{}
-		rdb.AddHook(hook)
-		b.SetParallelism(8)
-		b.ResetTimer()
+		rdb, k, hook := start(b)
 		b.RunParallel(func(pb *testing.PB) {
 			p := rdb.Pipeline()
 			flush := func() {
@@ -106,7 +104,7 @@ func BenchmarkApply(b *testing.B) {
 		b.StopTimer()
 		rate := float64(b.N) / b.Elapsed().Seconds()
 		b.ReportMetric(rate, "events/s")
-		b.ReportMetric(float64(hook.n.Load())/float64(b.N), "roundtrips/event")
+		b.ReportMetric(float64(hook.Count())/float64(b.N), "roundtrips/event")
 		if kitRate > 0 {
 			b.ReportMetric(kitRate/rate, "kit/pipelined")
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -170,6 +171,20 @@ func (p *Projector) Load(ctx context.Context) error {
 		return fmt.Errorf("loading projection script: %w", err)
 	}
 	return nil
+}
+
+// Open is how a function starts its projector: New, then Load. A Redis that does not answer
+// yet is logged, not an error: the function's readiness follows Redis, and Apply sends the
+// script itself when the server lacks it.
+func Open(ctx context.Context, rdb redis.Scripter, projector, model string, opts Options) (*Projector, error) {
+	p, err := New(rdb, projector, model, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Load(ctx); err != nil {
+		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
+	}
+	return p, nil
 }
 
 // Apply applies ch for the event ref exactly once.

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/harness/roundtrips"
 )
 
 type testEvent struct {
@@ -289,19 +290,6 @@ func TestInvalidChanges(t *testing.T) {
 	}
 }
 
-// roundTrips counts the commands and pipelines a client sends to Redis.
-type roundTrips struct{ n atomic.Int64 }
-
-func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
-}
-func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
-}
-
-var _ redis.Hook = (*roundTrips)(nil)
-
 func TestOneRoundTripPerEvent(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
@@ -311,7 +299,7 @@ func TestOneRoundTripPerEvent(t *testing.T) {
 	if err := k.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hook := &roundTrips{}
+	hook := &roundtrips.Counter{}
 	rdb.AddHook(hook)
 	const n = 100
 	for i := range n {
@@ -319,7 +307,7 @@ func TestOneRoundTripPerEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := hook.n.Load(); got != n {
+	if got := hook.Count(); got != n {
 		t.Fatalf("%d round trips for %d events, want exactly one each", got, n)
 	}
 }
@@ -335,5 +323,33 @@ func TestScriptCacheFlushed(t *testing.T) {
 	res, err := k.Apply(ctx, EventRef{Source: "s", ID: "1"}, Change{Key: "k", Ops: []Op{Incr("n", 2)}})
 	if err != nil || res.Version != 1 {
 		t.Fatalf("after SCRIPT FLUSH: %+v, %v", res, err)
+	}
+}
+
+// TestOpen: Open loads the script when Redis answers, and starts the projector anyway when it
+// does not yet.
+func TestOpen(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	tests := map[string]struct {
+		rdb        *redis.Client
+		wantLoaded bool
+	}{
+		"redis answers":    {rdb: srv.Client(), wantLoaded: true},
+		"redis not up yet": {rdb: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p, err := Open(context.Background(), tc.rdb, "open-test", "open-model", Options{})
+			if err != nil || p == nil {
+				t.Fatalf("Open = %v, %v; want a projector and no error", p, err)
+			}
+			if !tc.wantLoaded {
+				return
+			}
+			exists, err := srv.Client().ScriptExists(context.Background(), applyScript.Hash()).Result()
+			if err != nil || len(exists) != 1 || !exists[0] {
+				t.Fatalf("script loaded = %v (%v), want true", exists, err)
+			}
+		})
 	}
 }

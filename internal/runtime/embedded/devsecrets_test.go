@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"encoding/json"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,7 +16,7 @@ import (
 
 // devSecretsManifests are template Secrets as in config/3xx-*, a Service that reads them by
 // env, envFrom and a volume, and a Redis StatefulSet + Service the runtime stands in for.
-const devSecretsManifests = `apiVersion: v1
+var devSecretsManifests = manifesttest.Docs(`apiVersion: v1
 kind: Secret
 metadata: {name: auth, namespace: ns}
 stringData:
@@ -30,41 +31,13 @@ stringData:
   empty: ""
 data:
   binary: Q0hBTkdFLU1FLWJpbmFyeQ==
----
-apiVersion: v1
+`, `apiVersion: v1
 kind: Secret
 metadata: {name: redis, namespace: ns}
 stringData:
   password: CHANGE-ME
   url: redis://:CHANGE-ME@redis.ns.svc.cluster.local:6379/0
----
-apiVersion: v1
-kind: Service
-metadata: {name: redis, namespace: ns}
-spec:
-  selector: {app: redis}
-  ports: [{port: 6379}]
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: redis, namespace: ns}
-spec:
-  serviceName: redis
-  selector: {matchLabels: {app: redis}}
-  template:
-    metadata: {labels: {app: redis}}
-    spec:
-      containers: [{name: redis, image: redis:7}]
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        envFrom:
+`, manifesttest.RedisService("ns"), manifesttest.RedisStatefulSet("ns"), manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        envFrom:
         - secretRef: {name: auth}
         env:
         - name: REDIS_URL
@@ -78,15 +51,11 @@ spec:
       volumes:
       - name: auth
         secret: {secretName: auth}
-`
+`)
 
 func loadDevSecretsSet(t *testing.T) *manifest.Set {
 	t.Helper()
-	objs, errs := manifest.Decode("secrets.yaml", []byte(devSecretsManifests))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
-	return &manifest.Set{Objects: objs}
+	return decodeSet(t, "secrets.yaml", devSecretsManifests)
 }
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -240,12 +209,9 @@ func TestDevSecretsAreKeptAcrossRuns(t *testing.T) {
 }
 
 func TestDevSecretsWithoutPlaceholdersWriteNothing(t *testing.T) {
-	objs, errs := manifest.Decode("s.yaml", []byte("apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {k: real}\n"))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
+	set := decodeSet(t, "s.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {k: real}\n")
 	file := filepath.Join(t.TempDir(), "state", DevSecretsFile)
-	applied, err := applyDevSecrets(&manifest.Set{Objects: objs}, file)
+	applied, err := applyDevSecrets(set, file)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,12 +17,8 @@ import (
 
 func trigger(t *testing.T, spec string) *manifest.Object {
 	t.Helper()
-	doc := "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t, namespace: ns}\nspec:\n  broker: default\n  subscriber: {uri: 'http://127.0.0.1:1/'}\n" + spec
-	objs, errs := manifest.Decode("trigger.yaml", []byte(doc))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
-	return &objs[0]
+	doc := manifesttest.Trigger("ns", "t", "default") + "  subscriber: {uri: 'http://127.0.0.1:1/'}\n" + spec
+	return &decodeSet(t, "trigger.yaml", doc).Objects[0]
 }
 
 func TestTriggerFilters(t *testing.T) {
@@ -68,21 +65,12 @@ func TestTriggerFilters(t *testing.T) {
 }
 
 func TestEnvResolutionErrorsNameTheReference(t *testing.T) {
-	base := `apiVersion: v1
+	base := manifesttest.Docs(`apiVersion: v1
 kind: Secret
 metadata: {name: creds, namespace: ns}
 stringData: {token: abc}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        env:
-`
+`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        env:
+`)
 	tests := []struct {
 		name    string
 		env     string
@@ -97,21 +85,11 @@ spec:
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			objs, errs := manifest.Decode("fn.yaml", []byte(base+tc.env))
-			if len(errs) > 0 {
-				t.Fatal(errs[0])
-			}
-			set := &manifest.Set{Objects: objs}
+			set := decodeSet(t, "fn.yaml", base+tc.env)
 			svc := set.Services()[0]
 			env, err := envFor(set, svc, &svc.Spec.Template.Spec.Containers[0])
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
-				}
+			if endsWithError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			joined := strings.Join(env, "\n")
 			if tc.want != "" && !strings.Contains(joined, tc.want) {

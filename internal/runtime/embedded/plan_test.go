@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"net/url"
 	"reflect"
 	"strings"
@@ -15,33 +16,11 @@ import (
 )
 
 // Manifest snippets the cases combine; each is one YAML document.
-const (
-	brokerDoc = `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: ns}
-`
-	subscriberDoc = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: sub, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/sub
-`
-	deadLetterDoc = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: dls, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/dls
-`
+var (
+	brokerDoc     = manifesttest.Broker("ns", "default")
+	subscriberDoc = manifesttest.KService("{name: sub, namespace: ns}", "ko://example.com/sub")
+	deadLetterDoc = manifesttest.KService("{name: dls, namespace: ns}", "ko://example.com/dls")
 )
-
-// docs joins YAML documents into one file.
-func docs(d ...string) string { return strings.Join(d, "---\n") }
 
 // planView is what a case compares: the plan with the trigger consumers' retry functions
 // reduced to values, and without the manifest objects the run reads.
@@ -145,16 +124,8 @@ spec:
 			}}},
 		},
 		{
-			name: "service with Knative's defaults: max-scale left to serving, one initial instance",
-			manifests: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-`,
+			name:      "service with Knative's defaults: max-scale left to serving, one initial instance",
+			manifests: manifesttest.KService("{name: fn, namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}", "ko://example.com/fn"),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
 					Namespace: "ns", Name: "fn", Env: kEnv("fn"), Timeout: 5 * time.Minute, InitialScale: 1,
@@ -165,7 +136,7 @@ spec:
 		},
 		{
 			name: "broker with the max-event-bytes annotation",
-			manifests: docs(`apiVersion: eventing.knative.dev/v1
+			manifests: manifesttest.Docs(`apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes: "2048"}}
 `, brokerDoc),
@@ -176,12 +147,7 @@ metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes:
 		},
 		{
 			name: "trigger with filters, dead-letter sink and retry",
-			manifests: docs(brokerDoc, subscriberDoc, deadLetterDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: default
-  filters:
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, deadLetterDoc, manifesttest.Trigger("ns", "orders", "default")+`  filters:
   - prefix: {type: com.shop.order.}
   subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}, uri: /orders}
   delivery:
@@ -200,12 +166,7 @@ spec:
 		},
 		{
 			name: "trigger without delivery takes its broker's, which Knative defaults",
-			manifests: docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: all, namespace: ns}
-spec:
-  broker: default
-  filter: {attributes: {type: com.shop.order.placed, source: /shop}}
+			manifests: manifesttest.Docs(brokerDoc, manifesttest.Trigger("ns", "all", "default")+`  filter: {attributes: {type: com.shop.order.placed, source: /shop}}
   subscriber: {uri: "http://127.0.0.1:9/"}
 `),
 			want: planView{Triggers: []triggerView{{
@@ -217,12 +178,7 @@ spec:
 		},
 		{
 			name: "ping source",
-			manifests: docs(subscriberDoc, `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: ns}
-spec:
-  schedule: "*/5 * * * *"
-  timezone: Europe/Paris
+			manifests: manifesttest.Docs(subscriberDoc, manifesttest.PingSource("ns", "tick", "*/5 * * * *")+`  timezone: Europe/Paris
   data: '{"n": 1}'
   sink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
 `),
@@ -233,14 +189,8 @@ spec:
 			}}},
 		},
 		{
-			name: "sink binding gives its subject K_SINK",
-			manifests: docs(brokerDoc, subscriberDoc, `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: sub-sink, namespace: ns}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}
-  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
-`),
+			name:      "sink binding gives its subject K_SINK",
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, manifesttest.SinkBinding("ns", "sub-sink", "sub", "default")),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
 					Namespace: "ns", Name: "sub", Env: kEnv("sub"), Timeout: 5 * time.Minute, InitialScale: 1,
@@ -253,31 +203,7 @@ spec:
 		},
 		{
 			name: "redis of the manifests is stood in for",
-			manifests: docs(`apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: redis, namespace: ns}
-spec:
-  selector: {matchLabels: {app: redis}}
-  serviceName: redis
-  template:
-    metadata: {labels: {app: redis}}
-    spec:
-      containers: [{name: redis, image: redis:7}]
-`, `apiVersion: v1
-kind: Service
-metadata: {name: redis, namespace: ns}
-spec:
-  selector: {app: redis}
-  ports: [{port: 6379}]
-`, `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
+			manifests: manifesttest.Docs(manifesttest.RedisStatefulSet("ns"), manifesttest.RedisService("ns"), manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")+`        env: [{name: REDIS_URL, value: "redis://redis.ns.svc.cluster.local:6379/0"}]
 `),
 			want: planView{Services: []ServicePlan{{
 				Spec: serving.Spec{
@@ -308,23 +234,13 @@ spec:
 		},
 		{
 			name: "a ref to a Service the manifests lack names the object and field",
-			manifests: docs(brokerDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: default
-  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
+			manifests: manifesttest.Docs(brokerDoc, manifesttest.Trigger("ns", "orders", "default")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
 `),
 			wantErr: "m.yaml: Trigger ns/orders: spec.subscriber.ref: Service ns/nope (serving.knative.dev/v1) is not defined in the manifests",
 		},
 		{
 			name: "a dead-letter sink of a kind that does not run locally",
-			manifests: docs(brokerDoc, subscriberDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: default
-  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+			manifests: manifesttest.Docs(brokerDoc, subscriberDoc, manifesttest.Trigger("ns", "orders", "default")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
   delivery:
     deadLetterSink: {ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: dlq}}
 `),
@@ -332,53 +248,26 @@ spec:
 		},
 		{
 			name: "a trigger on a broker the manifests lack",
-			manifests: docs(subscriberDoc, `apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: orders, namespace: ns}
-spec:
-  broker: other
-  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
+			manifests: manifesttest.Docs(subscriberDoc, manifesttest.Trigger("ns", "orders", "other")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sub}}
 `),
 			wantErr: "m.yaml: Trigger ns/orders: spec.broker: Broker ns/other is not defined in the manifests",
 		},
 		{
 			name: "a volume whose ConfigMap the manifests lack fails the plan, not the run",
-			manifests: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-        volumeMounts: [{name: conf, mountPath: /etc/fn}]
+			manifests: manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn") + `        volumeMounts: [{name: conf, mountPath: /etc/fn}]
       volumes: [{name: conf, configMap: {name: fn-config}}]
 `,
 			wantErr: "m.yaml: Service ns/fn: spec.template.spec.volumes[0].configMap: ConfigMap ns/fn-config is not defined in the manifests",
 		},
 		{
-			name: "a SinkBinding whose subject the manifests lack is refused, as verify refuses it",
-			manifests: docs(brokerDoc, `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: sb, namespace: ns}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: ghost}
-  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
-`),
-			wantErr: "m.yaml: SinkBinding ns/sb: spec.subject: Service ns/ghost is not defined in the manifests",
+			name:      "a SinkBinding whose subject the manifests lack is refused, as verify refuses it",
+			manifests: manifesttest.Docs(brokerDoc, manifesttest.SinkBinding("ns", "sb", "ghost", "default")),
+			wantErr:   "m.yaml: SinkBinding ns/sb: spec.subject: Service ns/ghost is not defined in the manifests",
 		},
 		{
-			name: "an image that is not ko://",
-			manifests: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: docker.io/library/nginx
-`,
-			wantErr: `m.yaml (document 1): Service ns/fn: image "docker.io/library/nginx" cannot run locally`,
+			name:      "an image that is not ko://",
+			manifests: manifesttest.KService("{name: fn, namespace: ns}", "docker.io/library/nginx"),
+			wantErr:   `m.yaml (document 1): Service ns/fn: image "docker.io/library/nginx" cannot run locally`,
 		},
 		{
 			name: "a broker whose max-event-bytes is not a number",
@@ -391,19 +280,9 @@ metadata: {name: default, namespace: ns, annotations: {knfaas.dev/max-event-byte
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			objs, errs := manifest.Decode("m.yaml", []byte(tc.manifests))
-			if len(errs) > 0 {
-				t.Fatalf("decoding the manifests: %v", errs[0])
-			}
-			p, err := NewPlan(&manifest.Set{Objects: objs}, opts)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("NewPlan: %v, want an error containing %q", err, tc.wantErr)
-				}
+			p, err := NewPlan(decodeSet(t, "m.yaml", tc.manifests), opts)
+			if endsWithError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatalf("NewPlan: %v", err)
 			}
 			got := viewOf(p)
 			for _, part := range []struct {
@@ -428,4 +307,30 @@ metadata: {name: default, namespace: ns, annotations: {knfaas.dev/max-event-byte
 			}
 		})
 	}
+}
+
+// endsWithError fails t unless err is as a case wants: nil when wantErr is "", else an error
+// whose message contains wantErr. It reports whether the case wanted an error, and so ends here.
+func endsWithError(t *testing.T, err error, wantErr string) bool {
+	t.Helper()
+	if wantErr == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), wantErr) {
+		t.Fatalf("err = %v, want an error containing %q", err, wantErr)
+	}
+	return true
+}
+
+// decodeSet is the manifest set of the YAML stream docs, read as if from file.
+func decodeSet(t *testing.T, file, docs string) *manifest.Set {
+	t.Helper()
+	objs, errs := manifest.Decode(file, []byte(docs))
+	if len(errs) > 0 {
+		t.Fatalf("decoding the manifests: %v", errs[0])
+	}
+	return &manifest.Set{Objects: objs}
 }

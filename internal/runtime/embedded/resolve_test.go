@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,40 +17,21 @@ import (
 // Service in namespace ns whose container and pod spec end with the given YAML.
 func resolveFixture(t *testing.T, container, pod string) *manifest.Set {
 	t.Helper()
-	doc := `apiVersion: v1
+	doc := manifesttest.Docs(`apiVersion: v1
 kind: Secret
 metadata: {name: creds, namespace: ns}
 stringData: {token: abc}
----
-apiVersion: v1
+`, `apiVersion: v1
 kind: ConfigMap
 metadata: {name: settings, namespace: ns}
 data: {mode: strict}
 binaryData: {blob: AAE=}
----
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: ns}
----
-apiVersion: v1
+`, manifesttest.Broker("ns", "default"), `apiVersion: v1
 kind: Service
 metadata: {name: legacy, namespace: ns}
 spec: {ports: [{port: 80}]}
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://example.com/fn
-` + container + pod
-	objs, errs := manifest.Decode("fn.yaml", []byte(doc))
-	if len(errs) > 0 {
-		t.Fatal(errs[0])
-	}
-	return &manifest.Set{Objects: objs}
+`, manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn")) + container + pod
+	return decodeSet(t, "fn.yaml", doc)
 }
 
 // TestProjectVolumesAsTheKubelet covers what knfaas up writes now that it projects volumes with
@@ -73,14 +55,8 @@ func TestProjectVolumesAsTheKubelet(t *testing.T) {
 			set := resolveFixture(t, "        volumeMounts: [{name: v, mountPath: /etc/v}]\n", "      volumes:\n"+tc.volumes)
 			svc := set.Services()[0]
 			mounts, err := projectVolumes(set, svc, &svc.Spec.Template.Spec.Containers[0], t.TempDir())
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
-				}
+			if endsWithError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			local := mounts["/etc/v"]
 			got := map[string]string{}

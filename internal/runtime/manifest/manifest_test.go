@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"strings"
 	"testing"
 
@@ -50,15 +51,7 @@ func TestLoadErrorsNameFileObjectAndField(t *testing.T) {
 		want []string
 	}{
 		"unknown field": {
-			yaml: `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: echo, namespace: shop}
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://x/y
-        imagePullPolicyy: Always
+			yaml: manifesttest.KService("{name: echo, namespace: shop}", "ko://x/y") + `        imagePullPolicyy: Always
 `,
 			want: []string{"bad.yaml (document 1)", "Service shop/echo", `unknown field "spec.template.spec.containers[0].imagePullPolicyy"`},
 		},
@@ -85,10 +78,7 @@ spec:
 			want: []string{"(document 2)", "ConfigMap default/b", `unknown field "datta"`},
 		},
 		"invalid delivery": {
-			yaml: `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: shop}
-spec:
+			yaml: manifesttest.Broker("shop", "default") + `spec:
   delivery:
     backoffDelay: soon
 `,
@@ -112,10 +102,7 @@ spec:
 }
 
 func TestDeliveryTimeoutIsAcceptedAsOnAFreshCluster(t *testing.T) {
-	doc := `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: shop}
-spec:
+	doc := manifesttest.Broker("shop", "default") + `spec:
   delivery:
     timeout: PT30S
 `

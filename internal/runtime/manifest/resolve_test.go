@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"net/url"
 	"slices"
 	"strings"
@@ -55,16 +56,8 @@ binaryData: {blob: AAE=}
 // fn is a Knative Service in namespace ns whose only container has containerTail (env, envFrom,
 // volumeMounts), and whose pod spec has podTail (volumes).
 func fn(containerTail, podTail string) string {
-	return `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: fn, namespace: ns}
-spec:
-  template:
-    spec:
-      containers:
-      - name: user-container
-        image: ko://example.com/fn
-` + containerTail + podTail
+	return manifesttest.KService("{name: fn, namespace: ns}", "ko://example.com/fn") +
+		"        name: user-container\n" + containerTail + podTail
 }
 
 var (
@@ -216,18 +209,13 @@ func TestResolverMountNamesNoVolume(t *testing.T) {
 }
 
 func TestResolverDestination(t *testing.T) {
-	const objects = `apiVersion: serving.knative.dev/v1
+	objects := manifesttest.Docs(`apiVersion: serving.knative.dev/v1
 kind: Service
 metadata: {name: fn, namespace: ns}
 spec: {template: {spec: {containers: [{image: ko://example.com/fn}]}}}
----
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: ns}
----
-apiVersion: v1
+`, manifesttest.Broker("ns", "default"), `apiVersion: v1
 kind: Service
-metadata: {name: legacy, namespace: ns}`
+metadata: {name: legacy, namespace: ns}`)
 	set := unvalidatedSet(t, objects)
 	base, _ := url.Parse("http://fn.ns.svc.cluster.local")
 	tests := []struct {
@@ -293,35 +281,16 @@ metadata: {name: legacy, namespace: ns}`
 // TestResolverCheckAgreesAcrossOptions holds Check to its promise: for a cluster (verify) and
 // for this machine (knfaas up) it finds the same problems, except where an option says why not.
 func TestResolverCheckAgreesAcrossOptions(t *testing.T) {
-	const platform = `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: ns}
-spec:
+	platform := manifesttest.Docs(manifesttest.Broker("ns", "default")+`spec:
   delivery:
     deadLetterSink:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}
----
-apiVersion: v1
+`, `apiVersion: v1
 kind: Service
 metadata: {name: legacy, namespace: ns}
----
-apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: ns}
-spec:
-  schedule: "* * * * *"
-  sink:
+`, manifesttest.PingSource("ns", "tick", "* * * * *")+`  sink:
     ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
----
-apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: fn, namespace: ns}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}
-  sink:
-    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
----
-`
+`, manifesttest.SinkBinding("ns", "fn", "fn", "default"), "")
 	trigger := func(spec string) string {
 		return "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t, namespace: ns}\nspec:\n" + spec + "\n---\n"
 	}

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"github.com/knfaas/knfaas/internal/harness/manifesttest"
 	"maps"
 	"os"
 	"path/filepath"
@@ -23,10 +24,7 @@ metadata: {name: settings, namespace: knfaas}
 data: {mode: strict, rules.yaml: "x: 1"}
 binaryData: {blob: AAE=}
 `,
-	"config/600-broker.yaml": `apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default, namespace: knfaas}
-spec:
+	"config/600-broker.yaml": manifesttest.Broker("knfaas", "default") + `spec:
   delivery:
     retry: 3
     deadLetterSink:
@@ -48,21 +46,9 @@ spec:
           name: settings
           items:
           - {key: rules.yaml, path: rules.yaml}`),
-	"config/700-audit.yaml": ksvc("audit", "", "", ""),
-	"config/710-echo-sinkbinding.yaml": `apiVersion: sources.knative.dev/v1
-kind: SinkBinding
-metadata: {name: echo, namespace: knfaas}
-spec:
-  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: echo}
-  sink:
-    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
-`,
-	"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: knfaas}
-spec:
-  schedule: "* * * * *"
-  sink:
+	"config/700-audit.yaml":            ksvc("audit", "", "", ""),
+	"config/710-echo-sinkbinding.yaml": manifesttest.SinkBinding("knfaas", "echo", "echo", "default"),
+	"config/800-tick.yaml": manifesttest.PingSource("knfaas", "tick", "* * * * *") + `  sink:
     ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
 `,
 	"triggers/echo-ping.yaml": trigger("echo-ping", "echo", "", `
@@ -73,18 +59,24 @@ spec:
     attributes: {type: dev.knfaas.example.echo.replied}`),
 }
 
+// annotated is the YAML that ends a block-style metadata with annotations (lines four spaces
+// in), or nothing when annotations is "".
+func annotated(annotations string) string {
+	if annotations == "" {
+		return ""
+	}
+	return "\n  annotations:\n    " + annotations
+}
+
 // ksvc is a function's Knative Service in the shape checkServiceShape requires; env adds
 // container env items (LISTEN_ADDRESS is env[0]), rest adds lines after the container.
 func ksvc(name, annotations, env, rest string) string {
-	if annotations != "" {
-		annotations = "\n  annotations:\n    " + annotations
-	}
 	return `apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
   name: ` + name + `
   namespace: knfaas
-  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas, networking.knative.dev/visibility: cluster-local}` + annotations + `
+  labels: {app.kubernetes.io/name: ` + name + `, app.kubernetes.io/component: test, app.kubernetes.io/part-of: knfaas, networking.knative.dev/visibility: cluster-local}` + annotated(annotations) + `
 spec:
   template:
     metadata:
@@ -106,14 +98,11 @@ spec:
 }
 
 func trigger(name, subscriber, annotations, specTail string) string {
-	if annotations != "" {
-		annotations = "\n  annotations:\n    " + annotations
-	}
 	return `apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata:
   name: ` + name + `
-  namespace: knfaas` + annotations + `
+  namespace: knfaas` + annotated(annotations) + `
 spec:
   broker: default
   subscriber:
@@ -151,21 +140,15 @@ func TestCheckBaseIsClean(t *testing.T) {
 // TestCheckBrokenFixtures breaks the base in one place per case and expects exactly one
 // problem, naming the file, the object and the field.
 func TestCheckBrokenFixtures(t *testing.T) {
-	audit := base["config/700-audit.yaml"]
-	tests := []struct {
+	type brokenFixture struct {
 		name    string
 		replace map[string]string
 		file    string
 		object  string
 		field   string
 		msg     string
-	}{
-		{
-			name:    "trigger names a broker that does not exist",
-			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "broker: default", "broker: fast", 1)},
-			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.broker",
-			msg: "Broker knfaas/fast is not defined",
-		},
+	}
+	tests := []brokenFixture{
 		{
 			name:    "trigger subscriber names a missing ksvc",
 			replace: map[string]string{"triggers/echo-ping.yaml": "", "triggers/ecoh-ping.yaml": trigger("ecoh-ping", "ecoh", "", "")},
@@ -190,36 +173,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			msg: "Service knfaas/deadletter",
 		},
 		{
-			name:    "ping source sink names a missing broker",
-			replace: map[string]string{"config/800-tick.yaml": strings.Replace(base["config/800-tick.yaml"], "name: default", "name: defualt", 1)},
-			file:    "config/800-tick.yaml", object: "PingSource knfaas/tick", field: "spec.sink.ref",
-			msg: "Broker knfaas/defualt",
-		},
-		{
-			name:    "sink binding subject names a missing ksvc",
-			replace: map[string]string{"config/710-echo-sinkbinding.yaml": strings.Replace(base["config/710-echo-sinkbinding.yaml"], "name: echo}", "name: echoes}", 1)},
-			file:    "config/710-echo-sinkbinding.yaml", object: "SinkBinding knfaas/echo", field: "spec.subject",
-			msg: "Service knfaas/echoes is not defined",
-		},
-		{
-			name:    "env secretKeyRef names a missing key",
-			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "key: url", "key: uri", 1)},
-			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
-			msg: `Secret knfaas/redis has no key "uri" (it has password, url)`,
-		},
-		{
-			name:    "env secretKeyRef names a missing secret",
-			replace: map[string]string{"config/700-deadletter.yaml": strings.Replace(base["config/700-deadletter.yaml"], "name: redis", "name: redis-auth", 1)},
-			file:    "config/700-deadletter.yaml", object: "Service knfaas/deadletter", field: "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef",
-			msg: "Secret knfaas/redis-auth is not defined",
-		},
-		{
-			name:    "env configMapKeyRef names a missing key",
-			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: modes", 1)},
-			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef",
-			msg: `ConfigMap knfaas/settings has no key "modes"`,
-		},
-		{
 			// The kubelet puts only data, never binaryData, in env: the pod would not start.
 			name:    "env configMapKeyRef names a binaryData key",
 			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: mode", "key: blob", 1)},
@@ -231,36 +184,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", "", "\n        envFrom:\n        - secretRef: {name: tokens}")},
 			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].envFrom[0].secretRef",
 			msg: "Secret knfaas/tokens is not defined in the manifests (add a template under config/3xx-*)",
-		},
-		{
-			name:    "volume item names a missing configmap key",
-			replace: map[string]string{"config/700-echo.yaml": strings.Replace(base["config/700-echo.yaml"], "key: rules.yaml", "key: rule.yaml", 1)},
-			file:    "config/700-echo.yaml", object: "Service knfaas/echo", field: "spec.template.spec.volumes[0].configMap.items[0].key",
-			msg: `has no key "rule.yaml"`,
-		},
-		{
-			name:    "ko path outside a function folder",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "internal/tool", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "internal/tool is not a function folder",
-		},
-		{
-			name:    "ko path is a library, not package main",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "functions/lib", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "functions/lib is package lib, not package main",
-		},
-		{
-			name:    "ko path has no package",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "functions/echo", "functions/adit", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "no buildable Go package in functions/adit",
-		},
-		{
-			name:    "ko path of another module",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(base["config/700-audit.yaml"], "example.com/fx", "example.com/other", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].image",
-			msg: "not a package of module example.com/fx",
 		},
 		{
 			name:    "emitted type nobody routes",
@@ -284,12 +207,6 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			msg: `"dev.knfaas.example.audit.recorded" is declared terminal but not listed in knfaas.dev/emits`,
 		},
 		{
-			name:    "trigger named unlike its file",
-			replace: map[string]string{"triggers/echo-ping.yaml": strings.Replace(base["triggers/echo-ping.yaml"], "name: echo-ping", "name: echo-tick", 1)},
-			file:    "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-tick", field: "metadata.name",
-			msg: `"echo-tick" differs from its file name "echo-ping"`,
-		},
-		{
 			name: "trigger file not named after its subscriber",
 			replace: map[string]string{
 				"triggers/echo-ping.yaml": "",
@@ -308,59 +225,11 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			msg: "holds 2 Triggers",
 		},
 		{
-			name:    "function without scale bounds",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]",
-			msg: "missing",
-		},
-		{
-			name:    "function without part-of label",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", app.kubernetes.io/part-of: knfaas", "", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "metadata.labels[app.kubernetes.io/part-of]",
-			msg: "missing",
-		},
-		{
-			name:    "function without a memory limit",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, ", limits: {memory: 64Mi}", "", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].resources.limits.memory",
-			msg: "missing",
-		},
-		{
-			name:    "readiness probe on the wrong path",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "path: /health/readiness", "path: /healthz", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].readinessProbe",
-			msg: "must be httpGet /health/readiness",
-		},
-		{
-			name:    "no LISTEN_ADDRESS",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env",
-			msg: "LISTEN_ADDRESS is not set",
-		},
-		{
 			name: "password in a plain env value",
 			replace: map[string]string{"config/700-audit.yaml": ksvc("audit", "", `
         - {name: REDIS_URL, value: "redis://:hunter2@redis:6379/0"}`, "")},
 			file: "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].env[1].value",
 			msg: "REDIS_URL carries a password in plain text",
-		},
-		{
-			name:    "writable root filesystem",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem",
-			msg: "must be true",
-		},
-		{
-			name:    "capabilities not dropped",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.capabilities",
-			msg: `must drop ["ALL"]`,
-		},
-		{
-			name:    "no seccomp profile",
-			replace: map[string]string{"config/700-audit.yaml": strings.Replace(audit, "\n          seccompProfile: {type: RuntimeDefault}", "", 1)},
-			file:    "config/700-audit.yaml", object: "Service knfaas/audit", field: "spec.template.spec.containers[0].securityContext.seccompProfile.type",
-			msg: "must be RuntimeDefault",
 		},
 		{
 			name: "trigger feeds a function its own replies",
@@ -386,6 +255,37 @@ func TestCheckBrokenFixtures(t *testing.T) {
 			file: "triggers/echo-ping.yaml", object: "Trigger knfaas/echo-ping", field: "spec.filter",
 			msg: "a loop",
 		},
+	}
+	// edits each change one string in one file of the base: old becomes new.
+	edits := []struct{ name, file, old, new, object, field, msg string }{
+		{"trigger names a broker that does not exist", "triggers/echo-ping.yaml", "broker: default", "broker: fast", "Trigger knfaas/echo-ping", "spec.broker", "Broker knfaas/fast is not defined"},
+		{"ping source sink names a missing broker", "config/800-tick.yaml", "name: default", "name: defualt", "PingSource knfaas/tick", "spec.sink.ref", "Broker knfaas/defualt"},
+		{"sink binding subject names a missing ksvc", "config/710-echo-sinkbinding.yaml", "name: echo}", "name: echoes}", "SinkBinding knfaas/echo", "spec.subject", "Service knfaas/echoes is not defined"},
+		{"env secretKeyRef names a missing key", "config/700-deadletter.yaml", "key: url", "key: uri", "Service knfaas/deadletter", "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef", `Secret knfaas/redis has no key "uri" (it has password, url)`},
+		{"env secretKeyRef names a missing secret", "config/700-deadletter.yaml", "name: redis", "name: redis-auth", "Service knfaas/deadletter", "spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef", "Secret knfaas/redis-auth is not defined"},
+		{"env configMapKeyRef names a missing key", "config/700-echo.yaml", "key: mode", "key: modes", "Service knfaas/echo", "spec.template.spec.containers[0].env[1].valueFrom.configMapKeyRef", `ConfigMap knfaas/settings has no key "modes"`},
+		{"volume item names a missing configmap key", "config/700-echo.yaml", "key: rules.yaml", "key: rule.yaml", "Service knfaas/echo", "spec.template.spec.volumes[0].configMap.items[0].key", `has no key "rule.yaml"`},
+		{"ko path outside a function folder", "config/700-audit.yaml", "functions/echo", "internal/tool", "Service knfaas/audit", "spec.template.spec.containers[0].image", "internal/tool is not a function folder"},
+		{"ko path is a library, not package main", "config/700-audit.yaml", "functions/echo", "functions/lib", "Service knfaas/audit", "spec.template.spec.containers[0].image", "functions/lib is package lib, not package main"},
+		{"ko path has no package", "config/700-audit.yaml", "functions/echo", "functions/adit", "Service knfaas/audit", "spec.template.spec.containers[0].image", "no buildable Go package in functions/adit"},
+		{"ko path of another module", "config/700-audit.yaml", "example.com/fx", "example.com/other", "Service knfaas/audit", "spec.template.spec.containers[0].image", "not a package of module example.com/fx"},
+		{"trigger named unlike its file", "triggers/echo-ping.yaml", "name: echo-ping", "name: echo-tick", "Trigger knfaas/echo-tick", "metadata.name", `"echo-tick" differs from its file name "echo-ping"`},
+		{"function without scale bounds", "config/700-audit.yaml", `autoscaling.knative.dev/max-scale: "3"`, `autoscaling.knative.dev/target: "10"`, "Service knfaas/audit", "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]", "missing"},
+		{"function without part-of label", "config/700-audit.yaml", ", app.kubernetes.io/part-of: knfaas", "", "Service knfaas/audit", "metadata.labels[app.kubernetes.io/part-of]", "missing"},
+		{"function without a memory limit", "config/700-audit.yaml", ", limits: {memory: 64Mi}", "", "Service knfaas/audit", "spec.template.spec.containers[0].resources.limits.memory", "missing"},
+		{"readiness probe on the wrong path", "config/700-audit.yaml", "path: /health/readiness", "path: /healthz", "Service knfaas/audit", "spec.template.spec.containers[0].readinessProbe", "must be httpGet /health/readiness"},
+		{"no LISTEN_ADDRESS", "config/700-audit.yaml", "name: LISTEN_ADDRESS", "name: LISTEN_ADDR", "Service knfaas/audit", "spec.template.spec.containers[0].env", "LISTEN_ADDRESS is not set"},
+		{"writable root filesystem", "config/700-audit.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "Service knfaas/audit", "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem", "must be true"},
+		{"capabilities not dropped", "config/700-audit.yaml", "capabilities: {drop: [ALL]}", "capabilities: {drop: [NET_RAW]}", "Service knfaas/audit", "spec.template.spec.containers[0].securityContext.capabilities", `must drop ["ALL"]`},
+		{"no seccomp profile", "config/700-audit.yaml", "\n          seccompProfile: {type: RuntimeDefault}", "", "Service knfaas/audit", "spec.template.spec.containers[0].securityContext.seccompProfile.type", "must be RuntimeDefault"},
+	}
+	for _, e := range edits {
+		tests = append(tests, brokenFixture{
+			name:    e.name,
+			replace: map[string]string{e.file: strings.Replace(base[e.file], e.old, e.new, 1)},
+			file:    e.file, object: e.object, field: e.field,
+			msg: e.msg,
+		})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -449,12 +349,7 @@ func TestCheckAllowedFlows(t *testing.T) {
 			"config/800-tick.yaml":   strings.Replace(base["config/800-tick.yaml"], "{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}", "{apiVersion: v1, kind: Service, name: legacy}", 1),
 		},
 		"sink by URI is not resolved": {
-			"config/800-tick.yaml": `apiVersion: sources.knative.dev/v1
-kind: PingSource
-metadata: {name: tick, namespace: knfaas}
-spec:
-  schedule: "* * * * *"
-  sink: {uri: "http://example.com/"}
+			"config/800-tick.yaml": manifesttest.PingSource("knfaas", "tick", "* * * * *") + `  sink: {uri: "http://example.com/"}
 `,
 		},
 	}

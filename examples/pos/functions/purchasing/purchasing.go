@@ -20,13 +20,14 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/examples/pos/posevents"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/projection"
 )
 
 // TypeReorderRequested is the event consumed (emitted by examples/pos/functions/stock).
-const TypeReorderRequested = "dev.knfaas.example.pos.reorder.requested"
+const TypeReorderRequested = posevents.TypeReorderRequested
 
 // Names of the projector and its read model.
 const (
@@ -43,20 +44,15 @@ type Config struct {
 }
 
 // ReorderRequest is the data of TypeReorderRequested.
-type ReorderRequest struct {
-	SKU       string `json:"sku"`
-	Store     string `json:"store"`
-	Stock     int64  `json:"stock"`
-	Threshold int64  `json:"threshold"`
-}
+type ReorderRequest = posevents.ReorderRequest
 
 // Function is the purchasing function.
 type Function struct {
-	projector *projection.Projector
-	orderUpTo int64
 	// Lifecycle gives the function Ready (once started and while Redis answers), Alive and
 	// Running, and closes Redis in Stop.
 	funchealth.Lifecycle
+	projector *projection.Projector
+	orderUpTo int64
 }
 
 // New returns an unstarted Function.
@@ -64,24 +60,16 @@ func New() *Function { return &Function{} }
 
 // Start reads the configuration and opens Redis.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
-	var cfg Config
-	rdb, err := funcstart.Open("purchasing", &cfg)
-	if err != nil {
-		return err
-	}
-	return f.start(ctx, cfg, rdb)
+	return funcstart.Start(ctx, "purchasing", &Config{}, f.start)
 }
 
 func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) error {
 	if cfg.OrderUpTo <= 0 {
 		return errors.New("purchasing: POS_ORDER_UP_TO must be positive")
 	}
-	projector, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
+	projector, err := projection.Open(ctx, rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
 	if err != nil {
 		return fmt.Errorf("purchasing: %w", err)
-	}
-	if err := projector.Load(ctx); err != nil {
-		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
 	f.projector, f.orderUpTo = projector, cfg.OrderUpTo
 	f.Started(rdb)

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
@@ -25,6 +24,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/examples/pos/posevents"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/projection"
@@ -39,7 +39,7 @@ const (
 
 // TypeReorderRequested is the reply emitted when a store's stock of a SKU dips below the
 // SKU's threshold (subject = SKU, data = ReorderRequest).
-const TypeReorderRequested = "dev.knfaas.example.pos.reorder.requested"
+const TypeReorderRequested = posevents.TypeReorderRequested
 
 // Source is the source of the events this function emits.
 const Source = "knfaas/examples/pos/stock"
@@ -68,21 +68,16 @@ type Sale struct {
 }
 
 // ReorderRequest is the data of TypeReorderRequested.
-type ReorderRequest struct {
-	SKU       string `json:"sku"`
-	Store     string `json:"store"`
-	Stock     int64  `json:"stock"`
-	Threshold int64  `json:"threshold"`
-}
+type ReorderRequest = posevents.ReorderRequest
 
 // Function is the stock projector.
 type Function struct {
-	projector  *projection.Projector
-	thresholds map[string]int64
-	fallback   int64
 	// Lifecycle gives the function Ready (once started and while Redis answers), Alive and
 	// Running, and closes Redis in Stop.
 	funchealth.Lifecycle
+	projector  *projection.Projector
+	thresholds map[string]int64
+	fallback   int64
 }
 
 // New returns an unstarted Function.
@@ -90,12 +85,7 @@ func New() *Function { return &Function{} }
 
 // Start reads the thresholds and opens Redis; a malformed thresholds file stops start-up.
 func (f *Function) Start(ctx context.Context, _ map[string]string) error {
-	var cfg Config
-	rdb, err := funcstart.Open("stock", &cfg)
-	if err != nil {
-		return err
-	}
-	return f.start(ctx, cfg, rdb)
+	return funcstart.Start(ctx, "stock", &Config{}, f.start)
 }
 
 func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) error {
@@ -109,12 +99,9 @@ func (f *Function) start(ctx context.Context, cfg Config, rdb *redis.Client) err
 			return fmt.Errorf("stock: POS_THRESHOLDS_FILE %s: %w", cfg.ThresholdsFile, err)
 		}
 	}
-	projector, err := projection.New(rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
+	projector, err := projection.Open(ctx, rdb, ProjectorName, ModelName, projection.Options{InboxTTL: cfg.InboxTTL})
 	if err != nil {
 		return fmt.Errorf("stock: %w", err)
-	}
-	if err := projector.Load(ctx); err != nil {
-		slog.Warn("redis not reachable yet; readiness will follow it", "err", err)
 	}
 	f.projector, f.fallback = projector, cfg.DefaultThreshold
 	f.Started(rdb)
