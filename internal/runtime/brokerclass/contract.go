@@ -19,6 +19,13 @@ import (
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 )
 
+// ComponentLabel set to ComponentValue marks the class's own objects in the install manifests
+// (Deployments, Services, RBAC): `knfaas up` reports them as stood in for by its own broker.
+const (
+	ComponentLabel = "app.kubernetes.io/component"
+	ComponentValue = "redis-broker"
+)
+
 // ClassName is the value of the eventing.knative.dev/broker.class annotation this class serves.
 const ClassName = "RedisStreamBroker"
 
