@@ -16,6 +16,6 @@ func main() {
 	defer stop()
 	if err := cli.NewRootCommand("knfaas").ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "knfaas:", err)
-		os.Exit(1)
+		os.Exit(cli.ExitCode(err))
 	}
 }

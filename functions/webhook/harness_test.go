@@ -30,6 +30,7 @@ const (
 	slackSecret      = "8f742231b10e8888abcd99yyyzzz85a5"
 	svixSecret       = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 	shopSecret       = "shop"
+	minioToken       = "minio-token-0123456789abcdef"
 )
 
 func setSecrets(t testing.TB) {
@@ -40,6 +41,7 @@ func setSecrets(t testing.TB) {
 		"SLACK_SIGNING_SECRET":           slackSecret,
 		"SVIX_WEBHOOK_SECRET":            svixSecret,
 		"SHOP_WEBHOOK_SECRET":            shopSecret,
+		"MINIO_WEBHOOK_TOKEN":            minioToken,
 	} {
 		t.Setenv(k, v)
 	}

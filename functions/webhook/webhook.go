@@ -238,23 +238,7 @@ func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state
 		return
 	}
 
-	e := cloudevents.NewEvent()
-	e.SetID(d.ID)
-	e.SetType(d.Type)
-	e.SetSource(SourcePrefix + src.Name)
-	if d.Subject != "" {
-		e.SetSubject(d.Subject)
-	}
-	e.SetTime(f.now())
-	contentType := r.Header.Get("Content-Type")
-	if contentType == "" {
-		contentType = "application/octet-stream"
-	}
-	_ = e.SetData(contentType, body) // []byte is stored as is, never re-encoded.
-
-	pubCtx, cancel := context.WithTimeout(ctx, st.cfg.PublishTimeout)
-	err = st.pub.Send(pubCtx, e)
-	cancel()
+	err = f.publish(ctx, st, f.events(r, src, d, body))
 	if err != nil {
 		log.Error("publish to broker failed", "error", err, "status", sink.StatusCode(err))
 		relCtx, cancelRel := context.WithTimeout(ctx, st.cfg.PublishTimeout)
@@ -278,6 +262,54 @@ func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state
 	log.Info("delivery published")
 	w.WriteHeader(http.StatusAccepted)
 	_, _ = io.WriteString(w, "accepted\n")
+}
+
+// events are what a delivery publishes: the body as received, or one event per part.
+func (f *Function) events(r *http.Request, src *source.Source, d delivery.Delivery, body []byte) []event.Event {
+	newEvent := func(id, typ, subject string) event.Event {
+		e := cloudevents.NewEvent()
+		e.SetID(id)
+		e.SetType(typ)
+		e.SetSource(SourcePrefix + src.Name)
+		if subject != "" {
+			e.SetSubject(subject)
+		}
+		e.SetTime(f.now())
+		return e
+	}
+	if len(d.Parts) > 0 {
+		out := make([]event.Event, 0, len(d.Parts))
+		for _, p := range d.Parts {
+			e := newEvent(p.ID, p.Type, p.Subject)
+			if !p.Time.IsZero() {
+				e.SetTime(p.Time)
+			}
+			_ = e.SetData(cloudevents.ApplicationJSON, p.Data)
+			out = append(out, e)
+		}
+		return out
+	}
+	e := newEvent(d.ID, d.Type, d.Subject)
+	contentType := r.Header.Get("Content-Type")
+	if contentType == "" {
+		contentType = "application/octet-stream"
+	}
+	_ = e.SetData(contentType, body) // []byte is stored as is, never re-encoded.
+	return []event.Event{e}
+}
+
+// publish sends the events in order, all within one publish timeout (so the dedup lease,
+// sized for one publish, still outlives it), and stops at the first failure: the sender's
+// retry publishes them all again under the same ids.
+func (f *Function) publish(ctx context.Context, st *state, events []event.Event) error {
+	pubCtx, cancel := context.WithTimeout(ctx, st.cfg.PublishTimeout)
+	defer cancel()
+	for i, e := range events {
+		if err := st.pub.Send(pubCtx, e); err != nil {
+			return fmt.Errorf("event %d of %d (%s): %w", i+1, len(events), e.ID(), err)
+		}
+	}
+	return nil
 }
 
 // readBody reads at most limit bytes. A declared Content-Length over the limit is refused

@@ -13,18 +13,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
 )
 
-// DefaultBrokerURL is the local ingress of the default Broker under `knfaas up`.
-const DefaultBrokerURL = "http://127.0.0.1:8080/knfaas/default"
-
 const dlqLong = `Inspect, redrive and purge the dead letters stored by the deadletter function.
 
-The commands talk to Redis directly: set REDIS_URL (and REDIS_PASSWORD / REDIS_CA_FILE when
-needed) to the Redis the deadletter function uses. On a cluster, forward the Redis Service
-first, e.g.:
+The commands talk to Redis directly: the Redis of the running knfaas up (found in its state
+directory; --addr or KNFAAS_ADDR pick one of several), or REDIS_URL when it is set (with
+REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, forward the Redis Service first,
+e.g.:
 
   kubectl -n knfaas port-forward svc/redis 6379:6379 &
   export REDIS_URL=redis://127.0.0.1:6379/0
@@ -59,28 +56,18 @@ func addFilterFlags(cmd *cobra.Command, f *dlqFilterFlags, defaultLimit int) {
 	fl.BoolVar(&f.parked, "parked", false, "only events the broker parked after subscriber and dead-letter sink kept failing")
 }
 
-func addOutputFlag(cmd *cobra.Command, output *string) {
-	cmd.Flags().StringVarP(output, "output", "o", "table", "output format: table or json")
-}
-
-func checkOutput(output string) error {
-	if output != "table" && output != "json" {
-		return fmt.Errorf("--output %q: want table or json", output)
-	}
-	return nil
-}
-
-// openStore connects to REDIS_URL; retention options do not matter to readers.
-func openStore() (*deadletter.Store, *redis.Client, error) {
-	rdb, err := redisconn.FromEnv()
+// openStore connects to REDIS_URL or the running knfaas up's Redis; retention options do not
+// matter to readers.
+func openStore(run runFlags) (*deadletter.Store, *redis.Client, error) {
+	rdb, err := run.openRedis("dead letters")
 	if err != nil {
-		return nil, nil, fmt.Errorf("dead letters are read from Redis: %w", err)
+		return nil, nil, err
 	}
 	return deadletter.NewStore(rdb, deadletter.Options{}), rdb, nil
 }
 
 // openFiltered validates the output and filter flags before touching Redis, then connects.
-func openFiltered(f dlqFilterFlags, ids []string, output string) (deadletter.Filter, *deadletter.Store, *redis.Client, error) {
+func openFiltered(run runFlags, f dlqFilterFlags, ids []string, output string) (deadletter.Filter, *deadletter.Store, *redis.Client, error) {
 	if err := checkOutput(output); err != nil {
 		return deadletter.Filter{}, nil, nil, err
 	}
@@ -88,18 +75,18 @@ func openFiltered(f dlqFilterFlags, ids []string, output string) (deadletter.Fil
 	if err != nil {
 		return filter, nil, nil, err
 	}
-	store, rdb, err := openStore()
+	store, rdb, err := openStore(run)
 	return filter, store, rdb, err
 }
 
 // selectLetters validates the flags, then lists the matching letters. A table shows no event,
 // so the events (the bulk of the store) are not read for it.
-func selectLetters(cmd *cobra.Command, f dlqFilterFlags, ids []string, output string) ([]deadletter.Letter, func(), error) {
-	filter, store, rdb, err := openFiltered(f, ids, output)
+func selectLetters(cmd *cobra.Command, run runFlags, f dlqFilterFlags, ids []string, output string) ([]deadletter.Letter, func(), error) {
+	filter, store, rdb, err := openFiltered(run, f, ids, output)
 	if err != nil {
 		return nil, nil, err
 	}
-	filter.OmitEvent = output == "table"
+	filter.OmitEvent = !structured(output)
 	letters, err := store.List(cmd.Context(), filter)
 	if err != nil {
 		rdb.Close()
@@ -110,26 +97,31 @@ func selectLetters(cmd *cobra.Command, f dlqFilterFlags, ids []string, output st
 
 func newDLQListCommand() *cobra.Command {
 	var f dlqFilterFlags
+	var run runFlags
 	var output string
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "list [letter-id...]",
 		Short: "List dead letters, oldest first",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			letters, done, err := selectLetters(cmd, f, args, output)
+			letters, done, err := selectLetters(cmd, run, f, args, output)
 			if err != nil {
 				return err
 			}
 			defer done()
-			return printLetters(cmd.OutOrStdout(), output, letters)
+			return printLetters(cmd.OutOrStdout(), output, quiet, letters)
 		},
 	}
 	addFilterFlags(cmd, &f, 100)
 	addOutputFlag(cmd, &output)
+	addQuietFlag(cmd, &quiet)
+	addRunFlags(cmd, &run)
 	return cmd
 }
 
 func newDLQShowCommand() *cobra.Command {
 	var output string
+	var run runFlags
 	cmd := &cobra.Command{
 		Use:   "show letter-id",
 		Short: "Show one dead letter with its original event and the subscriber's answer",
@@ -138,7 +130,7 @@ func newDLQShowCommand() *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			store, rdb, err := openStore()
+			store, rdb, err := openStore(run)
 			if err != nil {
 				return err
 			}
@@ -147,19 +139,22 @@ func newDLQShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), l)
+			if structured(output) {
+				return writeDocument(cmd.OutOrStdout(), output, l)
 			}
 			return printLetterDetail(cmd.OutOrStdout(), l)
 		},
 	}
 	addOutputFlag(cmd, &output)
+	addRunFlags(cmd, &run)
 	return cmd
 }
 
 func newDLQRedriveCommand() *cobra.Command {
 	var f dlqFilterFlags
+	var run runFlags
 	var output, broker string
+	var quiet bool
 	var rate float64
 	var dryRun bool
 	var timeout time.Duration
@@ -174,7 +169,8 @@ is interrupted, run the same command again: accepted letters are gone, and the l
 flight is sent again once its lease (twice --timeout) has expired. Redrive stops at the first
 letter the broker does not accept, leaving it and the rest stored.
 
-On a cluster, forward the broker ingress and pass its URL:
+--broker names the broker as namespace/name (default knfaas/default) on the running knfaas up.
+A full ingress URL is accepted too; on a cluster, forward the broker ingress and pass its URL:
 
   kubectl -n knative-eventing port-forward svc/broker-ingress 8081:80 &
   knfaas dlq redrive --broker http://127.0.0.1:8081/knfaas/default ...`,
@@ -185,29 +181,42 @@ On a cluster, forward the broker ingress and pass its URL:
 			if timeout <= 0 {
 				return fmt.Errorf("--timeout %v: want a positive duration", timeout)
 			}
-			pub, err := sink.New(broker, timeout)
-			if err != nil {
-				return fmt.Errorf("--broker: %w", err)
-			}
 			if dryRun {
-				letters, done, err := selectLetters(cmd, f, args, output)
+				letters, done, err := selectLetters(cmd, run, f, args, output)
 				if err != nil {
 					return err
 				}
 				defer done()
-				return printLetters(cmd.OutOrStdout(), output, letters)
+				return printLetters(cmd.OutOrStdout(), output, quiet, letters)
 			}
-			filter, store, rdb, err := openFiltered(f, args, output)
+			// Flags first, then the broker's address, then Redis.
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			if _, err := f.filter(args, time.Now()); err != nil {
+				return err
+			}
+			target, err := run.brokerURL(broker)
+			if err != nil {
+				return err
+			}
+			pub, err := sink.New(target, timeout)
+			if err != nil {
+				return fmt.Errorf("--broker: %w", err)
+			}
+			filter, store, rdb, err := openFiltered(run, f, args, output)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			return redrive(cmd, store, pub, filter, output, rate, 2*timeout)
+			return redrive(cmd, store, pub, filter, output, quiet, rate, 2*timeout)
 		},
 	}
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
-	cmd.Flags().StringVar(&broker, "broker", DefaultBrokerURL, "broker ingress URL to publish to")
+	addRunFlags(cmd, &run)
+	addQuietFlag(cmd, &quiet)
+	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be redriven and send nothing")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the broker's answer to each event")
@@ -225,11 +234,11 @@ type redriveLine struct {
 
 // redrive sends the letters matching filter, reading them page by page as it goes.
 func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publisher, filter deadletter.Filter,
-	output string, rate float64, lease time.Duration) error {
+	output string, quiet bool, rate float64, lease time.Duration) error {
 	out := cmd.OutOrStdout()
 	var lines []redriveLine
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	if output == "table" {
+	if !structured(output) && !quiet {
 		fmt.Fprintln(tw, "LETTER\tID\tATTEMPT\tOUTCOME\tERROR")
 	}
 	rep, err := deadletter.RedriveMatching(cmd.Context(), store, pub, filter, deadletter.RedriveOptions{
@@ -239,19 +248,28 @@ func redrive(cmd *cobra.Command, store *deadletter.Store, pub deadletter.Publish
 			if r.Err != nil {
 				line.Error = r.Err.Error()
 			}
-			if output == "json" {
+			switch {
+			case structured(output):
 				lines = append(lines, line)
+				return
+			case quiet:
+				if r.Outcome == deadletter.Accepted {
+					fmt.Fprintln(out, line.Letter)
+				}
 				return
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", line.Letter, line.ID, line.Attempt, line.Outcome, line.Error)
 			tw.Flush() // show progress as it happens
 		},
 	})
-	if output == "json" {
-		if jerr := writeJSON(out, lines); jerr != nil {
+	if structured(output) {
+		if lines == nil {
+			lines = []redriveLine{}
+		}
+		if jerr := writeDocument(out, output, lines); jerr != nil {
 			return errors.Join(err, jerr)
 		}
-	} else {
+	} else if !quiet {
 		tw.Flush()
 		fmt.Fprintf(out, "accepted %d, failed %d, skipped %d\n", rep.Accepted, rep.Failed, rep.Skipped)
 	}
@@ -263,8 +281,9 @@ const purgeBatch = 500
 
 func newDLQPurgeCommand() *cobra.Command {
 	var f dlqFilterFlags
+	var run runFlags
 	var output string
-	var dryRun, all bool
+	var dryRun, all, quiet bool
 	cmd := &cobra.Command{
 		Use:   "purge [letter-id...]",
 		Short: "Delete dead letters",
@@ -273,14 +292,14 @@ func newDLQPurgeCommand() *cobra.Command {
 				return errors.New("purge needs letter ids, a filter, or --all")
 			}
 			if dryRun {
-				letters, done, err := selectLetters(cmd, f, args, output)
+				letters, done, err := selectLetters(cmd, run, f, args, output)
 				if err != nil {
 					return err
 				}
 				defer done()
-				return printLetters(cmd.OutOrStdout(), output, letters)
+				return printLetters(cmd.OutOrStdout(), output, quiet, letters)
 			}
-			filter, store, rdb, err := openFiltered(f, args, output)
+			filter, store, rdb, err := openFiltered(run, f, args, output)
 			if err != nil {
 				return err
 			}
@@ -311,8 +330,11 @@ func newDLQPurgeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), map[string]int{"purged": removed})
+			switch {
+			case structured(output):
+				return writeDocument(cmd.OutOrStdout(), output, map[string]int{"purged": removed})
+			case quiet:
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "purged %d letters\n", removed)
 			return nil
@@ -320,24 +342,26 @@ func newDLQPurgeCommand() *cobra.Command {
 	}
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
+	addRunFlags(cmd, &run)
+	addQuietFlag(cmd, &quiet)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be purged and delete nothing")
 	cmd.Flags().BoolVar(&all, "all", false, "purge every letter when no id or filter is given")
 	return cmd
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false) // show <, > and & in events as they are
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-func printLetters(w io.Writer, output string, letters []deadletter.Letter) error {
-	if output == "json" {
+// printLetters prints letters as a table, their ids (quiet), or a json or yaml list.
+func printLetters(w io.Writer, output string, quiet bool, letters []deadletter.Letter) error {
+	switch {
+	case structured(output):
 		if letters == nil {
 			letters = []deadletter.Letter{}
 		}
-		return writeJSON(w, letters)
+		return writeDocument(w, output, letters)
+	case quiet:
+		for _, l := range letters {
+			fmt.Fprintln(w, l.ID)
+		}
+		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LETTER\tRECEIVED\tREASON\tTYPE\tSOURCE\tID\tDEST\tCODE\tTRIGGER\tREDRIVES")

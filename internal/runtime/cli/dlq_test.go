@@ -45,7 +45,7 @@ func TestDLQRejectsMalformedFlags(t *testing.T) {
 		{"until garbage", []string{"dlq", "purge", "--until", "2026-13-01"}, "--until"},
 		{"until before since", []string{"dlq", "list", "--since", "1h", "--until", "2h"}, "--until"},
 		{"negative limit", []string{"dlq", "list", "--limit", "-1"}, "--limit"},
-		{"unknown output", []string{"dlq", "list", "-o", "yaml"}, "--output"},
+		{"unknown output", []string{"dlq", "list", "-o", "xml"}, "--output"},
 		{"rate not a number", []string{"dlq", "redrive", "--rate", "fast"}, "--rate"},
 		{"negative rate", []string{"dlq", "redrive", "--rate", "-1"}, "--rate"},
 		{"zero timeout", []string{"dlq", "redrive", "--timeout", "0s"}, "--timeout"},

@@ -13,15 +13,15 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/eventlog"
 	"github.com/knfaas/knfaas/internal/function/projection"
-	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
 	"github.com/knfaas/knfaas/internal/runtime/localhost"
 )
 
 const eventsLong = `Replay events from the event store's log and rebuild read models.
 
-The commands read Redis directly: set REDIS_URL (and REDIS_PASSWORD / REDIS_CA_FILE when needed)
-to the Redis the eventstore function writes. On a cluster, forward the Redis Service first:
+The commands read Redis directly: the Redis of the running knfaas up (found in its state
+directory; --addr or KNFAAS_ADDR pick one of several), or REDIS_URL when it is set (with
+REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, forward the Redis Service first:
 
   kubectl -n knfaas port-forward svc/redis 6379:6379 &
   export REDIS_URL=redis://127.0.0.1:6379/0
@@ -31,10 +31,10 @@ Rebuilding a read model from the log (the result is identical to the live model)
   1. pause the projector's Triggers (or accept that live events race with the rebuild)
   2. knfaas events drop --model stock --projector stock-projector
   3. knfaas events replay --type dev.knfaas.example.pos.sale.recorded,... \
-       --to http://127.0.0.1:<port>/_knfaas/<token>/services/knfaas/pos-stock --allow-beyond-horizon
+       --service knfaas/pos-stock --allow-beyond-horizon
 
-     (pos-stock is cluster-local: under knfaas up, use the internal address its start-up line
-     "internal:" prints; on a cluster, kubectl port-forward)
+     (--service reaches cluster-local Services of the running knfaas up through its internal
+     capability; on a cluster, kubectl port-forward and pass --to URL)
 
 Sent straight to the projector, the replay reaches nothing else, arrives in log order (a Broker
 delivers in parallel), and the projector's replies come back to this command, which drops them:
@@ -59,6 +59,9 @@ func newEventsCommand() *cobra.Command {
 }
 
 type replayOptions struct {
+	run     runFlags
+	broker  string
+	service string
 	subject string
 	types   []string
 	since   string
@@ -69,6 +72,29 @@ type replayOptions struct {
 	timeout time.Duration
 	horizon time.Duration
 	beyond  bool
+	output  string
+	quiet   bool
+}
+
+// replayLine is one event of a replay in -o json and -o yaml.
+type replayLine struct {
+	Cursor  string `json:"cursor"`
+	Type    string `json:"type"`
+	Subject string `json:"subject,omitempty"`
+	Source  string `json:"source"`
+	ID      string `json:"id"`
+	// Outcome is "sent", "refused" (4xx, skipped) or, with --dry-run, "would send".
+	Outcome string `json:"outcome"`
+	Error   string `json:"error,omitempty"`
+}
+
+// replayReport is the document -o json and -o yaml print.
+type replayReport struct {
+	DryRun    bool         `json:"dryRun,omitempty"`
+	WouldSend int          `json:"wouldSend,omitempty"`
+	Sent      int          `json:"sent"`
+	Refused   int          `json:"refused"`
+	Events    []replayLine `json:"events"`
 }
 
 func newEventsReplayCommand() *cobra.Command {
@@ -81,7 +107,7 @@ func newEventsReplayCommand() *cobra.Command {
 compared with the time the event store appended each event.`,
 		Example: `  knfaas events replay --subject SKU-1001 --dry-run
   knfaas events replay --type dev.knfaas.example.pos.sale.recorded --since 24h \
-      --to http://127.0.0.1:8080/knfaas/default --rate 200`,
+      --broker knfaas/default --rate 200`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runReplay(cmd.Context(), cmd.OutOrStdout(), o)
@@ -93,11 +119,17 @@ compared with the time the event store appended each event.`,
 	f.StringVar(&o.since, "since", "", "only events appended at or after this time (RFC 3339, or a duration ago)")
 	f.StringVar(&o.until, "until", "", "only events appended at or before this time (RFC 3339, or a duration ago)")
 	f.StringVar(&o.to, "to", "", "where to send the events: a Broker ingress URL or any CloudEvents endpoint")
+	f.StringVar(&o.broker, "broker", "", "send to this Broker (namespace/name) of the running knfaas up")
+	f.StringVar(&o.service, "service", "", "send to this Knative Service (namespace/name) of the running knfaas up, cluster-local ones included")
+	cmd.MarkFlagsMutuallyExclusive("to", "broker", "service")
+	addRunFlags(cmd, &o.run)
 	f.Float64Var(&o.rate, "rate", 100, "at most this many events per second (0: no limit)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the events that would be sent, send nothing")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each send")
 	f.DurationVar(&o.horizon, "inbox-horizon", projection.DefaultInboxTTL, "the shortest deduplication horizon of the target's consumers")
 	f.BoolVar(&o.beyond, "allow-beyond-horizon", false, "send events older than --inbox-horizon (only to a consumer with nothing to forget, e.g. a just-dropped projector)")
+	addOutputFlag(cmd, &o.output)
+	addQuietFlag(cmd, &o.quiet)
 	return cmd
 }
 
@@ -132,20 +164,51 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 	if o.rate < 0 {
 		return fmt.Errorf("--rate %v: want 0 (no limit) or more", o.rate)
 	}
+	if err := checkOutput(o.output); err != nil {
+		return err
+	}
+	report := replayReport{DryRun: o.dryRun, Events: []replayLine{}}
+	note := func(r eventlog.Record, outcome string, err error) {
+		line := replayLine{Cursor: r.Cursor, Type: r.Event.Type(), Subject: r.Event.Subject(), Source: r.Event.Source(), ID: r.Event.ID(), Outcome: outcome}
+		if err != nil {
+			line.Error = err.Error()
+		}
+		switch {
+		case structured(o.output):
+			report.Events = append(report.Events, line)
+		case o.quiet:
+			if outcome != "refused" {
+				fmt.Fprintln(out, line.ID)
+			}
+		case outcome == "would send":
+			fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", line.Cursor, line.Type, line.Subject, line.Source, line.ID)
+		case outcome == "refused":
+			fmt.Fprintf(out, "refused\t%s\t%s\t%s\t%v\n", line.Cursor, line.Type, line.ID, err)
+		}
+	}
 	var send func(context.Context, eventlog.Record) error
 	if !o.dryRun {
-		if o.to == "" {
-			return errors.New("--to is required unless --dry-run")
+		to := o.to
+		switch {
+		case o.broker != "":
+			to, err = o.run.brokerURL(o.broker)
+		case o.service != "":
+			to, err = o.run.serviceURL(o.service, "/")
+		case to == "":
+			err = errors.New("--to, --broker or --service is required unless --dry-run")
 		}
-		s, err := sink.NewWithTransport(o.to, o.timeout, localhost.Transport())
+		if err != nil {
+			return err
+		}
+		s, err := sink.NewWithTransport(to, o.timeout, localhost.Transport())
 		if err != nil {
 			return err
 		}
 		send = func(ctx context.Context, r eventlog.Record) error { return s.Send(ctx, r.Event) }
 	}
-	rdb, err := redisconn.FromEnv()
+	rdb, err := o.run.openRedis("events")
 	if err != nil {
-		return fmt.Errorf("the event log is read from Redis: %w", err)
+		return err
 	}
 	defer rdb.Close()
 	log := eventlog.New(rdb, eventlog.Options{})
@@ -166,6 +229,7 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 		defer tick.Stop()
 	}
 	sent, refused := 0, 0
+	started, reported := time.Now(), time.Now()
 	for {
 		page, err := log.Read(ctx, q)
 		if err != nil {
@@ -176,7 +240,7 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 				continue
 			}
 			if send == nil {
-				fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", r.Cursor, r.Event.Type(), r.Event.Subject(), r.Event.Source(), r.Event.ID())
+				note(r, "would send", nil)
 				sent++
 				continue
 			}
@@ -196,18 +260,33 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 				// A refusal (4xx) is what the target answered live too, and will answer every
 				// time: report it and go on. Anything else may pass on a retry: stop, resumable.
 				if code := sink.StatusCode(err); code >= 400 && code < 500 {
-					fmt.Fprintf(out, "refused\t%s\t%s\t%s\t%v\n", r.Cursor, r.Event.Type(), r.Event.ID(), err)
+					note(r, "refused", err)
 					refused++
 					continue
 				}
 				return fmt.Errorf("replayed %d events; stopped at cursor %s (resume with --since or from there): %w", sent, r.Cursor, err)
 			}
+			note(r, "sent", nil)
 			sent++
+			if !structured(o.output) && !o.quiet && time.Since(reported) >= replayProgressInterval {
+				fmt.Fprintf(out, "  replayed %d events so far (%s)\n", sent, time.Since(started).Round(time.Second))
+				reported = time.Now()
+			}
 		}
 		if page.Next == "" {
 			break
 		}
 		q.After = page.Next
+	}
+	if structured(o.output) {
+		report.Sent, report.Refused = sent, refused
+		if o.dryRun {
+			report.WouldSend, report.Sent = sent, 0
+		}
+		return writeDocument(out, o.output, report)
+	}
+	if o.quiet {
+		return nil
 	}
 	verb := "replayed"
 	if send == nil {
@@ -222,14 +301,15 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 
 func newEventsDropCommand() *cobra.Command {
 	var model, projector string
+	var run runFlags
 	cmd := &cobra.Command{
 		Use:   "drop",
 		Short: "Delete a read model and its projector's inbox, ready to be rebuilt by a replay",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rdb, err := redisconn.FromEnv()
+			rdb, err := run.openRedis("read models")
 			if err != nil {
-				return fmt.Errorf("read models live in Redis: %w", err)
+				return err
 			}
 			defer rdb.Close()
 			kit, err := projection.New(rdb, projector, model, projection.Options{})
@@ -245,10 +325,14 @@ func newEventsDropCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&model, "model", "", "the read model (e.g. stock)")
 	cmd.Flags().StringVar(&projector, "projector", "", "the projector writing it (e.g. stock-projector)")
+	addRunFlags(cmd, &run)
 	_ = cmd.MarkFlagRequired("model")
 	_ = cmd.MarkFlagRequired("projector")
 	return cmd
 }
+
+// replayProgressInterval is how often a replay that sends says how far it got.
+var replayProgressInterval = 5 * time.Second
 
 // appendedBefore reports whether a stream cursor (<ms>-<seq>) lies before t.
 func appendedBefore(cursor string, t time.Time) bool {

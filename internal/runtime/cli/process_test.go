@@ -45,9 +45,11 @@ steps:
 	}{
 		{"list", []string{"process", "list"}, []string{"INSTANCE", "o-7", "order", "completed"}, ""},
 		{"show", []string{"process", "show", "o-7"}, []string{"Status:   completed", "o-7:pay:1", "scheduled", "paid", "order.completed"}, ""},
-		{"show json", []string{"process", "show", "o-7", "-o", "json"}, []string{`"Timeline":[`}, ""},
+		{"show json", []string{"process", "show", "o-7", "-o", "json"}, []string{`"timeline": [`, `"created": "2026-01-01T00:00:00.000Z"`}, ""},
+		{"show yaml", []string{"process", "show", "o-7", "-o", "yaml"}, []string{"timeline:\n", "status: completed"}, ""},
+		{"list quiet", []string{"process", "list", "-q"}, []string{"o-7\n"}, ""},
 		{"show unknown", []string{"process", "show", "nope"}, nil, `no process instance "nope"`},
-		{"bad output", []string{"process", "list", "-o", "yaml"}, nil, "--output"},
+		{"bad output", []string{"process", "list", "-o", "xml"}, nil, "--output"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

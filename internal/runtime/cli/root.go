@@ -1,7 +1,9 @@
-// Package cli holds the knfaas command tree: up, send, verify, dlq, events, process.
+// Package cli holds the knfaas command tree: up, send, verify, dlq, events, process, version.
 package cli
 
 import (
+	"runtime/debug"
+
 	"github.com/spf13/cobra"
 )
 
@@ -11,14 +13,20 @@ func NewRootCommand(name string) *cobra.Command {
 	root := &cobra.Command{
 		Use:           name,
 		Short:         "A portable functions platform on Knative and CloudEvents",
+		Long:          "A portable functions platform on Knative and CloudEvents.\n\n" + exitCodesHelp,
+		Version:       readVersion(debug.ReadBuildInfo()).short(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate(name + " {{.Version}}\n")
 	root.AddCommand(newUpCommand())
 	root.AddCommand(newSendCommand())
 	root.AddCommand(newDLQCommand())
 	root.AddCommand(newProcessCommand())
 	root.AddCommand(newVerifyCommand())
 	root.AddCommand(newEventsCommand())
+	root.AddCommand(newVersionCommand())
+	root.AddCommand(newNewCommand())
+	handleUsage(root)
 	return root
 }

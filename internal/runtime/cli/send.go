@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,21 +19,42 @@ import (
 
 func newSendCommand() *cobra.Command {
 	var (
-		to, brokerRef, serviceRef, addr   string
+		to, brokerRef, serviceRef, path   string
 		id, typ, source, subject, dataArg string
+		run                               runFlags
 		contentType                       string
 		extensions                        []string
 		timeout                           time.Duration
+		webhook, webhookSecret            string
+		quiet                             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "send --type TYPE [--data @FILE|-|TEXT] [flags]",
 		Short: "Post a CloudEvent (binary mode) to a broker or a service",
+		Long: `Post a CloudEvent in binary mode to a Broker (--broker namespace/name, default
+knfaas/default), a Knative Service (--service namespace/name, cluster-local ones included),
+or any URL (--to).
+
+The running knfaas up is found in its state directory; --addr or KNFAAS_ADDR name one
+explicitly. A run so named that is not found there (another state directory or machine) is
+reached through its public ingress, so --service then reaches its public Services only.
+
+--webhook github|stripe|slack|svix posts a delivery signed as that provider signs it, with the
+development secret knfaas up generated for the webhook-secrets template (or --webhook-secret),
+to the webhook function's source of the same name (POST /<provider>): what the intake answers is
+printed. --type is then the provider's event name (GitHub's X-GitHub-Event, the Stripe or Slack
+event type), --id the delivery id, and --data the body (a minimal one by default).`,
 		Example: `  knfaas send --type dev.knfaas.example.pos.sale.recorded --subject SKU-1 --data '{"store":"s1","quantity":2}'
-  knfaas send --service knfaas/webhook --type t --data @event.json
-  echo '{}' | knfaas send --to http://127.0.0.1:8080/knfaas/default --type t --data -`,
+  knfaas send --service knfaas/process --type t --data @event.json
+  echo '{}' | knfaas send --to http://127.0.0.1:8080/knfaas/default --type t --data -
+  knfaas send --webhook github --type push
+  knfaas send --webhook stripe --data @charge.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			target, err := sendTarget(to, brokerRef, serviceRef, addr)
+			if webhook != "" {
+				return sendWebhook(cmd, run, webhook, webhookSecret, to, serviceRef, typ, id, dataArg, timeout, quiet)
+			}
+			target, err := sendTarget(run, to, brokerRef, serviceRef, path)
 			if err != nil {
 				return err
 			}
@@ -78,6 +100,10 @@ func newSendCommand() *cobra.Command {
 			if err := s.Send(ctx, e); err != nil {
 				return err
 			}
+			if quiet {
+				fmt.Fprintln(cmd.OutOrStdout(), e.ID())
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "sent %s (type %s) to %s\n", e.ID(), e.Type(), target)
 			return nil
 		},
@@ -86,7 +112,7 @@ func newSendCommand() *cobra.Command {
 	f.StringVar(&to, "to", "", "target URL (overrides --broker and --service)")
 	f.StringVar(&brokerRef, "broker", "knfaas/default", "target broker as namespace/name")
 	f.StringVar(&serviceRef, "service", "", "target Knative Service as namespace/name (instead of a broker)")
-	f.StringVar(&addr, "addr", "127.0.0.1:8080", "address of knfaas up")
+	f.StringVar(&path, "path", "/", "with --service: the path to post to")
 	f.StringVar(&id, "id", "", "event id (default: a new UUID)")
 	f.StringVar(&typ, "type", "", "event type (required)")
 	f.StringVar(&source, "source", "/knfaas/cli", "event source")
@@ -95,29 +121,78 @@ func newSendCommand() *cobra.Command {
 	f.StringVar(&contentType, "content-type", "application/json", "content type of the data")
 	f.StringArrayVarP(&extensions, "extension", "e", nil, "extension attribute name=value (repeatable)")
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the answer")
+	f.StringVar(&webhook, "webhook", "", "post a signed webhook delivery instead: github, stripe, slack or svix")
+	_ = cmd.RegisterFlagCompletionFunc("webhook", cobra.FixedCompletions(webhookProviders, cobra.ShellCompDirectiveNoFileComp))
+	f.StringVar(&webhookSecret, "webhook-secret", "", "with --webhook: sign with this secret instead of the development one")
+	addQuietFlag(cmd, &quiet)
+	addRunFlags(cmd, &run)
 	return cmd
 }
 
-func sendTarget(to, brokerRef, serviceRef, addr string) (string, error) {
+// sendWebhook posts a signed delivery to the webhook function's source for provider.
+func sendWebhook(cmd *cobra.Command, run runFlags, provider, secret, to, serviceRef, event, id, dataArg string, timeout time.Duration, quiet bool) error {
+	if !slices.Contains(webhookProviders, provider) {
+		return &UsageError{Err: fmt.Errorf("--webhook %q: want one of %s", provider, strings.Join(webhookProviders, ", "))}
+	}
+	if event == "" {
+		event = defaultWebhookEvent(provider)
+	}
+	if id == "" {
+		id = uuid.NewString()
+	}
+	body := defaultWebhookBody(provider, event, id)
+	if dataArg != "" {
+		data, err := readData(dataArg, cmd.InOrStdin())
+		if err != nil {
+			return fmt.Errorf("--data: %w", err)
+		}
+		body = data
+	}
+	if serviceRef == "" {
+		serviceRef = "knfaas/webhook"
+	}
+	target := to
+	if target == "" {
+		var err error
+		if target, err = run.serviceURL(serviceRef, "/"+provider); err != nil {
+			return err
+		}
+	}
+	if secret == "" {
+		ns, _, err := splitRef("--service", serviceRef)
+		if err != nil {
+			return err
+		}
+		if secret, err = devWebhookSecret(run.stateDir, ns, provider); err != nil {
+			return err
+		}
+	}
+	d, err := signWebhook(provider, secret, event, id, body, time.Now())
+	if err != nil {
+		return err
+	}
+	answer, err := postWebhook(cmd.Context(), target, d, timeout)
+	if err != nil {
+		return err
+	}
+	if quiet {
+		fmt.Fprintln(cmd.OutOrStdout(), id)
+		return nil
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "delivered %s webhook %s to %s: %s\n", provider, id, target, answer)
+	return nil
+}
+
+// sendTarget is --to as given, else the URL of --service or --broker under the running
+// `knfaas up`.
+func sendTarget(run runFlags, to, brokerRef, serviceRef, path string) (string, error) {
 	if to != "" {
 		return to, nil
 	}
-	_, port, ok := strings.Cut(addr, ":")
-	if !ok {
-		return "", fmt.Errorf("--addr %q: want host:port", addr)
-	}
 	if serviceRef != "" {
-		ns, name, ok := strings.Cut(serviceRef, "/")
-		if !ok || ns == "" || name == "" {
-			return "", fmt.Errorf("--service %q: want namespace/name", serviceRef)
-		}
-		return fmt.Sprintf("http://%s.%s.localhost:%s/", name, ns, port), nil
+		return run.serviceURL(serviceRef, path)
 	}
-	ns, name, ok := strings.Cut(brokerRef, "/")
-	if !ok || ns == "" || name == "" {
-		return "", fmt.Errorf("--broker %q: want namespace/name", brokerRef)
-	}
-	return fmt.Sprintf("http://%s/%s/%s", addr, ns, name), nil
+	return run.brokerURL(brokerRef)
 }
 
 func readData(arg string, stdin io.Reader) ([]byte, error) {

@@ -39,6 +39,7 @@ func newUpCommand() *cobra.Command {
 		appendTimeout  time.Duration
 		parkAfter      int
 		dryRun         bool
+		strict         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up [-f PATH]...",
@@ -52,13 +53,22 @@ PingSources fire on their schedules.
 Secrets: every CHANGE-ME placeholder of a loaded Secret is replaced by a random development
 secret, generated on first start and kept in <state-dir>/dev-secrets.json (0600).
 
+Discovery: once it listens, the run records its address, internal capability base, Redis URL,
+PID and start time in <run-dir>/<run>/endpoints.json (0600), so send, dlq, process and events
+find it with no address copied by hand. The record goes with the run directory; a record left
+by a run that died (its lock is free) is reported as stale and never used.
+
 Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
 (miniredis) runs in-process and its data is lost on exit.
 
 Run it from the module root (ko:// paths are built with go build there).
 
 --dry-run prints the plan instead: what each Service, Broker, Trigger and PingSource would
-run with, and the objects loaded but not run. It builds, listens and writes nothing; a
+run with, and the objects loaded but not run.
+
+Objects that are loaded but not run (kinds other than Knative Services, Brokers, Triggers,
+PingSources, SinkBindings, and the ConfigMaps, Secrets and Namespaces they read) are listed at
+start, each with the reason ("not run: …"); --strict refuses them instead. It builds, listens and writes nothing; a
 manifest that cannot run is an error naming its file, object and field.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -66,6 +76,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 			if defaults {
 				all = append(append([]string{}, defaultPaths...), paths...)
 			}
+			all = uniquePaths(all)
 			if len(all) == 0 {
 				return fmt.Errorf("no manifests: pass -f PATH or leave --defaults on")
 			}
@@ -79,7 +90,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 			if dryRun {
 				return embedded.DryRun(embedded.Options{
 					Paths: all, Addr: addr, IdleTimeout: idle, StartTimeout: startTimeout,
-					RedisURL: os.Getenv(redisconn.EnvURL), Out: cmd.OutOrStdout(),
+					RedisURL: os.Getenv(redisconn.EnvURL), Out: cmd.OutOrStdout(), Strict: strict,
 				})
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
@@ -136,13 +147,12 @@ manifest that cannot run is an error naming its file, object and field.`,
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
 				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
 				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
-				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(),
+				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(), Strict: strict,
 			})
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVarP(&paths, "file", "f", nil, "manifest file or folder to load as well (repeatable), e.g. examples/pos")
-	f.BoolVar(&defaults, "defaults", true, "load config/ and triggers/ too; --defaults=false loads only the -f paths")
+	addManifestFlags(cmd, &paths, &defaults)
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "address of the ingress, broker ingress and /metrics")
 	f.DurationVar(&idle, "idle", 30*time.Second, "scale-to-zero window: an instance idle this long is stopped (min-scale permitting)")
 	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
@@ -156,6 +166,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 	f.StringVar(&stateDir, "state-dir", "", "persistent local state: the development secrets that replace CHANGE-ME placeholders, kept across runs (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
 	f.StringVar(&runDir, "run-dir", "", "where each run keeps its projected volumes and instance files, removed on exit and, after a crash, at the next start (default <state-dir>/runs)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles of the runtime on this address (debugging)")
+	f.BoolVar(&strict, "strict", false, "refuse manifests with objects that are loaded but not run (e.g. a Deployment, an ApiServerSource) instead of listing them")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan (services, brokers, triggers, pings, notes) and exit without building, listening or writing state")
 	return cmd
 }

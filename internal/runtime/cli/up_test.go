@@ -87,6 +87,7 @@ spec:
 	tests := []struct {
 		name      string
 		manifests string
+		args      []string
 		wantLines []string
 		wantErr   string
 	}{
@@ -107,6 +108,12 @@ spec:
 			},
 		},
 		{
+			name:      "--strict refuses what would not run",
+			manifests: good,
+			args:      []string{"--strict"},
+			wantErr:   "--strict: 1 loaded objects would not run:\n  " + "${dir}" + "/shop.yaml (document 4): Deployment shop/legacy: loaded, not run",
+		},
+		{
 			name:      "a ref the manifests lack",
 			manifests: badRef,
 			wantErr:   "/shop.yaml: Trigger shop/placed: spec.subscriber.ref: Service shop/missing (serving.knative.dev/v1) is not defined in the manifests",
@@ -119,8 +126,9 @@ spec:
 			if err := os.WriteFile(filepath.Join(dir, "shop.yaml"), []byte(tc.manifests), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			out, err := runCLI(t, "up", "--dry-run", "--defaults=false", "-f", dir, "--addr", taken.Addr().String())
+			out, err := runCLI(t, append([]string{"up", "--dry-run", "--defaults=false", "-f", dir, "--addr", taken.Addr().String()}, tc.args...)...)
 			if tc.wantErr != "" {
+				tc.wantErr = strings.ReplaceAll(tc.wantErr, "${dir}", dir)
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("up --dry-run: %v, want an error containing %q\n%s", err, tc.wantErr, out)
 				}

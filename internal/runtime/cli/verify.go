@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/knfaas/knfaas/internal/runtime/manifest"
 	"github.com/knfaas/knfaas/internal/runtime/verify"
@@ -39,30 +40,61 @@ Notes (printed, not failures): a function a SinkBinding gives K_SINK but that li
 types, and a public function that receives events (it should be cluster-local unless outside
 callers need it).
 
-Paths are files or folders (read recursively). Without -f: config/ and triggers/.`
+Paths are files or folders (read recursively). As for knfaas up, -f adds to config/ and
+triggers/ (those that exist); --defaults=false checks only the -f paths. A path given twice is
+read once.`
 
 // newVerifyCommand returns `verify`.
 func newVerifyCommand() *cobra.Command {
 	var paths []string
+	var defaults bool
 	cmd := &cobra.Command{
 		Use:   "verify [-f PATH]...",
 		Short: "Check manifests strictly and cross-check their references and event flow",
 		Long:  verifyLong,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(paths) == 0 {
-				paths = defaultManifestPaths()
+			all := paths
+			if defaults {
+				all = append(defaultManifestPaths(), paths...)
 			}
-			return runVerify(cmd.OutOrStdout(), paths)
+			return runVerify(cmd.OutOrStdout(), uniquePaths(all))
 		},
 	}
-	cmd.Flags().StringArrayVarP(&paths, "filename", "f", nil, "manifest file or folder (repeatable; default config/ and triggers/)")
+	addManifestFlags(cmd, &paths, &defaults)
 	return cmd
+}
+
+// addManifestFlags adds -f/--filename and --defaults, the same for up and verify: -f adds to
+// config/ and triggers/ unless --defaults=false. --file is kept as another name of --filename.
+func addManifestFlags(cmd *cobra.Command, paths *[]string, defaults *bool) {
+	f := cmd.Flags()
+	f.StringArrayVarP(paths, "filename", "f", nil, "manifest file or folder to load as well (repeatable), e.g. examples/pos")
+	f.BoolVar(defaults, "defaults", true, "load config/ and triggers/ too; --defaults=false loads only the -f paths")
+	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		if name == "file" {
+			name = "filename"
+		}
+		return pflag.NormalizedName(name)
+	})
+}
+
+// uniquePaths drops a path given again (after cleaning), keeping the first.
+func uniquePaths(paths []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range paths {
+		if c := filepath.Clean(p); !seen[c] {
+			seen[c] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func defaultManifestPaths() []string {
 	var paths []string
-	for _, p := range []string{"config", "triggers"} {
+	for _, p := range defaultPaths {
 		if _, err := os.Stat(p); err == nil {
 			paths = append(paths, p)
 		}

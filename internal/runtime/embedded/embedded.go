@@ -66,6 +66,8 @@ type Options struct {
 	Out          io.Writer
 	Log          *slog.Logger
 	FunctionLogs io.Writer
+	// Strict refuses manifests with objects that are loaded but not run (Plan.NotRun).
+	Strict bool
 	// Ready, if set, is closed once everything listens.
 	Ready chan<- string
 }
@@ -79,6 +81,7 @@ type Runtime struct {
 	rdb      *redis.Client
 	redisURL string
 	mini     *miniredis.Miniredis
+	objects  *objectStore
 	// addr is where the public listener listens.
 	addr string
 
@@ -148,6 +151,9 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	if r.plan, err = NewPlan(set, opts.planOptions()); err != nil {
 		return nil, err
 	}
+	if err := r.plan.admit(opts); err != nil {
+		return nil, err
+	}
 
 	// The listener first: a port in use is the most common start-up failure.
 	main, err := net.Listen("tcp", opts.Addr)
@@ -171,6 +177,9 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	if err := r.openRedis(ctx, len(r.plan.Triggers)); err != nil {
 		return nil, err
 	}
+	if err := r.openObjectStore(); err != nil {
+		return nil, err
+	}
 	if err := r.startServices(ctx); err != nil {
 		return nil, err
 	}
@@ -190,6 +199,7 @@ func (r *Runtime) closeEarly() {
 	if r.mini != nil {
 		r.mini.Close()
 	}
+	r.closeObjectStore()
 }
 
 // DryRun loads the manifests and prints the plan of a run to opts.Out, as the run would start
@@ -208,6 +218,9 @@ func DryRun(opts Options) error {
 		return err
 	}
 	plan.Describe(opts.Out, opts.Addr)
+	if opts.Strict {
+		return plan.RefuseNotRun()
+	}
 	return nil
 }
 
@@ -219,6 +232,17 @@ func load(opts Options) (*manifest.Set, error) {
 	}
 	fmt.Fprintf(opts.Out, "loaded %d objects from %s\n", len(set.Objects), strings.Join(opts.Paths, ", "))
 	return set, nil
+}
+
+// admit says which loaded objects will not run, and refuses them under opts.Strict.
+func (p *Plan) admit(opts Options) error {
+	if opts.Strict {
+		return p.RefuseNotRun()
+	}
+	for _, n := range p.NotRun {
+		fmt.Fprintf(opts.Out, "not run: %s\n", n)
+	}
+	return nil
 }
 
 func (o Options) planOptions() PlanOptions {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -57,6 +58,9 @@ type Plan struct {
 	// Notes say what runs otherwise than on a cluster, or not at all: the Redis the run uses,
 	// the Services it stands in for, the objects it loads but does not run.
 	Notes []string
+	// NotRun are the notes on objects loaded but not run (also in Notes): `up --strict`
+	// refuses a plan that has any.
+	NotRun []string
 
 	// set is what the plan was made from; the run projects volumes from it.
 	set *manifest.Set
@@ -199,7 +203,8 @@ func NewPlan(set *manifest.Set, opts PlanOptions) (*Plan, error) {
 	if p.DeadLetters, err = deadLetterOptions(set); err != nil {
 		return nil, err
 	}
-	p.Notes = planNotes(set, opts, standIn, bound)
+	p.Notes, p.NotRun = planNotes(set, opts, standIn, bound)
+	p.Notes = append(p.Notes, objectStoreNotes(p)...)
 	return p, nil
 }
 
@@ -344,9 +349,13 @@ func destinationName(d *duckv1.Destination) string {
 	return "?"
 }
 
-// planNotes says which objects the run stands in for or leaves out, in load order.
-func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[*sourcesv1.SinkBinding]bool) []string {
-	var notes []string
+// planNotes says which objects the run stands in for or leaves out, in load order; notRun are
+// the notes on those it leaves out.
+func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[*sourcesv1.SinkBinding]bool) (notes, notRun []string) {
+	leftOut := func(note string) {
+		notes = append(notes, note)
+		notRun = append(notRun, note)
+	}
 	if opts.RedisURL == "" {
 		notes = append(notes, "redis: embedded (miniredis), started by the run; set REDIS_URL to use a real server; embedded data is lost on exit")
 	} else {
@@ -361,23 +370,29 @@ func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[
 			// Run, or read by what runs.
 		case *sourcesv1.SinkBinding:
 			if !bound[obj] {
-				notes = append(notes, o.Where()+": its subject is no Knative Service in the loaded manifests; no function gets its K_SINK")
+				leftOut(o.Where() + ": its subject is no Knative Service in the loaded manifests; no function gets its K_SINK")
 			}
 		case *corev1.Service:
 			if slices.Contains(standIn, serviceHost(obj.Namespace, obj.Name)) {
 				notes = append(notes, o.Where()+": fronts a Redis StatefulSet; the runtime's Redis stands in for it")
 				continue
 			}
-			notes = append(notes, notRun(o))
+			leftOut(notRunNote(o))
+		case *appsv1.StatefulSet:
+			if len(standIn) > 0 && runsRedis(obj) {
+				notes = append(notes, o.Where()+": runs Redis behind a Service; the runtime's Redis stands in for it")
+				continue
+			}
+			leftOut(notRunNote(o))
 		default:
 			if m, err := meta.Accessor(o.Obj); err == nil && m.GetLabels()[brokerclass.ComponentLabel] == brokerclass.ComponentValue {
 				notes = append(notes, o.Where()+": part of the "+brokerclass.ClassName+" Broker class; the runtime's broker, the same data plane, stands in for it")
 				continue
 			}
-			notes = append(notes, notRun(o))
+			leftOut(notRunNote(o))
 		}
 	}
-	return notes
+	return notes, notRun
 }
 
 // brokerClassNote says that a Broker of any class runs as the durable Redis Streams broker,
@@ -393,7 +408,25 @@ func brokerClassNote(where string, b *eventingv1.Broker) string {
 	return where + ": class " + class + ": runs as the durable Redis Streams broker (the " + brokerclass.ClassName + " class's data plane on a cluster)"
 }
 
-func notRun(o manifest.Object) string {
+// runsRedis reports whether a StatefulSet runs a Redis image (as redisStandIn judges it).
+func runsRedis(ss *appsv1.StatefulSet) bool {
+	for _, c := range ss.Spec.Template.Spec.Containers {
+		if strings.Contains(c.Image, "redis") {
+			return true
+		}
+	}
+	return false
+}
+
+// RefuseNotRun is the error of `up --strict` for a plan with objects loaded but not run, or nil.
+func (p *Plan) RefuseNotRun() error {
+	if len(p.NotRun) == 0 {
+		return nil
+	}
+	return fmt.Errorf("--strict: %d loaded objects would not run:\n  %s", len(p.NotRun), strings.Join(p.NotRun, "\n  "))
+}
+
+func notRunNote(o manifest.Object) string {
 	return o.Where() + ": loaded, not run (knfaas up runs Knative Services, Brokers, Triggers, PingSources and SinkBindings)"
 }
 

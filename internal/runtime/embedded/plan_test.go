@@ -215,7 +215,7 @@ metadata: {name: small, namespace: ns, annotations: {knfaas.dev/max-event-bytes:
 			}}},
 			wantNotes: []string{
 				"m.yaml (document 2): Service ns/redis: fronts a Redis StatefulSet; the runtime's Redis stands in for it",
-				"m.yaml (document 1): StatefulSet ns/redis: loaded, not run",
+				"m.yaml (document 1): StatefulSet ns/redis: runs Redis behind a Service; the runtime's Redis stands in for it",
 			},
 		},
 		{

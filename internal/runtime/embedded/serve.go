@@ -70,6 +70,11 @@ func (r *Runtime) serve(ctx context.Context) error {
 	fmt.Fprintf(r.opts.Out, "listening on http://%s (ingress: Host <service>.<namespace>.localhost; brokers: /<namespace>/<broker>; metrics: /metrics)\n", r.addr)
 	fmt.Fprintf(r.opts.Out, "internal: cluster-local services are not served on http://%s; Triggers, replies and dead letters reach every Service and Broker in process (http://<service>.<namespace>.svc.cluster.local, http://%s/<namespace>/<broker>); functions (K_SINK, pings) and operators use %s/services/<namespace>/<service>/ and %s/brokers/<namespace>/<broker> (capability drawn per run; without it: 403)\n",
 		r.addr, brokerIngressHost, r.capabilityBase(), r.capabilityBase())
+	if r.opts.StateDir != "" {
+		if err := WriteEndpoints(r.opts.StateDir, r.endpoints(time.Now())); err != nil {
+			r.log.Error("the CLI will not find this run", "error", err)
+		}
+	}
 	if r.opts.Ready != nil {
 		close(r.opts.Ready)
 	}
@@ -108,6 +113,7 @@ func (r *Runtime) serve(ctx context.Context) error {
 	if r.mini != nil {
 		r.mini.Close()
 	}
+	r.closeObjectStore()
 	fmt.Fprintln(r.opts.Out, "stopped")
 	return nil
 }

@@ -41,7 +41,7 @@ func (r *Runtime) startServices(ctx context.Context) error {
 			paths = append(paths, s.ImportPath)
 		}
 	}
-	builder := &serving.Builder{Dir: r.opts.ModuleDir, CacheDir: r.opts.CacheDir}
+	builder := &serving.Builder{Dir: r.opts.ModuleDir, CacheDir: r.opts.CacheDir, Progress: serving.PrintProgress(r.opts.Out)}
 	started := time.Now()
 	built, err := builder.Build(ctx, paths)
 	if err != nil {
@@ -108,6 +108,7 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 			env[i] = k + "=" + r.redisURL
 		}
 	}
+	env = r.withObjectStore(env)
 	if p.Sink != nil {
 		// The function publishes over the internal listener, which stays open until every
 		// function stopped: a shutdown never cuts off its publishes.

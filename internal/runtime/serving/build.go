@@ -1,6 +1,7 @@
 package serving
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -12,8 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // KoPrefix marks an image that ko builds from a Go import path.
@@ -22,11 +27,50 @@ const KoPrefix = "ko://"
 // Builder turns ko:// image references into local binaries with `go build`, caching each
 // binary under a key made from the content of every non-standard-library source file it
 // depends on, so an unchanged function is not built again.
+//
+// Binaries that are not cached are built in two steps: one `go build` compiles every package
+// they depend on (shared dependencies once, in parallel, as go schedules them), then each
+// function's own package is compiled and linked, Parallelism at a time.
 type Builder struct {
 	// Dir is the module directory `go` runs in.
 	Dir string
 	// CacheDir holds built binaries.
 	CacheDir string
+	// Parallelism bounds the functions linked at once; 0 is the number of CPUs.
+	Parallelism int
+	// Progress, if set, is told of each step as it starts and ends (from several goroutines,
+	// one call at a time).
+	Progress func(BuildProgress)
+}
+
+// BuildStep names a step of Build.
+type BuildStep string
+
+// Steps reported to Builder.Progress.
+const (
+	// StepDepsStart: the shared dependencies of Functions binaries start compiling.
+	StepDepsStart BuildStep = "deps-start"
+	// StepDepsCompiling: Packages packages were compiled so far (reported every few seconds).
+	StepDepsCompiling BuildStep = "deps-compiling"
+	// StepDepsDone: the shared dependencies are compiled (Packages were not cached), or Err.
+	StepDepsDone BuildStep = "deps-done"
+	// StepStart: ImportPath starts building.
+	StepStart BuildStep = "start"
+	// StepDone: ImportPath is built, or Err.
+	StepDone BuildStep = "done"
+)
+
+// BuildProgress is one step of a build.
+type BuildProgress struct {
+	Step       BuildStep
+	ImportPath string
+	// Functions is the number of binaries to build (not cached).
+	Functions int
+	// Packages counts the packages compiled so far (StepDepsCompiling, StepDepsDone).
+	Packages int
+	// Elapsed is the time since the step started (StepDepsCompiling, StepDepsDone, StepDone).
+	Elapsed time.Duration
+	Err     error
 }
 
 // EnvRace, set to 1, builds binaries with the race detector: the test suite sets it for its
@@ -112,22 +156,150 @@ func (b *Builder) Build(ctx context.Context, importPaths []string) ([]Built, err
 		}
 		toBuild = append(toBuild, i)
 	}
+	if len(toBuild) == 0 {
+		return out, nil
+	}
+	var mains []string
 	for _, i := range toBuild {
-		tmp := out[i].Binary + ".tmp"
-		args := append(append([]string{"build"}, buildFlags...), "-o", tmp, out[i].ImportPath)
-		cmd := exec.CommandContext(ctx, "go", args...)
-		cmd.Dir = b.Dir
-		cmd.Env = env
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("building %s: %w: %s", out[i].ImportPath, err, strings.TrimSpace(stderr.String()))
-		}
-		if err := os.Rename(tmp, out[i].Binary); err != nil {
-			return nil, fmt.Errorf("building %s: %w", out[i].ImportPath, err)
-		}
+		mains = append(mains, out[i].ImportPath)
+	}
+	progress := b.progressFunc()
+	if err := b.compileDeps(ctx, env, buildFlags, mains, pkgs, progress); err != nil {
+		return nil, err
+	}
+	parallel := b.Parallelism
+	if parallel <= 0 {
+		parallel = runtime.NumCPU()
+	}
+	sem := make(chan struct{}, parallel)
+	errs := make([]error, len(toBuild))
+	var wg sync.WaitGroup
+	for n, i := range toBuild {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				errs[n] = ctx.Err()
+				return
+			}
+			defer func() { <-sem }()
+			progress(BuildProgress{Step: StepStart, ImportPath: out[i].ImportPath, Functions: len(toBuild)})
+			started := time.Now()
+			errs[n] = b.buildOne(ctx, env, buildFlags, out[i])
+			progress(BuildProgress{Step: StepDone, ImportPath: out[i].ImportPath, Functions: len(toBuild), Elapsed: time.Since(started), Err: errs[n]})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// progressFunc is b.Progress made safe to call from several goroutines, or a no-op.
+func (b *Builder) progressFunc() func(BuildProgress) {
+	if b.Progress == nil {
+		return func(BuildProgress) {}
+	}
+	var mu sync.Mutex
+	return func(p BuildProgress) {
+		mu.Lock()
+		defer mu.Unlock()
+		b.Progress(p)
+	}
+}
+
+// compileDeps compiles every package the mains import, in one `go build` (which compiles
+// and discards library packages), so that the per-function builds only compile their own
+// package and link. go build -v names each package it compiles; they are counted.
+func (b *Builder) compileDeps(ctx context.Context, env, buildFlags, mains []string, pkgs map[string]*listedPackage, progress func(BuildProgress)) error {
+	seen := map[string]bool{}
+	for _, m := range mains {
+		seen[m] = true
+	}
+	var deps []string
+	for _, m := range mains {
+		for _, d := range pkgs[m].Deps {
+			if !seen[d] && pkgs[d] != nil && pkgs[d].Name != "main" && d != "unsafe" && d != "C" {
+				seen[d] = true
+				deps = append(deps, d)
+			}
+		}
+	}
+	if len(deps) == 0 {
+		return nil
+	}
+	sort.Strings(deps)
+	progress(BuildProgress{Step: StepDepsStart, Functions: len(mains)})
+	started := time.Now()
+	args := append(append([]string{"build", "-v"}, buildFlags...), deps...)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = b.Dir
+	cmd.Env = env
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return fmt.Errorf("compiling the functions' dependencies: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("compiling the functions' dependencies: %w", err)
+	}
+	// go build -v prints each package it compiles on a line of its own; anything else is an
+	// error message, kept for the error.
+	var compiled atomic.Int64
+	var messages bytes.Buffer
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			if _, ok := pkgs[line]; ok && !strings.Contains(line, " ") {
+				compiled.Add(1)
+				continue
+			}
+			messages.WriteString(line + "\n")
+		}
+	}()
+	tick := time.NewTicker(progressInterval)
+	defer tick.Stop()
+	waited := make(chan error, 1)
+	go func() { <-read; waited <- cmd.Wait() }()
+	for {
+		select {
+		case <-tick.C:
+			progress(BuildProgress{Step: StepDepsCompiling, Functions: len(mains), Packages: int(compiled.Load()), Elapsed: time.Since(started)})
+		case err := <-waited:
+			if err != nil {
+				err = fmt.Errorf("compiling the functions' dependencies: %w: %s", err, strings.TrimSpace(messages.String()))
+			}
+			progress(BuildProgress{Step: StepDepsDone, Functions: len(mains), Packages: int(compiled.Load()), Elapsed: time.Since(started), Err: err})
+			return err
+		}
+	}
+}
+
+// progressInterval is how often a long compile reports how far it got.
+var progressInterval = 5 * time.Second
+
+// buildOne compiles and links one binary into the cache, atomically.
+func (b *Builder) buildOne(ctx context.Context, env, buildFlags []string, out Built) error {
+	tmp := out.Binary + ".tmp"
+	args := append(append([]string{"build"}, buildFlags...), "-o", tmp, out.ImportPath)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = b.Dir
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("building %s: %w: %s", out.ImportPath, err, strings.TrimSpace(stderr.String()))
+	}
+	if err := os.Rename(tmp, out.Binary); err != nil {
+		return fmt.Errorf("building %s: %w", out.ImportPath, err)
+	}
+	return nil
 }
 
 // buildSettings returns the environment and flags of go list and go build: static, stripped

@@ -392,3 +392,103 @@ func TestEffectiveMaxScale(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildReportsProgress: the shared dependencies compile first, then each function starts
+// and finishes, at most Parallelism at a time, each step reported with its time; a function
+// that does not compile is reported as failed and named in the error.
+func TestBuildReportsProgress(t *testing.T) {
+	broken := t.TempDir()
+	tests := []struct {
+		name        string
+		parallelism int
+		paths       []string
+		setup       func(t *testing.T) string // returns the module dir
+		wantErr     string
+	}{
+		{name: "two functions, one at a time", parallelism: 1,
+			paths: []string{"github.com/knfaas/knfaas/test/functions/echo", "github.com/knfaas/knfaas/test/functions/recorder"}},
+		{name: "two functions in parallel", parallelism: 2,
+			paths: []string{"github.com/knfaas/knfaas/test/functions/echo", "github.com/knfaas/knfaas/test/functions/recorder"}},
+		{name: "a function that does not compile", parallelism: 2, paths: []string{"example.com/broken/fn"},
+			setup: func(t *testing.T) string {
+				must := func(err error) {
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				must(os.WriteFile(filepath.Join(broken, "go.mod"), []byte("module example.com/broken\n\ngo 1.22\n"), 0o644))
+				must(os.MkdirAll(filepath.Join(broken, "fn"), 0o755))
+				must(os.WriteFile(filepath.Join(broken, "fn", "main.go"), []byte("package main\n\nfunc main() { undefined() }\n"), 0o644))
+				return broken
+			},
+			wantErr: "building example.com/broken/fn"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := "../../.."
+			if tc.setup != nil {
+				dir = tc.setup(t)
+			}
+			var steps []BuildProgress
+			running, maxRunning := 0, 0
+			b := &Builder{Dir: dir, CacheDir: t.TempDir(), Parallelism: tc.parallelism, Progress: func(p BuildProgress) {
+				steps = append(steps, p)
+				switch p.Step {
+				case StepStart:
+					running++
+					maxRunning = max(maxRunning, running)
+				case StepDone:
+					running--
+				}
+			}}
+			_, err := b.Build(context.Background(), tc.paths)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if len(steps) == 0 || steps[0].Step != StepDepsStart {
+				t.Fatalf("steps %+v: want the dependencies first", steps)
+			}
+			started, done := map[string]bool{}, map[string]bool{}
+			depsDone := false
+			for _, p := range steps {
+				switch p.Step {
+				case StepDepsDone:
+					depsDone = p.Err == nil
+				case StepStart:
+					if !depsDone {
+						t.Errorf("%s started before the dependencies compiled", p.ImportPath)
+					}
+					started[p.ImportPath] = true
+				case StepDone:
+					if !started[p.ImportPath] || p.Elapsed <= 0 {
+						t.Errorf("done %+v: want it started before and timed", p)
+					}
+					if (p.Err != nil) != (tc.wantErr != "") {
+						t.Errorf("done %s: err %v", p.ImportPath, p.Err)
+					}
+					done[p.ImportPath] = true
+				}
+			}
+			for _, ip := range tc.paths {
+				if !done[ip] {
+					t.Errorf("%s: no done step in %+v", ip, steps)
+				}
+			}
+			if maxRunning > tc.parallelism {
+				t.Errorf("%d builds ran at once, want at most %d", maxRunning, tc.parallelism)
+			}
+			var lines strings.Builder
+			print := PrintProgress(&lines)
+			for _, p := range steps {
+				print(p)
+			}
+			if !strings.Contains(lines.String(), "compiling their dependencies") || !strings.Contains(lines.String(), tc.paths[0]) {
+				t.Errorf("printed progress:\n%s", lines.String())
+			}
+		})
+	}
+}

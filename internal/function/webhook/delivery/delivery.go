@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"time"
 
+	"github.com/knfaas/knfaas/internal/function/objects"
 	"github.com/knfaas/knfaas/internal/function/webhook/signature"
 )
 
@@ -49,6 +51,21 @@ type Delivery struct {
 	// Challenge is set for Slack's url_verification handshake, which is answered directly
 	// and never published.
 	Challenge string
+	// Parts, when set, are published instead of the body: one event each, all under the one
+	// delivery id's deduplication (an S3 notification with several records).
+	Parts []Part
+}
+
+// Part is one event of a delivery that carries several. Its id is its own and stable, so
+// that publishing the parts again after a partial failure duplicates nothing a consumer
+// keyed on (source, id) would not absorb.
+type Part struct {
+	ID      string
+	Type    string
+	Subject string
+	Time    time.Time
+	// Data is JSON (application/json).
+	Data []byte
 }
 
 // eventName is what a provider's own event name may look like once prefixed into a type.
@@ -242,4 +259,24 @@ func HMAC(h http.Header, body []byte, idHeader, typ string) (Delivery, error) {
 		}
 	}
 	return checked(Delivery{ID: id, Type: typ})
+}
+
+// S3 describes an S3 bucket notification (MinIO, Ceph RGW, AWS S3 records, or an EventBridge
+// S3 event): the delivery id is the body's SHA-256 (a store resends the same bytes), and each
+// object event becomes one Part: id objects.Event.ID, type objects.TypePrefix + the S3 event
+// name, subject the object key, data the objects.Event as JSON.
+func S3(body []byte) (Delivery, error) {
+	events, err := objects.Parse(body)
+	if err != nil {
+		return Delivery{}, err
+	}
+	d := Delivery{ID: ContentHash(body), Type: events[0].Type(), Subject: events[0].Key, Parts: make([]Part, 0, len(events))}
+	for _, e := range events {
+		data, err := json.Marshal(e)
+		if err != nil {
+			return Delivery{}, fmt.Errorf("encoding object event: %w", err)
+		}
+		d.Parts = append(d.Parts, Part{ID: e.ID(), Type: e.Type(), Subject: e.Key, Time: e.Time, Data: data})
+	}
+	return checked(d)
 }

@@ -1,11 +1,16 @@
 package delivery
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/knfaas/knfaas/internal/function/objects"
 )
 
 func hdr(kv ...string) http.Header {
@@ -101,7 +106,48 @@ func TestDescribe(t *testing.T) {
 			if err != nil {
 				t.Fatalf("error = %v", err)
 			}
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestS3(t *testing.T) {
+	minio := []byte(`{"EventName":"s3:ObjectCreated:Put","Key":"photos/in/a b.jpg","Records":[` +
+		`{"eventSource":"minio:s3","eventTime":"2026-11-29T13:40:01Z","eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"photos"},"object":{"key":"in%2Fa+b.jpg","size":7,"eTag":"e1","sequencer":"0A"}}},` +
+		`{"eventSource":"minio:s3","eventTime":"2026-11-29T13:40:02Z","eventName":"s3:ObjectRemoved:Delete","s3":{"bucket":{"name":"photos"},"object":{"key":"in%2Fold.jpg","sequencer":"0B"}}}]}`)
+	first := objects.Event{Bucket: "photos", Key: "in/a b.jpg", Size: 7, ETag: "e1", Sequencer: "0A", Name: objects.NameCreatedPut,
+		Time: time.Date(2026, 11, 29, 13, 40, 1, 0, time.UTC), Store: "minio"}
+	second := objects.Event{Bucket: "photos", Key: "in/old.jpg", Sequencer: "0B", Name: objects.NameRemovedDelete,
+		Time: time.Date(2026, 11, 29, 13, 40, 2, 0, time.UTC), Store: "minio"}
+	part := func(e objects.Event) Part {
+		data, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Part{ID: e.ID(), Type: e.Type(), Subject: e.Key, Time: e.Time, Data: data}
+	}
+	tests := []struct {
+		name    string
+		body    []byte
+		want    Delivery
+		wantErr error
+	}{
+		{"two records fan out to two parts, the delivery id is the body hash", minio, Delivery{
+			ID: ContentHash(minio), Type: "com.amazonaws.s3.ObjectCreated:Put", Subject: "in/a b.jpg",
+			Parts: []Part{part(first), part(second)},
+		}, nil},
+		{"not JSON", []byte(`<x/>`), Delivery{}, objects.ErrNotJSON},
+		{"a test event without records", []byte(`{"Event":"s3:TestEvent"}`), Delivery{}, objects.ErrUnknownShape},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := S3(tc.body)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("error = %v, want %v", err, tc.wantErr)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})

@@ -1,9 +1,12 @@
 package delivery
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/knfaas/knfaas/internal/function/objects"
 )
 
 // FuzzDescribe feeds arbitrary bodies, content types and header values to every describer.
@@ -16,6 +19,7 @@ func FuzzDescribe(f *testing.F) {
 	f.Add("application/json", "", "", []byte(`{"type":"event_callback","event_id":"Ev1","event":{"type":"message","channel":{"id":1}}}`))
 	f.Add("application/x-www-form-urlencoded", "", "", []byte(`command=%2Fx&trigger_id=t`))
 	f.Add("application/json", "", "", []byte(`{"type":"url_verification","challenge":"c"}`))
+	f.Add("application/json", "", "", []byte(`{"Records":[{"eventSource":"minio:s3","eventTime":"2026-11-29T13:40:01Z","eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"a%2Fb+c.jpg","size":1}}}]}`))
 	f.Fuzz(func(t *testing.T, contentType, event, id string, body []byte) {
 		h := http.Header{}
 		h.Set("Content-Type", contentType)
@@ -51,5 +55,19 @@ func FuzzDescribe(f *testing.F) {
 		check("standardwebhooks", "com.example.x", d, err)
 		d, err = HMAC(h, body, "X-Id", "com.example.y")
 		check("hmac", "com.example.y", d, err)
+		d, err = S3(body)
+		check("s3", objects.TypePrefix, d, err)
+		if err == nil {
+			if len(d.Parts) == 0 || d.Type != d.Parts[0].Type {
+				t.Fatalf("s3 accepted %d parts, type %q", len(d.Parts), d.Type)
+			}
+			for _, p := range d.Parts {
+				var e objects.Event
+				if p.ID == "" || p.Subject == "" || !strings.HasPrefix(p.Type, objects.TypePrefix) ||
+					json.Unmarshal(p.Data, &e) != nil || e.Key != p.Subject || e.Type() != p.Type || e.ID() != p.ID {
+					t.Fatalf("s3 accepted part %+v", p)
+				}
+			}
+		}
 	})
 }

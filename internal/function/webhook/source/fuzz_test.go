@@ -12,6 +12,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("sources:\n- name: github\n  provider: github\n  secretEnv: [GH]\n"))
 	f.Add([]byte("sources:\n- name: s\n  provider: standardwebhooks\n  type: t\n  secretEnv: [STD]\n  tolerance: 1m\n  dedupTTL: 2h\n  maxBodyBytes: 10\n"))
 	f.Add([]byte("sources:\n- name: h\n  provider: hmac\n  type: t\n  header: X\n  algorithm: sha1\n  encoding: base64\n  secretEnv: [GENERIC]\n"))
+	f.Add([]byte("sources:\n- name: m\n  provider: s3\n  header: X-Api-Key\n  secretEnv: [TOKEN]\n"))
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		srcs, err := Parse(doc, secrets)
 		if err != nil {

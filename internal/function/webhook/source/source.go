@@ -25,6 +25,7 @@ const (
 	ProviderSlack            = "slack"
 	ProviderStandardWebhooks = "standardwebhooks"
 	ProviderHMAC             = "hmac"
+	ProviderS3               = "s3"
 )
 
 // DefaultMaxBodyBytes is the body limit of a source that sets none.
@@ -54,6 +55,10 @@ var DefaultDedupTTL = map[string]time.Duration{
 	ProviderStandardWebhooks: 72 * time.Hour,
 	// Unknown senders: as long as the longest of the known ones.
 	ProviderHMAC: 96 * time.Hour,
+	// An EventBridge API destination retries for up to 24 hours by default; MinIO keeps
+	// undelivered events in its queue_dir and sends the same bytes again when the target is
+	// back. Twice the EventBridge window; consumers absorb what comes later by (source, id).
+	ProviderS3: 48 * time.Hour,
 }
 
 // File is the sources file.
@@ -73,7 +78,8 @@ type Config struct {
 	Type string `json:"type,omitempty"`
 	// Header, Algorithm, Encoding, Prefix, TimestampHeader and IDHeader configure hmac sources
 	// only; Header is required there, Algorithm defaults to DefaultAlgorithm and Encoding to
-	// DefaultEncoding.
+	// DefaultEncoding. An s3 source takes Header too: the header holding its bare token
+	// (unset: "Authorization: Bearer <token>").
 	Header          string `json:"header,omitempty"`
 	Algorithm       string `json:"algorithm,omitempty"`
 	Encoding        string `json:"encoding,omitempty"`
@@ -122,6 +128,9 @@ func Load(path string, env LookupEnv) (map[string]*Source, error) {
 }
 
 var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// headerName is an HTTP header name (an RFC 9110 token, bounded).
+var headerName = regexp.MustCompile("^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 
 // reservedNames would collide with the paths func-go serves itself.
 var reservedNames = map[string]bool{"health": true}
@@ -174,7 +183,7 @@ func build(c Config, env LookupEnv) (*Source, error) {
 	}
 	ttl, ok := DefaultDedupTTL[c.Provider]
 	if !ok {
-		bad("provider", "%q is not one of github, stripe, slack, standardwebhooks, hmac", c.Provider)
+		bad("provider", "%q is not one of github, stripe, slack, standardwebhooks, hmac, s3", c.Provider)
 	}
 	var tolerance time.Duration // zero: the verifier applies signature.DefaultTolerance
 	if c.Tolerance != "" {
@@ -206,8 +215,21 @@ func build(c Config, env LookupEnv) (*Source, error) {
 		"prefix": c.Prefix, "timestampHeader": c.TimestampHeader, "idHeader": c.IDHeader}
 	if c.Provider != ProviderHMAC {
 		for _, field := range []string{"header", "algorithm", "encoding", "prefix", "timestampHeader", "idHeader"} {
-			if hmacOnly[field] != "" {
+			if hmacOnly[field] != "" && (field != "header" || c.Provider != ProviderS3) {
 				bad(field, "only hmac sources take it")
+			}
+		}
+	}
+	if c.Provider == ProviderS3 {
+		if c.Header != "" && !headerName.MatchString(c.Header) {
+			bad("header", "%q is not a header name", c.Header)
+		}
+		if c.Tolerance != "" {
+			bad("tolerance", "s3 sources sign no timestamp")
+		}
+		for i, sec := range secrets {
+			if len(sec) < signature.MinTokenBytes {
+				bad("secretEnv", "token %d of %v is %d characters, fewer than %d: use a random one (openssl rand -hex 32)", i+1, c.SecretEnv, len(sec), signature.MinTokenBytes)
 			}
 		}
 	}
@@ -247,6 +269,9 @@ func build(c Config, env LookupEnv) (*Source, error) {
 		s.describe = func(h http.Header, body []byte) (delivery.Delivery, error) {
 			return delivery.StandardWebhooks(h, body, typ)
 		}
+	case ProviderS3:
+		s.Verifier = &signature.Token{Secrets: secrets, Header: c.Header}
+		s.describe = func(_ http.Header, body []byte) (delivery.Delivery, error) { return delivery.S3(body) }
 	case ProviderHMAC:
 		v, err := buildHMAC(c, secrets, tolerance)
 		if err != nil {

@@ -24,6 +24,8 @@ var secrets = env(map[string]string{
 	"STD_BAD": "not-a-whsec",
 	"GENERIC": "generic",
 	"EMPTY":   "",
+	"TOKEN":   "minio-token-0123456789abcdef",
+	"SHORT":   "short",
 	// The values of config/340-webhook-secrets.yaml as shipped.
 	"TEMPLATE_GH":     "CHANGE-ME-github-webhook-secret",
 	"TEMPLATE_STRIPE": "whsec_CHANGE-ME-stripe-signing-secret",
@@ -59,6 +61,14 @@ sources:
   prefix: "sha512="
   timestampHeader: X-Shop-Timestamp
   idHeader: X-Shop-Delivery
+- name: minio
+  provider: s3
+  secretEnv: [TOKEN]
+- name: aws
+  provider: s3
+  secretEnv: [TOKEN]
+  header: X-Api-Key
+  dedupTTL: 24h
 `
 	srcs, err := Parse([]byte(doc), secrets)
 	if err != nil {
@@ -74,6 +84,8 @@ sources:
 		"slack":  {ProviderSlack, 2 * time.Hour, DefaultMaxBodyBytes},
 		"svix":   {ProviderStandardWebhooks, 72 * time.Hour, 4096},
 		"shop":   {ProviderHMAC, 96 * time.Hour, DefaultMaxBodyBytes},
+		"minio":  {ProviderS3, 48 * time.Hour, DefaultMaxBodyBytes},
+		"aws":    {ProviderS3, 24 * time.Hour, DefaultMaxBodyBytes},
 	}
 	if len(srcs) != len(tests) {
 		t.Fatalf("got %d sources, want %d", len(srcs), len(tests))
@@ -91,6 +103,18 @@ sources:
 	}
 	if gh := srcs["github"].Verifier.(*signature.GitHub); len(gh.Secrets) != 2 {
 		t.Fatalf("github has %d secrets, want 2 (rotation: current and previous; unset skipped)", len(gh.Secrets))
+	}
+	if tok := srcs["aws"].Verifier.(*signature.Token); tok.Header != "X-Api-Key" || len(tok.Secrets) != 1 {
+		t.Fatalf("aws token verifier %+v, want header X-Api-Key and one secret", tok)
+	}
+	minio := http.Header{}
+	minio.Set("Authorization", "Bearer minio-token-0123456789abcdef")
+	if err := srcs["minio"].Verifier.Verify(minio, nil, time.Now()); err != nil {
+		t.Fatalf("minio source refuses its bearer token: %v", err)
+	}
+	body := []byte(`{"Records":[{"eventSource":"minio:s3","eventTime":"2026-11-29T13:40:01Z","eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k","size":1}}}]}`)
+	if d, err := srcs["minio"].Describe(minio, body); err != nil || len(d.Parts) != 1 || d.Parts[0].Type != "com.amazonaws.s3.ObjectCreated:Put" {
+		t.Fatalf("minio Describe = %+v, %v", d, err)
 	}
 	if sl := srcs["slack"].Verifier.(*signature.Slack); sl.Tolerance != 2*time.Minute {
 		t.Fatalf("slack tolerance %s, want 2m", sl.Tolerance)
@@ -134,6 +158,11 @@ func TestParseInvalid(t *testing.T) {
 		{"template secret beside a real one", "sources:\n- name: a\n  provider: github\n  secretEnv: [GH, TEMPLATE_GH]", []string{`source "a"`, "TEMPLATE_GH", "template placeholder"}},
 		{"template stripe secret after whsec_", "sources:\n- name: a\n  provider: stripe\n  secretEnv: [TEMPLATE_STRIPE]", []string{"TEMPLATE_STRIPE", `"CHANGE-ME-stripe-signing-secret"`}},
 		{"template standard secret inside its base64", "sources:\n- name: a\n  provider: standardwebhooks\n  type: t\n  secretEnv: [TEMPLATE_SVIX]", []string{"TEMPLATE_SVIX (base64-decoded after whsec_)", `"CHANGE-ME-generate-a-real-secret"`}},
+		{"s3 token too short", "sources:\n- name: a\n  provider: s3\n  secretEnv: [SHORT]", []string{`source "a"`, "secretEnv", "fewer than 16"}},
+		{"s3 bad header name", "sources:\n- name: a\n  provider: s3\n  header: \"X Api\"\n  secretEnv: [TOKEN]", []string{"header", "not a header name"}},
+		{"s3 with a tolerance", "sources:\n- name: a\n  provider: s3\n  tolerance: 5m\n  secretEnv: [TOKEN]", []string{"tolerance", "no timestamp"}},
+		{"s3 with a type", "sources:\n- name: a\n  provider: s3\n  type: x\n  secretEnv: [TOKEN]", []string{"type", "from the delivery"}},
+		{"s3 with an hmac field", "sources:\n- name: a\n  provider: s3\n  algorithm: sha256\n  secretEnv: [TOKEN]", []string{"algorithm", "only hmac"}},
 		{"every source reported", "sources:\n- name: a\n  provider: nope\n  secretEnv: [GH]\n- name: b\n  provider: github", []string{`source "a"`, `source "b"`}},
 	}
 	for _, tc := range tests {
