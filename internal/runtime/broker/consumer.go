@@ -30,8 +30,9 @@ import (
 // ("<namespace>/<name>"). Knative sets no such attribute; it is added only to dead letters.
 const TriggerExtension = "knfaastrigger"
 
-// ConsumerName is the name the runtime reads under in every consumer group. It is stable across
-// restarts so that a restarted runtime finds the entries it had read but not acknowledged.
+// ConsumerName is the name `knfaas up` reads under in every consumer group (ConsumerOptions.Name
+// when unset). It is stable across restarts so that a restarted runtime finds the entries it
+// had read but not acknowledged.
 const ConsumerName = "knfaas"
 
 // Trigger is what a consumer needs of a Knative Trigger, resolved to addresses.
@@ -72,6 +73,17 @@ type ConsumerOptions struct {
 	MaxRounds int
 	// Parker takes events that can never be delivered. Without one they stay pending.
 	Parker Parker
+	// Name is this process's consumer in every consumer group: ConsumerName when empty.
+	// Replicas sharing a group each need their own (a dispatcher uses its pod name); the
+	// entries a replica read but never acknowledged are claimed by the others after
+	// RedeliverAfter, so a replica that never comes back loses nothing.
+	Name string
+	// ExternalGroups says the consumer groups are created and deleted by someone else (the
+	// Broker class controller, which creates a Trigger's group before it marks the Trigger Ready
+	// and destroys it when the Trigger is deleted): Run neither creates a missing group nor
+	// recreates one that vanished, it waits for it, so a replica still running a deleted
+	// Trigger cannot bring its group back and hold the stream's trim forever.
+	ExternalGroups bool
 }
 
 // Defaults of ConsumerOptions; `knfaas up` uses them for its flags.
@@ -177,6 +189,9 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	if opts.MaxRounds <= 0 {
 		opts.MaxRounds = DefaultMaxRounds
 	}
+	if opts.Name == "" {
+		opts.Name = ConsumerName
+	}
 	tc := *t
 	stream := StreamKey(t.Namespace, t.Broker)
 	return &Consumer{
@@ -194,8 +209,10 @@ func RoundsKey(stream, group string) string {
 
 // Run delivers until ctx ends, then waits for deliveries in flight to finish.
 func (c *Consumer) Run(ctx context.Context) error {
-	if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
-		return err
+	if !c.opts.ExternalGroups {
+		if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
+			return err
+		}
 	}
 	deliverCtx, cancelDeliveries := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDeliveries()
@@ -226,14 +243,14 @@ func (c *Consumer) readLoop(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		res, err := c.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: c.t.Group(), Consumer: ConsumerName, Streams: []string{c.stream, cursor},
+			Group: c.t.Group(), Consumer: c.opts.Name, Streams: []string{c.stream, cursor},
 			Count: int64(c.opts.Parallelism), Block: c.opts.Block,
 		}).Result()
 		if err != nil {
 			if errors.Is(err, redis.Nil) || ctx.Err() != nil {
 				continue
 			}
-			if isNoGroup(err) {
+			if isNoGroup(err) && !c.opts.ExternalGroups {
 				_ = EnsureGroup(ctx, c.rdb, c.stream, c.t.Group())
 			}
 			c.log.Warn("reading events failed; retrying", "error", err, "in", backoff)
@@ -259,15 +276,16 @@ func (c *Consumer) readLoop(ctx context.Context) {
 	}
 }
 
-// reclaimLoop takes over entries pending longer than RedeliverAfter: deliveries whose
-// subscriber and dead-letter sink both failed, or that a crashed runtime left behind.
+// reclaimLoop takes over entries pending longer than RedeliverAfter, whichever consumer of the
+// group holds them: deliveries whose subscriber and dead-letter sink both failed, or that a
+// crashed runtime or a replica that is gone left behind.
 func (c *Consumer) reclaimLoop(ctx context.Context) {
 	interval := c.opts.RedeliverAfter / 2
 	for sleep(ctx, interval) {
 		start := "0-0"
 		for ctx.Err() == nil {
 			msgs, next, err := c.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-				Stream: c.stream, Group: c.t.Group(), Consumer: ConsumerName, MinIdle: c.opts.RedeliverAfter, Start: start, Count: 100,
+				Stream: c.stream, Group: c.t.Group(), Consumer: c.opts.Name, MinIdle: c.opts.RedeliverAfter, Start: start, Count: 100,
 			}).Result()
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, redis.Nil) {

@@ -83,6 +83,11 @@ type Ingress struct {
 	// full marks brokers whose backlog is over the limit: they refuse events with 503 until
 	// their triggers catch up.
 	full map[string]bool
+
+	// leaseOwner, when set, makes Maintain trim a stream only while this ingress holds the
+	// stream's trim lease (ShareTrims).
+	leaseOwner string
+	leaseTTL   time.Duration
 }
 
 // NewIngress returns an ingress for no brokers; Add registers them.
@@ -100,6 +105,17 @@ func (in *Ingress) Add(namespace, name string, maxEventBytes int64) {
 	in.brokers[namespace+"/"+name] = maxEventBytes
 	in.mu.Unlock()
 }
+
+// Remove makes a broker unknown: its ingress path answers 404 from now on.
+func (in *Ingress) Remove(namespace, name string) {
+	in.mu.Lock()
+	delete(in.brokers, namespace+"/"+name)
+	delete(in.full, namespace+"/"+name)
+	in.mu.Unlock()
+}
+
+// Brokers lists the known brokers as namespace/name.
+func (in *Ingress) Brokers() []string { return in.brokerKeys() }
 
 // Path is the ingress path of a broker.
 func Path(namespace, name string) string { return "/" + namespace + "/" + name }
@@ -264,25 +280,95 @@ func (in *Ingress) Maintain(ctx context.Context, rdb redis.UniversalClient, inte
 		in.maintainOnce(ctx, rdb, maxBacklog)
 		select {
 		case <-ctx.Done():
+			in.releaseTrimLeases(rdb)
 			return
 		case <-t.C:
 		}
 	}
 }
 
-func (in *Ingress) maintainOnce(ctx context.Context, rdb redis.UniversalClient, maxBacklog int64) {
+// TrimLeaseKey is the Redis key whose holder trims a stream when several ingress replicas
+// share it (ShareTrims); its value is the holder's name.
+func TrimLeaseKey(stream string) string { return "knfaas:broker:trimlease:" + stream }
+
+// ShareTrims makes this ingress one of several replicas serving the same brokers: Maintain
+// trims a broker's stream only while this replica holds the stream's lease (TrimLeaseKey),
+// taken when free, kept by every Maintain round of its holder and lapsing ttl after the last
+// one, so a replica that is gone hands the trims over. owner names this replica (its pod
+// name) and must differ between replicas. It must be called before Maintain.
+//
+// The lease only spares Redis duplicate work: every trim is one atomic script (Trim), safe
+// under any interleaving with acknowledgements and with another replica's trim, so a lease
+// that lapses during a slow round cannot make a trim remove an unacknowledged entry.
+func (in *Ingress) ShareTrims(owner string, ttl time.Duration) {
+	in.leaseOwner, in.leaseTTL = owner, ttl
+}
+
+// leaseScript takes or renews the lease KEYS[1] for ARGV[1] for ARGV[2] milliseconds and
+// answers 1, or answers 0 when another owner holds it.
+var leaseScript = redis.NewScript(`
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+// releaseScript deletes the lease KEYS[1] if ARGV[1] holds it.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// holdsTrimLease takes or renews the trim lease of stream; without ShareTrims every ingress
+// trims.
+func (in *Ingress) holdsTrimLease(ctx context.Context, rdb redis.UniversalClient, stream string) (bool, error) {
+	if in.leaseOwner == "" {
+		return true, nil
+	}
+	n, err := leaseScript.Run(ctx, rdb, []string{TrimLeaseKey(stream)}, in.leaseOwner, in.leaseTTL.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("taking the trim lease of %s: %w", stream, err)
+	}
+	return n == 1, nil
+}
+
+// releaseTrimLeases hands the leases this ingress holds over at once, instead of after their ttl.
+func (in *Ingress) releaseTrimLeases(rdb redis.UniversalClient) {
+	if in.leaseOwner == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, key := range in.brokerKeys() {
+		ns, name, _ := strings.Cut(key, "/")
+		_ = releaseScript.Run(ctx, rdb, []string{TrimLeaseKey(StreamKey(ns, name))}, in.leaseOwner).Err()
+	}
+}
+
+func (in *Ingress) brokerKeys() []string {
 	in.mu.RLock()
+	defer in.mu.RUnlock()
 	keys := make([]string, 0, len(in.brokers))
 	for k := range in.brokers {
 		keys = append(keys, k)
 	}
-	in.mu.RUnlock()
-	for _, key := range keys {
+	return keys
+}
+
+func (in *Ingress) maintainOnce(ctx context.Context, rdb redis.UniversalClient, maxBacklog int64) {
+	for _, key := range in.brokerKeys() {
 		ns, name, _ := strings.Cut(key, "/")
 		stream := StreamKey(ns, name)
-		if _, err := Trim(ctx, rdb, stream); err != nil {
+		holds, err := in.holdsTrimLease(ctx, rdb, stream)
+		if err != nil {
 			in.log.Warn("trimming broker stream failed", "broker", key, "error", err)
 			continue
+		}
+		if holds {
+			if _, err := Trim(ctx, rdb, stream); err != nil {
+				in.log.Warn("trimming broker stream failed", "broker", key, "error", err)
+				continue
+			}
 		}
 		n, err := rdb.XLen(ctx, stream).Result()
 		if err != nil {

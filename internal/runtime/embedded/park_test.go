@@ -92,7 +92,7 @@ func TestParkedEventsGoToTheDeadLetterStore(t *testing.T) {
 		mr := miniredis.RunT(t)
 		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 		t.Cleanup(func() { _ = rdb.Close() })
-		p := deadLetterParker{store: deadletter.NewStore(rdb, deadletter.Options{MaxLetters: 1})}
+		p := newDeadLetterParker(rdb, deadletter.Options{MaxLetters: 1})
 		first, second := e.Clone(), e.Clone()
 		second.SetID("poison-2")
 		if err := p.Park(ctx, broker.Parked{Trigger: "ns/t", Event: &first, SubscriberURL: "http://a"}); err != nil {

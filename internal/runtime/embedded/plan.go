@@ -10,8 +10,10 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
+	"knative.dev/eventing/pkg/apis/eventing"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"knative.dev/eventing/pkg/eventfilter"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
+	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
 	"github.com/knfaas/knfaas/internal/runtime/manifest"
 	"github.com/knfaas/knfaas/internal/runtime/ping"
 	"github.com/knfaas/knfaas/internal/runtime/serving"
@@ -360,7 +363,9 @@ func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[
 	}
 	for _, o := range set.Objects {
 		switch obj := o.Obj.(type) {
-		case *servingv1.Service, *eventingv1.Broker, *eventingv1.Trigger, *sourcesv1.PingSource,
+		case *eventingv1.Broker:
+			notes = append(notes, brokerClassNote(o.Where(), obj))
+		case *servingv1.Service, *eventingv1.Trigger, *sourcesv1.PingSource,
 			*corev1.ConfigMap, *corev1.Secret, *corev1.Namespace:
 			// Run, or read by what runs.
 		case *sourcesv1.SinkBinding:
@@ -380,10 +385,27 @@ func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[
 			}
 			leftOut(notRunNote(o))
 		default:
+			if m, err := meta.Accessor(o.Obj); err == nil && m.GetLabels()[brokerclass.ComponentLabel] == brokerclass.ComponentValue {
+				notes = append(notes, o.Where()+": part of the "+brokerclass.ClassName+" Broker class; the runtime's broker, the same data plane, stands in for it")
+				continue
+			}
 			leftOut(notRunNote(o))
 		}
 	}
 	return notes, notRun
+}
+
+// brokerClassNote says that a Broker of any class runs as the durable Redis Streams broker,
+// which is the RedisStreamBroker class's data plane on a cluster.
+func brokerClassNote(where string, b *eventingv1.Broker) string {
+	class := b.Annotations[eventing.BrokerClassKey]
+	if class == brokerclass.ClassName {
+		return where + ": class " + class + ": runs on the same data plane as on a cluster (the runtime's Redis Streams broker)"
+	}
+	if class == "" {
+		class = "unset"
+	}
+	return where + ": class " + class + ": runs as the durable Redis Streams broker (the " + brokerclass.ClassName + " class's data plane on a cluster)"
 }
 
 // runsRedis reports whether a StatefulSet runs a Redis image (as redisStandIn judges it).

@@ -233,6 +233,37 @@ spec:
 			wantNotes: []string{"redis: embedded (miniredis)", "m.yaml (document 1): Deployment ns/legacy: loaded, not run"},
 		},
 		{
+			name: "a RedisStreamBroker and its class's Deployment are stood in for",
+			manifests: manifesttest.Docs(`apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+  namespace: ns
+  annotations: {eventing.knative.dev/broker.class: RedisStreamBroker}
+`, `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: redis-broker-dispatcher
+  namespace: knfaas-broker
+  labels: {app.kubernetes.io/component: redis-broker}
+spec:
+  selector: {matchLabels: {app: d}}
+  template:
+    metadata: {labels: {app: d}}
+    spec:
+      containers: [{name: d, image: example.com/d}]
+`),
+			wantNotes: []string{
+				"m.yaml (document 1): Broker ns/default: class RedisStreamBroker: runs on the same data plane as on a cluster",
+				"m.yaml (document 2): Deployment knfaas-broker/redis-broker-dispatcher: part of the RedisStreamBroker Broker class; the runtime's broker, the same data plane, stands in for it",
+			},
+		},
+		{
+			name:      "a Broker of the default class runs as the durable broker",
+			manifests: brokerDoc,
+			wantNotes: []string{"m.yaml (document 1): Broker ns/default: class MTChannelBasedBroker: runs as the durable Redis Streams broker (the RedisStreamBroker class's data plane on a cluster)"},
+		},
+		{
 			name: "a ref to a Service the manifests lack names the object and field",
 			manifests: manifesttest.Docs(brokerDoc, manifesttest.Trigger("ns", "orders", "default")+`  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}
 `),
