@@ -21,6 +21,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -107,6 +108,9 @@ type Function struct {
 	sizes []int
 	store *minio.Client
 	log   *slog.Logger
+	// started is set once Start has set the fields above: readiness probes and events are
+	// served while Start runs, and read them only after.
+	started atomic.Bool
 }
 
 // New returns an unstarted Function.
@@ -131,6 +135,7 @@ func (f *Function) start(cfg Config, store *minio.Client) error {
 		return fmt.Errorf("thumbnail: %w", err)
 	}
 	f.cfg, f.sizes, f.store = cfg, sizes, store
+	f.started.Store(true)
 	return nil
 }
 
@@ -138,7 +143,7 @@ func (f *Function) start(cfg Config, store *minio.Client) error {
 func (f *Function) Stop(context.Context) error { return nil }
 
 // Ready reports whether Start has run.
-func (f *Function) Ready(context.Context) (bool, error) { return f.store != nil, nil }
+func (f *Function) Ready(context.Context) (bool, error) { return f.started.Load(), nil }
 
 // Alive is true while the process serves.
 func (f *Function) Alive(context.Context) (bool, error) { return true, nil }
@@ -168,7 +173,7 @@ func permanent(code int, format string, args ...any) error {
 // Handle makes the thumbnails of one object version. Objects outside the source prefix
 // (thumbnails included) and events other than creations are acknowledged and ignored.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
-	if f.store == nil {
+	if !f.started.Load() {
 		return nil, errors.New("thumbnail is starting")
 	}
 	if !strings.HasPrefix(e.Type(), objects.TypeCreatedPrefix) {

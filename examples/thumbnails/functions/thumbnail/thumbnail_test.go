@@ -281,3 +281,34 @@ func TestConfigCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestReadyWhileStarting probes readiness and sends an event while Start runs, as func-go
+// serves them; under -race it fails if they read what Start writes unsynchronized.
+func TestReadyWhileStarting(t *testing.T) {
+	s := startStore(t)
+	f := New()
+	f.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx := context.Background()
+	if ready, _ := f.Ready(ctx); ready {
+		t.Fatal("ready before Start")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ready, _ := f.Ready(ctx)
+			_, err := f.Handle(ctx, event.New())
+			if !ready && err == nil {
+				t.Error("an event was handled before Start")
+			}
+			if ready {
+				return
+			}
+		}
+	}()
+	cfg := Config{Sizes: "128", SourcePrefix: "uploads/", TargetPrefix: "thumbnails/", MaxBytes: 1 << 20, MaxPixels: 1 << 20, Quality: 85}
+	if err := f.start(cfg, s.client); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+}
