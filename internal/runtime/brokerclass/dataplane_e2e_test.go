@@ -21,11 +21,11 @@ import (
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/pkg/ptr"
 
+	"github.com/knfaas/knfaas/internal/harness/dataplanetest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
-	"github.com/knfaas/knfaas/internal/runtime/brokerclass/dataplanetest"
 )
 
 func freeAddr(t *testing.T) string {

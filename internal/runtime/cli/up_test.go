@@ -104,6 +104,7 @@ spec:
 				"  backoff exponential from PT0.2S",
 				"parked events go to the dead-letter store: max-letters default, max-bytes default, max-age default",
 				"note: redis: embedded (miniredis), started by the run; set REDIS_URL to use a real server; embedded data is lost on exit",
+				"note: " + "${dir}" + "/shop.yaml (document 1): Broker shop/default: class MTChannelBasedBroker: runs as the durable Redis Streams broker (the RedisStreamBroker class's data plane on a cluster)",
 				"note: " + "${dir}" + "/shop.yaml (document 4): Deployment shop/legacy: loaded, not run (knfaas up runs Knative Services, Brokers, Triggers, PingSources and SinkBindings)",
 			},
 		},

@@ -42,11 +42,11 @@ import (
 	"knative.dev/pkg/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/knfaas/knfaas/internal/harness/dataplanetest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
-	"github.com/knfaas/knfaas/internal/runtime/brokerclass/dataplanetest"
 )
 
 // controlPlane is a real etcd and kube-apiserver, built by hack/verify-apiserver.sh, with the
