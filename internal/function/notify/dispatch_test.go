@@ -492,6 +492,19 @@ func TestRateLimitCapsAttemptsPerSecond(t *testing.T) {
 		f.enqueue(t, newEvent("r"+strconv.Itoa(i)), "", "capped")
 	}
 	eventually(t, "all delivered", func() bool { return rcv.count() == n })
+	// An attempt is logged once its answer is read, a moment after the receiver counted it.
+	logged := func(i int) []Attempt {
+		attempts, _ := f.store.Attempts(context.Background(), MessageID("/test", "r"+strconv.Itoa(i)), "capped")
+		return attempts
+	}
+	eventually(t, "every attempt logged", func() bool {
+		for i := range n {
+			if len(logged(i)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	// The cap is counted per second of the dispatcher's clock when the attempt is let through;
@@ -506,8 +519,7 @@ func TestRateLimitCapsAttemptsPerSecond(t *testing.T) {
 		t.Errorf("12 messages at 5/s spread over %d seconds, want at least 3", len(perSecond))
 	}
 	for i := range n {
-		attempts, _ := f.store.Attempts(context.Background(), MessageID("/test", "r"+strconv.Itoa(i)), "capped")
-		if len(attempts) != 1 {
+		if attempts := logged(i); len(attempts) != 1 {
 			t.Errorf("message %d: %d attempts logged, want 1 (waiting for the rate uses none)", i, len(attempts))
 		}
 	}
