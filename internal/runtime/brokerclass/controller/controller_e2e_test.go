@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	eventingclient "knative.dev/eventing/pkg/client/clientset/versioned"
@@ -250,6 +251,35 @@ func waitCondition[T any](t *testing.T, what string, get func() (T, *apis.Condit
 			t.Fatalf("%s: condition %+v, want status %s reason %q", what, last, status, reason)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// updateBroker applies change to the latest Broker named name, again when the update
+// conflicts with the controller's own writes (status, finalizers).
+func (f *fixture) updateBroker(t *testing.T, name string, change func(*eventingv1.Broker)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		b := f.broker(t, name)
+		change(b)
+		_, err := f.ev.EventingV1().Brokers(appNS).Update(context.Background(), b, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("updating Broker %s: %v", name, err)
+	}
+}
+
+// updateTrigger is updateBroker for a Trigger.
+func (f *fixture) updateTrigger(t *testing.T, name string, change func(*eventingv1.Trigger)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		tr := f.trigger(t, name)
+		change(tr)
+		_, err := f.ev.EventingV1().Triggers(appNS).Update(context.Background(), tr, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("updating Trigger %s: %v", name, err)
 	}
 }
 
@@ -474,11 +504,7 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("trigger update reaches the contract", func(t *testing.T) {
-		tr := f.trigger(t, "to-uri")
-		tr.Spec.Subscriber.URI = apis.HTTP("other.example.com")
-		if _, err := f.ev.EventingV1().Triggers(appNS).Update(ctx, tr, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		f.updateTrigger(t, "to-uri", func(tr *eventingv1.Trigger) { tr.Spec.Subscriber.URI = apis.HTTP("other.example.com") })
 		runtimetest.Eventually(t, time.Minute, "the new subscriber in the contract", func() bool {
 			ct, _ := f.contractTrigger(t, "to-uri")
 			return ct.Subscriber == "http://other.example.com"
@@ -540,28 +566,18 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 		f.redis.Stop()
 		defer f.redis.Cont()
 		// Any change makes the controller look again; without one it does within recheck.
-		b := f.broker(t, "default")
-		b.Annotations["touch"] = "1"
-		if _, err := f.ev.EventingV1().Brokers(appNS).Update(ctx, b, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		f.updateBroker(t, "default", func(b *eventingv1.Broker) { b.Annotations["touch"] = "1" })
 		waitCondition(t, "Broker default", f.brokerCond(t, "default", apis.ConditionReady), corev1.ConditionFalse, ReasonRedisUnreachable)
 		waitCondition(t, "Trigger to-ksvc", f.triggerCond(t, "to-ksvc", eventingv1.TriggerConditionBroker), corev1.ConditionFalse, ReasonBrokerNotReady)
 		f.redis.Cont()
-		b = f.broker(t, "default")
-		b.Annotations["touch"] = "2"
-		if _, err := f.ev.EventingV1().Brokers(appNS).Update(ctx, b, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		f.updateBroker(t, "default", func(b *eventingv1.Broker) { b.Annotations["touch"] = "2" })
 		waitCondition(t, "Broker default after redis is back", f.brokerCond(t, "default", apis.ConditionReady), corev1.ConditionTrue, "")
 	})
 
 	t.Run("trigger delete cleans up its group unless kept", func(t *testing.T) {
-		keep := f.trigger(t, "to-service")
-		keep.Annotations = map[string]string{KeepDataAnnotation: "true"}
-		if _, err := f.ev.EventingV1().Triggers(appNS).Update(ctx, keep, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		f.updateTrigger(t, "to-service", func(tr *eventingv1.Trigger) {
+			tr.Annotations = map[string]string{KeepDataAnnotation: "true"}
+		})
 		for _, name := range []string{"to-uri", "to-service"} {
 			if err := f.ev.EventingV1().Triggers(appNS).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
