@@ -155,10 +155,10 @@ func TestTraceFollowsTheEventThroughTheBroker(t *testing.T) {
 		return -1
 	}
 	cases := []struct {
-		name      string
-		hop       http.Header
-		wantSpan  string
-		attempt   int
+		name       string
+		hop        http.Header
+		wantSpan   string
+		attempt    int
 		deadLetter bool
 	}{
 		{"flaky: first attempt", flaky.headers()[0], "deliver ns/flaky", 1, false},
