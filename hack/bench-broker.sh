@@ -55,17 +55,22 @@ delivered_rate() {
   env "$@" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N" -hello-d 2s -cold 1 \
     | sed -n 's/.* = \([0-9]*\) ev\/s delivered.*/\1/p'
 }
-declare -A sum=([off]=0 [1%]=0 [100%]=0)
+rounds=()
 for round in $(seq "$ROUNDS"); do
   off=$(delivered_rate OTEL_SDK_DISABLED=true)
   one=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01)
   all=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_always_on)
   echo "round $round: off $off ev/s, 1% sampled $one ev/s, 100% sampled $all ev/s"
-  sum[off]=$((sum[off] + off)); sum[1%]=$((sum[1%] + one)); sum[100%]=$((sum[100%] + all))
+  rounds+=("$off $one $all")
 done
-python3 - "${sum[off]}" "${sum[1%]}" "${sum[100%]}" "$ROUNDS" <<'PY'
-import sys
-off, one, full, rounds = (float(x) for x in sys.argv[1:])
-print(f"== tracing cost, mean of {rounds:.0f} interleaved rounds: off {off/rounds:.0f} ev/s; "
-      f"1% sampled {one/rounds:.0f} ev/s = {one/off:.3f} of off (goal ≥ 0.95); 100% sampled {full/rounds:.0f} ev/s = {full/off:.3f} of off")
+# Each round's rates are divided by that round's untraced rate; the median of those ratios is
+# printed (a busy machine makes single rounds swing), with the means of the rates.
+python3 - "${rounds[@]}" <<'PY'
+import statistics, sys
+rs = [tuple(float(x) for x in r.split()) for r in sys.argv[1:]]
+mean = [statistics.mean(r[i] for r in rs) for i in range(3)]
+one = statistics.median(r[1] / r[0] for r in rs)
+full = statistics.median(r[2] / r[0] for r in rs)
+print(f"== tracing cost over {len(rs)} interleaved rounds (mean ev/s: off {mean[0]:.0f}, 1% {mean[1]:.0f}, 100% {mean[2]:.0f}); "
+      f"median ratio to the untraced run of the same round: 1% sampled {one:.3f} (goal ≥ 0.95), 100% sampled {full:.3f}")
 PY

@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	"knative.dev/eventing/pkg/eventingtls"
 	"knative.dev/eventing/pkg/kncloudevents"
@@ -198,4 +200,55 @@ func TestTraceFollowsTheEventThroughTheBroker(t *testing.T) {
 
 func propagationOf(h http.Header, header string) propagation.MapCarrier {
 	return propagation.MapCarrier{"traceparent": h.Get(header)}
+}
+
+type discardExporter struct{}
+
+func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardExporter) Shutdown(context.Context) error                             { return nil }
+
+// BenchmarkTracingPerEvent measures what tracing adds to one event's way through the broker:
+// the ingress span and the context stored with the event, the delivery span, the dispatcher's
+// send span and one numbered HTTP attempt with its headers injected, with tracing off (no-op
+// provider), 1 % and 100 % sampled (spans batched to an exporter that drops them).
+func BenchmarkTracingPerEvent(b *testing.B) {
+	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
+	defer func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) }()
+	otel.SetTextMapPropagator(tracing.Propagator())
+	c := &Consumer{t: &Trigger{Namespace: "ns", Name: "t"}, brokerKey: "ns/b"}
+	for _, bc := range []struct {
+		name  string
+		ratio float64 // <0: tracing off
+	}{{"off", -1}, {"sampled 1%", 0.01}, {"sampled 100%", 1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			if bc.ratio < 0 {
+				otel.SetTracerProvider(noop.NewTracerProvider())
+			} else {
+				tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(bc.ratio))),
+					sdktrace.WithBatcher(discardExporter{}))
+				defer func() { _ = tp.Shutdown(context.Background()) }()
+				otel.SetTracerProvider(tp)
+			}
+			dispatcherTracer := AttemptNumbering(otel.GetTracerProvider()).Tracer("dispatcher")
+			req := httptest.NewRequest(http.MethodPost, "/ns/b", nil)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				e := cloudevents.NewEvent()
+				e.SetID("ev")
+				e.SetType("t")
+				e.SetSource("/s")
+				_, in := startIngressSpan(context.Background(), req, &e, "ns/b")
+				in.End()
+				ctx, deliver := c.startDeliverySpan(context.Background(), &e, "deliver")
+				ctx, send := dispatcherTracer.Start(ctx, "send")
+				actx, attempt := dispatcherTracer.Start(ctx, "POST /", trace.WithSpanKind(trace.SpanKindClient))
+				h := http.Header{"Ce-Specversion": {"1.0"}}
+				otel.GetTextMapPropagator().Inject(actx, propagation.HeaderCarrier(h))
+				attempt.End()
+				send.End()
+				deliver.End()
+			}
+		})
+	}
 }
