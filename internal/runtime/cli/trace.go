@@ -173,12 +173,12 @@ var traceDetails = []struct{ key, label string }{
 }
 
 func writeTraceTable(w io.Writer, doc traceDocument) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for i, t := range doc.Traces {
 		if i > 0 {
-			fmt.Fprintln(tw)
+			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(tw, "TRACE %s\t%s\t%s\n", t.TraceID, t.Start.Format(time.RFC3339Nano), t.Duration)
+		fmt.Fprintf(w, "TRACE %s  %s  %s\n", t.TraceID, t.Start.Format(time.RFC3339Nano), t.Duration)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "OFFSET\tDURATION\tSERVICE\tSPAN")
 		var walk func(ns []*spanNode, prefix string)
 		walk = func(ns []*spanNode, prefix string) {
@@ -199,7 +199,7 @@ func writeTraceTable(w io.Writer, doc traceDocument) error {
 					if len(msg) > 80 {
 						msg = msg[:80] + "…"
 					}
-					details = append(details, "ERROR "+msg)
+					details = append(details, strings.TrimSpace("ERROR "+msg))
 				}
 				if len(details) > 0 {
 					line += "  (" + strings.Join(details, ", ") + ")"
@@ -209,6 +209,9 @@ func writeTraceTable(w io.Writer, doc traceDocument) error {
 			}
 		}
 		walk(t.Spans, "")
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
-	return tw.Flush()
+	return nil
 }
