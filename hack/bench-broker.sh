@@ -57,9 +57,14 @@ delivered_rate() {
 }
 rounds=()
 for round in $(seq "$ROUNDS"); do
-  off=$(delivered_rate OTEL_SDK_DISABLED=true)
-  one=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01)
-  all=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_always_on)
+  # The order rotates from round to round, so no setting always runs first or last.
+  for setting in $(printf 'off\none\nall\n' | tail -n +$(((round - 1) % 3 + 1)); printf 'off\none\nall\n' | head -n $(((round - 1) % 3))); do
+    case $setting in
+      off) off=$(delivered_rate OTEL_SDK_DISABLED=true) ;;
+      one) one=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01) ;;
+      all) all=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_always_on) ;;
+    esac
+  done
   echo "round $round: off $off ev/s, 1% sampled $one ev/s, 100% sampled $all ev/s"
   rounds+=("$off $one $all")
 done
