@@ -1,9 +1,11 @@
 package notify
 
 import (
+	"bytes"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParse feeds arbitrary documents to the endpoints parser. Invariants: no panic; every
@@ -51,6 +53,46 @@ func FuzzValidateURL(f *testing.F) {
 		u, err := url.Parse(raw)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.User != nil || u.Fragment != "" {
 			t.Fatalf("accepted %q (%+v, %v)", raw, u, err)
+		}
+	})
+}
+
+// FuzzEndpointRequest feeds arbitrary bodies to the API's request parser and validation.
+// Invariants: no panic; an accepted request was at most MaxRequestBytes, names a valid
+// endpoint (the same checks as a ConfigMap entry) and, when it carries a secret, a whsec_ one
+// of at least 16 bytes; a refused one names at least one field.
+func FuzzEndpointRequest(f *testing.F) {
+	f.Add([]byte(`{"name":"a","url":"https://a.example/x","types":["t.*"]}`))
+	f.Add([]byte(`{"name":"b","url":"http://[::1]:80","types":["*"],"timeout":"1s","concurrency":3,"headers":{"X-K":"v"},"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}`))
+	f.Add([]byte(`{"name":"c","url":"https://c.example","types":["x"],"rateLimit":-1,"extra":1}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var q EndpointRequest
+		err := DecodeRequest(bytes.NewReader(body), &q)
+		if err == nil {
+			err = q.Validate(true)
+		}
+		if err != nil {
+			if len(FieldErrors(err)) == 0 {
+				t.Fatalf("refused %q without naming a field: %v", body, err)
+			}
+			return
+		}
+		if len(body) > MaxRequestBytes {
+			t.Fatalf("accepted %d bytes", len(body))
+		}
+		if ValidateURL(q.URL) != nil || !namePattern.MatchString(q.Name) || len(q.Types) == 0 {
+			t.Fatalf("accepted %+v", q)
+		}
+		if q.Secret != "" {
+			if k, err := decodeSecret(q.Secret); err != nil || len(k) < 16 {
+				t.Fatalf("accepted secret %q", q.Secret)
+			}
+		}
+		now := time.Now()
+		s := StoredEndpoint{Name: q.Name, URL: q.URL, Types: q.Types, Headers: q.Headers, Timeout: q.Timeout,
+			Concurrency: q.Concurrency, RateLimit: q.RateLimit, Secret: NewSecret()}
+		if _, _, err := s.Endpoint(now); err != nil {
+			t.Fatalf("accepted request does not build: %v", err)
 		}
 	})
 }
