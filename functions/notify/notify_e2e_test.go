@@ -438,7 +438,6 @@ func sumOf(m map[string]int) int {
 	return s
 }
 
-
 // capture is a real receiver that keeps every request's headers and body.
 type capture struct {
 	srv  *httptest.Server
