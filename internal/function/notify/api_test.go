@@ -456,3 +456,27 @@ func TestMetricsShowCircuitsAndCounters(t *testing.T) {
 		}
 	}
 }
+
+// TestNewAPIEndpointIsDeliveredAtOnce: a message for an endpoint made through the API (here
+// straight into Redis, as another instance would) since this instance last read them is
+// delivered on its first attempt, not failed as "not configured".
+func TestNewAPIEndpointIsDeliveredAtOnce(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	f, _ := apiFixture(t)
+	eventually(t, "the dispatcher read the endpoints once", func() bool {
+		f.d.mu.RLock()
+		defer f.d.mu.RUnlock()
+		return !f.d.refreshed.IsZero()
+	})
+	ctx := context.Background()
+	if err := f.store.CreateAPIEndpoint(ctx, StoredEndpoint{Name: "late", URL: rcv.URL, Types: []string{"*"}, Secret: NewSecret()}); err != nil {
+		t.Fatal(err)
+	}
+	e := newEvent("late")
+	f.enqueue(t, e, "", "late")
+	eventually(t, "delivered", func() bool { return f.state(t, e, "late") == StateDelivered })
+	attempts, err := f.store.Attempts(ctx, MessageID(e.Source(), e.ID()), "late")
+	if err != nil || len(attempts) != 1 || attempts[0].Outcome != OutcomeDelivered {
+		t.Fatalf("attempts %+v, %v; want one, delivered", attempts, err)
+	}
+}

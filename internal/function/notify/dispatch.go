@@ -294,8 +294,16 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	admitted := map[string]admission{}
+	refreshed := false
 	for _, j := range jobs {
 		r, ok := d.runner(j.Endpoint)
+		if !ok && !refreshed {
+			// Made through the API since this instance last looked: read the endpoints again.
+			refreshed = true
+			if err := d.Refresh(ctx, true); err == nil {
+				r, ok = d.runner(j.Endpoint)
+			}
+		}
 		switch {
 		case len(j.Raw) == 0:
 			slog.Error("notify: message record expired before its delivery finished; raise NOTIFY_RETENTION", "message", j.Message, "endpoint", j.Endpoint)
