@@ -659,4 +659,12 @@ func TestNotifyEndpointAPIUnderKnfaasUp(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, metrics)
 		}
 	}
+
+	// The endpoint survives a restart of the runtime: the new instance reads it from Redis.
+	rt.Kill()
+	rt.Restart()
+	restarted := deliveredOnce("api-5")
+	if verify(rotated.Secret, restarted.header, restarted.body, time.Now()) != nil || verify(created.Secret, restarted.header, restarted.body, time.Now()) == nil {
+		t.Errorf("after the restart the delivery is not signed by the new secret alone: %v", restarted.header)
+	}
 }
