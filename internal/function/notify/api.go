@@ -81,6 +81,8 @@ func (a *API) now() time.Time {
 //	POST /api/endpoints/{name}/enable    resume it (and clear a 410 Gone mark, any endpoint)
 //	POST /api/endpoints/{name}/rotate    RotateRequest → the new secret
 //	POST /api/endpoints/{name}/replay    {"since", "until"} (RFC 3339) → Replay
+//	GET  /api/endpoints/{name}/attempts/{msg_…}  the message's state there and its attempts log
+//	POST /api/endpoints/{name}/retry/{msg_…}     attempt a pending or dead message there now
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.Token == "" {
 		fail(w, http.StatusNotFound, errors.New("the endpoint API is off: NOTIFY_API_TOKEN is not set"))
@@ -121,6 +123,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		default:
 			fail(w, http.StatusNotFound, fmt.Errorf("no action %q: disable, enable, rotate or replay", parts[1]))
 		}
+	case len(parts) == 3 && parts[1] == "attempts" && r.Method == http.MethodGet:
+		a.attempts(ctx, w, parts[0], parts[2])
+	case len(parts) == 3 && parts[1] == "retry" && r.Method == http.MethodPost:
+		a.retry(ctx, w, parts[0], parts[2])
 	case len(parts) <= 2:
 		w.Header().Set("Allow", "GET, POST, PUT")
 		fail(w, http.StatusMethodNotAllowed, fmt.Errorf("%s is not allowed on %s", r.Method, r.URL.Path))
@@ -469,4 +475,46 @@ func (a *API) refresh(ctx context.Context) {
 	if err := a.Dispatcher.Refresh(ctx, true); err != nil {
 		slog.Warn("notify API: reading the endpoints back failed", "err", err)
 	}
+}
+
+// MessageAttempts is a message's state at one endpoint and its attempts log.
+type MessageAttempts struct {
+	Message  string    `json:"message"`
+	Endpoint string    `json:"endpoint"`
+	State    string    `json:"state"`
+	Attempts []Attempt `json:"attempts"`
+}
+
+func (a *API) attempts(ctx context.Context, w http.ResponseWriter, endpoint, message string) {
+	states, err := a.Store.States(ctx, message)
+	if err != nil {
+		storeError(w, err)
+		return
+	}
+	st, ok := states[endpoint]
+	if !ok {
+		fail(w, http.StatusNotFound, fmt.Errorf("message %s at endpoint %s: %w (never enqueued there, or older than NOTIFY_RETENTION)", message, endpoint, ErrNotFound))
+		return
+	}
+	log, err := a.Store.Attempts(ctx, message, endpoint)
+	if err != nil {
+		storeError(w, err)
+		return
+	}
+	if log == nil {
+		log = []Attempt{}
+	}
+	writeJSON(w, http.StatusOK, MessageAttempts{Message: message, Endpoint: endpoint, State: st, Attempts: log})
+}
+
+func (a *API) retry(ctx context.Context, w http.ResponseWriter, endpoint, message string) {
+	scheduled, err := a.Store.Retry(ctx, message, endpoint, a.now())
+	if err != nil {
+		storeError(w, err)
+		return
+	}
+	if scheduled {
+		a.Dispatcher.Wake()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"message": message, "endpoint": endpoint, "scheduled": scheduled})
 }

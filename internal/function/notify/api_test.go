@@ -480,3 +480,57 @@ func TestNewAPIEndpointIsDeliveredAtOnce(t *testing.T) {
 		t.Fatalf("attempts %+v, %v; want one, delivered", attempts, err)
 	}
 }
+
+func TestAPIAttemptsAndRetry(t *testing.T) {
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if n == 1 {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	f, api := apiFixture(t)
+	if code := call(t, api, http.MethodPost, APIPrefix, apiToken, map[string]any{"name": "flaky", "url": rcv.URL, "types": []string{"*"}}, nil); code != 201 {
+		t.Fatalf("create = %d", code)
+	}
+	f.d.opts.Schedule = Schedule{}
+	e := newEvent("once")
+	msg := MessageID(e.Source(), e.ID())
+	f.enqueue(t, e, "", "flaky")
+	eventually(t, "dead after its only attempt", func() bool { return f.state(t, e, "flaky") == StateDead })
+	tests := []struct {
+		name, method, path string
+		code               int
+		check              func(t *testing.T, body map[string]any)
+	}{
+		{name: "attempts of a dead message", method: http.MethodGet, path: "/flaky/attempts/" + msg, code: 200, check: func(t *testing.T, b map[string]any) {
+			if b["state"] != StateDead || len(b["attempts"].([]any)) != 1 {
+				t.Errorf("answer %v", b)
+			}
+		}},
+		{name: "attempts at another endpoint", method: http.MethodGet, path: "/other/attempts/" + msg, code: 404},
+		{name: "retry", method: http.MethodPost, path: "/flaky/retry/" + msg, code: 200, check: func(t *testing.T, b map[string]any) {
+			if b["scheduled"] != true {
+				t.Errorf("answer %v", b)
+			}
+			eventually(t, "delivered by the retry", func() bool { return f.state(t, e, "flaky") == StateDelivered })
+		}},
+		{name: "retry of a delivered message sends nothing", method: http.MethodPost, path: "/flaky/retry/" + msg, code: 200, check: func(t *testing.T, b map[string]any) {
+			if b["scheduled"] != false || rcv.count() != 2 {
+				t.Errorf("answer %v, %d requests", b, rcv.count())
+			}
+		}},
+		{name: "retry of an unknown message", method: http.MethodPost, path: "/flaky/retry/msg_none", code: 404},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var body map[string]any
+			if code := call(t, api, tc.method, APIPrefix+tc.path, apiToken, nil, &body); code != tc.code {
+				t.Fatalf("answered %d %v, want %d", code, body, tc.code)
+			}
+			if tc.check != nil {
+				tc.check(t, body)
+			}
+		})
+	}
+}
