@@ -559,7 +559,7 @@ func TestNotifyEndpointAPIUnderKnfaasUp(t *testing.T) {
 	}
 
 	// Rotate with an overlap: both verify during it, only the new one after.
-	const overlap = 20 * time.Second
+	const overlap = 15 * time.Second
 	var rotated notify.EndpointView
 	if err := json.Unmarshal([]byte(mustCLI("notify", "endpoints", "rotate", "shop", "--overlap", overlap.String(), "-o", "json")), &rotated); err != nil || rotated.Secret == "" || rotated.Secret == created.Secret {
 		t.Fatalf("rotate answered %+v, %v", rotated, err)
