@@ -96,3 +96,44 @@ func FuzzEndpointRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRotateAndReplayRequest feeds arbitrary bodies to the rotation and replay parsers.
+// Invariants: no panic; an accepted overlap is within [0, MaxRotationOverlap]; an accepted
+// range has since before until; a refusal names a field.
+func FuzzRotateAndReplayRequest(f *testing.F) {
+	f.Add([]byte(`{"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","overlap":"1h"}`), []byte(`{"since":"2026-01-01T00:00:00Z","until":"2026-01-02T00:00:00Z"}`))
+	f.Add([]byte(`{"overlap":"-1s"}`), []byte(`{"since":"2026-01-02T00:00:00Z","until":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{}`), []byte(`{"since":"yesterday"}`))
+	now := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, rotate, replay []byte) {
+		var rq RotateRequest
+		if err := DecodeRequest(bytes.NewReader(rotate), &rq); err == nil {
+			d, err := ParseOverlap(rq.Overlap)
+			if err == nil && (d < 0 || d > MaxRotationOverlap) {
+				t.Fatalf("overlap %q accepted as %s", rq.Overlap, d)
+			}
+			if err != nil && len(FieldErrors(err)) == 0 {
+				t.Fatalf("overlap %q refused without a field: %v", rq.Overlap, err)
+			}
+		} else if len(FieldErrors(err)) == 0 {
+			t.Fatalf("rotation %q refused without a field: %v", rotate, err)
+		}
+		var pq ReplayRequest
+		if err := DecodeRequest(bytes.NewReader(replay), &pq); err != nil {
+			if len(FieldErrors(err)) == 0 {
+				t.Fatalf("replay %q refused without a field: %v", replay, err)
+			}
+			return
+		}
+		since, until, err := pq.Parse(now)
+		if err != nil {
+			if len(FieldErrors(err)) == 0 {
+				t.Fatalf("replay %+v refused without a field: %v", pq, err)
+			}
+			return
+		}
+		if !since.Before(until) {
+			t.Fatalf("replay %+v accepted with since %s not before until %s", pq, since, until)
+		}
+	})
+}
