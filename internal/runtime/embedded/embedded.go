@@ -82,6 +82,7 @@ type Runtime struct {
 	redisURL string
 	mini     *miniredis.Miniredis
 	objects  *objectStore
+	mail     *mailServer
 	// addr is where the public listener listens.
 	addr string
 
@@ -180,6 +181,9 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	if err := r.openObjectStore(); err != nil {
 		return nil, err
 	}
+	if err := r.openMailServer(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.startServices(ctx); err != nil {
 		return nil, err
 	}
@@ -200,6 +204,7 @@ func (r *Runtime) closeEarly() {
 		r.mini.Close()
 	}
 	r.closeObjectStore()
+	r.closeMailServer()
 }
 
 // DryRun loads the manifests and prints the plan of a run to opts.Out, as the run would start
