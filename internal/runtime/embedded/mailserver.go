@@ -34,13 +34,22 @@ const mailpitPackage = "github.com/axllent/mailpit"
 type mailServer struct {
 	// url replaces SMTP_URL in every function that sets it.
 	url string
-	// smtp is the SMTP address of the Mailpit the run started.
-	smtp string
-	// ui is the web UI and HTTP API of the Mailpit the run started; "" for SMTP_URL's server.
-	ui   string
+	// mailpit is the Mailpit the run started; nil for the server SMTP_URL names.
+	mailpit *Mailpit
+}
+
+// Mailpit is a running Mailpit.
+type Mailpit struct {
+	// SMTPAddr is its SMTP listener (no TLS, any or no credentials accepted).
+	SMTPAddr string
+	// UI is its web UI and HTTP API (GET /api/v1/messages).
+	UI   string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
+
+// SMTPURL is the SMTP_URL that sends through it.
+func (m *Mailpit) SMTPURL() string { return "smtp://" + m.SMTPAddr + "?tls=none" }
 
 // usesMailServer reports whether a function of the plan sets SMTP_URL.
 func usesMailServer(p *Plan) bool {
@@ -82,13 +91,21 @@ func (r *Runtime) openMailServer(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("smtp: %w; set SMTP_URL to use another SMTP server", err)
 	}
-	m, err := StartMailpit(ctx, bin, r.opts.FunctionLogs)
+	smtpAddr, err := freeLoopbackPort()
+	if err != nil {
+		return fmt.Errorf("smtp: finding a port for Mailpit's SMTP: %w", err)
+	}
+	uiAddr, err := freeLoopbackPort()
+	if err != nil {
+		return fmt.Errorf("smtp: finding a port for Mailpit's web UI: %w", err)
+	}
+	m, err := StartMailpit(ctx, bin, smtpAddr, uiAddr, r.opts.FunctionLogs)
 	if err != nil {
 		return fmt.Errorf("smtp: %w; set SMTP_URL to use another SMTP server", err)
 	}
-	r.mail = m
+	r.mail = &mailServer{url: m.SMTPURL(), mailpit: m}
 	fmt.Fprintf(r.opts.Out, "smtp: Mailpit on %s (ready in %s) — every mail the functions send is in its web UI at %s; set SMTP_URL to use a real server\n",
-		m.smtp, time.Since(start).Round(100*time.Millisecond), m.ui)
+		m.SMTPAddr, time.Since(start).Round(100*time.Millisecond), m.UI)
 	return nil
 }
 
@@ -145,22 +162,11 @@ func freeLoopbackPort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// StartMailpit runs the Mailpit binary on free loopback ports (SMTP without TLS, any or no
-// credentials accepted; messages in a temporary database, lost on exit) and waits until its
-// HTTP API answers. Its output goes to logs. It dies with the process that started it.
-func StartMailpit(ctx context.Context, bin string, logs io.Writer) (*mailServer, error) {
-	smtpAddr, err := freeLoopbackPort()
-	if err != nil {
-		return nil, fmt.Errorf("finding a port for Mailpit's SMTP: %w", err)
-	}
-	uiAddr, err := freeLoopbackPort()
-	if err != nil {
-		return nil, fmt.Errorf("finding a port for Mailpit's web UI: %w", err)
-	}
-	return startMailpitOn(ctx, bin, smtpAddr, uiAddr, logs)
-}
-
-func startMailpitOn(ctx context.Context, bin, smtpAddr, uiAddr string, logs io.Writer) (*mailServer, error) {
+// StartMailpit runs the Mailpit binary with SMTP on smtpAddr (no TLS, any or no credentials
+// accepted) and its web UI and HTTP API on uiAddr, messages in a temporary database (lost on
+// exit), and waits until its HTTP API answers. Its output goes to logs. It dies with the process
+// that started it.
+func StartMailpit(ctx context.Context, bin, smtpAddr, uiAddr string, logs io.Writer) (*Mailpit, error) {
 	if logs == nil {
 		logs = io.Discard
 	}
@@ -171,12 +177,12 @@ func startMailpitOn(ctx context.Context, bin, smtpAddr, uiAddr string, logs io.W
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting Mailpit: %w", err)
 	}
-	m := &mailServer{url: "smtp://" + smtpAddr + "?tls=none", smtp: smtpAddr, ui: "http://" + uiAddr, cmd: cmd, done: make(chan struct{})}
+	m := &Mailpit{SMTPAddr: smtpAddr, UI: "http://" + uiAddr, cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(m.done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	client := &http.Client{Timeout: 2 * time.Second}
 	for {
-		resp, err := client.Get(m.ui + "/readyz")
+		resp, err := client.Get(m.UI + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -187,25 +193,19 @@ func startMailpitOn(ctx context.Context, bin, smtpAddr, uiAddr string, logs io.W
 		case <-m.done:
 			return nil, errors.New("mailpit exited at start (see the function logs)")
 		case <-ctx.Done():
-			m.close()
+			m.Close()
 			return nil, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			m.close()
-			return nil, fmt.Errorf("mailpit did not answer on %s within 30s", m.ui)
+			m.Close()
+			return nil, fmt.Errorf("mailpit did not answer on %s within 30s", m.UI)
 		}
 	}
 }
 
-// SMTPURL is the server's SMTP_URL; UI its web UI and HTTP API ("" when SMTP_URL named it).
-func (m *mailServer) SMTPURL() string { return m.url }
-func (m *mailServer) UI() string      { return m.ui }
-
-// Close stops a Mailpit the run started.
-func (m *mailServer) Close() { m.close() }
-
-func (m *mailServer) close() {
+// Close stops Mailpit and waits until it exited.
+func (m *Mailpit) Close() {
 	if m == nil || m.cmd == nil || m.cmd.Process == nil {
 		return
 	}
@@ -231,4 +231,8 @@ func (r *Runtime) withMailServer(env []string) []string {
 }
 
 // closeMailServer stops the run's Mailpit, if any.
-func (r *Runtime) closeMailServer() { r.mail.close() }
+func (r *Runtime) closeMailServer() {
+	if r.mail != nil {
+		r.mail.mailpit.Close()
+	}
+}

@@ -62,7 +62,7 @@ func TestOpenMailServerUsesSMTPURL(t *testing.T) {
 	if err := r.openMailServer(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if r.mail == nil || r.mail.url != "smtp://u:secret@mail.example.com:587" || r.mail.cmd != nil {
+	if r.mail == nil || r.mail.url != "smtp://u:secret@mail.example.com:587" || r.mail.mailpit != nil {
 		t.Fatalf("mail server %+v", r.mail)
 	}
 	if strings.Contains(out.String(), "secret") || !strings.Contains(out.String(), "SMTP_URL") {
