@@ -181,9 +181,6 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 	if err := r.openObjectStore(); err != nil {
 		return nil, err
 	}
-	if err := r.openMailServer(ctx); err != nil {
-		return nil, err
-	}
 	if err := r.startServices(ctx); err != nil {
 		return nil, err
 	}

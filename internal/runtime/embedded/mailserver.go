@@ -74,6 +74,14 @@ func mailServerNotes(p *Plan) []string {
 	return []string{"smtp: Mailpit, built from " + MailpitModule + " (cached) and started by the run on loopback, stands in for the SMTP_URL of every function; its web UI shows every mail sent; set SMTP_URL to use a real server"}
 }
 
+// openMailServerAsync runs openMailServer in the background; the function it returns waits for
+// it and returns its error.
+func (r *Runtime) openMailServerAsync(ctx context.Context) func() error {
+	done := make(chan error, 1)
+	go func() { done <- r.openMailServer(ctx) }()
+	return func() error { return <-done }
+}
+
 // openMailServer starts Mailpit, or takes the server SMTP_URL names, when a function sends mail,
 // and says where it is.
 func (r *Runtime) openMailServer(ctx context.Context) error {
