@@ -2,6 +2,7 @@ package mail
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/notify"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
@@ -261,5 +263,26 @@ func TestBreakerOpensAndMailsWait(t *testing.T) {
 	due, err := f.rdb.ZScore(context.Background(), keyDue, c.ID).Result()
 	if err != nil || time.UnixMilli(int64(due)).Before(st.Until.Add(-time.Second)) {
 		t.Fatalf("the waiting mail is due at %v (%v), want at the circuit's expiry %v", time.UnixMilli(int64(due)), err, st.Until)
+	}
+}
+
+// A retry due later arms a timer deadline (owner mail) for its minute, so that a function scaled
+// to zero or killed is woken for it.
+func TestRetryArmsATimerWakeUp(t *testing.T) {
+	f := start(t, notify.Schedule{3 * time.Minute}, notify.BreakerSettings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second},
+		func(string, int) error { return errDown })
+	m, _ := f.enqueue(t, "wake", false)
+	eventually(t, "the first attempt failed", func() bool { return len(f.attempts(t, m.ID)) == 1 })
+	next := f.attempts(t, m.ID)[0].Next
+	w := wakeAt(next)
+	ctx := context.Background()
+	due, err := f.rdb.ZScore(ctx, deadline.KeyDeadlines, w.id).Result()
+	if err != nil || int64(due) != w.due || time.UnixMilli(w.due).Before(next) || time.UnixMilli(w.due).Sub(next) >= time.Minute {
+		t.Fatalf("wake-up %s due %v (%v), want the minute at or after %s", w.id, time.UnixMilli(int64(due)), err, next)
+	}
+	var p deadline.Payload
+	raw, err := f.rdb.HGet(ctx, deadline.KeyPayloads, w.id).Result()
+	if err != nil || json.Unmarshal([]byte(raw), &p) != nil || p.Owner != Owner {
+		t.Fatalf("wake-up payload %q (%v), want owner %q", raw, err, Owner)
 	}
 }
