@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -91,7 +90,7 @@ type Function struct {
 }
 
 // New returns an unstarted Function.
-func New() *Function { return &Function{log: slog.New(slog.NewJSONHandler(os.Stderr, nil))} }
+func New() *Function { return &Function{log: slog.Default()} }
 
 // Start reads the configuration, refusing a bad value, and opens Redis, the store and the sink.
 func (f *Function) Start(_ context.Context, _ map[string]string) error {

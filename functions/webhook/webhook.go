@@ -97,7 +97,7 @@ type Function struct {
 
 // New returns an unstarted Function.
 func New() *Function {
-	return &Function{log: slog.New(slog.NewJSONHandler(os.Stderr, nil)), now: time.Now}
+	return &Function{log: slog.Default(), now: time.Now}
 }
 
 // Start reads the configuration, refusing a bad value, validates the sources file and opens

@@ -17,7 +17,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -114,7 +113,7 @@ type Function struct {
 }
 
 // New returns an unstarted Function.
-func New() *Function { return &Function{log: slog.New(slog.NewJSONHandler(os.Stderr, nil))} }
+func New() *Function { return &Function{log: slog.Default()} }
 
 // Start reads the configuration, refusing a bad value, and opens the store.
 func (f *Function) Start(_ context.Context, _ map[string]string) error {

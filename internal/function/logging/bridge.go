@@ -1,0 +1,86 @@
+package logging
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// zerologLevel is the zerolog level that lets through what l lets through.
+func zerologLevel(l slog.Level) zerolog.Level {
+	switch {
+	case l <= slog.LevelDebug:
+		return zerolog.DebugLevel
+	case l <= slog.LevelInfo:
+		return zerolog.InfoLevel
+	case l <= slog.LevelWarn:
+		return zerolog.WarnLevel
+	default:
+		return zerolog.ErrorLevel
+	}
+}
+
+// slogLevel is the slog level of a zerolog line.
+func slogLevel(l zerolog.Level) slog.Level {
+	switch l {
+	case zerolog.TraceLevel, zerolog.DebugLevel:
+		return slog.LevelDebug
+	case zerolog.WarnLevel:
+		return slog.LevelWarn
+	case zerolog.ErrorLevel, zerolog.FatalLevel, zerolog.PanicLevel:
+		return slog.LevelError
+	default:
+		return slog.LevelInfo
+	}
+}
+
+// zerologBridge is a zerolog writer that re-emits each JSON line zerolog writes as a slog
+// record: its message, its level, its other fields as attributes (sorted by key), and the
+// time it is written (RFC 3339 like every other line, not zerolog's epoch seconds).
+type zerologBridge struct {
+	h slog.Handler
+}
+
+// Write implements io.Writer for a line without a level.
+func (b zerologBridge) Write(p []byte) (int, error) {
+	return b.WriteLevel(zerolog.NoLevel, p)
+}
+
+// WriteLevel implements zerolog.LevelWriter.
+func (b zerologBridge) WriteLevel(l zerolog.Level, p []byte) (int, error) {
+	level := slogLevel(l)
+	ctx := context.Background()
+	if !b.h.Enabled(ctx, level) {
+		return len(p), nil
+	}
+	var fields map[string]any
+	d := json.NewDecoder(bytes.NewReader(p))
+	d.UseNumber()
+	var r slog.Record
+	if err := d.Decode(&fields); err != nil {
+		r = slog.NewRecord(time.Now(), level, string(bytes.TrimSpace(p)), 0)
+	} else {
+		msg, _ := fields[zerolog.MessageFieldName].(string)
+		delete(fields, zerolog.MessageFieldName)
+		delete(fields, zerolog.LevelFieldName)
+		delete(fields, zerolog.TimestampFieldName)
+		r = slog.NewRecord(time.Now(), level, msg, 0)
+		keys := make([]string, 0, len(fields))
+		for k := range fields {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			r.AddAttrs(slog.Any(k, fields[k]))
+		}
+	}
+	if err := b.h.Handle(ctx, r); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
