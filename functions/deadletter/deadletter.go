@@ -21,6 +21,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/eventsize"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 )
 
 // It is an HTTP function, not a CloudEvents one, because func-go's CloudEvents runtime reads
@@ -143,6 +144,7 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	ctx = logging.WithEvent(ctx, *e)
 	l, err := deadletter.FromEvent(*e)
 	e = nil
 	if err != nil {

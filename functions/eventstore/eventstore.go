@@ -20,6 +20,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/eventsize"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 )
 
 // It is an HTTP function, not a CloudEvents one, because func-go's CloudEvents runtime
@@ -136,7 +137,7 @@ func (f *Function) append(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		// Transient (Redis): the broker retries, then dead-letters.
-		slog.Error("appending event failed", "id", e.ID(), "source", e.Source(), "err", err)
+		logging.ForEvent(r.Context(), *e).Error("appending event failed", "id", e.ID(), "source", e.Source(), "err", err)
 		http.Error(w, "event store unavailable", http.StatusServiceUnavailable)
 		return
 	}

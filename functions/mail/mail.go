@@ -17,6 +17,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 	mailer "github.com/knfaas/knfaas/internal/function/mail"
 	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
@@ -177,6 +178,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 	if !f.Running() {
 		return nil, errors.New("mail is starting")
 	}
+	ctx = logging.WithEvent(ctx, e)
 	if e.Type() == TypePing || e.Type() == deadline.TypeFired {
 		dctx, cancel := context.WithTimeout(ctx, f.cfg.DrainTimeout)
 		defer cancel()

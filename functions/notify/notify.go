@@ -26,6 +26,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
@@ -316,6 +317,7 @@ func (f *Function) HandleEvent(ctx context.Context, e event.Event) (*event.Event
 	if !f.Running() {
 		return nil, errors.New("notify is starting")
 	}
+	ctx = logging.WithEvent(ctx, e)
 	if e.Type() == TypePing || e.Type() == deadline.TypeFired {
 		dctx, cancel := context.WithTimeout(ctx, f.cfg.DrainTimeout)
 		defer cancel()

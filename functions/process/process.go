@@ -19,6 +19,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/groupcommit"
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/function/sink"
@@ -163,7 +164,7 @@ func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, err
 	case errors.Is(err, process.ErrBadEvent):
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "%s", err.Error())
 	case errors.Is(err, process.ErrForbidden):
-		slog.Warn("refused an event without authority", "type", ev.Type, "id", ev.ID, "source", ev.Source, "subject", ev.Subject, "err", err)
+		logging.ForEvent(ctx, e).Warn("refused an event without authority", "type", ev.Type, "id", ev.ID, "source", ev.Source, "subject", ev.Subject, "err", err)
 		return nil, cloudevents.NewHTTPResult(http.StatusForbidden, "%s", err.Error())
 	}
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/function/sink"
 	"github.com/knfaas/knfaas/internal/function/tracing"
@@ -119,7 +119,7 @@ func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, err
 		return nil, err
 	}
 	if n > 0 {
-		slog.Info("fired deadlines", "count", n, "cutoff", cutoff)
+		logging.ForEvent(ctx, e).Info("fired deadlines", "count", n, "cutoff", cutoff)
 	}
 	return nil, nil
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
 	"github.com/knfaas/knfaas/internal/function/tracing"
@@ -210,7 +211,7 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"challenge": d.Challenge})
 		return
 	}
-	f.publishOnce(w, r, st, src, d, body, log.With("id", d.ID, "type", d.Type))
+	f.publishOnce(w, r, st, src, d, body, logging.With(r.Context(), log, d.ID, d.Type))
 }
 
 // publishOnce claims the delivery, publishes it and records the outcome. The work is detached

@@ -92,3 +92,13 @@ func (h contextHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 func (h contextHandler) WithGroup(name string) slog.Handler {
 	return contextHandler{Handler: h.Handler.WithGroup(name), hasIDs: h.hasIDs}
 }
+
+// With is l with an event's id and type and the trace and span ids of ctx's span: for a
+// handler that knows the event before it has a CloudEvent (the webhook intake).
+func With(ctx context.Context, l *slog.Logger, eventID, eventType string) *slog.Logger {
+	args := []any{slog.String(KeyEventID, eventID), slog.String(KeyEventType, eventType)}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		args = append(args, slog.String(KeyTraceID, sc.TraceID().String()), slog.String(KeySpanID, sc.SpanID().String()))
+	}
+	return l.With(args...)
+}

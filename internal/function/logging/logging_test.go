@@ -239,3 +239,31 @@ func parseLine(t *testing.T, format, line string) map[string]string {
 	}
 	return rec
 }
+
+func TestWith(t *testing.T) {
+	tid, _ := trace.TraceIDFromHex("0af7651916cd43dd8448eb211c80319c")
+	sid, _ := trace.SpanIDFromHex("b7ad6b7169203331")
+	spanCtx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}))
+	tests := map[string]struct {
+		ctx       context.Context
+		wantTrace string
+	}{
+		"with a span":    {ctx: spanCtx, wantTrace: tid.String()},
+		"without a span": {ctx: context.Background()},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			l := slog.New(logging.NewHandler(&out, logging.Config{Format: "json", Level: slog.LevelInfo}))
+			logging.With(tc.ctx, l, "delivery-1", "com.github.push").InfoContext(tc.ctx, "delivery published")
+			line := out.String()
+			if strings.Count(line, `"trace_id"`) > 1 {
+				t.Errorf("trace_id more than once: %s", line)
+			}
+			rec := parseLine(t, "json", strings.TrimSpace(line))
+			if rec["event_id"] != "delivery-1" || rec["event_type"] != "com.github.push" || rec["trace_id"] != tc.wantTrace {
+				t.Errorf("line %s: want event_id delivery-1, trace_id %q", line, tc.wantTrace)
+			}
+		})
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/knfaas/knfaas/examples/pos/posevents"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/projection"
 )
 
@@ -125,7 +125,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		return nil, err
 	}
 	if !res.Duplicate {
-		slog.Info("purchase order recorded", "order", ch.Key, "sku", r.SKU, "store", r.Store, "quantity", qty)
+		logging.ForEvent(ctx, e).Info("purchase order recorded", "order", ch.Key, "sku", r.SKU, "store", r.Store, "quantity", qty)
 	}
 	return nil, nil
 }
