@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -83,4 +85,23 @@ func (b zerologBridge) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// redisLogger re-emits go-redis's own lines (a pool that cannot dial, a bad reply) through
+// slog at warn level: go-redis logs only what went wrong.
+type redisLogger struct {
+	h slog.Handler
+}
+
+// Printf implements go-redis's internal.Logging.
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if !l.h.Enabled(ctx, slog.LevelWarn) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelWarn, strings.TrimSpace(fmt.Sprintf(format, v...)), 0)
+	r.AddAttrs(slog.String("component", "go-redis"))
+	_ = l.h.Handle(ctx, r)
 }

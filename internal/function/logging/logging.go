@@ -1,5 +1,5 @@
 // Package logging gives a process one structured log format chosen by LOG_FORMAT and LOG_LEVEL,
-// and makes func-go's zerolog output and the standard log package follow it.
+// and makes func-go's zerolog output, go-redis's and the standard log package follow it.
 package logging
 
 import (
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	zlog "github.com/rs/zerolog/log"
 )
@@ -126,9 +127,9 @@ func Setup(function string) *slog.Logger {
 }
 
 // Install makes w the process's log output in format c: slog's default logger (and so the
-// standard log package, whose lines come out at error level), and func-go's zerolog logger,
+// standard log package, whose lines come out at error level), func-go's zerolog logger,
 // whose lines are re-emitted through the same handler at their own level, so that zerolog's
-// debug lines are hidden unless c.Level is debug. A non-empty function is an attribute of
+// debug lines are hidden unless c.Level is debug, and go-redis's logger (at warn level). A non-empty function is an attribute of
 // every line.
 func Install(w io.Writer, function string, c Config) *slog.Logger {
 	setupMu.Lock()
@@ -142,5 +143,6 @@ func Install(w io.Writer, function string, c Config) *slog.Logger {
 	slog.SetLogLoggerLevel(slog.LevelError)
 	zerolog.SetGlobalLevel(zerologLevel(c.Level))
 	zlog.Logger = zerolog.New(zerologBridge{h: h})
+	redis.SetLogger(redisLogger{h: h})
 	return l
 }

@@ -7,11 +7,13 @@ import (
 	"log"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/extensions"
+	"github.com/redis/go-redis/v9"
 	zlog "github.com/rs/zerolog/log"
 	"go.opentelemetry.io/otel/trace"
 	_ "knative.dev/func-go/cloudevents" // its init sets zerolog to debug, as in every function
@@ -266,4 +268,45 @@ func TestWith(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGoRedisLines: go-redis's own line about a pool that cannot dial comes out as a warn line
+// in the process's format.
+func TestGoRedisLines(t *testing.T) {
+	var out syncBuffer
+	restore := slog.Default()
+	defer slog.SetDefault(restore)
+	logging.Install(&out, "demo", logging.Config{Format: "json", Level: slog.LevelInfo})
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 100 * time.Millisecond, MaxRetries: -1})
+	defer rdb.Close()
+	if err := rdb.Ping(context.Background()).Err(); err == nil {
+		t.Fatal("a Redis answered on port 1")
+	}
+	var found map[string]string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if rec := parseLine(t, "json", l); strings.Contains(rec["msg"], "failed to dial") {
+			found = rec
+		}
+	}
+	if found == nil || found["level"] != "WARN" || found["component"] != "go-redis" || found["function"] != "demo" {
+		t.Errorf("no go-redis warn line in:\n%s", out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer that go-redis's goroutines may write to while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
