@@ -29,6 +29,7 @@ func NewRootCommand(name string) *cobra.Command {
 	root.AddCommand(newVersionCommand())
 	root.AddCommand(newNewCommand())
 	root.AddCommand(newTraceCommand())
+	root.AddCommand(newLogsCommand())
 	handleUsage(root)
 	return root
 }

@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/embedded"
@@ -30,6 +32,7 @@ func newUpCommand() *cobra.Command {
 		redeliverAfter time.Duration
 		parallelism    int
 		logLevel       string
+		logFormat      string
 		cacheDir       string
 		stateDir       string
 		runDir         string
@@ -83,9 +86,13 @@ manifest that cannot run is an error naming its file, object and field.`,
 			if parkAfter < 1 {
 				return fmt.Errorf("--park-after: %d is not a number of rounds (1 or more)", parkAfter)
 			}
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+			level, err := logging.ParseLevel(logLevel)
+			if err != nil {
 				return fmt.Errorf("--log-level: %w", err)
+			}
+			format, err := logging.ParseFormat(logFormat)
+			if err != nil {
+				return fmt.Errorf("--log-format: %w", err)
 			}
 			if dryRun {
 				return embedded.DryRun(embedded.Options{
@@ -93,7 +100,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 					RedisURL: os.Getenv(redisconn.EnvURL), Out: cmd.OutOrStdout(), Strict: strict,
 				})
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			log := slog.New(logging.NewHandler(cmd.ErrOrStderr(), logging.Config{Format: format, Level: level}))
 			if cacheDir == "" {
 				base, err := os.UserCacheDir()
 				if err != nil {
@@ -148,6 +155,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
 				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(), Strict: strict,
+				LogFormat: format, LogLevel: strings.ToLower(level.String()),
 			})
 		},
 	}
@@ -161,7 +169,8 @@ manifest that cannot run is an error naming its file, object and field.`,
 	f.IntVar(&parkAfter, "park-after", broker.DefaultMaxRounds, "an event whose subscriber and dead-letter sink both failed this many rounds (one every --redeliver-after) is parked in the dead-letter store, so it never blocks its trigger")
 	f.Int64Var(&maxBacklog, "max-backlog", 1_000_000, "a broker whose stream holds more events than this (not yet acknowledged by every trigger) answers 503 until its triggers catch up; 0 is no limit")
 	f.IntVar(&parallelism, "parallelism", broker.DefaultParallelism, "deliveries in flight per trigger")
-	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", envOr(logging.EnvLevel, "info"), "debug, info, warn or error, for the runtime and (as LOG_LEVEL, unless a Service sets it) its functions ($LOG_LEVEL sets the default)")
+	f.StringVar(&logFormat, "log-format", envOr(logging.EnvFormat, logging.FormatText), "json or text, for the runtime and (as LOG_FORMAT, unless a Service sets it) its functions; with json, each function line gets its service and instance ($LOG_FORMAT sets the default)")
 	f.StringVar(&cacheDir, "cache-dir", "", "where built function binaries are cached (default: the user cache dir)")
 	f.StringVar(&stateDir, "state-dir", "", "persistent local state: the development secrets that replace CHANGE-ME placeholders, kept across runs (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
 	f.StringVar(&runDir, "run-dir", "", "where each run keeps its projected volumes and instance files, removed on exit and, after a crash, at the next start (default <state-dir>/runs)")

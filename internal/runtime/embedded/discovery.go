@@ -37,11 +37,13 @@ type Endpoints struct {
 	PID int `json:"pid"`
 	// Started is when the run started listening.
 	Started time.Time `json:"started"`
+	// Logs is the directory of the services' log files (see LogsDir); "" for none.
+	Logs string `json:"logs,omitempty"`
 }
 
 // endpoints is what this run records once it listens.
 func (r *Runtime) endpoints(started time.Time) Endpoints {
-	return Endpoints{Addr: r.addr, Internal: r.capabilityBase(), RedisURL: r.redisURL, PID: os.Getpid(), Started: started.UTC()}
+	return Endpoints{Addr: r.addr, Internal: r.capabilityBase(), RedisURL: r.redisURL, PID: os.Getpid(), Started: started.UTC(), Logs: r.logsDir()}
 }
 
 // WriteEndpoints writes e into the run directory dir, atomically (0600).

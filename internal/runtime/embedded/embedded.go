@@ -67,6 +67,10 @@ type Options struct {
 	Out          io.Writer
 	Log          *slog.Logger
 	FunctionLogs io.Writer
+	// LogFormat and LogLevel are LOG_FORMAT and LOG_LEVEL of the functions (unless a Service
+	// sets them itself): the runtime's own format and level. LogFormat json also makes the
+	// functions' JSON lines on FunctionLogs carry their service and instance.
+	LogFormat, LogLevel string
 	// Strict refuses manifests with objects that are loaded but not run (Plan.NotRun).
 	Strict bool
 	// Ready, if set, is closed once everything listens.

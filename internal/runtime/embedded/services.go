@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/runtime/serving"
 )
 
@@ -84,7 +85,11 @@ func (r *Runtime) startServices(ctx context.Context) error {
 // and the machine's PATH and temporary directory.
 func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []string, error) {
 	spec := p.Spec
-	spec.Binary, spec.Logs = binary, r.opts.FunctionLogs
+	logs, err := newServiceLog(r.opts.FunctionLogs, r.logsDir(), spec.Namespace, spec.Name, r.opts.LogFormat == logging.FormatJSON)
+	if err != nil {
+		return serving.Spec{}, nil, err
+	}
+	spec.Binary, spec.Logs = binary, logs
 	spec.Dir = filepath.Join(r.opts.StateDir, spec.Namespace, spec.Name)
 	if err := os.RemoveAll(spec.Dir); err != nil {
 		return serving.Spec{}, nil, err
@@ -116,6 +121,7 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 	env = r.withObjectStore(env)
 	env = r.withMailServer(env)
 	env = r.withTracing(env)
+	env = r.withLogging(env)
 	if p.Sink != nil {
 		// The function publishes over the internal listener, which stays open until every
 		// function stopped: a shutdown never cuts off its publishes.
