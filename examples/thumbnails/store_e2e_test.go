@@ -29,6 +29,9 @@ const (
 // testBucket is the bucket of examples/thumbnails/config/400-object-store.yaml.
 const testBucket = "photos"
 
+// usingExternalStore reports whether KNFAAS_TEST_S3_ENDPOINT names a store for the tests.
+func usingExternalStore() bool { return os.Getenv(envTestS3Endpoint) != "" }
+
 // externalStore is the store KNFAAS_TEST_S3_ENDPOINT names, path-style, with the credentials of
 // KNFAAS_TEST_S3_ACCESS_KEY_ID and KNFAAS_TEST_S3_SECRET_ACCESS_KEY; ok is false when it is unset.
 func externalStore(t *testing.T) (cfg objectstore.Config, ok bool) {
