@@ -20,6 +20,8 @@ type Recorder struct {
 	Name string
 	// Type is the event type the Trigger passes (an exact match).
 	Type string
+	// Source, when set, also filters on the event source (an exact match).
+	Source string
 	// Namespace and Broker default to knfaas and default, those of config/.
 	Namespace string
 	Broker    string
@@ -33,6 +35,10 @@ func (r Recorder) Manifest() string {
 	}
 	if broker == "" {
 		broker = "default"
+	}
+	source := ""
+	if r.Source != "" {
+		source = fmt.Sprintf("\n      source: %q", r.Source)
 	}
 	return fmt.Sprintf(`apiVersion: serving.knative.dev/v1
 kind: Service
@@ -63,14 +69,14 @@ spec:
   broker: %[3]s
   filter:
     attributes:
-      type: %[4]q
+      type: %[4]q%[5]s
   subscriber:
     ref:
       apiVersion: serving.knative.dev/v1
       kind: Service
       name: %[1]s
       namespace: %[2]s
-`, r.Name, ns, broker, r.Type)
+`, r.Name, ns, broker, r.Type, source)
 }
 
 // ModulePaths joins each file to dir under the module root: ModulePaths(t, "config",

@@ -14,11 +14,14 @@ func TestRecorderManifestDecodesAndValidates(t *testing.T) {
 		name                                string
 		recorder                            Recorder
 		wantNamespace, wantBroker, wantType string
+		wantFilter                          int
 	}{
 		{name: "defaults of config/", recorder: Recorder{Name: "rec", Type: "com.example.created"},
-			wantNamespace: "knfaas", wantBroker: "default", wantType: "com.example.created"},
+			wantNamespace: "knfaas", wantBroker: "default", wantType: "com.example.created", wantFilter: 1},
 		{name: "own namespace and broker, a type with a colon", recorder: Recorder{Name: "rec-2", Type: "com.amazonaws.s3.ObjectCreated:Put", Namespace: "e2e", Broker: "events"},
-			wantNamespace: "e2e", wantBroker: "events", wantType: "com.amazonaws.s3.ObjectCreated:Put"},
+			wantNamespace: "e2e", wantBroker: "events", wantType: "com.amazonaws.s3.ObjectCreated:Put", wantFilter: 1},
+		{name: "filtered on the source too", recorder: Recorder{Name: "rec-3", Type: "com.github.push", Source: "/webhooks/github"},
+			wantNamespace: "knfaas", wantBroker: "default", wantType: "com.github.push", wantFilter: 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -39,7 +42,8 @@ func TestRecorderManifestDecodesAndValidates(t *testing.T) {
 				t.Errorf("Service %s/%s, RECORDER_NAME %q", svc.Namespace, svc.Name, env["RECORDER_NAME"])
 			}
 			if trg.Name != tt.recorder.Name || trg.Namespace != tt.wantNamespace || trg.Spec.Broker != tt.wantBroker ||
-				trg.Spec.Filter.Attributes["type"] != tt.wantType || trg.Spec.Subscriber.Ref.Name != tt.recorder.Name {
+				trg.Spec.Filter.Attributes["type"] != tt.wantType || trg.Spec.Filter.Attributes["source"] != tt.recorder.Source ||
+				len(trg.Spec.Filter.Attributes) != tt.wantFilter || trg.Spec.Subscriber.Ref.Name != tt.recorder.Name {
 				t.Errorf("Trigger %s/%s on %s, filter %v, subscriber %v", trg.Namespace, trg.Name, trg.Spec.Broker, trg.Spec.Filter.Attributes, trg.Spec.Subscriber.Ref)
 			}
 		})
