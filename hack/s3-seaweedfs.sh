@@ -95,7 +95,7 @@ mkdir -p "$work/data"
 log "starting weed server -s3 on 127.0.0.1:$s3_port (log: weed.log in the work directory, printed on failure)"
 "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$work/data" \
   -master.port="$master_port" -master.port.grpc="$master_grpc" -master.telemetry=false -master.volumeSizeLimitMB=64 \
-  -volume.port="$volume_port" -volume.port.grpc="$volume_grpc" -volume.max=4 \
+  -volume.port="$volume_port" -volume.port.grpc="$volume_grpc" \
   -filer -filer.port="$filer_port" -filer.port.grpc="$filer_grpc" -filer.localSocket="$work/filer.sock" \
   -s3 -s3.port="$s3_port" -s3.port.grpc="$s3_grpc" -s3.port.iceberg=0 -s3.port.lance=0 \
   -s3.config="$work/s3.json" -s3.localSocket="$work/s3.sock" >"$work/weed.log" 2>&1 &
