@@ -172,7 +172,7 @@ letter the broker does not accept, leaving it and the rest stored.
 --broker names the broker as namespace/name (default knfaas/default) on the running knfaas up.
 A full ingress URL is accepted too; on a cluster, forward the broker ingress and pass its URL:
 
-  kubectl -n knative-eventing port-forward svc/broker-ingress 8081:80 &
+  kubectl -n knfaas port-forward svc/redis-broker-ingress 8081:80 &   # RedisStreamBroker (config/)
   knfaas dlq redrive --broker http://127.0.0.1:8081/knfaas/default ...`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if rate < 0 {

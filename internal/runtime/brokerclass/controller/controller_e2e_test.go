@@ -54,6 +54,8 @@ import (
 // Knative CRDs installed.
 type controlPlane struct {
 	cfg *rest.Config
+	// servingCert is the kube-apiserver's self-signed serving certificate (with its CA).
+	servingCert string
 }
 
 func freePort(t *testing.T) int {
@@ -137,7 +139,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 	startBackground(t, "kube-apiserver", filepath.Join(dir, "apiserver.log"), apiserver,
 		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(apiPort),
-		"--cert-dir", filepath.Join(dir, "certs"), "--token-auth-file", tokens, "--authorization-mode", "AlwaysAllow",
+		"--cert-dir", filepath.Join(dir, "certs"), "--token-auth-file", tokens, "--authorization-mode", "RBAC",
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file", saPub, "--service-account-signing-key-file", saKey,
 		"--service-cluster-ip-range", "10.96.0.0/16", "--enable-priority-and-fairness=false")
@@ -149,7 +151,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 		return err == nil
 	})
 	installCRDs(t, cfg)
-	return &controlPlane{cfg: cfg}
+	return &controlPlane{cfg: cfg, servingCert: filepath.Join(dir, "certs", "apiserver.crt")}
 }
 
 // installCRDs creates the CRDs shipped in the pinned knative.dev/eventing and knative.dev/serving
@@ -207,10 +209,13 @@ var ksvcGVR = schema.GroupVersionResource{Group: "serving.knative.dev", Version:
 const (
 	systemNS = "knfaas-broker"
 	appNS    = "knfaas"
+	// eventingNS is Knative Eventing's namespace, where the feature flags are.
+	eventingNS = "knative-eventing"
 )
 
 // fixture is the control plane, Redis and a running controller.
 type fixture struct {
+	cp    *controlPlane
 	kube  kubernetes.Interface
 	ev    eventingclient.Interface
 	dyn   dynamic.Interface
@@ -336,10 +341,11 @@ func (f *fixture) readyEndpoints(t *testing.T, service string) {
 func startFixture(t *testing.T) *fixture {
 	cp := startControlPlane(t)
 	f := &fixture{
+		cp:   cp,
 		kube: kubernetes.NewForConfigOrDie(cp.cfg), ev: eventingclient.NewForConfigOrDie(cp.cfg),
 		dyn: dynamic.NewForConfigOrDie(cp.cfg), redis: redistest.Start(t, redistest.Options{}),
 	}
-	for _, ns := range []string{systemNS, appNS} {
+	for _, ns := range []string{systemNS, appNS, eventingNS} {
 		if _, err := f.kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -347,7 +353,7 @@ func startFixture(t *testing.T) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx, informers := injection.Default.SetupInformers(ctx, cp.cfg)
 	var impls []*pkgcontroller.Impl
-	for _, ctor := range Constructors(systemNS, f.redis.Client()) {
+	for _, ctor := range Constructors(systemNS, eventingNS, f.redis.Client()) {
 		impls = append(impls, ctor(ctx, configmap.NewStaticWatcher()))
 	}
 	if err := pkgcontroller.StartInformers(ctx.Done(), informers...); err != nil {
