@@ -13,7 +13,7 @@
 # link Kubernetes and Knative client code, which functions never do).
 #
 # Usage: hack/verify-ko.sh
-# Environment: MAX_IMAGE_BYTES (default 25000000), MAX_CLASS_IMAGE_BYTES (default 110000000),
+# Environment: MAX_IMAGE_BYTES (default 25000000), MAX_CLASS_IMAGE_BYTES (default 80000000),
 # KNFAAS_KO_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/knfaas/ko: the ko binary and KOCACHE).
 set -o errexit -o nounset -o pipefail
 
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 source hack/versions.env
 
 max_image_bytes=${MAX_IMAGE_BYTES:-25000000}
-max_class_image_bytes=${MAX_CLASS_IMAGE_BYTES:-110000000}
+max_class_image_bytes=${MAX_CLASS_IMAGE_BYTES:-80000000}
 module=github.com/knfaas/knfaas
 cache_dir="${KNFAAS_KO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/knfaas/ko}"
 log() { echo "verify-ko: $*" >&2; }
