@@ -61,7 +61,11 @@ by a run that died (its lock is free) is reported as stale and never used.
 Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
 (miniredis) runs in-process and its data is lost on exit.
 
-Run it from the module root (ko:// paths are built with go build there).
+Run it from the module root (ko:// paths are built with go build there). Your own functions can
+live in a Go module of their own: with -f ../my-app, where ../my-app (or a folder above it)
+holds a go.mod, the ko:// paths of that module are built in its directory with its go.mod
+(knfaas new function NAME --dir ../my-app scaffolds there; knfaas verify -f ../my-app accepts
+them).
 
 --dry-run prints the plan instead: what each Service, Broker, Trigger and PingSource would
 run with, and the objects loaded but not run.
@@ -143,9 +147,16 @@ manifest that cannot run is an error naming its file, object and field.`,
 			if err != nil {
 				return err
 			}
+			modules, err := otherModules(all, wd)
+			if err != nil {
+				return err
+			}
+			for module, dir := range modules {
+				fmt.Fprintf(cmd.OutOrStdout(), "module %s: its ko:// paths are built in %s\n", module, dir)
+			}
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
-				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
+				ModuleDir: wd, Modules: modules, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
 				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(), Strict: strict,
 			})

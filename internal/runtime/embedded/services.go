@@ -41,7 +41,7 @@ func (r *Runtime) startServices(ctx context.Context) error {
 			paths = append(paths, s.ImportPath)
 		}
 	}
-	builder := &serving.Builder{Dir: r.opts.ModuleDir, CacheDir: r.opts.CacheDir, Progress: serving.PrintProgress(r.opts.Out)}
+	builder := &serving.Builder{Dir: r.opts.ModuleDir, Modules: r.opts.Modules, CacheDir: r.opts.CacheDir, Progress: serving.PrintProgress(r.opts.Out)}
 	started := time.Now()
 	built, err := builder.Build(ctx, paths)
 	if err != nil {
