@@ -116,6 +116,7 @@ func newDLQListCommand() *cobra.Command {
 	addOutputFlag(cmd, &output)
 	addQuietFlag(cmd, &quiet)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	return cmd
 }
 
@@ -147,6 +148,7 @@ func newDLQShowCommand() *cobra.Command {
 	}
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	return cmd
 }
 
@@ -215,6 +217,7 @@ ingress is reached through the API server's service proxy, e.g.:
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
@@ -343,6 +346,7 @@ func newDLQPurgeCommand() *cobra.Command {
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be purged and delete nothing")
 	cmd.Flags().BoolVar(&all, "all", false, "purge every letter when no id or filter is given")
