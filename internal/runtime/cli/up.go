@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	_ "net/http/pprof" // profiles for --pprof-addr
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
@@ -156,7 +158,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 			}
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
-				ModuleDir: wd, Modules: modules, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
+				ModuleDir: wd, Modules: modules, LiveProgress: isTerminal(cmd.OutOrStdout()), CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
 				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(), Strict: strict,
 			})
@@ -180,4 +182,14 @@ manifest that cannot run is an error naming its file, object and field.`,
 	f.BoolVar(&strict, "strict", false, "refuse manifests with objects that are loaded but not run (e.g. a Deployment, an ApiServerSource) instead of listing them")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan (services, brokers, triggers, pings, notes) and exit without building, listening or writing state")
 	return cmd
+}
+
+// isTerminal says whether w is a terminal that understands cursor movement: live progress is
+// drawn there, and a line per step everywhere else (pipes, files, logs, TERM=dumb).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("TERM") == "dumb" {
+		return false
+	}
+	return term.IsTerminal(int(f.Fd()))
 }
