@@ -487,3 +487,21 @@ func verboseWriter(verbose bool, w io.Writer) io.Writer {
 	}
 	return io.Discard
 }
+
+// webhookSecret reads key provider of the Secret webhook-secrets in namespace: the secret the
+// cluster's webhook function verifies signatures with. A template value (CHANGE-ME) is refused.
+func (c *cluster) webhookSecret(ctx context.Context, namespace, provider string, log io.Writer) (string, error) {
+	s, err := c.core.Secrets(namespace).Get(ctx, webhookSecrets, metav1.GetOptions{})
+	if err != nil {
+		return "", c.notFound(err, "Secret", namespace, webhookSecrets, "or pass --webhook-secret")
+	}
+	v := strings.TrimSpace(string(s.Data[provider]))
+	if v == "" {
+		return "", fmt.Errorf("Secret %s/%s has no key %s on %s: pass --webhook-secret", namespace, webhookSecrets, provider, c.where())
+	}
+	if strings.Contains(v, "CHANGE-ME") {
+		return "", fmt.Errorf("Secret %s/%s key %s is still the template's CHANGE-ME on %s: set a real secret", namespace, webhookSecrets, provider, c.where())
+	}
+	fmt.Fprintf(log, "webhook: signing with key %s of Secret %s/%s\n", provider, namespace, webhookSecrets)
+	return v, nil
+}

@@ -2,8 +2,13 @@ package cli
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -356,5 +361,82 @@ func TestClusterFlagsOnEveryRunCommand(t *testing.T) {
 		if f := cmd.Flags().Lookup("namespace"); f != nil && f.Shorthand != "n" {
 			t.Errorf("%v: --namespace shorthand %q, want n", path, f.Shorthand)
 		}
+	}
+}
+
+// TestClusterSendWebhookSignsWithTheClusterSecret: on a cluster, send --webhook signs with the
+// key of the cluster's Secret webhook-secrets and posts through the service proxy of the
+// webhook function's revision; a template value or a missing Secret is refused by name.
+func TestClusterSendWebhookSignsWithTheClusterSecret(t *testing.T) {
+	t.Setenv(EnvAddr, "")
+	type got struct {
+		path, revision, signature string
+		body                      []byte
+	}
+	received := make(chan got, 1)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		received <- got{r.URL.Path, r.Header.Get("Knative-Serving-Revision"), r.Header.Get("X-Hub-Signature-256"), body}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(api.Close)
+	ksvc := knativeObject(ksvcGVR, "Service", "knfaas", "webhook", map[string]any{"latestReadyRevisionName": "webhook-00003"})
+	revision := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "webhook-00003", Namespace: "knfaas"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	secret := func(v string) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "webhook-secrets", Namespace: "knfaas"}, Data: map[string][]byte{"github": []byte(v)}}
+	}
+	tests := []struct {
+		name    string
+		objs    []runtime.Object
+		wantErr string
+	}{
+		{"signed with the cluster's key", []runtime.Object{revision, secret("cluster-key")}, ""},
+		{"template value", []runtime.Object{revision, secret("CHANGE-ME-github")}, "Secret knfaas/webhook-secrets key github is still the template's CHANGE-ME"},
+		{"no Secret", []runtime.Object{revision}, "Secret knfaas/webhook-secrets not found on the Kubernetes API"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fakeCluster(t, &fakeKubelet{}, tc.objs, ksvc)
+			fake := clusterConnector
+			clusterConnector = func(f clusterFlags) (*cluster, error) {
+				c, err := fake(f)
+				if c != nil {
+					c.config = &rest.Config{Host: api.URL}
+				}
+				return c, err
+			}
+			t.Cleanup(func() { clusterConnector = fake })
+			out, err := runCLI(t, "send", "-n", "knfaas", "--webhook", "github", "--type", "push", "--id", "d-1")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			g := <-received
+			mac := hmac.New(sha256.New, []byte("cluster-key"))
+			mac.Write(g.body)
+			if want := "sha256=" + hex.EncodeToString(mac.Sum(nil)); g.signature != want {
+				t.Errorf("signature %s, want %s (HMAC with the cluster's key)", g.signature, want)
+			}
+			if g.path != "/api/v1/namespaces/knfaas/services/webhook-00003:80/proxy/github" || g.revision != "webhook-00003" {
+				t.Errorf("posted to %s (revision header %q)", g.path, g.revision)
+			}
+		})
+	}
+}
+
+func TestContextCompletionFromTheKubeconfig(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "config")
+	writeKubeconfig(t, kc, "dev", map[string][2]string{"dev": {"https://dev:6443", ""}, "prod": {"https://prod:6443", "team"}})
+	out, err := runCLI(t, "__complete", "dlq", "list", "--kubeconfig", kc, "--context", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out, "dev\nprod\n") {
+		t.Errorf("--context completes:\n%s", out)
 	}
 }

@@ -233,3 +233,13 @@ func splitRef(flag, ref string) (namespace, name string, err error) {
 	}
 	return ns, name, nil
 }
+
+// clusterWebhookSecret is the signing secret of provider in the cluster's Secret
+// webhook-secrets of namespace.
+func (f runFlags) clusterWebhookSecret(namespace, provider string) (string, error) {
+	c, err := clusterConnector(f.cluster)
+	if err != nil {
+		return "", err
+	}
+	return c.webhookSecret(f.context(), namespace, provider, f.log())
+}

@@ -163,7 +163,12 @@ func sendWebhook(cmd *cobra.Command, run runFlags, provider, secret, to, service
 		if err != nil {
 			return err
 		}
-		if secret, err = devWebhookSecret(run.stateDir, ns, provider); err != nil {
+		if run.cluster.onCluster() {
+			secret, err = run.clusterWebhookSecret(ns, provider)
+		} else {
+			secret, err = devWebhookSecret(run.stateDir, ns, provider)
+		}
+		if err != nil {
 			return err
 		}
 	}
