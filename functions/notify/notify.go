@@ -1,5 +1,6 @@
 // Package main is the notify function: it delivers the events its Triggers subscribe it to as
-// signed Standard Webhooks to the configured endpoints, retrying over hours from Redis.
+// signed Standard Webhooks to the configured endpoints, retrying over hours from Redis, and
+// serves the endpoint API and its metrics on the same listener.
 package main
 
 import (
@@ -13,10 +14,12 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/redis/go-redis/v9"
 
@@ -24,6 +27,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/notify"
+	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/function/sink"
 )
@@ -70,6 +74,9 @@ type Config struct {
 	BreakerWindow      time.Duration `envconfig:"NOTIFY_BREAKER_WINDOW" default:"1m"`
 	// BreakerOpen is how long an open circuit refuses attempts before a probe.
 	BreakerOpen time.Duration `envconfig:"NOTIFY_BREAKER_OPEN" default:"30s"`
+	// APIToken is the bearer token of the endpoint API (Secret notify-api, key token); unset,
+	// the API is off.
+	APIToken string `envconfig:"NOTIFY_API_TOKEN"`
 
 	schedule notify.Schedule
 	allow    []netip.Prefix
@@ -110,6 +117,11 @@ func (c *Config) Check() error {
 	if c.DisableAfter < 0 {
 		errs = append(errs, fmt.Errorf("NOTIFY_DISABLE_AFTER (%s) must not be negative", c.DisableAfter))
 	}
+	if err := placeholder.Check("NOTIFY_API_TOKEN (Secret notify-api, key token)", c.APIToken); err != nil {
+		errs = append(errs, err)
+	} else if c.APIToken != "" && len(c.APIToken) < 16 {
+		errs = append(errs, fmt.Errorf("NOTIFY_API_TOKEN is %d characters, at least 16 (openssl rand -hex 24)", len(c.APIToken)))
+	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("NOTIFY_DRAIN_TIMEOUT (%s) must be positive", c.DrainTimeout))
 	}
@@ -122,6 +134,7 @@ type Function struct {
 	publish func(context.Context, event.Event) error
 	store   *notify.Store
 	d       *notify.Dispatcher
+	api     *notify.API
 	cancel  context.CancelFunc
 	done    sync.WaitGroup
 	funchealth.Lifecycle
@@ -153,7 +166,8 @@ func (f *Function) Start(ctx context.Context, _ map[string]string) error {
 		publish = s.Send
 	}
 	f.publish = publish
-	f.start(cfg, rdb, eps, Client(guard(cfg)))
+	g := guard(cfg)
+	f.start(cfg, rdb, eps, Client(g), g)
 	return nil
 }
 
@@ -204,7 +218,7 @@ func guard(cfg Config) *notify.Guard {
 	return g
 }
 
-func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, client *http.Client) {
+func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, client *http.Client, g *notify.Guard) {
 	f.cfg = cfg
 	f.store = notify.NewStore(rdb, cfg.Retention)
 	f.d = notify.NewDispatcher(f.store, deadletter.NewStore(rdb, deadletter.Options{}), eps, notify.Options{
@@ -213,6 +227,11 @@ func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, 
 			MinRequests: cfg.BreakerMinRequests, Window: cfg.BreakerWindow, OpenFor: cfg.BreakerOpen},
 		DisableAfter: cfg.DisableAfter, OnDisabled: f.onDisabled,
 	})
+	f.api = &notify.API{Store: f.store, Dispatcher: f.d, Guard: g, Token: cfg.APIToken}
+	if err := f.d.Refresh(context.Background(), true); err != nil {
+		// Redis may come up after the function; the loop reads them again.
+		slog.Warn("notify: reading the API's endpoints failed", "err", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.done.Add(1)
@@ -224,7 +243,7 @@ func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, 
 	for _, ep := range eps {
 		names = append(names, ep.Name)
 	}
-	slog.Info("notify: started", "endpoints", names, "schedule", cfg.Schedule)
+	slog.Info("notify: started", "endpoints", names, "schedule", cfg.Schedule, "api", cfg.APIToken != "")
 	f.Started(rdb)
 }
 
@@ -257,11 +276,43 @@ func (f *Function) Stop(context.Context) error {
 	return f.Close()
 }
 
-// Handle accepts an event for delivery: it stores the event and schedules it for every endpoint
+// Handle serves the function's listener:
+//
+//	/api/endpoints…   the endpoint API (notify.API), bearer token NOTIFY_API_TOKEN
+//	GET /metrics      circuits and delivery counters, Prometheus text format
+//	anything else     a CloudEvent from the Broker (binary or structured mode): HandleEvent
+func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
+	if f.RefuseWhileStarting(w, "notify") {
+		return
+	}
+	switch {
+	case r.URL.Path == notify.APIPrefix || strings.HasPrefix(r.URL.Path, notify.APIPrefix+"/"):
+		f.api.ServeHTTP(w, r)
+	case r.URL.Path == notify.MetricsPath && r.Method == http.MethodGet:
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		if err := f.api.WriteMetrics(r.Context(), w); err != nil {
+			slog.Error("notify: writing metrics failed", "err", err)
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		}
+	default:
+		e, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if _, err := f.HandleEvent(r.Context(), *e); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}
+}
+
+// HandleEvent accepts an event for delivery: it stores the event and schedules it for every endpoint
 // that wants its type and has not had it, in one Redis step, and answers only then (an error
 // answers 5xx and the Broker retries). A fired timer deadline (or a PingSource tick) delivers
 // what is due and waits for it; it is never fanned out.
-func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+func (f *Function) HandleEvent(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("notify is starting")
 	}
@@ -272,6 +323,9 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 			return nil, fmt.Errorf("delivering due messages: %w", err)
 		}
 		return nil, nil
+	}
+	if err := f.d.Refresh(ctx, false); err != nil {
+		return nil, err
 	}
 	eps := f.d.Match(e.Type())
 	redriveTo := ""

@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,7 +194,7 @@ spec:
 	for _, f := range []string{"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/400-deadletter-config.yaml",
 		"config/500-redis-service.yaml", "config/510-redis-statefulset.yaml", "config/600-broker.yaml", "config/700-deadletter.yaml",
 		"config/700-timer.yaml", "config/710-timer-sinkbinding.yaml", "config/800-timer-ping.yaml", "triggers/notify-timer-fired.yaml",
-		"config/710-notify-sinkbinding.yaml"} {
+		"config/710-notify-sinkbinding.yaml", "config/335-notify-api-secret.yaml"} {
 		paths = append(paths, filepath.Join(root, f))
 	}
 	return append(paths, dir)
@@ -434,4 +436,235 @@ func sumOf(m map[string]int) int {
 		s += v
 	}
 	return s
+}
+
+// capture is a real receiver that keeps every request's headers and body.
+type capture struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	reqs []captured
+}
+
+type captured struct {
+	header http.Header
+	body   []byte
+	at     time.Time
+}
+
+func newCapture(t *testing.T) *capture {
+	c := &capture{}
+	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		c.mu.Lock()
+		c.reqs = append(c.reqs, captured{header: r.Header.Clone(), body: body, at: time.Now()})
+		c.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(c.srv.Close)
+	return c
+}
+
+// forEvent returns the requests that carried ce-id id.
+func (c *capture) forEvent(id string) []captured {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []captured
+	for _, r := range c.reqs {
+		if r.header.Get("ce-id") == id {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestNotifyEndpointAPIUnderKnfaasUp manages an endpoint through the API under knfaas up, with
+// the CLI finding the function and its development token by itself: 401 without or with a
+// wrong token; 400 naming the bad field; 409 for a ConfigMap endpoint's name; create → the
+// delivery verifies with the secret the create printed; rotate → both secrets verify during the
+// overlap, only the new one after it; disable → nothing is delivered, the message waits, and
+// goes out on enable; replay → the range again with the original webhook-ids, once.
+func TestNotifyEndpointAPIUnderKnfaasUp(t *testing.T) {
+	shop, billing := newCapture(t), newCapture(t)
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	rt := runtimetest.Start(t, runtimetest.Options{RedisURL: srv.URL(), Paths: platform(t, "1s,1s", map[string]string{
+		"billing": fmt.Sprintf("url: '%s', types: [com.example.invoice.*], secretEnv: [CURRENT]", billing.srv.URL),
+	})})
+	cli := func(args ...string) (string, error) {
+		cmd := exec.Command(runtimetest.Binary(t), append(args, "--state-dir", rt.StateDir())...)
+		cmd.Env = append(os.Environ(), "REDIS_URL=", "KNFAAS_ADDR=", "KNFAAS_NOTIFY_TOKEN=")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	mustCLI := func(args ...string) string {
+		t.Helper()
+		out, err := cli(args...)
+		if err != nil {
+			t.Fatalf("knfaas %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	apiURL := rt.InternalBase() + "/services/knfaas/notify" + notify.APIPrefix
+	token := rt.DevSecret("knfaas", "notify-api", "token", "CHANGE-ME-notify-api-token-000000")
+
+	t.Run("authentication and validation", func(t *testing.T) {
+		tests := []struct {
+			name, token, body string
+			code              int
+			says              string
+		}{
+			{name: "no token", code: http.StatusUnauthorized, says: "bearer token"},
+			{name: "wrong token", token: "wrong-" + token, code: http.StatusUnauthorized, says: "bearer token"},
+			{name: "bad url", token: token, body: `{"name":"x","url":"gopher://x","types":["t"]}`, code: http.StatusBadRequest, says: `"field":"url"`},
+			{name: "unknown field", token: token, body: `{"name":"x","url":"http://127.0.0.1:9/","types":["t"],"secretEnv":["A"]}`, code: http.StatusBadRequest, says: `"field":"secretEnv"`},
+			{name: "metadata address", token: token, body: `{"name":"x","url":"http://169.254.169.254/","types":["t"]}`, code: http.StatusBadRequest, says: `refused address`},
+			{name: "runtime's own Redis", token: token, body: `{"name":"x","url":"http://` + srv.Addr() + `/","types":["t"]}`, code: http.StatusBadRequest, says: `the runtime's own`},
+			{name: "ConfigMap name", token: token, body: `{"name":"billing","url":"http://127.0.0.1:9/","types":["t"]}`, code: http.StatusConflict, says: "ConfigMap"},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				req, _ := http.NewRequest(http.MethodPost, apiURL, strings.NewReader(tc.body))
+				if tc.token != "" {
+					req.Header.Set("Authorization", "Bearer "+tc.token)
+				}
+				resp, err := rt.Client().Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.code || !strings.Contains(string(body), tc.says) {
+					t.Fatalf("answered %d %s, want %d saying %q", resp.StatusCode, body, tc.code, tc.says)
+				}
+			})
+		}
+		if out, err := cli("notify", "endpoints", "create", "Shop", "--url", shop.srv.URL, "--type", "com.example.order.*"); err == nil || !strings.Contains(out, "name: \"Shop\" must be a lower-case DNS label") {
+			t.Errorf("the CLI's refused create said %v:\n%s", err, out)
+		}
+	})
+
+	// Create: the CLI finds the run and its token; the delivery verifies with the printed secret.
+	var created notify.EndpointView
+	if err := json.Unmarshal([]byte(mustCLI("notify", "endpoints", "create", "shop", "--url", shop.srv.URL, "--type", "com.example.order.*", "-o", "json")), &created); err != nil || !strings.HasPrefix(created.Secret, "whsec_") {
+		t.Fatalf("create answered %+v, %v", created, err)
+	}
+	deliveredOnce := func(id string) captured {
+		t.Helper()
+		rt.Send("knfaas", "default", orderEvent(id))
+		runtimetest.Eventually(t, time.Minute, id+" is delivered", func() bool { return len(shop.forEvent(id)) > 0 })
+		return shop.forEvent(id)[0]
+	}
+	first := deliveredOnce("api-1")
+	if err := verify(created.Secret, first.header, first.body, time.Now()); err != nil {
+		t.Errorf("the first delivery does not verify with the created secret: %v", err)
+	}
+
+	// Rotate with an overlap: both verify during it, only the new one after.
+	const overlap = 15 * time.Second
+	var rotated notify.EndpointView
+	if err := json.Unmarshal([]byte(mustCLI("notify", "endpoints", "rotate", "shop", "--overlap", overlap.String(), "-o", "json")), &rotated); err != nil || rotated.Secret == "" || rotated.Secret == created.Secret {
+		t.Fatalf("rotate answered %+v, %v", rotated, err)
+	}
+	during := deliveredOnce("api-2")
+	signedAt, _ := strconv.ParseInt(during.header.Get("webhook-timestamp"), 10, 64)
+	if time.Unix(signedAt, 0).After(rotated.PreviousUntil.Add(-time.Second)) {
+		t.Fatalf("the delivery during the overlap came only at %s (overlap until %s): the machine is too slow for this check", time.Unix(signedAt, 0), rotated.PreviousUntil)
+	}
+	wait := time.Until(rotated.PreviousUntil) + time.Second
+	time.Sleep(wait)
+	after := deliveredOnce("api-3")
+	phases := map[string]struct {
+		req           captured
+		oldOK, newOK  bool
+		numSignatures int
+	}{
+		"during the overlap": {req: during, oldOK: true, newOK: true, numSignatures: 2},
+		"after the overlap":  {req: after, oldOK: false, newOK: true, numSignatures: 1},
+	}
+	for name, ph := range phases {
+		t.Run("rotation/"+name, func(t *testing.T) {
+			oldErr, newErr := verify(created.Secret, ph.req.header, ph.req.body, time.Now()), verify(rotated.Secret, ph.req.header, ph.req.body, time.Now())
+			if (oldErr == nil) != ph.oldOK || (newErr == nil) != ph.newOK {
+				t.Errorf("old secret: %v (want ok=%v); new secret: %v (want ok=%v)", oldErr, ph.oldOK, newErr, ph.newOK)
+			}
+			if n := len(strings.Fields(ph.req.header.Get("webhook-signature"))); n != ph.numSignatures {
+				t.Errorf("%d signatures, want %d", n, ph.numSignatures)
+			}
+		})
+	}
+
+	// Disable: nothing is delivered, the message waits; enable sends it.
+	mustCLI("notify", "endpoints", "disable", "shop")
+	rt.Send("knfaas", "default", orderEvent("api-4"))
+	nstore := notify.NewStore(srv.Client(), time.Hour)
+	ctx := context.Background()
+	msg4 := notify.MessageID("/e2e/shop", "api-4")
+	runtimetest.Eventually(t, time.Minute, "the message for the disabled endpoint is stored", func() bool {
+		st, _ := nstore.States(ctx, msg4)
+		return st["shop"] == notify.StatePending
+	})
+	time.Sleep(3 * time.Second)
+	if got := shop.forEvent("api-4"); len(got) != 0 {
+		t.Fatalf("the disabled endpoint got %d deliveries", len(got))
+	}
+	if st, _ := nstore.States(ctx, msg4); st["shop"] != notify.StatePending {
+		t.Fatalf("while disabled the message is %q, want pending", st["shop"])
+	}
+	if out := mustCLI("notify", "endpoints"); !strings.Contains(out, "disabled through the API") {
+		t.Errorf("knfaas notify endpoints does not show the endpoint disabled:\n%s", out)
+	}
+	mustCLI("notify", "endpoints", "enable", "shop")
+	runtimetest.Eventually(t, time.Minute, "the waiting message is delivered once enabled", func() bool { return len(shop.forEvent("api-4")) == 1 })
+
+	// Replay the range of the four messages: each once more with its webhook-id; again: nothing.
+	var replay notify.Replay
+	since := first.at.Add(-30 * time.Second).UTC().Format(time.RFC3339Nano)
+	until := time.Now().UTC().Format(time.RFC3339Nano)
+	if err := json.Unmarshal([]byte(mustCLI("notify", "replay", "--endpoint", "shop", "--since", since, "--until", until, "-o", "json")), &replay); err != nil || replay.Scheduled != 4 {
+		t.Fatalf("replay answered %+v, %v", replay, err)
+	}
+	runtimetest.Eventually(t, time.Minute, "the replayed messages arrive", func() bool {
+		for i := 1; i <= 4; i++ {
+			if len(shop.forEvent(fmt.Sprintf("api-%d", i))) != 2 {
+				return false
+			}
+		}
+		return true
+	})
+	if out := mustCLI("notify", "replay", "--endpoint", "shop", "--since", since, "--until", until); !strings.Contains(out, "nothing sent now") {
+		t.Errorf("the repeated replay said:\n%s", out)
+	}
+	time.Sleep(2 * time.Second)
+	for i := 1; i <= 4; i++ {
+		got := shop.forEvent(fmt.Sprintf("api-%d", i))
+		if len(got) != 2 || got[0].header.Get("webhook-id") != got[1].header.Get("webhook-id") {
+			t.Errorf("api-%d: %d deliveries, want 2 with one webhook-id", i, len(got))
+		}
+	}
+	if len(billing.forEvent("api-1")) != 0 {
+		t.Error("the ConfigMap endpoint got an order it does not want")
+	}
+
+	// The counters and the circuit in the CLI and the metrics.
+	if out := mustCLI("notify", "endpoints"); !regexp.MustCompile(`shop\s+api\s+closed\s+-\s+0\s+8\s`).MatchString(out) {
+		t.Errorf("knfaas notify endpoints:\n%s", out)
+	}
+	resp, err := rt.Client().Get(rt.InternalBase() + "/services/knfaas/notify/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`knfaas_notify_endpoint_circuit{endpoint="shop",source="api",state="closed"} 1`, `knfaas_notify_deliveries_total{endpoint="shop",outcome="delivered"} 8`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
+
+	// The endpoint survives a restart of the runtime: the new instance reads it from Redis.
+	rt.Kill()
+	rt.Restart()
+	restarted := deliveredOnce("api-5")
+	if verify(rotated.Secret, restarted.header, restarted.body, time.Now()) != nil || verify(created.Secret, restarted.header, restarted.body, time.Now()) == nil {
+		t.Errorf("after the restart the delivery is not signed by the new secret alone: %v", restarted.header)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,6 +33,9 @@ func TestConfigCheck(t *testing.T) {
 		"poll":                {env: map[string]string{"NOTIFY_POLL": "0s"}, err: "NOTIFY_POLL"},
 		"batch":               {env: map[string]string{"NOTIFY_BATCH": "0"}, err: "NOTIFY_BATCH (0)"},
 		"drain":               {env: map[string]string{"NOTIFY_DRAIN_TIMEOUT": "-1s"}, err: "NOTIFY_DRAIN_TIMEOUT"},
+		"API token template":  {env: map[string]string{"NOTIFY_API_TOKEN": "CHANGE-ME-notify-api-token-000000"}, err: "NOTIFY_API_TOKEN (Secret notify-api, key token) holds the template placeholder"},
+		"API token too short": {env: map[string]string{"NOTIFY_API_TOKEN": "short"}, err: "NOTIFY_API_TOKEN is 5 characters"},
+		"API token set":       {env: map[string]string{"NOTIFY_API_TOKEN": "0123456789abcdef0123"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -103,13 +107,13 @@ func TestGoneEndpointIsPublishedAsDisabled(t *testing.T) {
 	f := New()
 	f.publish = func(_ context.Context, e event.Event) error { published <- e; return nil }
 	f.start(Config{Retention: time.Hour, Poll: 10 * time.Millisecond, Batch: 10, DrainTimeout: 5 * time.Second, schedule: notify.Schedule{time.Second},
-		BreakerFailures: 5, BreakerRatio: 0.5, BreakerMinRequests: 20, BreakerWindow: time.Minute, BreakerOpen: time.Second}, srv.Client(), eps, Client(&notify.Guard{Loopback: true}))
+		BreakerFailures: 5, BreakerRatio: 0.5, BreakerMinRequests: 20, BreakerWindow: time.Minute, BreakerOpen: time.Second}, srv.Client(), eps, Client(&notify.Guard{Loopback: true}), &notify.Guard{Loopback: true})
 	defer f.Stop(context.Background())
 	e := cloudevents.NewEvent()
 	e.SetID("x")
 	e.SetSource("/t")
 	e.SetType("t")
-	if _, err := f.Handle(context.Background(), e); err != nil {
+	if _, err := f.HandleEvent(context.Background(), e); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -155,7 +159,7 @@ func TestHandleFansOutByTypeAndRedrivesOneEndpoint(t *testing.T) {
 	cfg := Config{Retention: time.Hour, Poll: 10 * time.Millisecond, Batch: 10, DrainTimeout: 5 * time.Second, schedule: notify.Schedule{time.Second},
 		BreakerFailures: 5, BreakerRatio: 0.5, BreakerMinRequests: 20, BreakerWindow: time.Minute, BreakerOpen: time.Second}
 	f := New()
-	f.start(cfg, srv.Client(), eps, Client(&notify.Guard{Loopback: true}))
+	f.start(cfg, srv.Client(), eps, Client(&notify.Guard{Loopback: true}), &notify.Guard{Loopback: true})
 	defer f.Stop(context.Background())
 
 	ev := func(id, typ string) event.Event {
@@ -168,16 +172,16 @@ func TestHandleFansOutByTypeAndRedrivesOneEndpoint(t *testing.T) {
 	}
 	ctx := context.Background()
 	for _, e := range []event.Event{ev("1", "com.example.order.created"), ev("2", "com.example.invoice"), ev("1", "com.example.order.created")} {
-		if _, err := f.Handle(ctx, e); err != nil {
+		if _, err := f.HandleEvent(ctx, e); err != nil {
 			t.Fatal(err)
 		}
 	}
 	redrive := ev("1", "com.example.order.created")
 	redrive.SetExtension(notify.ExtEndpoint, "all")
-	if _, err := f.Handle(ctx, redrive); err != nil {
+	if _, err := f.HandleEvent(ctx, redrive); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Handle(ctx, ev("tick", TypePing)); err != nil {
+	if _, err := f.HandleEvent(ctx, ev("tick", TypePing)); err != nil {
 		t.Fatal(err)
 	}
 	m1, m2 := notify.MessageID("/t", "1"), notify.MessageID("/t", "2")
@@ -187,5 +191,69 @@ func TestHandleFansOutByTypeAndRedrivesOneEndpoint(t *testing.T) {
 		if got[k] != want[k] {
 			t.Errorf("%s got %d deliveries, want %d", k, got[k], want[k])
 		}
+	}
+}
+
+// TestListenerRoutes: the one listener takes CloudEvents from the Broker, the endpoint API
+// (authenticated) and the metrics.
+func TestListenerRoutes(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rcv := &recorder{ids: map[string]int{}}
+	rs := httptest.NewServer(rcv)
+	defer rs.Close()
+	cfg := Config{Retention: time.Hour, Poll: 10 * time.Millisecond, Batch: 10, DrainTimeout: 5 * time.Second, schedule: notify.Schedule{time.Second},
+		BreakerFailures: 5, BreakerRatio: 0.5, BreakerMinRequests: 20, BreakerWindow: time.Minute, BreakerOpen: time.Second, APIToken: "0123456789abcdef0123"}
+	f := New()
+	g := &notify.Guard{Loopback: true}
+	f.start(cfg, srv.Client(), nil, Client(g), g)
+	defer f.Stop(context.Background())
+	fn := httptest.NewServer(http.HandlerFunc(f.Handle))
+	defer fn.Close()
+
+	do := func(method, path, token, body string, header map[string]string) (int, string) {
+		req, _ := http.NewRequest(method, fn.URL+path, strings.NewReader(body))
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	ce := map[string]string{"ce-specversion": "1.0", "ce-id": "r1", "ce-source": "/t", "ce-type": "com.example.order.created", "Content-Type": "application/json"}
+	tests := []struct {
+		name, method, path, token, body string
+		header                          map[string]string
+		code                            int
+		says                            string
+	}{
+		{name: "API without token", method: "GET", path: "/api/endpoints", code: 401},
+		{name: "API with wrong token", method: "GET", path: "/api/endpoints", token: "wrong-token-wrong-token", code: 401},
+		{name: "API create names the bad field", method: "POST", path: "/api/endpoints", token: cfg.APIToken, body: `{"name":"x","url":"ftp://h","types":["*"]}`, code: 400, says: `"field":"url"`},
+		{name: "API create", method: "POST", path: "/api/endpoints", token: cfg.APIToken, body: `{"name":"shop","url":"` + rs.URL + `","types":["com.example.*"]}`, code: 201, says: `"secret":"whsec_`},
+		{name: "CloudEvent in binary mode", method: "POST", path: "/", body: `{}`, header: ce, code: 202},
+		{name: "not a CloudEvent", method: "POST", path: "/", body: `{}`, code: 400},
+		{name: "metrics", method: "GET", path: "/metrics", code: 200, says: `knfaas_notify_endpoint_circuit{endpoint="shop",source="api",state="closed"} 1`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := do(tc.method, tc.path, tc.token, tc.body, tc.header)
+			if code != tc.code || !strings.Contains(body, tc.says) {
+				t.Fatalf("%s %s = %d %q, want %d saying %q", tc.method, tc.path, code, body, tc.code, tc.says)
+			}
+		})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for rcv.count(notify.MessageID("/t", "r1")) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the CloudEvent was not delivered to the endpoint made through the API")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

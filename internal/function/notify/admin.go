@@ -49,21 +49,43 @@ func (s *Store) Retry(ctx context.Context, message, endpoint string, now time.Ti
 	return n == 1, nil
 }
 
-// EndpointStatus is what the store knows of an endpoint: its circuit and disabled mark.
+// EndpointStatus is what the store knows of an endpoint: its circuit, disabled mark and
+// delivery counters, and for an endpoint made through the API its URL and whether it is paused.
 type EndpointStatus struct {
-	Name     string       `json:"name"`
-	Circuit  BreakerState `json:"circuit"`
-	Disabled string       `json:"disabled,omitempty"`
+	Name string `json:"name"`
+	// Source is SourceAPI for an endpoint made through the API, SourceConfigMap for any other
+	// (the ConfigMap's, or one removed from it that Redis still remembers).
+	Source   string           `json:"source"`
+	URL      string           `json:"url,omitempty"`
+	Paused   bool             `json:"paused,omitempty"`
+	Circuit  BreakerState     `json:"circuit"`
+	Disabled string           `json:"disabled,omitempty"`
+	Counters map[string]int64 `json:"counters,omitempty"`
 }
 
-// Endpoints returns every endpoint with a circuit or a disabled mark in Redis, by name.
+// Endpoints returns every endpoint Redis knows (made through the API, or with a circuit, a
+// disabled mark or delivery counters), by name.
 func (s *Store) Endpoints(ctx context.Context) ([]EndpointStatus, error) {
 	disabled, err := s.Disabled(ctx)
 	if err != nil {
 		return nil, err
 	}
+	api, err := s.APIEndpoints(ctx)
+	if err != nil {
+		return nil, err
+	}
+	counters, err := s.Counters(ctx)
+	if err != nil {
+		return nil, err
+	}
 	names := map[string]bool{}
 	for name := range disabled {
+		names[name] = true
+	}
+	for name := range api {
+		names[name] = true
+	}
+	for name := range counters {
 		names[name] = true
 	}
 	const statePrefix = keyBreaker + "gobreaker:state:"
@@ -80,7 +102,11 @@ func (s *Store) Endpoints(ctx context.Context) ([]EndpointStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, EndpointStatus{Name: name, Circuit: c, Disabled: disabled[name]})
+		st := EndpointStatus{Name: name, Source: SourceConfigMap, Circuit: c, Disabled: disabled[name], Counters: counters[name]}
+		if a, ok := api[name]; ok {
+			st.Source, st.URL, st.Paused = SourceAPI, a.URL, a.Paused
+		}
+		out = append(out, st)
 	}
 	return out, nil
 }

@@ -84,6 +84,22 @@ type Endpoint struct {
 	RateLimit   int
 	Disabled    bool
 	Signer      *Signer
+	// Paused (an API endpoint disabled through the API): nothing is sent, its messages wait.
+	Paused bool
+	// FromAPI: made through the endpoint API (stored in Redis), not declared in the ConfigMap.
+	FromAPI bool
+	// From overlapEnds on (the end of a rotation's overlap), afterOverlap signs instead of
+	// Signer: the previous secret stops at that instant, in every instance.
+	overlapEnds  time.Time
+	afterOverlap *Signer
+}
+
+// signerAt is the signer of an attempt made at t.
+func (e *Endpoint) signerAt(t time.Time) *Signer {
+	if e.afterOverlap != nil && !t.Before(e.overlapEnds) {
+		return e.afterOverlap
+	}
+	return e.Signer
 }
 
 // Wants reports whether the endpoint subscribes to events of type typ.
@@ -160,11 +176,55 @@ func Parse(data []byte, env LookupEnv) ([]*Endpoint, error) {
 	return out, nil
 }
 
+// FieldError is one problem of an endpoint's configuration, naming the field.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
 func fieldError(field, format string, args ...any) error {
-	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// FieldErrors lists the FieldErrors inside err (joined or wrapped), in order.
+func FieldErrors(err error) []*FieldError {
+	var out []*FieldError
+	var walk func(error)
+	walk = func(e error) {
+		var fe *FieldError
+		switch x := e.(type) {
+		case nil:
+		case interface{ Unwrap() []error }:
+			for _, inner := range x.Unwrap() {
+				walk(inner)
+			}
+		default:
+			if errors.As(e, &fe) {
+				out = append(out, fe)
+			}
+		}
+	}
+	walk(err)
+	return out
 }
 
 func build(c EndpointConfig, env LookupEnv) (*Endpoint, error) {
+	ep, errs := buildSpec(c)
+	keys, err := resolveSecrets(c.SecretEnv, env)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	ep.Signer = &Signer{keys: keys}
+	return ep, nil
+}
+
+// buildSpec validates everything of an endpoint but its secrets.
+func buildSpec(c EndpointConfig) (*Endpoint, []error) {
 	var errs []error
 	bad := func(field, format string, args ...any) { errs = append(errs, fieldError(field, format, args...)) }
 
@@ -217,15 +277,7 @@ func build(c EndpointConfig, env LookupEnv) (*Endpoint, error) {
 			ep.Headers[http.CanonicalHeaderKey(name)] = v
 		}
 	}
-	keys, err := resolveSecrets(c.SecretEnv, env)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	ep.Signer = &Signer{keys: keys}
-	return ep, nil
+	return ep, errs
 }
 
 // resolveSecrets reads and decodes the named env vars. Unset or empty ones are skipped, so a

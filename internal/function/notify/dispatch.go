@@ -3,6 +3,7 @@ package notify
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -61,18 +62,30 @@ type Options struct {
 // Dispatcher runs the attempts: it claims due (message, endpoint) pairs from the Store and
 // delivers each inside its endpoint's bulkhead.
 type Dispatcher struct {
-	store     *Store
-	dead      DeadLetters
-	opts      Options
-	endpoints map[string]*runner
-	wake      chan struct{}
-	inflight  sync.WaitGroup
-	busy      sync.Mutex
-	running   int
-	breakers  *breakerStore
+	store *Store
+	dead  DeadLetters
+	opts  Options
+	// mu guards endpoints and api: the API's endpoints come and go at run time.
+	mu         sync.RWMutex
+	endpoints  map[string]*runner
+	configured map[string]bool
+	api        map[string]apiEntry
+	refreshed  time.Time
+	wake       chan struct{}
+	inflight   sync.WaitGroup
+	busy       sync.Mutex
+	running    int
+	breakers   *breakerStore
 	// gone holds the endpoints this instance saw answer 410, so that attempts it claimed before
 	// the disabled mark was read are not made.
 	gone sync.Map
+}
+
+// apiEntry is what the dispatcher last built of an API endpoint: rebuilt when the stored record
+// changes or when its signing keys change by themselves (a rotation's overlap ends).
+type apiEntry struct {
+	record  string
+	changes time.Time
 }
 
 // runner is one endpoint with its bulkhead and its circuit breaker (made on first use: Redis
@@ -102,15 +115,69 @@ func NewDispatcher(store *Store, dead DeadLetters, endpoints []*Endpoint, opts O
 		opts.Breaker = DefaultBreaker
 	}
 	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{}, wake: make(chan struct{}, 1),
-		breakers: newBreakerStore(store.rdb)}
+		breakers: newBreakerStore(store.rdb), configured: map[string]bool{}, api: map[string]apiEntry{}}
 	for _, ep := range endpoints {
 		d.endpoints[ep.Name] = &runner{ep: ep, slots: make(chan struct{}, ep.Concurrency)}
+		d.configured[ep.Name] = true
 	}
 	return d
 }
 
-// Match returns the names of the enabled configured endpoints that want events of type typ.
+// RefreshInterval is how stale a dispatcher's view of the API's endpoints may get: every
+// instance reads them from Redis at most that long after a change.
+const RefreshInterval = time.Second
+
+// Refresh reads the API's endpoints from Redis when the last read is older than
+// RefreshInterval (or always, with force) and rebuilds the ones that changed. An API endpoint
+// named like a ConfigMap one is ignored: the ConfigMap wins.
+func (d *Dispatcher) Refresh(ctx context.Context, force bool) error {
+	now := d.opts.Now()
+	d.mu.RLock()
+	fresh := !force && now.Sub(d.refreshed) < RefreshInterval
+	d.mu.RUnlock()
+	if fresh {
+		return nil
+	}
+	stored, err := d.store.APIEndpoints(ctx)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.refreshed = now
+	for name := range d.api {
+		if _, ok := stored[name]; !ok {
+			delete(d.api, name)
+			delete(d.endpoints, name)
+		}
+	}
+	for name, s := range stored {
+		if d.configured[name] {
+			continue
+		}
+		raw, _ := json.Marshal(s)
+		old, ok := d.api[name]
+		if ok && old.record == string(raw) && (old.changes.IsZero() || now.Before(old.changes)) {
+			continue
+		}
+		ep, changes, err := s.Endpoint(now)
+		if err != nil {
+			slog.Error("notify: an API endpoint in Redis is not valid; it gets nothing", "endpoint", name, "err", err)
+			delete(d.endpoints, name)
+			d.api[name] = apiEntry{record: string(raw)}
+			continue
+		}
+		d.api[name] = apiEntry{record: string(raw), changes: changes}
+		d.endpoints[name] = &runner{ep: ep, slots: make(chan struct{}, ep.Concurrency)}
+	}
+	return nil
+}
+
+// Match returns the names of the endpoints that want events of type typ: the enabled
+// ConfigMap ones and the API ones, paused or not (a paused one keeps its messages waiting).
 func (d *Dispatcher) Match(typ string) []string {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	var out []string
 	for name, r := range d.endpoints {
 		if !r.ep.Disabled && r.ep.Wants(typ) {
@@ -120,13 +187,38 @@ func (d *Dispatcher) Match(typ string) []string {
 	return out
 }
 
-// Endpoint returns a configured endpoint by name.
+// Endpoint returns an endpoint (ConfigMap or API) by name.
 func (d *Dispatcher) Endpoint(name string) (*Endpoint, bool) {
-	r, ok := d.endpoints[name]
+	r, ok := d.runner(name)
 	if !ok {
 		return nil, false
 	}
 	return r.ep, true
+}
+
+// Configured returns the ConfigMap's endpoints, by name.
+func (d *Dispatcher) Configured() []*Endpoint {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var out []*Endpoint
+	for _, name := range sortedNames(d.configured) {
+		out = append(out, d.endpoints[name].ep)
+	}
+	return out
+}
+
+// IsConfigured reports whether name is a ConfigMap endpoint.
+func (d *Dispatcher) IsConfigured(name string) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.configured[name]
+}
+
+func (d *Dispatcher) runner(name string) (*runner, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	r, ok := d.endpoints[name]
+	return r, ok
 }
 
 // Wake makes the loop look for due deliveries now.
@@ -139,6 +231,8 @@ func (d *Dispatcher) Wake() {
 
 // lease is how long a claimed pair stays with this instance: the longest attempt plus a margin.
 func (d *Dispatcher) lease() time.Duration {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	longest := DefaultTimeout
 	for _, r := range d.endpoints {
 		longest = max(longest, r.ep.Timeout)
@@ -181,6 +275,9 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 		d.running--
 		d.busy.Unlock()
 	}()
+	if err := d.Refresh(ctx, false); err != nil {
+		return 0, err
+	}
 	disabled, err := d.store.Disabled(ctx)
 	if err != nil {
 		return 0, err
@@ -197,8 +294,16 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	admitted := map[string]admission{}
+	refreshed := false
 	for _, j := range jobs {
-		r, ok := d.endpoints[j.Endpoint]
+		r, ok := d.runner(j.Endpoint)
+		if !ok && !refreshed {
+			// Made through the API since this instance last looked: read the endpoints again.
+			refreshed = true
+			if err := d.Refresh(ctx, true); err == nil {
+				r, ok = d.runner(j.Endpoint)
+			}
+		}
 		switch {
 		case len(j.Raw) == 0:
 			slog.Error("notify: message record expired before its delivery finished; raise NOTIFY_RETENTION", "message", j.Message, "endpoint", j.Endpoint)
@@ -209,6 +314,10 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			// a failed attempt, so it is retried on the schedule and then dead-lettered.
 			d.retryOrDeadLetter(ctx, nil, j, Attempt{At: d.opts.Now().UTC(), Number: j.Tries + 1,
 				Error: "endpoint not configured in this instance"}, nil)
+			continue
+		case r.ep.Paused:
+			// Disabled through the API: the message waits for the endpoint to be enabled.
+			d.finish(ctx, j, outcomeDefer, d.opts.Now().Add(PausedRecheck), nil)
 			continue
 		case r.ep.Disabled || disabled[j.Endpoint] != "" || d.isGone(j.Endpoint):
 			why := "endpoint disabled in the configuration"
@@ -386,7 +495,7 @@ func (d *Dispatcher) attempt(ctx context.Context, ep *Endpoint, j Job) (Attempt,
 	}
 	SetEventHeaders(req.Header, j.Event)
 	req.Header.Set("User-Agent", "knfaas-notify")
-	ep.Signer.SetHeaders(req.Header, j.Message, start, body)
+	ep.signerAt(start).SetHeaders(req.Header, j.Message, start, body)
 	resp, err := d.opts.Client.Do(req)
 	a.Latency = float64(time.Since(start).Microseconds()) / 1000
 	if err != nil {
@@ -443,7 +552,7 @@ func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next tim
 		return
 	}
 	if d.opts.DisableAfter > 0 && !failing.IsZero() && now.Sub(failing) >= d.opts.DisableAfter && !d.isGone(j.Endpoint) {
-		r, ok := d.endpoints[j.Endpoint]
+		r, ok := d.runner(j.Endpoint)
 		if !ok {
 			return
 		}

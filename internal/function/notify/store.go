@@ -31,6 +31,8 @@ const (
 	keyDisabled = Prefix + "disabled"  // hash endpoint → why it was disabled (JSON)
 	keyFailing  = Prefix + "failing"   // hash endpoint → since when its attempts fail (unix ms); removed on a success
 	keyRate     = Prefix + "rate:"     // string per "<endpoint>:<unix second>": attempts let through in that second; TTL 2s
+	keyCounters = Prefix + "counters"  // hash "<endpoint> <outcome>" → count, since the first (see Counters)
+	keyLog      = Prefix + "log"       // zset message → when it was first enqueued (unix ms); trimmed to Retention
 )
 
 // MaxAttemptLog is how many attempts are kept per message and endpoint.
@@ -69,6 +71,8 @@ func NewStore(rdb redis.UniversalClient, retention time.Duration) *Store {
 
 var enqueueScript = redis.NewScript(`
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[5], 'NX', ARGV[3], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[3] - ARGV[2])
 local added = {}
 for i = 6, #ARGV do
   local ep = ARGV[i]
@@ -104,7 +108,7 @@ func (s *Store) Enqueue(ctx context.Context, e event.Event, endpoints []string, 
 	for _, ep := range endpoints {
 		args = append(args, ep)
 	}
-	added, err := enqueueScript.Run(ctx, s.rdb, []string{keyMessage + id, keyState + id, keyDue, keyTries}, args...).StringSlice()
+	added, err := enqueueScript.Run(ctx, s.rdb, []string{keyMessage + id, keyState + id, keyDue, keyTries, keyLog}, args...).StringSlice()
 	if err != nil {
 		return id, nil, fmt.Errorf("enqueueing message %s: %w", id, err)
 	}
@@ -194,6 +198,7 @@ else
   redis.call('HDEL', KEYS[3], ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[6], ARGV[2])
 end
+if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[8], ARGV[13], 1) end
 if ARGV[11] == 'ok' then
   redis.call('HDEL', KEYS[7], ARGV[6])
 elseif ARGV[11] == 'failed' then
@@ -218,11 +223,20 @@ func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Tim
 		}
 		logged = string(b)
 	}
+	counter := ""
+	switch {
+	case a != nil && a.Outcome != "":
+		counter = j.Endpoint + " " + a.Outcome
+	case outcome == outcomeDefer:
+		counter = j.Endpoint + " " + CounterDeferred
+	case outcome == StateDead:
+		counter = j.Endpoint + " " + OutcomeDead
+	}
 	w := wakeAt(next)
 	n, err := finishScript.Run(ctx, s.rdb,
-		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint, deadline.KeyDeadlines, deadline.KeyPayloads, keyFailing},
+		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint, deadline.KeyDeadlines, deadline.KeyPayloads, keyFailing, keyCounters},
 		j.member(), outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), j.Endpoint, MaxAttemptLog, w.id, w.due, w.payload,
-		health, now.UnixMilli()).Int64()
+		health, now.UnixMilli(), counter).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("recording %s of message %s at %s: %w", outcome, j.Message, j.Endpoint, err)
 	}
@@ -230,6 +244,32 @@ func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Tim
 		return time.UnixMilli(n), nil
 	}
 	return time.Time{}, nil
+}
+
+// CounterDeferred counts the times a message was put back without an attempt (circuit open,
+// bulkhead full, over the rate limit, endpoint paused).
+const CounterDeferred = "deferred"
+
+// Counters returns the delivery counters of every endpoint: endpoint → outcome (delivered,
+// retry, dead, gone, deferred) → count, summed over every instance since the counters began.
+func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, error) {
+	raw, err := s.rdb.HGetAll(ctx, keyCounters).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading delivery counters: %w", err)
+	}
+	out := map[string]map[string]int64{}
+	for field, v := range raw {
+		ep, outcome, ok := strings.Cut(field, " ")
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil {
+			continue
+		}
+		if out[ep] == nil {
+			out[ep] = map[string]int64{}
+		}
+		out[ep][outcome] = n
+	}
+	return out, nil
 }
 
 // Owner is the knfaasowner of the timer deadlines that wake the function: its Trigger on

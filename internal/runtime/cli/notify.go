@@ -16,24 +16,29 @@ import (
 )
 
 const notifyLong = `Inspect and steer the outbound webhooks of the notify function: endpoints with their
-circuit and disabled mark, a message's state and attempts per endpoint, a retry of one
-(message, endpoint) pair, and re-enabling an endpoint that answered 410 Gone.
+circuit, disabled mark and delivery counters, a message's state and attempts per endpoint, a
+retry of one (message, endpoint) pair, re-enabling an endpoint that answered 410 Gone; and,
+through the function's endpoint API, creating, updating, disabling, enabling and rotating
+endpoints and replaying a time range to one.
 
-The commands talk to Redis directly, like dlq: to REDIS_URL when it is set (with
-REDIS_PASSWORD / REDIS_CA_FILE), else to the Redis of the running knfaas up (--addr,
---state-dir pick which one).
+endpoints, attempts, retry and enable talk to Redis directly, like dlq: to REDIS_URL when it is
+set (with REDIS_PASSWORD / REDIS_CA_FILE), else to the Redis of the running knfaas up (--addr,
+--state-dir pick which one). endpoints create|update|disable|enable|rotate and replay call the
+endpoint API of the notify function: the one of the running knfaas up (with the development
+token it generated), or --api with --token (or KNFAAS_NOTIFY_TOKEN).
 
 A message is named by its webhook-id (msg_…) or by the event's source and id
 (--source/--id), from which the webhook-id is derived.`
 
-// newNotifyCommand returns `notify` with endpoints, attempts, retry and enable.
+// newNotifyCommand returns `notify` with endpoints (and its subcommands), attempts, retry,
+// enable and replay.
 func newNotifyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "notify",
 		Short: "Inspect outbound webhooks: endpoints, circuits, attempts; retry and re-enable",
 		Long:  notifyLong,
 	}
-	cmd.AddCommand(newNotifyEndpointsCommand(), newNotifyAttemptsCommand(), newNotifyRetryCommand(), newNotifyEnableCommand())
+	cmd.AddCommand(newNotifyEndpointsCommand(), newNotifyAttemptsCommand(), newNotifyRetryCommand(), newNotifyEnableCommand(), newNotifyReplayCommand())
 	return cmd
 }
 
@@ -52,7 +57,7 @@ func newNotifyEndpointsCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "endpoints",
-		Short: "List endpoints with their circuit (closed, open until, half-open) and disabled mark",
+		Short: "List endpoints with their circuit (closed, open until, half-open), disabled mark and counters; create, update, disable, enable, rotate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output); err != nil {
@@ -67,28 +72,44 @@ func newNotifyEndpointsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if structured(output) {
-				return writeDocument(cmd.OutOrStdout(), output, eps)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ENDPOINT\tCIRCUIT\tOPEN UNTIL\tFAILURES IN A ROW\tDISABLED")
-			for _, e := range eps {
-				until := "-"
-				if !e.Circuit.Until.IsZero() {
-					until = e.Circuit.Until.UTC().Format(time.RFC3339)
-				}
-				disabled := "-"
-				if e.Disabled != "" {
-					disabled = e.Disabled
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", e.Name, e.Circuit.State, until, e.Circuit.ConsecutiveFailures, disabled)
-			}
-			return tw.Flush()
+			return printNotifyEndpoints(cmd.OutOrStdout(), output, eps)
 		},
 	}
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.AddCommand(newNotifyEndpointCreateCommand(), newNotifyEndpointUpdateCommand(), newNotifyEndpointPauseCommand(true),
+		newNotifyEndpointPauseCommand(false), newNotifyEndpointRotateCommand())
 	return cmd
+}
+
+// printNotifyEndpoints writes the endpoints Redis knows with their circuit, disabled mark and
+// counters.
+func printNotifyEndpoints(w io.Writer, output string, eps []notify.EndpointStatus) error {
+	if structured(output) {
+		if eps == nil {
+			eps = []notify.EndpointStatus{}
+		}
+		return writeDocument(w, output, eps)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENDPOINT\tSOURCE\tCIRCUIT\tOPEN UNTIL\tFAILURES IN A ROW\tDELIVERED\tRETRIED\tDEAD\tDEFERRED\tDISABLED")
+	for _, e := range eps {
+		until := "-"
+		if !e.Circuit.Until.IsZero() {
+			until = e.Circuit.Until.UTC().Format(time.RFC3339)
+		}
+		disabled := "-"
+		switch {
+		case e.Paused:
+			disabled = "disabled through the API: messages wait"
+		case e.Disabled != "":
+			disabled = e.Disabled
+		}
+		c := e.Counters
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", e.Name, e.Source, e.Circuit.State, until, e.Circuit.ConsecutiveFailures,
+			c[notify.OutcomeDelivered], c[notify.OutcomeRetry], c[notify.OutcomeDead]+c[notify.OutcomeGone], c[notify.CounterDeferred], disabled)
+	}
+	return tw.Flush()
 }
 
 // messageFlags name a message by webhook-id or by the event's source and id.

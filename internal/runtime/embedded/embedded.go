@@ -88,6 +88,7 @@ type Runtime struct {
 	redisURL string
 	mini     *miniredis.Miniredis
 	objects  *objectStore
+	mail     *mailServer
 	// addr is where the public listener listens.
 	addr string
 
@@ -206,6 +207,7 @@ func (r *Runtime) closeEarly() {
 		r.mini.Close()
 	}
 	r.closeObjectStore()
+	r.closeMailServer()
 }
 
 // DryRun loads the manifests and prints the plan of a run to opts.Out, as the run would start

@@ -205,6 +205,7 @@ func NewPlan(set *manifest.Set, opts PlanOptions) (*Plan, error) {
 	}
 	p.Notes, p.NotRun = planNotes(set, opts, standIn, bound)
 	p.Notes = append(p.Notes, objectStoreNotes(p)...)
+	p.Notes = append(p.Notes, mailServerNotes(p)...)
 	return p, nil
 }
 

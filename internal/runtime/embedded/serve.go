@@ -114,6 +114,7 @@ func (r *Runtime) serve(ctx context.Context) error {
 		r.mini.Close()
 	}
 	r.closeObjectStore()
+	r.closeMailServer()
 	fmt.Fprintln(r.opts.Out, "stopped")
 	return nil
 }

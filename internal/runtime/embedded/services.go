@@ -47,7 +47,12 @@ func (r *Runtime) startServices(ctx context.Context) error {
 	}
 	builder := &serving.Builder{Dir: r.opts.ModuleDir, Modules: r.opts.Modules, CacheDir: r.opts.CacheDir, Progress: progress}
 	started := time.Now()
+	// Mailpit, when a function sends mail, is built and started while the functions build.
+	mailReady := r.openMailServerAsync(ctx)
 	built, err := builder.Build(ctx, paths)
+	if mailErr := mailReady(); err == nil {
+		err = mailErr
+	}
 	if err != nil {
 		return err
 	}
@@ -113,6 +118,7 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 		}
 	}
 	env = r.withObjectStore(env)
+	env = r.withMailServer(env)
 	if p.Sink != nil {
 		// The function publishes over the internal listener, which stays open until every
 		// function stopped: a shutdown never cuts off its publishes.

@@ -1,0 +1,296 @@
+package mail
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/notify"
+)
+
+// DeadLetters is where a mail goes after its last attempt, or at once when it can never be sent
+// (deadletter.Store).
+type DeadLetters interface {
+	Add(ctx context.Context, l deadletter.Letter) (string, bool, error)
+}
+
+// Options configure a Dispatcher.
+type Options struct {
+	// Server is where mails are sent; its Name keys the circuit breaker.
+	Server Server
+	Sender Sender
+	// Schedule is the wait before each retry (notify's schedule type and parser).
+	Schedule notify.Schedule
+	// Timeout bounds one attempt.
+	Timeout time.Duration
+	// Concurrency is the bulkhead: attempts in flight at once.
+	Concurrency int
+	// Poll is how often the loop looks for due mails when not woken.
+	Poll time.Duration
+	// Batch is how many due mails one claim takes.
+	Batch int
+	// Breaker decides when the server's circuit opens (notify.DefaultBreaker when zero).
+	Breaker notify.BreakerSettings
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Dispatcher runs the attempts: it claims due mails from the Store and sends each inside the
+// bulkhead, behind the server's circuit breaker.
+type Dispatcher struct {
+	store    *Store
+	dead     DeadLetters
+	opts     Options
+	slots    chan struct{}
+	wake     chan struct{}
+	inflight sync.WaitGroup
+	busy     sync.Mutex
+	running  int
+	breakers *breakerStore
+	mu       sync.Mutex
+	breaker  *breaker
+}
+
+// NewDispatcher returns a Dispatcher.
+func NewDispatcher(store *Store, dead DeadLetters, opts Options) *Dispatcher {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = time.Second
+	}
+	if opts.Batch <= 0 {
+		opts.Batch = 64
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 4
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.Breaker == (notify.BreakerSettings{}) {
+		opts.Breaker = notify.DefaultBreaker
+	}
+	return &Dispatcher{store: store, dead: dead, opts: opts, slots: make(chan struct{}, opts.Concurrency),
+		wake: make(chan struct{}, 1), breakers: newBreakerStore(store.rdb)}
+}
+
+// Wake makes the loop look for due mails now.
+func (d *Dispatcher) Wake() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// lease is how long a claimed mail stays with this instance: the attempt's timeout and a margin.
+func (d *Dispatcher) lease() time.Duration { return d.opts.Timeout + 30*time.Second }
+
+// Run claims and sends until ctx ends, then waits for the attempts in flight.
+func (d *Dispatcher) Run(ctx context.Context) {
+	defer d.inflight.Wait()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		n, err := d.Step(ctx)
+		if err != nil && ctx.Err() == nil {
+			slog.Warn("mail: claiming due mails failed", "err", err)
+		}
+		if n == d.opts.Batch && err == nil {
+			continue
+		}
+		timer.Reset(d.opts.Poll)
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+func (d *Dispatcher) add(n int) {
+	d.busy.Lock()
+	d.running += n
+	d.busy.Unlock()
+}
+
+// Running is how many attempts (and claim steps) are in flight.
+func (d *Dispatcher) Running() int {
+	d.busy.Lock()
+	defer d.busy.Unlock()
+	return d.running
+}
+
+// Step claims one batch of due mails and starts their attempts; it returns how many it claimed.
+func (d *Dispatcher) Step(ctx context.Context) (int, error) {
+	d.add(1)
+	defer d.add(-1)
+	jobs, err := d.store.Claim(ctx, d.opts.Now(), d.lease(), d.opts.Batch)
+	if err != nil || len(jobs) == 0 {
+		return len(jobs), err
+	}
+	adm, err := d.admit(ctx)
+	if err != nil {
+		slog.Warn("mail: reading the circuit failed", "server", d.opts.Server.Name(), "err", err)
+		adm = admission{until: d.opts.Now().Add(time.Second)}
+	}
+	for _, j := range jobs {
+		if j.Mail == nil {
+			slog.Error("mail: record expired before its delivery finished; raise MAIL_RETENTION", "mail", j.ID)
+			d.finish(ctx, j, StateDead, time.Time{}, nil)
+			continue
+		}
+		if !adm.until.IsZero() {
+			// An open circuit: the mail waits, without an attempt counted, until a probe may go.
+			d.finish(ctx, j, outcomeDefer, adm.until, nil)
+			continue
+		}
+		select {
+		case d.slots <- struct{}{}:
+		default:
+			// The bulkhead is full: the server is slow; the mail waits a moment.
+			d.finish(ctx, j, outcomeDefer, d.opts.Now().Add(50*time.Millisecond), nil)
+			continue
+		}
+		this := adm
+		if adm.probe {
+			// This mail is the half-open probe; the step's others wait.
+			adm = admission{state: adm.state, until: d.opts.Now().Add(time.Second)}
+		}
+		d.inflight.Add(1)
+		d.add(1)
+		go func() {
+			defer func() {
+				<-d.slots
+				d.add(-1)
+				d.inflight.Done()
+			}()
+			d.deliver(context.WithoutCancel(ctx), j, this)
+		}()
+	}
+	return len(jobs), nil
+}
+
+// Drain sends until nothing is due and no attempt is in flight, or ctx ends.
+func (d *Dispatcher) Drain(ctx context.Context) error {
+	for {
+		n, err := d.store.Due(ctx, d.opts.Now())
+		if err != nil {
+			return err
+		}
+		if n == 0 && d.Running() == 0 {
+			return nil
+		}
+		d.Wake()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// admit reads the server's circuit for one step, making its breaker on first use (Redis may
+// come up after the function).
+func (d *Dispatcher) admit(ctx context.Context) (admission, error) {
+	d.mu.Lock()
+	if d.breaker == nil {
+		b, err := newBreaker(d.breakers, d.opts.Server.Name(), d.opts.Breaker, d.opts.Timeout+5*time.Second)
+		if err != nil {
+			d.mu.Unlock()
+			return admission{}, err
+		}
+		d.breaker = b
+	}
+	b := d.breaker
+	d.mu.Unlock()
+	return b.admit(ctx, d.opts.Now())
+}
+
+// deliver makes one attempt, reports it to the circuit and records its outcome.
+func (d *Dispatcher) deliver(ctx context.Context, j Job, adm admission) {
+	start := d.opts.Now()
+	a := Attempt{At: start.UTC(), Number: j.Tries + 1, Breaker: adm.state}
+	if adm.probe {
+		a.Breaker = "half-open probe"
+	}
+	actx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
+	err := d.opts.Sender.Send(actx, j.Mail)
+	cancel()
+	a.Latency = float64(time.Since(start).Microseconds()) / 1000
+	var permanent *PermanentError
+	isPermanent := errors.As(err, &permanent)
+	// A refusal the server gave shows it is up: only no answer, a timeout or a 4xx counts.
+	d.breaker.record(ctx, err != nil && !isPermanent, adm.probe)
+	switch {
+	case err == nil:
+		a.Outcome = StateDelivered
+		d.finish(ctx, j, StateDelivered, time.Time{}, &a)
+		slog.Info("mail: sent", "mail", j.ID, "template", j.Mail.Template, "attempt", a.Number)
+	case isPermanent:
+		a.Code, a.Error, a.Outcome = permanent.Code, errorText(err), StateDead
+		d.deadLetter(ctx, j, &a)
+	default:
+		a.Code, a.Error = CodeOf(err), errorText(err)
+		wait, more := d.opts.Schedule.Next(a.Number)
+		if !more {
+			a.Outcome = StateDead
+			d.deadLetter(ctx, j, &a)
+			return
+		}
+		a.Outcome, a.Next = outcomeRetry, d.opts.Now().Add(wait)
+		slog.Warn("mail: attempt failed; retrying", "mail", j.ID, "attempt", a.Number, "next", a.Next, "err", a.Error)
+		d.finish(ctx, j, outcomeRetry, a.Next, &a)
+	}
+}
+
+func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) {
+	if err := d.store.finish(ctx, j, outcome, next, a); err != nil {
+		// The mail stays leased; it is due again when the lease runs out.
+		slog.Error("mail: recording an attempt failed", "mail", j.ID, "err", err)
+	}
+}
+
+// deadLetter stores the request event as a dead letter naming the server, the attempts and the
+// last error, then marks the mail dead. If storing fails the mail is retried in a minute:
+// nothing is dropped.
+func (d *Dispatcher) deadLetter(ctx context.Context, j Job, last *Attempt) {
+	l, err := Letter(j.Event, d.opts.Server, last.Code, last.Error,
+		fmt.Sprintf("mail %s (template %s, to %s): %d attempts; last: %s", j.ID, j.Mail.Template, strings.Join(j.Mail.To, ", "), last.Number, last.Error))
+	if err == nil {
+		_, _, err = d.dead.Add(ctx, l)
+	}
+	if err != nil {
+		slog.Error("mail: storing dead letter failed; retrying in a minute", "mail", j.ID, "err", err)
+		d.finish(ctx, j, outcomeDefer, d.opts.Now().Add(time.Minute), last)
+		return
+	}
+	slog.Warn("mail: dead-lettered", "mail", j.ID, "last", last.Error)
+	d.finish(ctx, j, StateDead, time.Time{}, last)
+}
+
+// Letter is the dead letter of a request event (JSON structured, as the store keeps it): its
+// destination is the server, its code the last SMTP reply code, its error data the reason.
+func Letter(event []byte, server Server, code int, reason, detail string) (deadletter.Letter, error) {
+	e, err := deadletter.Letter{Event: event}.OriginalEvent()
+	if err != nil {
+		return deadletter.Letter{}, fmt.Errorf("decoding the request event: %w", err)
+	}
+	l, err := deadletter.FromEvent(e)
+	if err != nil {
+		return deadletter.Letter{}, err
+	}
+	l.ErrorExtensions = true
+	l.Dest = server.Dest()
+	l.Code = code
+	l.ErrorData = reason
+	l.Trigger = "mail/" + server.Name()
+	l.Detail = detail
+	return l, nil
+}
