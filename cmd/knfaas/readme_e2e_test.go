@@ -29,6 +29,7 @@ var knfaasCommand = regexp.MustCompile(`^(\$ )?(knfaas|go run \./cmd/knfaas|kn f
 // notRunHere are the README commands this test does not run, each with the reason.
 var notRunHere = map[string]string{
 	"go run ./cmd/knfaas up":                           "starts the platform itself: the test runs it (runtimetest, the same config/ and triggers/) before the other commands",
+	"go run ./cmd/knfaas up &":                         "starts the platform itself in the background: the test runs it (runtimetest, the same config/ and triggers/) before the other commands",
 	"kn faas dlq list -n knfaas --since 2h --code 503": "needs a Kubernetes cluster with the platform installed (the cluster path is tested in internal/runtime/cli against kube-apiserver)",
 	"kn faas dlq redrive -n knfaas --since 2h --code 503 --rate 50 --broker knfaas/default": "needs a Kubernetes cluster with the platform installed (the cluster path is tested in internal/runtime/cli against kube-apiserver)",
 }
@@ -139,6 +140,9 @@ func TestReadmeCommands(t *testing.T) {
 		cmd := exec.CommandContext(ctx, "sh", "-c", c.text)
 		cmd.Dir = root
 		cmd.Env = env
+		// A command that leaves a process behind holding the output (one ending in &) must
+		// not hang the test: it is listed in notRunHere, and this bounds the wait if not.
+		cmd.WaitDelay = 10 * time.Second
 		out, err := cmd.CombinedOutput()
 		cancel()
 		if err != nil {
