@@ -119,6 +119,7 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 	}
 	env = r.withObjectStore(env)
 	env = r.withMailServer(env)
+	env = r.withTracing(env)
 	if p.Sink != nil {
 		// The function publishes over the internal listener, which stays open until every
 		// function stopped: a shutdown never cuts off its publishes.
