@@ -44,6 +44,12 @@ type Options struct {
 	RedisURL string
 	// ModuleDir is where ko:// import paths are built.
 	ModuleDir string
+	// LiveProgress redraws the build progress in place (Out is a terminal) instead of writing a
+	// line per step.
+	LiveProgress bool
+	// Modules are further Go modules (module path -> directory) whose ko:// import paths are
+	// built in their own directory: users' functions outside this module.
+	Modules map[string]string
 	// CacheDir holds built binaries; StateDir is the per-run directory: projected volumes and
 	// the instances' files (see NewRunDir).
 	CacheDir, StateDir string
