@@ -98,6 +98,10 @@ func TestLogsOfOneService(t *testing.T) {
 	if !strings.Contains(rt.Output(), `{"service":"pos-purchasing","instance":"knfaas/pos-purchasing-`) {
 		t.Errorf("the runtime's output has no tagged function line:\n%s", rt.Output())
 	}
+	// The runtime's own lines follow --log-format too.
+	if !strings.Contains(rt.Output(), `"level":"INFO","msg":"instance ready","service":"knfaas/pos-purchasing"`) {
+		t.Errorf("the runtime's own line about the instance is not JSON:\n%s", rt.Output())
+	}
 	out, err := logs("payments")
 	if err == nil || !strings.Contains(out, `no service "payments" in this knfaas up; its services: knfaas/pos-purchasing`) {
 		t.Errorf("knfaas logs payments: %v\n%s", err, out)

@@ -107,6 +107,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 				})
 			}
 			log := slog.New(logging.NewHandler(cmd.ErrOrStderr(), logging.Config{Format: format, Level: level}))
+			slog.SetDefault(log) // the lines of shared packages that log through slog's default
 			if cacheDir == "" {
 				base, err := os.UserCacheDir()
 				if err != nil {
