@@ -53,9 +53,17 @@ func (b zerologBridge) Write(p []byte) (int, error) {
 	return b.WriteLevel(zerolog.NoLevel, p)
 }
 
+// funcGoShapePrefix starts the info lines func-go's HTTP runtime writes at every start, one for
+// each of Start, Stop, Ready and Alive the function implements: they describe the function's
+// shape, not anything that happened, so they are re-emitted at debug.
+var funcGoShapePrefix = []byte(`"message":"Function implements `)
+
 // WriteLevel implements zerolog.LevelWriter.
 func (b zerologBridge) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 	level := slogLevel(l)
+	if level == slog.LevelInfo && bytes.Contains(p, funcGoShapePrefix) {
+		level = slog.LevelDebug
+	}
 	ctx := context.Background()
 	if !b.h.Enabled(ctx, level) {
 		return len(p), nil

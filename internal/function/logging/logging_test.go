@@ -66,7 +66,7 @@ func TestInstall(t *testing.T) {
 		},
 		"json at debug shows func-go's debug": {
 			config: logging.Config{Format: "json", Level: slog.LevelDebug},
-			want:   []string{"slog debug", "slog info", "log package", "func-go debug", "func-go info", "func-go error"},
+			want:   []string{"slog debug", "slog info", "log package", "func-go debug", "func-go info", "Function implements Start", "func-go error"},
 		},
 		"text at warn": {
 			config: logging.Config{Format: "text", Level: slog.LevelWarn},
@@ -74,7 +74,7 @@ func TestInstall(t *testing.T) {
 		},
 		"text at debug": {
 			config: logging.Config{Format: "text", Level: slog.LevelDebug},
-			want:   []string{"slog debug", "slog info", "log package", "func-go debug", "func-go info", "func-go error"},
+			want:   []string{"slog debug", "slog info", "log package", "func-go debug", "func-go info", "Function implements Start", "func-go error"},
 		},
 	}
 	for name, tc := range tests {
@@ -88,6 +88,7 @@ func TestInstall(t *testing.T) {
 			log.Print("log package")
 			zlog.Debug().Str("address", "[::]:8080").Msg("func-go debug")
 			zlog.Info().Msg("func-go info")
+			zlog.Info().Msg("Function implements Start")
 			zlog.Error().Err(context.Canceled).Msg("func-go error")
 
 			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -103,6 +104,9 @@ func TestInstall(t *testing.T) {
 				}
 				if _, err := time.Parse(time.RFC3339Nano, rec["time"]); err != nil {
 					t.Errorf("time %q is not RFC 3339: %s", rec["time"], line)
+				}
+				if rec["msg"] == "Function implements Start" && rec["level"] != "DEBUG" {
+					t.Errorf("func-go's shape line is not at debug: %s", line)
 				}
 				if strings.HasPrefix(rec["msg"], "func-go") && rec["level"] == "" {
 					t.Errorf("func-go line without level: %s", line)
