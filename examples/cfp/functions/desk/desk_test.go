@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// broker records what the desk publishes, or refuses it.
+type broker struct {
+	sent []event.Event
+	err  error
+}
+
+func (b *broker) Send(_ context.Context, e event.Event) error {
+	if b.err != nil {
+		return b.err
+	}
+	b.sent = append(b.sent, e)
+	return nil
+}
+
+const ada = `{"submissionId":"sub-42","title":"Analytical engines","abstract":"…","speaker":{"name":"Ada Lovelace","email":"ada@example.com"},"formVersion":3}`
+
+func incoming(id, typ, subject, data string) event.Event {
+	e := cloudevents.NewEvent()
+	e.SetID(id)
+	e.SetType(typ)
+	e.SetSource("/test")
+	if subject != "" {
+		e.SetSubject(subject)
+	}
+	_ = e.SetData(cloudevents.ApplicationJSON, []byte(data))
+	return e
+}
+
+func TestHandle(t *testing.T) {
+	tests := []struct {
+		name string
+		in   event.Event
+		// reply is "<type> <id> <subject>" of the reply, "" for none; status the HTTP status of
+		// a refusal (0: none); mail the idempotency key of the published request ("" for none).
+		reply  string
+		status int
+		mail   string
+	}{
+		{name: "a form delivery starts its submission", in: incoming("wh-1", TypeFormSubmitted, "", ada),
+			reply: TypeSubmissionReceived + " submission:sub-42 sub-42"},
+		{name: "another delivery of the same submission is the same start event", in: incoming("wh-2", TypeFormSubmitted, "", ada),
+			reply: TypeSubmissionReceived + " submission:sub-42 sub-42"},
+		{name: "the acknowledgement command", in: incoming("sub-42:acknowledge:1", TypeAckSend, "sub-42", ada),
+			reply: TypeAckSent + " sub-42:acknowledge:1:ack.sent sub-42", mail: "cfp:sub-42:received"},
+		{name: "not JSON", in: incoming("wh-3", TypeFormSubmitted, "", `nope`), status: http.StatusBadRequest},
+		{name: "a submission id that cannot name a process", in: incoming("wh-4", TypeFormSubmitted, "",
+			`{"submissionId":"a b","title":"T","speaker":{"name":"N","email":"n@example.com"}}`), status: http.StatusBadRequest},
+		{name: "no title and a bad email", in: incoming("wh-5", TypeFormSubmitted, "",
+			`{"submissionId":"s1","speaker":{"name":"N","email":"N <n@example.com>"}}`), status: http.StatusBadRequest},
+		{name: "a command for another instance", in: incoming("x:acknowledge:1", TypeAckSend, "x", ada), status: http.StatusBadRequest},
+		{name: "an unknown type", in: incoming("e1", "dev.knfaas.example.cfp.nope", "sub-42", ada), status: http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &broker{}
+			f := &Function{publish: b}
+			f.started.Store(true)
+			r, err := f.Handle(context.Background(), tt.in)
+			var res *cehttp.Result
+			switch {
+			case tt.status != 0 && (!errors.As(err, &res) || res.StatusCode != tt.status):
+				t.Fatalf("Handle = %v, want status %d", err, tt.status)
+			case tt.status == 0 && err != nil:
+				t.Fatalf("Handle = %v", err)
+			}
+			got := ""
+			if r != nil {
+				got = r.Type() + " " + r.ID() + " " + r.Subject()
+				if r.Source() != Source {
+					t.Errorf("reply source %q", r.Source())
+				}
+			}
+			if got != tt.reply {
+				t.Fatalf("reply %q, want %q", got, tt.reply)
+			}
+			if tt.mail == "" {
+				if len(b.sent) != 0 {
+					t.Fatalf("published %v", b.sent)
+				}
+				return
+			}
+			if len(b.sent) != 1 || b.sent[0].Type() != TypeMailRequested {
+				t.Fatalf("published %v, want one mail request", b.sent)
+			}
+			if r.Extensions()["knfaascommand"] != tt.in.ID() {
+				t.Errorf("reply knfaascommand %v, want %s", r.Extensions()["knfaascommand"], tt.in.ID())
+			}
+			var req MailRequest
+			if err := json.Unmarshal(b.sent[0].Data(), &req); err != nil {
+				t.Fatal(err)
+			}
+			if req.IdempotencyKey != tt.mail || req.Template != TemplateReceived || strings.Join(req.To, ",") != `"Ada Lovelace" <ada@example.com>` ||
+				req.Data["title"] != "Analytical engines" || req.Data["name"] != "Ada Lovelace" {
+				t.Fatalf("mail request %+v", req)
+			}
+		})
+	}
+}
+
+// A Broker that refuses the mail request fails the command (the Broker redelivers it) with no
+// reply, so the process does not move on before the mail is requested.
+func TestHandleRetriesWhenTheBrokerRefuses(t *testing.T) {
+	f := &Function{publish: &broker{err: errors.New("503")}}
+	f.started.Store(true)
+	r, err := f.Handle(context.Background(), incoming("sub-42:acknowledge:1", TypeAckSend, "sub-42", ada))
+	if err == nil || r != nil {
+		t.Fatalf("Handle = %v, %v; want an error and no reply", r, err)
+	}
+	var res *cehttp.Result
+	if errors.As(err, &res) && res.StatusCode < 500 {
+		t.Fatalf("Handle = %v: a refusal the Broker would not retry", err)
+	}
+}
