@@ -7,10 +7,15 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 // broker records what the desk publishes, or refuses it.
@@ -124,5 +129,122 @@ func TestHandleRetriesWhenTheBrokerRefuses(t *testing.T) {
 	var res *cehttp.Result
 	if errors.As(err, &res) && res.StatusCode < 500 {
 		t.Fatalf("Handle = %v: a refusal the Broker would not retry", err)
+	}
+}
+
+// The accept step's command tells the scheduling system and the speaker, then replies; the
+// rejection (the review-2 step's compensation) writes to the speaker and needs no reply.
+func TestHandleDecisionLetters(t *testing.T) {
+	tests := []struct {
+		name, typ string
+		reply     string   // reply type, "" for none
+		published []string // "<type> <idempotency key or id>"
+	}{
+		{name: "accepted", typ: TypeAcceptanceSend, reply: TypeAcceptanceSent,
+			published: []string{TypeTalkAccepted + " sub-42:accept:1:talk", TypeMailRequested + " cfp:sub-42:accepted"}},
+		{name: "rejected", typ: TypeRejectionSend,
+			published: []string{TypeMailRequested + " cfp:sub-42:rejected"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &broker{}
+			f := &Function{publish: b}
+			f.started.Store(true)
+			r, err := f.Handle(context.Background(), incoming("sub-42:accept:1", tt.typ, "sub-42", ada))
+			if err != nil {
+				t.Fatalf("Handle = %v", err)
+			}
+			reply := ""
+			if r != nil {
+				reply = r.Type()
+			}
+			if reply != tt.reply {
+				t.Fatalf("reply %q, want %q", reply, tt.reply)
+			}
+			var got []string
+			for _, e := range b.sent {
+				var req MailRequest
+				if e.Type() == TypeMailRequested && json.Unmarshal(e.Data(), &req) == nil {
+					got = append(got, e.Type()+" "+req.IdempotencyKey)
+					continue
+				}
+				got = append(got, e.Type()+" "+e.ID())
+			}
+			if strings.Join(got, ", ") != strings.Join(tt.published, ", ") {
+				t.Fatalf("published %v, want %v", got, tt.published)
+			}
+		})
+	}
+}
+
+// A review task gets a reminder deadline; when it fires, the reviewers are reminded only if the
+// task is still open.
+func TestReviewReminders(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx := context.Background()
+	b := &broker{}
+	f := &Function{publish: b, rdb: rdb, cfg: Config{ReviewReminder: time.Hour, Reviewers: "reviewers@example.org", Owner: "cfp-desk", ReviewSteps: []string{"review-1", "review-2"}}}
+	f.started.Store(true)
+
+	created := func(task, step string) event.Event {
+		e := incoming(task, TypeTaskCreated, "sub-42", ada)
+		e.SetExtension(extStep, step)
+		e.SetTime(time.UnixMilli(1_000_000))
+		return e
+	}
+	for _, e := range []event.Event{created("sub-42:review-1:1", "review-1"), created("sub-42:decide:1", "decide")} {
+		if _, err := f.Handle(ctx, e); err != nil {
+			t.Fatalf("Handle(%s) = %v", e.ID(), err)
+		}
+	}
+	due, err := rdb.ZRangeWithScores(ctx, deadline.KeyDeadlines, 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != 1 || due[0].Member != "cfp-desk:remind:sub-42:review-1:1" || int64(due[0].Score) != 1_000_000+time.Hour.Milliseconds() {
+		t.Fatalf("deadlines %v, want the review task's reminder only, an hour after its creation", due)
+	}
+
+	fired := func(task string) event.Event {
+		e := incoming("cfp-desk:remind:"+task, TypeTimerFired, "sub-42", `{}`)
+		e.SetExtension("knfaasowner", "cfp-desk")
+		e.SetExtension(process.ExtCommand, task)
+		return e
+	}
+	rdb.HSet(ctx, process.KeyTaskPrefix+"sub-42:review-1:1", "id", "sub-42:review-1:1", "instance", "sub-42", "title", "Review the proposal", "state", "open")
+	rdb.HSet(ctx, process.KeyTaskPrefix+"sub-43:review-1:1", "id", "sub-43:review-1:1", "instance", "sub-43", "title", "Review the proposal", "state", "completed")
+	tests := []struct {
+		name   string
+		in     event.Event
+		sent   int // mail requests published so far
+		status int // HTTP status of a refusal, 0 for none
+	}{
+		{name: "an open review task", in: fired("sub-42:review-1:1"), sent: 1},
+		{name: "a decided review task", in: fired("sub-43:review-1:1"), sent: 1},
+		{name: "a task that is gone", in: fired("sub-44:review-1:1"), sent: 1},
+		{name: "a deadline that is no reminder", in: incoming("sub-42:review-1:1:deadline", TypeTimerFired, "sub-42", `{}`), sent: 1, status: http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.Handle(ctx, tt.in)
+			var res *cehttp.Result
+			switch {
+			case tt.status != 0 && (!errors.As(err, &res) || res.StatusCode != tt.status):
+				t.Fatalf("Handle = %v, want status %d", err, tt.status)
+			case tt.status == 0 && err != nil:
+				t.Fatalf("Handle = %v", err)
+			}
+			if len(b.sent) != tt.sent {
+				t.Fatalf("%d mail requests, want %d", len(b.sent), tt.sent)
+			}
+		})
+	}
+	var req MailRequest
+	if err := json.Unmarshal(b.sent[0].Data(), &req); err != nil {
+		t.Fatal(err)
+	}
+	if req.Template != TemplateReminder || req.IdempotencyKey != "cfp:sub-42:review-1:1:reminder" || strings.Join(req.To, ",") != "reviewers@example.org" {
+		t.Fatalf("reminder %+v", req)
 	}
 }
