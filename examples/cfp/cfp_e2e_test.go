@@ -10,13 +10,16 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,12 +36,76 @@ import (
 // (config/340-cfp-webhook-secrets.yaml): knfaas up replaces it with a development secret.
 const formsSecretPlaceholder = "Q0hBTkdFLU1FLWNmcC1mb3Jtcy13ZWJob29rLXNlY3JldA=="
 
-var e2ePaths = []string{
+// platformPaths are the parts of the platform the example runs on: Broker, Redis, dead letters,
+// the timer (deadlines, reminders), the tasks API, the notify function and the smtp Secret.
+var platformPaths = []string{
 	"config/100-namespace.yaml", "config/300-redis-secret.yaml", "config/300-smtp-secret.yaml",
-	"config/400-deadletter-config.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml",
+	"config/320-tasks-auth-secret.yaml", "config/325-tasks-signing-secret.yaml", "config/335-notify-api-secret.yaml",
+	"config/400-deadletter-config.yaml", "config/400-notify-endpoints.yaml", "config/500-redis-service.yaml", "config/510-redis-statefulset.yaml",
 	"config/600-broker.yaml", "config/700-deadletter.yaml",
 	"config/700-timer.yaml", "config/710-timer-sinkbinding.yaml", "config/800-timer-ping.yaml",
-	"examples/cfp",
+	"config/700-tasks.yaml", "config/710-tasks-sinkbinding.yaml",
+	"config/700-notify.yaml", "config/710-notify-sinkbinding.yaml", "triggers/notify-timer-fired.yaml",
+}
+
+// cfp is the example running under knfaas up with Mailpit.
+type cfp struct {
+	rt    *runtimetest.Runtime
+	rdb   *redis.Client
+	ui    string // Mailpit's web UI and API
+	forms formService
+}
+
+// startCFP runs the platform's parts and the example, with the desk's DESK_REVIEW_REMINDER set
+// to reminder (a copy of 720-cfp-desk.yaml).
+func startCFP(t *testing.T, reminder string) *cfp {
+	t.Helper()
+	t.Setenv(embedded.EnvSMTPURL, "")
+	root := runtimetest.ModuleRoot(t)
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Built (or found) first, in the cache knfaas up uses, so that the runtime's start-up wait
+	// does not include a cold build.
+	if _, err := embedded.BuildMailpit(context.Background(), root, filepath.Join(cache, "knfaas", "bin")); err != nil {
+		t.Fatalf("building Mailpit: %v", err)
+	}
+	desk, err := os.ReadFile(filepath.Join(root, "examples/cfp/config/720-cfp-desk.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const shipped = "name: DESK_REVIEW_REMINDER\n          value: \"72h\""
+	tuned := strings.Replace(string(desk), shipped, "name: DESK_REVIEW_REMINDER\n          value: \""+reminder+"\"", 1)
+	if !strings.Contains(string(desk), shipped) {
+		t.Fatal("720-cfp-desk.yaml no longer sets DESK_REVIEW_REMINDER to 72h")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "720-cfp-desk.yaml"), []byte(tuned), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	paths := append([]string{dir, "examples/cfp/triggers"}, platformPaths...)
+	configs, err := filepath.Glob(filepath.Join(root, "examples/cfp/config/*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range configs {
+		if filepath.Base(c) != "720-cfp-desk.yaml" {
+			paths = append(paths, c)
+		}
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	rt := runtimetest.Start(t, runtimetest.Options{Paths: paths, RedisURL: srv.URL()})
+	m := webUI.FindStringSubmatch(rt.Output())
+	if m == nil {
+		t.Fatalf("the start-up summary names no Mailpit web UI:\n%s", rt.Output())
+	}
+	secret, err := base64.StdEncoding.DecodeString(rt.DevSecret("knfaas", "cfp-webhook-secrets", "forms", formsSecretPlaceholder))
+	if err != nil {
+		t.Fatalf("the development forms secret is not base64: %v", err)
+	}
+	return &cfp{rt: rt, rdb: srv.Client(), ui: m[1],
+		forms: formService{t: t, url: rt.ServiceURL("knfaas", "cfp-webhook") + "/forms", secret: secret, client: rt.Client()}}
 }
 
 // formService posts submissions as a form service would: signed per the Standard Webhooks
@@ -149,31 +216,8 @@ var webUI = regexp.MustCompile(`smtp: Mailpit on 127\.0\.0\.1:\d+ .*web UI at (h
 // same delivery again, and the same submission in a new delivery, change nothing; a delivery
 // with a wrong signature is refused.
 func TestSubmissionAcknowledgedOnce(t *testing.T) {
-	t.Setenv(embedded.EnvSMTPURL, "")
-	root := runtimetest.ModuleRoot(t)
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Built (or found) first, in the cache knfaas up uses, so that the runtime's start-up wait
-	// does not include a cold build.
-	if _, err := embedded.BuildMailpit(context.Background(), root, filepath.Join(cache, "knfaas", "bin")); err != nil {
-		t.Fatalf("building Mailpit: %v", err)
-	}
-	srv := redistest.Start(t, redistest.Options{})
-	rdb := srv.Client()
-	rt := runtimetest.Start(t, runtimetest.Options{Paths: e2ePaths, RedisURL: srv.URL()})
-	m := webUI.FindStringSubmatch(rt.Output())
-	if m == nil {
-		t.Fatalf("the start-up summary names no Mailpit web UI:\n%s", rt.Output())
-	}
-	ui := m[1]
-	secret, err := base64.StdEncoding.DecodeString(rt.DevSecret("knfaas", "cfp-webhook-secrets", "forms", formsSecretPlaceholder))
-	if err != nil {
-		t.Fatalf("the development forms secret is not base64: %v", err)
-	}
-	forms := formService{t: t, url: rt.ServiceURL("knfaas", "cfp-webhook") + "/forms", secret: secret, client: rt.Client()}
-
+	c := startCFP(t, "72h")
+	rdb, ui, forms, secret := c.rdb, c.ui, c.forms, c.forms.secret
 	const subject = "We received your proposal: Analytical engines"
 	ada := submission("sub-1", "Analytical engines", "Ada Lovelace", "ada@example.com")
 	if code := forms.post("msg-1", ada, secret); code != http.StatusAccepted {
@@ -217,17 +261,18 @@ func TestSubmissionAcknowledgedOnce(t *testing.T) {
 	runtimetest.Eventually(t, 2*time.Minute, "the second acknowledgement is in Mailpit", func() bool {
 		return len(withSubject(messages(t, ui), "We received your proposal: Compilers")) == 1
 	})
-	runtimetest.Eventually(t, time.Minute, "both processes completed", func() bool {
-		s1, _ := timeline(t, rdb, "sub-1")
-		s2, _ := timeline(t, rdb, "sub-2")
-		return s1 == "completed" && s2 == "completed"
+	const reviewing = "in submission.received, out ack.send, in ack.sent, out dev.knfaas.tasks.created"
+	runtimetest.Eventually(t, time.Minute, "both processes wait for their first review", func() bool {
+		_, e1 := timeline(t, rdb, "sub-1")
+		_, e2 := timeline(t, rdb, "sub-2")
+		return strings.Join(e1, ", ") == reviewing && strings.Join(e2, ", ") == reviewing
 	})
 	time.Sleep(2 * time.Second)
 	if n := len(withSubject(messages(t, ui), subject)); n != 1 {
 		t.Errorf("%d acknowledgements of sub-1 after it was posted twice, want 1", n)
 	}
-	if _, entries := timeline(t, rdb, "sub-1"); strings.Join(entries, ", ") != "in submission.received, out ack.send, in ack.sent, out submission.completed" {
-		t.Errorf("sub-1's timeline: %s", strings.Join(entries, ", "))
+	if status, entries := timeline(t, rdb, "sub-1"); status != "running" || strings.Join(entries, ", ") != reviewing {
+		t.Errorf("sub-1 is %s: %s", status, strings.Join(entries, ", "))
 	}
 	ids, err := rdb.ZRange(context.Background(), "knfaas:process:instances", 0, -1).Result()
 	if err != nil {
@@ -246,5 +291,168 @@ func TestSubmissionAcknowledgedOnce(t *testing.T) {
 	}
 	if n := len(messages(t, ui)); n != 2 {
 		t.Errorf("Mailpit holds %d mails, want 2", n)
+	}
+}
+
+// scheduling is the scheduling system: it records each signed delivery it receives.
+type scheduling struct {
+	mu         sync.Mutex
+	deliveries []delivery
+	srv        *httptest.Server
+}
+
+type delivery struct {
+	header http.Header
+	body   []byte
+}
+
+func newScheduling(t *testing.T) *scheduling {
+	s := &scheduling{}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		s.mu.Lock()
+		s.deliveries = append(s.deliveries, delivery{header: r.Header.Clone(), body: body})
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *scheduling) received() []delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]delivery(nil), s.deliveries...)
+}
+
+// verifyStandardWebhook checks a delivery as a receiver would, from the Standard Webhooks
+// specification: the key is the base64 after whsec_, the MAC HMAC-SHA256 over
+// "<webhook-id>.<webhook-timestamp>.<body>", and one "v1,<base64>" entry of webhook-signature
+// must match; the timestamp must be within 5 minutes.
+func verifyStandardWebhook(secret string, h http.Header, body []byte) error {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil {
+		return fmt.Errorf("secret: %w", err)
+	}
+	ts, err := strconv.ParseInt(h.Get("webhook-timestamp"), 10, 64)
+	if err != nil {
+		return fmt.Errorf("webhook-timestamp: %w", err)
+	}
+	if d := time.Since(time.Unix(ts, 0)); d > 5*time.Minute || d < -5*time.Minute {
+		return fmt.Errorf("webhook-timestamp %d is %s away", ts, d)
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(h.Get("webhook-id") + "." + h.Get("webhook-timestamp") + "."))
+	mac.Write(body)
+	want := mac.Sum(nil)
+	for _, sig := range strings.Fields(h.Get("webhook-signature")) {
+		v, ok := strings.CutPrefix(sig, "v1,")
+		if !ok {
+			continue
+		}
+		if got, err := base64.StdEncoding.DecodeString(v); err == nil && hmac.Equal(got, want) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no v1 signature in %q matches", h.Get("webhook-signature"))
+}
+
+// decide completes or rejects a task through the tasks API, as an operator (the ops group may
+// decide any task); it answers the HTTP status.
+func (c *cfp) decide(t *testing.T, task, action string) int {
+	t.Helper()
+	token := c.rt.DevSecret("knfaas", "tasks-auth", "tokens", "CHANGE-ME-operator-token-00000")
+	req, _ := http.NewRequest(http.MethodPost, c.rt.ServiceURL("knfaas", "tasks")+"/tasks/"+task+"/"+action, strings.NewReader(`{"note":"e2e"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := c.rt.Client().Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// TestReviewsDecisionAndReminder runs the rest of a submission's life: sub-1 is reviewed twice
+// and accepted (acceptance email; the scheduling system receives a delivery whose signature
+// verifies with the endpoint's secret); sub-3 is reviewed and rejected (rejection email, nothing
+// to the scheduling system); sub-2's first review stays open past the (short) reminder deadline
+// (a reminder email to the reviewers, one).
+func TestReviewsDecisionAndReminder(t *testing.T) {
+	c := startCFP(t, "1s")
+	receiver := newScheduling(t)
+
+	// The scheduling system's endpoint, created through the notify API (a loopback URL is
+	// allowed under knfaas up).
+	body, _ := json.Marshal(map[string]any{"name": "scheduling", "url": receiver.srv.URL, "types": []string{"dev.knfaas.example.cfp.talk.accepted"}})
+	req, _ := http.NewRequest(http.MethodPost, c.rt.InternalBase()+"/services/knfaas/notify/api/endpoints", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+c.rt.DevSecret("knfaas", "notify-api", "token", "CHANGE-ME-notify-api-token-000000"))
+	resp, err := c.rt.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var endpoint struct{ Secret string }
+	_ = json.NewDecoder(resp.Body).Decode(&endpoint)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || !strings.HasPrefix(endpoint.Secret, "whsec_") {
+		t.Fatalf("creating the scheduling endpoint answered %d, secret %q", resp.StatusCode, endpoint.Secret)
+	}
+
+	for i, s := range []struct{ id, title, name, email string }{
+		{"sub-1", "Analytical engines", "Ada Lovelace", "ada@example.com"},
+		{"sub-2", "Compilers", "Grace Hopper", "grace@example.com"},
+		{"sub-3", "Punched cards", "Herman Hollerith", "herman@example.com"},
+	} {
+		if code := c.forms.post(fmt.Sprintf("msg-%d", i), submission(s.id, s.title, s.name, s.email), c.forms.secret); code != http.StatusAccepted {
+			t.Fatalf("submission %s answered %d", s.id, code)
+		}
+	}
+	steps := []struct{ task, action string }{
+		{"sub-1:review-1:1", "complete"}, {"sub-3:review-1:1", "complete"},
+		{"sub-1:review-2:1", "complete"}, {"sub-3:review-2:1", "complete"},
+		{"sub-1:decide:1", "complete"}, {"sub-3:decide:1", "reject"},
+	}
+	for _, st := range steps {
+		runtimetest.Eventually(t, time.Minute, st.action+" "+st.task, func() bool { return c.decide(t, st.task, st.action) == http.StatusOK })
+	}
+
+	runtimetest.Eventually(t, 2*time.Minute, "acceptance and rejection emails", func() bool {
+		ms := messages(t, c.ui)
+		return len(withSubject(ms, "Accepted: Analytical engines")) == 1 && len(withSubject(ms, "Your proposal: Punched cards")) == 1
+	})
+	runtimetest.Eventually(t, time.Minute, "the scheduling system received the accepted talk", func() bool { return len(receiver.received()) >= 1 })
+	got := receiver.received()
+	if len(got) != 1 {
+		t.Fatalf("the scheduling system received %d deliveries, want 1", len(got))
+	}
+	if err := verifyStandardWebhook(endpoint.Secret, got[0].header, got[0].body); err != nil {
+		t.Errorf("the scheduling delivery does not verify: %v", err)
+	}
+	var talk struct {
+		SubmissionID string
+		Title        string
+		Speaker      struct{ Email string }
+	}
+	if err := json.Unmarshal(got[0].body, &talk); err != nil || talk.SubmissionID != "sub-1" || talk.Title != "Analytical engines" || talk.Speaker.Email != "ada@example.com" {
+		t.Errorf("the scheduling system received %s (%v), want the accepted submission", got[0].body, err)
+	}
+
+	// sub-2's first review is still open: the timer fires its reminder at the next minute tick.
+	const reminder = "Reminder: review of submission sub-2 is due"
+	runtimetest.Eventually(t, 3*time.Minute, "the reminder for sub-2", func() bool {
+		return len(withSubject(messages(t, c.ui), reminder)) >= 1
+	})
+	reminders := withSubject(messages(t, c.ui), reminder)
+	if len(reminders) != 1 || len(reminders[0].To) != 1 || reminders[0].To[0].Address != "reviewers@example.org" {
+		t.Errorf("reminders %+v, want one to reviewers@example.org", reminders)
+	}
+
+	for id, want := range map[string]string{"sub-1": "completed", "sub-2": "running", "sub-3": "compensated"} {
+		if status, entries := timeline(t, c.rdb, id); status != want {
+			t.Errorf("%s is %s, want %s: %s", id, status, want, strings.Join(entries, ", "))
+		}
+	}
+	if n := len(withSubject(messages(t, c.ui), "Accepted: Analytical engines")); n != 1 {
+		t.Errorf("%d acceptance emails, want 1", n)
 	}
 }
