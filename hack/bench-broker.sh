@@ -2,12 +2,18 @@
 # Measures broker → trigger → warm function throughput, cold start and idle memory beside a
 # bare net/http hello server with the same load generator, in one run. Prints figures only.
 #   C=32 N=30000 REDIS=real|embedded ./hack/bench-broker.sh
+# TRACING=1 measures instead the cost of tracing: delivered events/s with tracing off, 1 % and
+# 100 % sampled (OTEL_TRACES_SAMPLER), ROUNDS times each, interleaved, and prints each sampled
+# rate as a ratio of the untraced one of the same session.
+#   TRACING=1 ROUNDS=3 N=20000 ./hack/bench-broker.sh
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 
 : "${C:=32}"
 : "${N:=30000}"
 : "${REDIS:=real}"
+: "${TRACING:=0}"
+: "${ROUNDS:=3}"
 
 work=$(mktemp -d)
 pids=()
@@ -36,4 +42,40 @@ if [ -n "${BENCH_LOCK:-}" ]; then
   exec 9>"$BENCH_LOCK"
   flock 9
 fi
-KNFAAS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/knfaas/bin" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N"
+export KNFAAS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/knfaas/bin"
+if [ "$TRACING" != 1 ]; then
+  "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N"
+  exit
+fi
+
+# One run under a tracing setting: prints its delivered events/s. The stream is flushed between
+# runs so each starts from an empty broker.
+delivered_rate() {
+  if [ -n "$redis_url" ]; then redis-cli -u "$redis_url" flushall >/dev/null; fi
+  env "$@" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N" -hello-d 2s -cold 1 \
+    | sed -n 's/.* = \([0-9]*\) ev\/s delivered.*/\1/p'
+}
+rounds=()
+for round in $(seq "$ROUNDS"); do
+  # The order rotates from round to round, so no setting always runs first or last.
+  for setting in $(printf 'off\none\nall\n' | tail -n +$(((round - 1) % 3 + 1)); printf 'off\none\nall\n' | head -n $(((round - 1) % 3))); do
+    case $setting in
+      off) off=$(delivered_rate OTEL_SDK_DISABLED=true) ;;
+      one) one=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01) ;;
+      all) all=$(delivered_rate OTEL_TRACES_SAMPLER=parentbased_always_on) ;;
+    esac
+  done
+  echo "round $round: off $off ev/s, 1% sampled $one ev/s, 100% sampled $all ev/s"
+  rounds+=("$off $one $all")
+done
+# Each round's rates are divided by that round's untraced rate; the median of those ratios is
+# printed (a busy machine makes single rounds swing), with the means of the rates.
+python3 - "${rounds[@]}" <<'PY'
+import statistics, sys
+rs = [tuple(float(x) for x in r.split()) for r in sys.argv[1:]]
+mean = [statistics.mean(r[i] for r in rs) for i in range(3)]
+one = statistics.median(r[1] / r[0] for r in rs)
+full = statistics.median(r[2] / r[0] for r in rs)
+print(f"== tracing cost over {len(rs)} interleaved rounds (mean ev/s: off {mean[0]:.0f}, 1% {mean[1]:.0f}, 100% {mean[2]:.0f}); "
+      f"median ratio to the untraced run of the same round: 1% sampled {one:.3f} (goal ≥ 0.95), 100% sampled {full:.3f}")
+PY

@@ -241,8 +241,10 @@ if [ ${#targets[@]} -gt 0 ]; then
   exit $failed
 fi
 
-# docs/eventpolicy holds the optional Broker authorization (EventPolicy) a platform team may apply.
-repo_targets=(config triggers docs/eventpolicy)
+# config/broker is the RedisStreamBroker class (config/ renders it; its files are checked on their
+# own too). docs/eventpolicy holds the optional Broker authorization (EventPolicy) a platform team
+# may apply.
+repo_targets=(config config/broker triggers docs/eventpolicy)
 for d in examples/*/config examples/*/triggers; do
   [ -d "$d" ] && repo_targets+=("$d")
 done

@@ -21,5 +21,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "redis:", err)
 		os.Exit(1)
 	}
-	sharedmain.MainWithContext(signals.NewContext(), "redis-broker-controller", controller.Constructors(system.Namespace(), rdb)...)
+	sharedmain.MainWithContext(signals.NewContext(), "redis-broker-controller", controller.Constructors(system.Namespace(), eventingNamespace(), rdb)...)
+}
+
+// eventingNamespace is Knative Eventing's namespace, where its config-features ConfigMap is:
+// EVENTING_NAMESPACE, or Knative's default.
+func eventingNamespace() string {
+	if ns := os.Getenv("EVENTING_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return controller.DefaultEventingNamespace
 }

@@ -36,44 +36,8 @@ import (
 
 const typeThumbnailCreated = "dev.knfaas.example.thumbnails.thumbnail.created"
 
-// recorder records the thumbnail.created replies.
-const recorder = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: recorder
-  namespace: knfaas
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe:
-          httpGet:
-            path: /health/readiness
-        env:
-        - name: REDIS_URL
-          valueFrom:
-            secretKeyRef: {name: redis, key: url}
-        - name: RECORDER_NAME
-          value: thumbnails-e2e
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: recorder-thumbnail-created
-  namespace: knfaas
-spec:
-  broker: default
-  filter:
-    attributes:
-      type: ` + typeThumbnailCreated + `
-  subscriber:
-    ref:
-      apiVersion: serving.knative.dev/v1
-      kind: Service
-      name: recorder
-      namespace: knfaas
-`
+// createdRecorder records the thumbnail.created replies.
+var createdRecorder = runtimetest.Recorder{Name: "thumbnails-e2e", Type: typeThumbnailCreated}
 
 var embeddedStore = regexp.MustCompile(`s3: embedded \(gofakes3\) on (http://[0-9.:]+)`)
 
@@ -114,43 +78,38 @@ func record(key string, info minio.UploadInfo) string {
 		time.Now().UTC().Format(time.RFC3339Nano), strings.ReplaceAll(key, "/", "%2F"), info.Size, strings.Trim(info.ETag, `"`))
 }
 
-// TestUploadMakesThumbnails runs the example under knfaas up with the S3 store it embeds: an
+// TestUploadMakesThumbnails runs the example under knfaas up with the S3 store it embeds (or the
+// real one KNFAAS_TEST_S3_ENDPOINT names): an
 // image, a text file, a decompression bomb and a corrupt image are uploaded, the store's
 // notification (MinIO-shaped, four records) is pushed to the webhook's s3 source; the image gets
 // its thumbnails and thumbnail.created is delivered, the three others are dead-lettered with
 // their reasons and nothing else is written, and redelivering the image's event changes nothing.
 func TestUploadMakesThumbnails(t *testing.T) {
+	// The store knfaas up embeds, or a real one the test names (KNFAAS_TEST_S3_ENDPOINT).
+	var store *minio.Client
+	external := usingExternalStore()
+	if external {
+		store = storeOfTest(t)
+	}
 	srv := redistest.Start(t, redistest.Options{})
 	root := runtimetest.ModuleRoot(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "recorder.yaml"), []byte(recorder), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var paths []string
-	for _, f := range []string{"100-namespace.yaml", "300-redis-secret.yaml", "340-webhook-secrets.yaml", "400-webhook-sources.yaml",
-		"400-deadletter-config.yaml", "500-redis-service.yaml", "510-redis-statefulset.yaml", "600-broker.yaml",
-		"700-deadletter.yaml", "700-webhook.yaml", "710-webhook-sinkbinding.yaml"} {
-		paths = append(paths, filepath.Join(root, "config", f))
-	}
-	for _, f := range []string{"config/350-object-store-secret.yaml", "config/400-object-store.yaml", "config/700-thumbnail.yaml", "triggers"} {
-		paths = append(paths, filepath.Join(root, "examples/thumbnails", f))
-	}
-	rt := runtimetest.Start(t, runtimetest.Options{Paths: append(paths, dir), RedisURL: srv.URL()})
+	paths := runtimetest.ModulePaths(t, "config", "100-namespace.yaml", "300-redis-secret.yaml", "340-webhook-secrets.yaml",
+		"400-webhook-sources.yaml", "400-deadletter-config.yaml", "500-redis-service.yaml", "510-redis-statefulset.yaml",
+		"600-broker.yaml", "700-deadletter.yaml", "700-webhook.yaml", "710-webhook-sinkbinding.yaml")
+	paths = append(paths, runtimetest.ModulePaths(t, "examples/thumbnails", "config/350-object-store-secret.yaml",
+		"config/400-object-store.yaml", "config/700-thumbnail.yaml", "triggers")...)
+	rt := runtimetest.StartRecorded(t, runtimetest.Options{Paths: paths, RedisURL: srv.URL()}, createdRecorder)
 
-	m := embeddedStore.FindStringSubmatch(rt.Output())
-	if m == nil {
-		t.Fatalf("knfaas up does not say where its S3 store is:\n%s", rt.Output())
-	}
-	store, err := objectstore.New(objectstore.Config{Endpoint: m[1], Region: "us-east-1", AccessKeyID: "any", SecretAccessKey: "any-key", PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
+	if !external {
+		m := embeddedStore.FindStringSubmatch(rt.Output())
+		if m == nil {
+			t.Fatalf("knfaas up does not say where its S3 store is:\n%s", rt.Output())
+		}
+		store = openBucket(t, objectstore.Config{Endpoint: m[1], Region: "us-east-1", AccessKeyID: "any", SecretAccessKey: "any-key", PathStyle: true})
 	}
 	ctx := context.Background()
-	if err := store.MakeBucket(ctx, "photos", minio.MakeBucketOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	upload := func(key string, data []byte) minio.UploadInfo {
-		info, err := store.PutObject(ctx, "photos", key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
+		info, err := store.PutObject(ctx, testBucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +145,7 @@ func TestUploadMakesThumbnails(t *testing.T) {
 	modified := map[string]time.Time{}
 	runtimetest.Eventually(t, 2*time.Minute, "the thumbnails exist", func() bool {
 		for key := range want {
-			info, err := store.StatObject(ctx, "photos", key, minio.StatObjectOptions{})
+			info, err := store.StatObject(ctx, testBucket, key, minio.StatObjectOptions{})
 			if err != nil {
 				return false
 			}
@@ -195,7 +154,7 @@ func TestUploadMakesThumbnails(t *testing.T) {
 		return true
 	})
 	for key, size := range want {
-		obj, err := store.GetObject(ctx, "photos", key, minio.GetObjectOptions{})
+		obj, err := store.GetObject(ctx, testBucket, key, minio.GetObjectOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +169,7 @@ func TestUploadMakesThumbnails(t *testing.T) {
 	rdb := srv.Client()
 	var created event.Event
 	runtimetest.Eventually(t, time.Minute, "thumbnail.created is delivered", func() bool {
-		raw, err := rdb.LIndex(ctx, "knfaas:test:recorder:thumbnails-e2e:events", 0).Result()
+		raw, err := rdb.LIndex(ctx, "knfaas:test:recorder:"+createdRecorder.Name+":events", 0).Result()
 		return err == nil && json.Unmarshal([]byte(raw), &created) == nil
 	})
 	if created.Type() != typeThumbnailCreated || created.Subject() != "uploads/cat.jpg" {
@@ -239,7 +198,7 @@ func TestUploadMakesThumbnails(t *testing.T) {
 			t.Errorf("letter for %s: code %d, error data %q", l.Subject, l.Code, l.ErrorData)
 		}
 	}
-	for o := range store.ListObjects(ctx, "photos", minio.ListObjectsOptions{Prefix: "thumbnails/", Recursive: true}) {
+	for o := range store.ListObjects(ctx, testBucket, minio.ListObjectsOptions{Prefix: "thumbnails/", Recursive: true}) {
 		if _, ok := want[o.Key]; !ok {
 			t.Errorf("unexpected thumbnail %s", o.Key)
 		}
@@ -268,13 +227,11 @@ func TestUploadMakesThumbnails(t *testing.T) {
 	if got := post(); got != http.StatusOK {
 		t.Fatalf("resent notification: %d, want 200", got)
 	}
-	var catEvent objects.Event
-	var all []objects.Event
-	all, err = objects.Parse([]byte(notification))
+	all, err := objects.Parse([]byte(notification))
 	if err != nil {
 		t.Fatal(err)
 	}
-	catEvent = all[0]
+	catEvent := all[0]
 	e := runtimetest.NewEvent(catEvent.ID(), catEvent.Type())
 	e.SetSource("/webhooks/objects")
 	e.SetSubject(catEvent.Key)
@@ -283,13 +240,13 @@ func TestUploadMakesThumbnails(t *testing.T) {
 	}
 	rt.Send("knfaas", "default", e)
 	runtimetest.Eventually(t, time.Minute, "the redelivered event is answered", func() bool {
-		return rdb.LLen(ctx, "knfaas:test:recorder:thumbnails-e2e:events").Val() == 2
+		return rdb.LLen(ctx, "knfaas:test:recorder:"+createdRecorder.Name+":events").Val() == 2
 	})
-	if n := rdb.HGet(ctx, "knfaas:test:recorder:thumbnails-e2e:seen", created.ID()).Val(); n != "2" {
+	if n := rdb.HGet(ctx, "knfaas:test:recorder:"+createdRecorder.Name+":seen", created.ID()).Val(); n != "2" {
 		t.Errorf("thumbnail.created %s recorded %s times; the redelivery's reply should carry the same id", created.ID(), n)
 	}
 	for key, before := range modified {
-		info, err := store.StatObject(ctx, "photos", key, minio.StatObjectOptions{})
+		info, err := store.StatObject(ctx, testBucket, key, minio.StatObjectOptions{})
 		if err != nil || !info.LastModified.Equal(before) {
 			t.Errorf("%s rewritten by the redelivery (%v → %v, %v)", key, before, info.LastModified, err)
 		}

@@ -123,7 +123,8 @@ func (f *Function) start(cfg Config, rdb *redis.Client, store *minio.Client, sen
 func (f *Function) Stop(context.Context) error { return f.Close() }
 
 // Handle runs one pass per tick. A pass that could not list or publish everything answers an
-// error (5xx): what it did not emit, the next pass emits.
+// error (5xx): what it did not emit, the next pass emits. A pass that emitted, found versions
+// another pass was emitting, or failed is logged.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("objectsource is starting")
@@ -132,7 +133,7 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "objectsource accepts only %s events, not %s", TypePing, e.Type())
 	}
 	r, err := f.Pass(ctx)
-	if r.Emitted > 0 || err != nil {
+	if r.Emitted > 0 || r.InFlight > 0 || err != nil {
 		f.log.Info("pass", "listed", r.Listed, "emitted", r.Emitted, "inFlight", r.InFlight, "pruned", r.Pruned, "complete", r.Complete, "error", err)
 	}
 	return nil, err

@@ -22,6 +22,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Config is read once at start; each default is in its tag, and Check refuses a bad value.
@@ -147,7 +148,12 @@ func (f *Function) Stop(ctx context.Context) error {
 
 // Handle applies one event (a start event, a reply, a fired deadline) and publishes what the
 // step emitted. It never replies with an event: a step can emit several, and all go through K_SINK.
+// The step is a span continuing the event's trace, and so are the commands it publishes.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("process manager is starting")
 	}

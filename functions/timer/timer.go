@@ -19,6 +19,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypePing is the type of the PingSource events that tick the timer.
@@ -96,7 +97,13 @@ func (f *Function) Stop(context.Context) error { return f.Close() }
 // PingSource sets to the cron slot; never later than now). Deadlines are moved to an outbox
 // atomically before they are sent, so a tick delivered twice finds nothing new to fire, and a
 // tick that crashed mid-way leaves its deadlines in the outbox for the next tick to send again.
+//
+// The tick is a span continuing its trace; the deadlines it fires continue it.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("timer is starting")
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 	"github.com/knfaas/knfaas/internal/function/webhook/dedup"
 	"github.com/knfaas/knfaas/internal/function/webhook/delivery"
 	"github.com/knfaas/knfaas/internal/function/webhook/source"
@@ -155,7 +156,10 @@ func (f *Function) Stop(context.Context) error {
 }
 
 // Handle verifies, deduplicates and publishes one delivery: POST /<source>.
+// The intake is a span continuing the sender's traceparent when it sent one.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
+	r, span := tracing.StartRequest(r, "webhook intake")
+	defer span.End()
 	st := f.state.Load()
 	if st == nil {
 		unavailable(w, 5*time.Second, "starting")

@@ -7,11 +7,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,47 +20,8 @@ import (
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
 )
 
-// e2eRecorder subscribes a recorder to the GitHub pushes the webhook publishes.
-const e2eRecorder = `apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: recorder
-  namespace: knfaas
-  labels:
-    networking.knative.dev/visibility: cluster-local
-spec:
-  template:
-    spec:
-      containers:
-      - image: ko://github.com/knfaas/knfaas/test/functions/recorder
-        readinessProbe:
-          httpGet:
-            path: /health/readiness
-        env:
-        - name: REDIS_URL
-          valueFrom:
-            secretKeyRef: {name: redis, key: url}
-        - name: RECORDER_NAME
-          value: webhook-e2e
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: recorder-github-push
-  namespace: knfaas
-spec:
-  broker: default
-  filter:
-    attributes:
-      type: com.github.push
-      source: /webhooks/github
-  subscriber:
-    ref:
-      apiVersion: serving.knative.dev/v1
-      kind: Service
-      name: recorder
-      namespace: knfaas
-`
+// e2eRecorder records the GitHub pushes the webhook publishes.
+var e2eRecorder = runtimetest.Recorder{Name: "webhook-e2e", Type: "com.github.push", Source: "/webhooks/github"}
 
 // TestGitHubDeliveryPublishedOnceThroughKnfaasUp runs the platform's webhook manifests (Secret
 // template, sources ConfigMap, public ksvc, SinkBinding, Broker with its dead-letter sink) under knfaas up, posts one
@@ -71,18 +29,10 @@ spec:
 // subscriber behind the Broker received each exactly once, with the body unchanged.
 func TestGitHubDeliveryPublishedOnceThroughKnfaasUp(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
-	root := runtimetest.ModuleRoot(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "recorder.yaml"), []byte(e2eRecorder), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var paths []string
-	for _, f := range []string{"100-namespace.yaml", "300-redis-secret.yaml", "340-webhook-secrets.yaml",
+	paths := runtimetest.ModulePaths(t, "config", "100-namespace.yaml", "300-redis-secret.yaml", "340-webhook-secrets.yaml",
 		"400-webhook-sources.yaml", "400-deadletter-config.yaml", "500-redis-service.yaml", "510-redis-statefulset.yaml", "600-broker.yaml",
-		"700-deadletter.yaml", "700-webhook.yaml", "710-webhook-sinkbinding.yaml"} {
-		paths = append(paths, filepath.Join(root, "config", f))
-	}
-	rt := runtimetest.Start(t, runtimetest.Options{Paths: append(paths, dir), RedisURL: srv.URL()})
+		"700-deadletter.yaml", "700-webhook.yaml", "710-webhook-sinkbinding.yaml")
+	rt := runtimetest.StartRecorded(t, runtimetest.Options{Paths: paths, RedisURL: srv.URL()}, e2eRecorder)
 	client := rt.Client()
 	url := rt.ServiceURL("knfaas", "webhook") + "/github"
 	// config/340-webhook-secrets.yaml is applied unchanged: its github key is a template
@@ -139,7 +89,7 @@ func TestGitHubDeliveryPublishedOnceThroughKnfaasUp(t *testing.T) {
 
 	ctx := context.Background()
 	rdb := srv.Client()
-	seen := "knfaas:test:recorder:webhook-e2e:seen"
+	seen := "knfaas:test:recorder:" + e2eRecorder.Name + ":seen"
 	runtimetest.Eventually(t, 2*time.Minute, "both deliveries reach the subscriber", func() bool {
 		return rdb.HGet(ctx, seen, "gh-seq-1").Val() != "" && rdb.HGet(ctx, seen, "gh-par-1").Val() != ""
 	})
@@ -150,20 +100,12 @@ func TestGitHubDeliveryPublishedOnceThroughKnfaasUp(t *testing.T) {
 			t.Errorf("delivery %s reached the subscriber %s times, want exactly 1", id, n)
 		}
 	}
-	if n := rdb.LLen(ctx, "knfaas:test:recorder:webhook-e2e:events").Val(); n != 2 {
+	if n := rdb.LLen(ctx, "knfaas:test:recorder:"+e2eRecorder.Name+":events").Val(); n != 2 {
 		t.Errorf("subscriber recorded %d events, want 2", n)
 	}
 	// Delivery order to the subscriber is not specified; find the sequential one.
-	raws, err := rdb.LRange(ctx, "knfaas:test:recorder:webhook-e2e:events", 0, -1).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got event.Event
-	for _, raw := range raws {
-		var e event.Event
-		if err := json.Unmarshal([]byte(raw), &e); err != nil {
-			t.Fatal(err)
-		}
+	for _, e := range runtimetest.Recorded(t, rdb, e2eRecorder.Name) {
 		if e.ID() == "gh-seq-1" {
 			got = e
 		}

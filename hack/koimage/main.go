@@ -2,7 +2,8 @@
 // KOCACHE so `ko resolve` runs offline, and measures the images ko built.
 //
 //	koimage base  -kocache DIR          write the base image into DIR/img, print name@digest
-//	koimage sizes -layout DIR -max N -names FILE   print each named image's size; exit 1 if one exceeds N bytes
+//	koimage sizes -layout DIR -max N -names FILE   print each named image's size; exit 1 if one exceeds
+//	                                               its bound (N, or the line's own) or is not shaped as ko builds it
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -177,7 +179,7 @@ func runSizes(args []string) error {
 	fs := flag.NewFlagSet("sizes", flag.ContinueOnError)
 	dir := fs.String("layout", "", "OCI layout written by ko --oci-layout-path")
 	maxBytes := fs.Int64("max", 25<<20, "largest allowed image: uncompressed layers, the size it takes on a node")
-	namesFile := fs.String("names", "", "file of \"<digest> <name>\" lines: the images to measure")
+	namesFile := fs.String("names", "", "file of \"<digest> <name> [<max bytes>]\" lines: the images to measure, each with its own bound or -max")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -192,9 +194,15 @@ func runSizes(args []string) error {
 	var tooBig []string
 	seen := map[string]bool{}
 	for _, line := range strings.Split(string(data), "\n") {
-		digest, name, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if !ok || seen[digest] {
+		fields := strings.Fields(line)
+		if len(fields) < 2 || seen[fields[0]] {
 			continue
+		}
+		digest, name, limit := fields[0], fields[1], *maxBytes
+		if len(fields) > 2 {
+			if limit, err = strconv.ParseInt(fields[2], 10, 64); err != nil {
+				return fmt.Errorf("%s: bound %q: %w", name, fields[2], err)
+			}
 		}
 		seen[digest] = true
 		// Read the manifest from the layout's blobs rather than its index.json: ko builds images
@@ -207,16 +215,41 @@ func runSizes(args []string) error {
 		if err != nil {
 			return fmt.Errorf("measuring %s: %w", name, err)
 		}
-		fmt.Printf("%s\t%.1f MB uncompressed\t%.1f MB compressed\n", name, float64(uncompressed)/(1<<20), float64(compressed)/(1<<20))
-		if uncompressed > *maxBytes {
-			tooBig = append(tooBig, fmt.Sprintf("%s is %d bytes uncompressed, more than %d", name, uncompressed, *maxBytes))
+		fmt.Printf("%s\t%.1f MB uncompressed\t%.1f MB compressed\t(bound %.1f MB)\n", name, float64(uncompressed)/(1<<20), float64(compressed)/(1<<20), float64(limit)/(1<<20))
+		if uncompressed > limit {
+			tooBig = append(tooBig, fmt.Sprintf("%s is %d bytes uncompressed, more than %d", name, uncompressed, limit))
+		}
+		if err := checkShape(p, img, name); err != nil {
+			tooBig = append(tooBig, err.Error())
 		}
 	}
 	if len(seen) == 0 {
 		return errors.New("no images to measure")
 	}
 	if len(tooBig) > 0 {
-		return fmt.Errorf("images too large: %v", tooBig)
+		return fmt.Errorf("images too large or misshapen: %v", tooBig)
+	}
+	return nil
+}
+
+// checkShape checks what every image must be, a function's or the platform's own: run as the
+// non-root user of the base image, with the binary ko built from the reference's package as its
+// whole entrypoint (no shell around it).
+func checkShape(p layout.Path, img *blobImage, name string) error {
+	raw, err := p.Bytes(img.manifest.Config.Digest)
+	if err != nil {
+		return fmt.Errorf("%s: config not in the layout: %w", name, err)
+	}
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("%s: config: %w", name, err)
+	}
+	want := "/ko-app/" + name[strings.LastIndex(name, "/")+1:]
+	switch {
+	case cfg.Config.User != fmt.Sprintf("%d:%d", nonroot, nonroot):
+		return fmt.Errorf("%s runs as user %q, want %d:%d", name, cfg.Config.User, nonroot, nonroot)
+	case len(cfg.Config.Entrypoint) != 1 || cfg.Config.Entrypoint[0] != want:
+		return fmt.Errorf("%s has entrypoint %q, want [%s]", name, cfg.Config.Entrypoint, want)
 	}
 	return nil
 }

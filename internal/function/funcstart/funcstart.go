@@ -1,15 +1,18 @@
 // Package funcstart does what the Start of a Redis-backed function does first: read its
-// configuration from the environment, refuse a bad value naming the variable, and open Redis.
+// configuration from the environment, refuse a bad value naming the variable, set up tracing
+// and open Redis.
 package funcstart
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/redisconn"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Checker is a configuration with rules its envconfig tags cannot state (a range, a bound, a
@@ -21,8 +24,12 @@ type Checker interface {
 // ReadConfig fills cfg, a pointer to a struct with envconfig tags, from the environment. Each
 // default is stated once: in the field's default tag or, where it is a Go constant, in the value
 // the field holds before the call (a variable left unset keeps it). When cfg is a Checker, Check
-// runs next. Every error starts with the function's name.
+// runs next. Every error starts with the function's name. It also sets up tracing from the
+// OTEL_* environment, once per process (tracing.SetupFunction); a tracing error is only logged.
 func ReadConfig(function string, cfg any) error {
+	if err := tracing.SetupFunction(function); err != nil {
+		slog.Warn("tracing stays off", "function", function, "err", err)
+	}
 	if err := envconfig.Process("", cfg); err != nil {
 		return fmt.Errorf("%s: reading configuration: %w", function, err)
 	}

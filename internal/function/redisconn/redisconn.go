@@ -11,7 +11,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Environment variables read by FromEnv.
@@ -37,13 +40,22 @@ type Options struct {
 	PoolSize int
 }
 
-// FromEnv builds a client from REDIS_URL, REDIS_PASSWORD and REDIS_CA_FILE.
+// FromEnv builds a client from REDIS_URL, REDIS_PASSWORD and REDIS_CA_FILE. When tracing is on
+// in this process (tracing.Active), every command and pipeline is a span (go-redis's own
+// OpenTelemetry instrumentation).
 func FromEnv() (*redis.Client, error) {
 	url := os.Getenv(EnvURL)
 	if url == "" {
 		return nil, ErrNoURL
 	}
-	return New(url, Options{CAFile: os.Getenv(EnvCAFile), Password: os.Getenv(EnvPassword)})
+	rdb, err := New(url, Options{CAFile: os.Getenv(EnvCAFile), Password: os.Getenv(EnvPassword)})
+	if err != nil || !tracing.Active() {
+		return rdb, err
+	}
+	if err := redisotel.InstrumentTracing(rdb, redisotel.WithDBStatement(false)); err != nil {
+		return nil, fmt.Errorf("instrumenting redis for tracing: %w", err)
+	}
+	return rdb, nil
 }
 
 // New builds a client for url. The URL's query parameters (pool_size, dial_timeout, …) are

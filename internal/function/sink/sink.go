@@ -12,6 +12,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // EnvSink is the variable Knative (SinkBinding, ContainerSource) and knfaas up set to the
@@ -54,7 +56,7 @@ func NewWithTransport(target string, timeout time.Duration, rt http.RoundTripper
 	}
 	p, err := cehttp.New(
 		cehttp.WithTarget(target),
-		cehttp.WithClient(http.Client{Transport: withOIDCToken(rt, OIDCTokenFile), Timeout: timeout}),
+		cehttp.WithClient(http.Client{Transport: tracing.Transport(withOIDCToken(rt, OIDCTokenFile)), Timeout: timeout}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("creating CloudEvents HTTP protocol for %s: %w", target, err)
@@ -72,12 +74,19 @@ func (s *Sender) Target() string { return s.target }
 // Send delivers e and returns nil only when the receiver answered 2xx. Any other answer or a
 // transport failure is an error wrapping the HTTP status where there was one, so callers can
 // tell a refusal (4xx) from an outage (5xx, network) with errors.As(err, *cehttp.Result).
+//
+// The send is the span "publish <type>" (a child of ctx's span), and e carries it on as its
+// distributed-tracing extension and traceparent header.
 func (s *Sender) Send(ctx context.Context, e event.Event) error {
+	ctx, span := tracing.StartPublish(ctx, &e)
 	res := s.client.Send(ctx, e)
 	if cloudevents.IsACK(res) {
+		span.End()
 		return nil
 	}
-	return fmt.Errorf("sending event %s to %s: %w", e.ID(), s.target, res)
+	err := fmt.Errorf("sending event %s to %s: %w", e.ID(), s.target, res)
+	tracing.End(span, err)
+	return err
 }
 
 // StatusCode returns the HTTP status inside an error from Send, or 0 when the send failed

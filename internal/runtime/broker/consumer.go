@@ -15,6 +15,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/binding/transformer"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	knbroker "knative.dev/eventing/pkg/broker"
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/kncloudevents"
@@ -23,6 +25,7 @@ import (
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 
 	"github.com/knfaas/knfaas/internal/function/groupcommit"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
 )
 
@@ -373,6 +376,9 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		c.metrics.EventsFiltered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		return true
 	}
+	ctx, span := c.startDeliverySpan(ctx, event, "deliver")
+	outcome := "retry later"
+	defer func() { span.SetAttributes(attribute.String("knfaas.delivery.outcome", outcome)); span.End() }()
 	// As the Knative broker filter: the TTL is not shown to the subscriber and is given back to
 	// its reply.
 	ttl, err := knbroker.GetTTL(event.Context)
@@ -403,6 +409,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		c.metrics.EventsDelivered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		c.metrics.DeliveryLatency.WithLabelValues(c.brokerKey, c.t.Key()).Observe(time.Since(entryTime(m.ID)).Seconds())
 		log.Debug("delivered")
+		outcome = "delivered"
 		return true
 	}
 	if info == nil {
@@ -411,13 +418,18 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	if c.t.DeadLetter == nil {
 		c.metrics.EventsDropped.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		log.Error("delivery failed and the trigger has no dead-letter sink: the event is dropped, as Knative does", "error", err)
+		outcome = "dropped"
+		tracing.End(span, err)
 		return true
 	}
+	span.SetStatus(codes.Error, err.Error())
 	dlRetry := c.t.Retry
-	dlInfo, dlErr := c.dispatcher.SendEvent(ctx, *event, *c.t.DeadLetter,
+	dlCtx, dlSpan := c.startDeliverySpan(ctx, event, "dead-letter")
+	dlInfo, dlErr := c.dispatcher.SendEvent(dlCtx, *event, *c.t.DeadLetter,
 		kncloudevents.WithRetryConfig(&dlRetry),
 		kncloudevents.WithTransformers(append(ErrorTransformers(c.t.Subscriber.URL, info), transformer.AddExtension(TriggerExtension, c.t.Key()))...),
 	)
+	tracing.End(dlSpan, dlErr)
 	if dlErr != nil && ctx.Err() != nil {
 		log.Info("dead-lettering cut off by shutdown; the event stays pending and is redelivered after a restart")
 		return false
@@ -425,6 +437,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	if dlErr == nil {
 		c.metrics.EventsDeadLettered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 		log.Warn("delivery failed; sent to the dead-letter sink", "error", err, "code", info.ResponseCode)
+		outcome = "dead-lettered"
 		return true
 	}
 	if dlInfo == nil {
@@ -447,6 +460,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 			"dead_letter_error", dlErr, "dead_letter_code", dlInfo.ResponseCode, "round", rounds, "max_rounds", c.opts.MaxRounds, "redeliver_after", c.opts.RedeliverAfter)
 		return false
 	}
+	outcome = "parked"
 	return c.park(ctx, Parked{
 		EntryID: m.ID, Entry: entryStrings(m.Values), Event: event, Reason: ParkUndeliverable,
 		Detail:        fmt.Sprintf("%s in %d rounds: %v; dead-letter sink: %v", why, rounds, err, dlErr),

@@ -27,6 +27,7 @@ import (
 	knbroker "knative.dev/eventing/pkg/broker"
 
 	"github.com/knfaas/knfaas/internal/function/eventsize"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
 )
 
@@ -216,6 +217,8 @@ func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.R
 	if ttl, err := knbroker.GetTTL(event.Context); err != nil || ttl <= 0 {
 		return http.StatusBadRequest, fmt.Errorf("event %s exhausted its broker TTL (%s): a reply loop?", event.ID(), knbroker.TTLAttribute)
 	}
+	ctx, span := startIngressSpan(ctx, r, event, namespace+"/"+name)
+	defer span.End()
 	entry, err := EncodeEntry(event)
 	if err != nil {
 		return http.StatusBadRequest, err
@@ -225,6 +228,7 @@ func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.R
 			event.ID(), entry.Size(), namespace, name, maxBytes, MaxEventBytesAnnotation)
 	}
 	if _, err := in.store.Append(ctx, StreamKey(namespace, name), entry.Fields()...); err != nil {
+		tracing.End(span, err)
 		return http.StatusServiceUnavailable, err
 	}
 	return http.StatusAccepted, nil

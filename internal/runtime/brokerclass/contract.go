@@ -12,6 +12,8 @@ import (
 
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/apis/feature"
+	"knative.dev/eventing/pkg/auth"
 	"knative.dev/eventing/pkg/kncloudevents"
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
@@ -45,9 +47,25 @@ const (
 // Contract is what the data plane serves.
 type Contract struct {
 	// Generation grows with every change the controller writes.
-	Generation int64     `json:"generation"`
-	Brokers    []Broker  `json:"brokers"`
-	Triggers   []Trigger `json:"triggers"`
+	Generation int64 `json:"generation"`
+	// Features are the Knative Eventing feature flags the data plane honours, as the controller
+	// read them from Knative's config-features ConfigMap (authentication-oidc,
+	// default-authorization-mode, oidc-discovery-base-url); none means Knative's defaults.
+	Features map[string]string `json:"features,omitempty"`
+	Brokers  []Broker          `json:"brokers"`
+	Triggers []Trigger         `json:"triggers"`
+}
+
+// FeatureKeys are the keys of Knative's config-features that reach the contract.
+var FeatureKeys = []string{feature.OIDCAuthentication, feature.AuthorizationDefaultMode, feature.OIDCDiscoveryBaseURL}
+
+// Flags are the contract's Features as Knative's feature flags.
+func (c *Contract) Flags() (feature.Flags, error) {
+	flags, err := feature.NewFlagsConfigFromMap(c.Features)
+	if err != nil {
+		return nil, fmt.Errorf("the broker contract's features: %w", err)
+	}
+	return flags, nil
 }
 
 // Broker is a Broker the ingress accepts events for at /<namespace>/<name>.
@@ -56,6 +74,13 @@ type Broker struct {
 	Name      string `json:"name"`
 	// MaxEventBytes bounds its events (broker.MaxEventBytesAnnotation); 0 is the default bound.
 	MaxEventBytes int64 `json:"maxEventBytes,omitempty"`
+	// Audience is the OIDC audience a sender's token must carry (the Broker's
+	// status.address.audience); it is set when OIDC authentication is enabled.
+	Audience string `json:"audience,omitempty"`
+	// Policies are the subjects and filters of the Ready EventPolicies that apply to the Broker
+	// (its status.policies, resolved by the controller); with none, Knative's default
+	// authorization mode decides.
+	Policies []auth.SubjectsWithFilters `json:"policies,omitempty"`
 }
 
 // Key is namespace/name.
@@ -151,10 +176,17 @@ func ParseContract(b []byte) (*Contract, error) {
 
 func (c *Contract) check() error {
 	var errs []error
+	flags, err := c.Flags()
+	if err != nil {
+		errs = append(errs, err)
+	}
 	brokers := map[string]bool{}
 	for _, b := range c.Brokers {
 		if b.Namespace == "" || b.Name == "" {
 			errs = append(errs, fmt.Errorf("broker %q: namespace and name are required", b.Key()))
+		}
+		if flags.IsOIDCAuthentication() && b.Audience == "" {
+			errs = append(errs, fmt.Errorf("broker %s: OIDC authentication is enabled, but the broker has no audience", b.Key()))
 		}
 		if brokers[b.Key()] {
 			errs = append(errs, fmt.Errorf("broker %s listed twice", b.Key()))
@@ -186,7 +218,7 @@ func (c *Contract) check() error {
 // Encode writes c as JSON, Brokers and Triggers sorted by key, so that the same objects always
 // give the same bytes and an unchanged contract is never rewritten.
 func (c *Contract) Encode() ([]byte, error) {
-	out := Contract{Generation: c.Generation, Brokers: slices.Clone(c.Brokers), Triggers: slices.Clone(c.Triggers)}
+	out := Contract{Generation: c.Generation, Features: c.Features, Brokers: slices.Clone(c.Brokers), Triggers: slices.Clone(c.Triggers)}
 	slices.SortFunc(out.Brokers, func(a, b Broker) int { return strings.Compare(a.Key(), b.Key()) })
 	slices.SortFunc(out.Triggers, func(a, b Trigger) int { return strings.Compare(a.Key(), b.Key()) })
 	if out.Brokers == nil {

@@ -24,6 +24,8 @@ func TestParseContract(t *testing.T) {
 		{name: "bad dead-letter sink", json: `{"brokers":[` + broker + `],"triggers":[` + trigger(`,"deadLetterSink":"ftp://x"`) + `]}`, wantErr: "dead-letter sink"},
 		{name: "bad backoff", json: `{"brokers":[` + broker + `],"triggers":[` + trigger(`,"delivery":{"retry":1,"backoffPolicy":"linear","backoffDelay":"soon"}`) + `]}`, wantErr: "delivery"},
 		{name: "not JSON", json: `{`, wantErr: "reading the broker contract"},
+		{name: "OIDC broker without an audience", json: `{"features":{"authentication-oidc":"enabled"},"brokers":[` + broker + `]}`, wantErr: "has no audience"},
+		{name: "OIDC broker with its audience and policies", json: `{"features":{"authentication-oidc":"enabled"},"brokers":[{"namespace":"ns","name":"b","audience":"eventing.knative.dev/broker/ns/b","policies":[{"subjects":["system:serviceaccount:ns:a"]}]}]}`, brokers: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ParseContract([]byte(tc.json))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"k8s.io/client-go/rest"
 	"knative.dev/eventing/pkg/eventingtls"
 	"knative.dev/eventing/pkg/kncloudevents"
 
@@ -102,7 +103,7 @@ const (
 
 // healthMux answers liveness, readiness (the contract is loaded and Redis answers) and metrics,
 // and hands every other path to next.
-func healthMux(rdb redis.UniversalClient, w *ContractWatcher, m *metrics.Runtime, next http.Handler) http.Handler {
+func healthMux(rdb redis.UniversalClient, w *ContractWatcher, m *metrics.Runtime, next http.Handler, ready ...func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(LivenessPath, func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
 	mux.HandleFunc(ReadinessPath, func(rw http.ResponseWriter, r *http.Request) {
@@ -115,6 +116,12 @@ func healthMux(rdb redis.UniversalClient, w *ContractWatcher, m *metrics.Runtime
 		if err := redisconn.Ping(ctx, rdb); err != nil {
 			http.Error(rw, "redis does not answer: "+err.Error(), http.StatusServiceUnavailable)
 			return
+		}
+		for _, check := range ready {
+			if err := check(); err != nil {
+				http.Error(rw, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		rw.WriteHeader(http.StatusOK)
 	})
@@ -140,6 +147,9 @@ type IngressOptions struct {
 	AppendTimeout time.Duration
 	// Writers is the number of concurrent pipelines to Redis: 4 when zero.
 	Writers int
+	// Kube reaches the Kubernetes API for the OIDC issuer's discovery (the pod's in-cluster
+	// configuration), used when the contract enables OIDC authentication; nil: none.
+	Kube *rest.Config
 }
 
 // RunIngress serves the Brokers of the contract until ctx ends: 202 once an event is stored in
@@ -156,17 +166,38 @@ func RunIngress(ctx context.Context, rdb redis.UniversalClient, w *ContractWatch
 	store := broker.NewStore(rdb, broker.WithAppendTimeout(opts.AppendTimeout), broker.WithLogger(log))
 	in := broker.NewIngress(store, log, m)
 	in.ShareTrims(opts.Replica, 3*opts.MaintainEvery)
+	authz := NewAuthorizer(ctx, opts.Kube, rdb, in, log)
 	var bg sync.WaitGroup
 	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopStore()
-	bg.Add(3)
+	bg.Add(4)
 	go func() { defer bg.Done(); store.Run(storeCtx, opts.Writers) }()
 	go func() {
 		defer bg.Done()
-		w.Run(ctx, func(c *Contract) { applyBrokers(in, c) })
+		// The authorizer takes a contract before the ingress serves its Brokers.
+		w.Run(ctx, func(c *Contract) { authz.Apply(c); applyBrokers(in, c) })
 	}()
 	go func() { defer bg.Done(); in.Maintain(ctx, rdb, opts.MaintainEvery, opts.MaxBacklog) }()
-	err := serve(ctx, opts.Listen, healthMux(rdb, w, m, in), log)
+	go func() {
+		defer bg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				authz.Retry()
+			}
+		}
+	}()
+	authzReady := func() error {
+		if !authz.Ready() {
+			return errors.New("OIDC authentication is enabled and the OIDC issuer's discovery is not loaded yet")
+		}
+		return nil
+	}
+	err := serve(ctx, opts.Listen, healthMux(rdb, w, m, authz, authzReady), log)
 	// The server has answered every request it took: nothing waits on the store any more.
 	stopStore()
 	bg.Wait()
@@ -230,7 +261,26 @@ func RunDispatcher(ctx context.Context, rdb redis.UniversalClient, w *ContractWa
 	}
 	var bg sync.WaitGroup
 	bg.Add(1)
-	go func() { defer bg.Done(); w.Run(ctx, func(c *Contract) { d.apply(ctx, c) }) }()
+	go func() {
+		defer bg.Done()
+		// Every reply carries the credential the ingress checks when OIDC authentication is on.
+		backoff := time.Second
+		for {
+			key, err := (&replyKeys{rdb: rdb}).get(ctx)
+			if err == nil {
+				d.replyKey = key
+				break
+			}
+			log.Error("the reply key cannot be read; retrying", "error", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+		w.Run(ctx, func(c *Contract) { d.apply(ctx, c) })
+	}()
 	err := serve(ctx, opts.Listen, healthMux(rdb, w, m, nil), log)
 	bg.Wait()
 	d.stopAll()
@@ -244,6 +294,7 @@ type dispatcher struct {
 	opts       broker.ConsumerOptions
 	dispatcher *kncloudevents.Dispatcher
 	running    map[string]*runningConsumer
+	replyKey   []byte
 }
 
 type runningConsumer struct {
@@ -271,6 +322,9 @@ func (d *dispatcher) apply(ctx context.Context, c *Contract) {
 			continue
 		}
 		trig, err := t.Consumer()
+		if err == nil {
+			trig.ReplyURL, err = withReplyCredential(trig.ReplyURL, d.replyKey, t.Namespace, t.Broker)
+		}
 		if err != nil {
 			d.log.Error("trigger not delivered", "trigger", key, "error", err) // ParseContract refuses this first
 			continue

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/pkg/ptr"
 
+	"github.com/knfaas/knfaas/internal/function/deadletter"
+	eventsink "github.com/knfaas/knfaas/internal/function/sink"
 	"github.com/knfaas/knfaas/internal/harness/dataplanetest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
@@ -42,6 +45,7 @@ func freeAddr(t *testing.T) string {
 // makes it answer with a reply event instead.
 type sink struct {
 	url    string
+	status atomic.Int32 // what it answers; settable while it runs
 	mu     sync.Mutex
 	calls  map[string]int
 	events map[string]cloudevents.Event
@@ -49,6 +53,7 @@ type sink struct {
 
 func newSink(t *testing.T, status int, delay time.Duration, reply func(cloudevents.Event) *cloudevents.Event) *sink {
 	s := &sink{calls: map[string]int{}, events: map[string]cloudevents.Event{}}
+	s.status.Store(int32(status))
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
 		if err != nil {
@@ -68,7 +73,7 @@ func newSink(t *testing.T, status int, delay time.Duration, reply func(cloudeven
 				return
 			}
 		}
-		w.WriteHeader(status)
+		w.WriteHeader(int(s.status.Load()))
 	})}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -139,7 +144,9 @@ func exactType(typ string) []eventingv1.SubscriptionsAPIFilter {
 // TestDataPlaneEndToEnd runs the RedisStreamBroker data plane as processes (one ingress, two
 // dispatcher replicas) on a contract file and a real redis-server: filtered delivery, replies
 // back through the ingress, retries then the dead-letter sink, a dispatcher replica killed with
-// SIGKILL mid-delivery with nothing lost, a Trigger added by a new contract, and the trim.
+// SIGKILL mid-delivery with nothing lost, a Trigger added by a new contract, dead letters
+// redriven back through the ingress, a Redis stall (503 + Retry-After, every 202 delivered),
+// and the trim.
 func TestDataPlaneEndToEnd(t *testing.T) {
 	bins := dataplanetest.Binaries(t)
 	srv := redistest.Start(t, redistest.Options{})
@@ -301,6 +308,139 @@ func TestDataPlaneEndToEnd(t *testing.T) {
 			_, n := late.got("l-1")
 			return n > 0
 		})
+	})
+
+	t.Run("dead letters redriven through the ingress", func(t *testing.T) {
+		// The dead-letter sink stores letters as the deadletter function does; redrive is what
+		// `knfaas dlq redrive --broker <ingress URL>` runs.
+		store := deadletter.NewStore(rdb, deadletter.Options{})
+		dlq := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			l, err := deadletter.FromEvent(*e)
+			if err == nil {
+				_, _, err = store.Add(r.Context(), l)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
+		})}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = dlq.Serve(l) }()
+		defer dlq.Close()
+		subscriber := newSink(t, http.StatusInternalServerError, 0, nil)
+		fixable := trigger("fixable", exactType("dev.knfaas.e2e.fixable"), subscriber.url)
+		fixable.Delivery = &eventingduckv1.DeliverySpec{Retry: ptr.Int32(1), BackoffPolicy: &linear, BackoffDelay: ptr.String("PT0.01S")}
+		fixable.DeadLetterSink = "http://" + l.Addr().String()
+		if err := broker.EnsureGroup(ctx, rdb, fixable.Stream(), fixable.Group()); err != nil {
+			t.Fatal(err)
+		}
+		contract.Generation++
+		contract.Triggers = append(contract.Triggers, fixable)
+		writeContract(t, contractPath, contract)
+		// The group exists: the event waits for the dispatchers to read the new contract.
+		send(t, brokerURL, "fx-1", "dev.knfaas.e2e.fixable")
+		var letters []deadletter.Letter
+		runtimetest.Eventually(t, time.Minute, "the dead letter stored", func() bool {
+			letters, err = store.List(ctx, deadletter.Filter{Type: "dev.knfaas.e2e.fixable"})
+			return err == nil && len(letters) == 1
+		})
+		if _, n := subscriber.got("fx-1"); n != 2 {
+			t.Errorf("the subscriber got fx-1 %d times before it was dead-lettered, want 2 (1 + retry: 1)", n)
+		}
+		subscriber.status.Store(http.StatusOK)
+		pub, err := eventsink.New(brokerURL, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := deadletter.Redrive(ctx, store, pub, letters, deadletter.RedriveOptions{})
+		if err != nil || rep.Accepted != 1 {
+			t.Fatalf("redrive: %+v, %v; want the letter accepted", rep, err)
+		}
+		first, err := letters[0].OriginalEvent()
+		if err != nil {
+			t.Fatal(err)
+		}
+		runtimetest.Eventually(t, time.Minute, "the redriven event delivered", func() bool {
+			e, n := subscriber.got(first.ID())
+			return n == 3 && fmt.Sprint(e.Extensions()[deadletter.ExtRedrive]) == "1"
+		})
+		if left, _ := store.List(ctx, deadletter.Filter{Type: "dev.knfaas.e2e.fixable"}); len(left) != 0 {
+			t.Errorf("%d letters still stored after the redrive", len(left))
+		}
+		e, _ := subscriber.got(first.ID())
+		if string(e.Data()) != string(first.Data()) {
+			t.Errorf("redriven data %q, want the original %q", e.Data(), first.Data())
+		}
+	})
+
+	t.Run("a Redis stall: 503 with Retry-After, every 202 delivered", func(t *testing.T) {
+		srv.Stop() // SIGSTOP: Redis holds the connections and answers nothing
+		stalled := true
+		defer func() {
+			if stalled {
+				srv.Cont()
+			}
+		}()
+		const n = 6
+		status := make([]int, n)
+		retryAfter := make([]string, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, err := cehttp.NewHTTPRequestFromEvent(ctx, brokerURL, runtimetest.NewEvent(fmt.Sprint("stall-", i), "dev.knfaas.e2e.order"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+				if err != nil {
+					t.Errorf("stall-%d: %v (the ingress must answer within its append bound)", i, err)
+					return
+				}
+				resp.Body.Close()
+				status[i], retryAfter[i] = resp.StatusCode, resp.Header.Get("Retry-After")
+			}()
+			if i == n/2-1 {
+				time.Sleep(500 * time.Millisecond)
+			}
+		}
+		time.Sleep(3 * time.Second) // beyond APPEND_TIMEOUT (2s): the first ones are answered
+		srv.Cont()
+		stalled = false
+		wg.Wait()
+		refused := 0
+		for i, code := range status {
+			switch code {
+			case http.StatusAccepted:
+				id := fmt.Sprint("stall-", i)
+				runtimetest.Eventually(t, time.Minute, id+" delivered", func() bool {
+					_, got := orders.got(id)
+					return got > 0
+				})
+			case http.StatusServiceUnavailable:
+				refused++
+				if retryAfter[i] == "" {
+					t.Errorf("stall-%d: 503 without Retry-After", i)
+				}
+			default:
+				t.Errorf("stall-%d: %d, want 202 or 503", i, code)
+			}
+		}
+		if refused == 0 {
+			t.Errorf("statuses %v: no 503 while Redis was stalled", status)
+		}
+		t.Logf("Redis stalled 3s under %d publishes: statuses %v; every 202 delivered", n, status)
 	})
 
 	t.Run("acknowledged entries are trimmed by the lease holder", func(t *testing.T) {

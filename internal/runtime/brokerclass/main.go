@@ -83,6 +83,7 @@ func run(ctx context.Context, mode string, log *slog.Logger) error {
 	case ModeIngress:
 		return RunIngress(ctx, rdb, w, IngressOptions{
 			Listen: env.ListenAddress, Replica: env.PodName, MaintainEvery: env.MaintainInterval, MaxBacklog: env.MaxBacklog, AppendTimeout: env.AppendTimeout,
+			Kube: InClusterConfig(),
 		}, log)
 	case ModeDispatcher:
 		return RunDispatcher(ctx, rdb, w, DispatcherOptions{

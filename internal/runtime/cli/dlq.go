@@ -20,11 +20,11 @@ const dlqLong = `Inspect, redrive and purge the dead letters stored by the deadl
 
 The commands talk to Redis directly: the Redis of the running knfaas up (found in its state
 directory; --addr or KNFAAS_ADDR pick one of several), or REDIS_URL when it is set (with
-REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, forward the Redis Service first,
-e.g.:
+REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, -n/--namespace, --kubeconfig or
+--context reach the Redis Service of the platform's namespace through a port-forward of the
+Kubernetes API (its url and password from the Secret redis), e.g.:
 
-  kubectl -n knfaas port-forward svc/redis 6379:6379 &
-  export REDIS_URL=redis://127.0.0.1:6379/0
+  kn faas dlq list -n knfaas
 
 Letters are selected by id (arguments) and/or filters; --since/--until take an RFC 3339 time or
 an age such as 30m, 2h or 7d.
@@ -116,6 +116,7 @@ func newDLQListCommand() *cobra.Command {
 	addOutputFlag(cmd, &output)
 	addQuietFlag(cmd, &quiet)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	return cmd
 }
 
@@ -147,6 +148,7 @@ func newDLQShowCommand() *cobra.Command {
 	}
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	return cmd
 }
 
@@ -170,10 +172,10 @@ flight is sent again once its lease (twice --timeout) has expired. Redrive stops
 letter the broker does not accept, leaving it and the rest stored.
 
 --broker names the broker as namespace/name (default knfaas/default) on the running knfaas up.
-A full ingress URL is accepted too; on a cluster, forward the broker ingress and pass its URL:
+A full ingress URL is accepted too. On a cluster (-n, --kubeconfig or --context), the Broker's
+ingress is reached through the API server's service proxy, e.g.:
 
-  kubectl -n knative-eventing port-forward svc/broker-ingress 8081:80 &
-  knfaas dlq redrive --broker http://127.0.0.1:8081/knfaas/default ...`,
+  kn faas dlq redrive -n knfaas --broker knfaas/default ...`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if rate < 0 {
 				return fmt.Errorf("--rate %v: want events per second above 0 (0: unlimited)", rate)
@@ -196,11 +198,11 @@ A full ingress URL is accepted too; on a cluster, forward the broker ingress and
 			if _, err := f.filter(args, time.Now()); err != nil {
 				return err
 			}
-			target, err := run.brokerURL(broker)
+			target, err := run.brokerTarget(broker)
 			if err != nil {
 				return err
 			}
-			pub, err := sink.New(target, timeout)
+			pub, err := sink.NewWithTransport(target.url, timeout, target.transportOr(sink.Transport()))
 			if err != nil {
 				return fmt.Errorf("--broker: %w", err)
 			}
@@ -215,6 +217,7 @@ A full ingress URL is accepted too; on a cluster, forward the broker ingress and
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
@@ -343,6 +346,7 @@ func newDLQPurgeCommand() *cobra.Command {
 	addFilterFlags(cmd, &f, 0)
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be purged and delete nothing")
 	cmd.Flags().BoolVar(&all, "all", false, "purge every letter when no id or filter is given")

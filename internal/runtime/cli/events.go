@@ -21,10 +21,11 @@ const eventsLong = `Replay events from the event store's log and rebuild read mo
 
 The commands read Redis directly: the Redis of the running knfaas up (found in its state
 directory; --addr or KNFAAS_ADDR pick one of several), or REDIS_URL when it is set (with
-REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, forward the Redis Service first:
+REDIS_PASSWORD / REDIS_CA_FILE when needed). On a cluster, -n/--namespace, --kubeconfig or
+--context reach the platform's Redis through a port-forward of the Kubernetes API, and
+--broker/--service through the API server's service proxy:
 
-  kubectl -n knfaas port-forward svc/redis 6379:6379 &
-  export REDIS_URL=redis://127.0.0.1:6379/0
+  kn faas events replay -n knfaas --broker knfaas/default
 
 Rebuilding a read model from the log (the result is identical to the live model):
 
@@ -188,19 +189,19 @@ func runReplay(ctx context.Context, out io.Writer, o replayOptions) error {
 	}
 	var send func(context.Context, eventlog.Record) error
 	if !o.dryRun {
-		to := o.to
+		to := httpTarget{url: o.to}
 		switch {
 		case o.broker != "":
-			to, err = o.run.brokerURL(o.broker)
+			to, err = o.run.brokerTarget(o.broker)
 		case o.service != "":
-			to, err = o.run.serviceURL(o.service, "/")
-		case to == "":
+			to, err = o.run.serviceTarget(o.service, "/")
+		case to.url == "":
 			err = errors.New("--to, --broker or --service is required unless --dry-run")
 		}
 		if err != nil {
 			return err
 		}
-		s, err := sink.NewWithTransport(to, o.timeout, localhost.Transport())
+		s, err := sink.NewWithTransport(to.url, o.timeout, to.transportOr(localhost.Transport()))
 		if err != nil {
 			return err
 		}

@@ -97,6 +97,7 @@ func newProcessShowCommand() *cobra.Command {
 	}
 	addOutputFlag(cmd, &output)
 	addRunFlags(cmd, &run)
+	cmd.ValidArgsFunction = completeInstanceIDs(&run)
 	return cmd
 }
 

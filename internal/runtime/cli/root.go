@@ -28,6 +28,7 @@ func NewRootCommand(name string) *cobra.Command {
 	root.AddCommand(newNotifyCommand())
 	root.AddCommand(newVersionCommand())
 	root.AddCommand(newNewCommand())
+	root.AddCommand(newTraceCommand())
 	handleUsage(root)
 	return root
 }

@@ -91,7 +91,7 @@ event type), --id the delivery id, and --data the body (a minimal one by default
 			if err := e.Validate(); err != nil {
 				return fmt.Errorf("invalid event: %w", err)
 			}
-			s, err := sink.NewWithTransport(target, timeout, localhost.Transport())
+			s, err := sink.NewWithTransport(target.url, timeout, target.transportOr(localhost.Transport()))
 			if err != nil {
 				return err
 			}
@@ -104,7 +104,7 @@ event type), --id the delivery id, and --data the body (a minimal one by default
 				fmt.Fprintln(cmd.OutOrStdout(), e.ID())
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "sent %s (type %s) to %s\n", e.ID(), e.Type(), target)
+			fmt.Fprintf(cmd.OutOrStdout(), "sent %s (type %s) to %s\n", e.ID(), e.Type(), target.url)
 			return nil
 		},
 	}
@@ -151,10 +151,10 @@ func sendWebhook(cmd *cobra.Command, run runFlags, provider, secret, to, service
 	if serviceRef == "" {
 		serviceRef = "knfaas/webhook"
 	}
-	target := to
-	if target == "" {
+	target := httpTarget{url: to}
+	if to == "" {
 		var err error
-		if target, err = run.serviceURL(serviceRef, "/"+provider); err != nil {
+		if target, err = run.serviceTarget(serviceRef, "/"+provider); err != nil {
 			return err
 		}
 	}
@@ -163,7 +163,12 @@ func sendWebhook(cmd *cobra.Command, run runFlags, provider, secret, to, service
 		if err != nil {
 			return err
 		}
-		if secret, err = devWebhookSecret(run.stateDir, ns, provider); err != nil {
+		if run.cluster.onCluster() {
+			secret, err = run.clusterWebhookSecret(ns, provider)
+		} else {
+			secret, err = devWebhookSecret(run.stateDir, ns, provider)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -179,20 +184,20 @@ func sendWebhook(cmd *cobra.Command, run runFlags, provider, secret, to, service
 		fmt.Fprintln(cmd.OutOrStdout(), id)
 		return nil
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "delivered %s webhook %s to %s: %s\n", provider, id, target, answer)
+	fmt.Fprintf(cmd.OutOrStdout(), "delivered %s webhook %s to %s: %s\n", provider, id, target.url, answer)
 	return nil
 }
 
-// sendTarget is --to as given, else the URL of --service or --broker under the running
-// `knfaas up`.
-func sendTarget(run runFlags, to, brokerRef, serviceRef, path string) (string, error) {
+// sendTarget is --to as given, else --service or --broker under the running `knfaas up` or,
+// with -n/--kubeconfig/--context, on the cluster.
+func sendTarget(run runFlags, to, brokerRef, serviceRef, path string) (httpTarget, error) {
 	if to != "" {
-		return to, nil
+		return httpTarget{url: to}, nil
 	}
 	if serviceRef != "" {
-		return run.serviceURL(serviceRef, path)
+		return run.serviceTarget(serviceRef, path)
 	}
-	return run.brokerURL(brokerRef)
+	return run.brokerTarget(brokerRef)
 }
 
 func readData(arg string, stdin io.Reader) ([]byte, error) {

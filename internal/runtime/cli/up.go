@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	_ "net/http/pprof" // profiles for --pprof-addr
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
@@ -61,7 +63,11 @@ by a run that died (its lock is free) is reported as stale and never used.
 Redis: REDIS_URL selects a server (redis:// or rediss://); without it an embedded Redis
 (miniredis) runs in-process and its data is lost on exit.
 
-Run it from the module root (ko:// paths are built with go build there).
+Run it from the module root (ko:// paths are built with go build there). Your own functions can
+live in a Go module of their own: with -f ../my-app, where ../my-app (or a folder above it)
+holds a go.mod, the ko:// paths of that module are built in its directory with its go.mod
+(knfaas new function NAME --dir ../my-app scaffolds there; knfaas verify -f ../my-app accepts
+them).
 
 --dry-run prints the plan instead: what each Service, Broker, Trigger and PingSource would
 run with, and the objects loaded but not run.
@@ -143,9 +149,16 @@ manifest that cannot run is an error naming its file, object and field.`,
 			if err != nil {
 				return err
 			}
+			modules, err := otherModules(all, wd)
+			if err != nil {
+				return err
+			}
+			for module, dir := range modules {
+				fmt.Fprintf(cmd.OutOrStdout(), "module %s: its ko:// paths are built in %s\n", module, dir)
+			}
 			return embedded.Run(cmd.Context(), embedded.Options{
 				Paths: all, Addr: addr, IdleTimeout: idle, RedisURL: os.Getenv(redisconn.EnvURL),
-				ModuleDir: wd, CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
+				ModuleDir: wd, Modules: modules, LiveProgress: isTerminal(cmd.OutOrStdout()), CacheDir: cacheDir, StateDir: run.Path, DevSecretsFile: filepath.Join(stateDir, embedded.DevSecretsFile),
 				RedeliverAfter: redeliverAfter, StartTimeout: startTimeout, MaxBacklog: maxBacklog, AppendTimeout: appendTimeout, ParkAfter: parkAfter,
 				Parallelism: parallelism, Out: cmd.OutOrStdout(), Log: log, FunctionLogs: cmd.ErrOrStderr(), Strict: strict,
 			})
@@ -169,4 +182,14 @@ manifest that cannot run is an error naming its file, object and field.`,
 	f.BoolVar(&strict, "strict", false, "refuse manifests with objects that are loaded but not run (e.g. a Deployment, an ApiServerSource) instead of listing them")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan (services, brokers, triggers, pings, notes) and exit without building, listening or writing state")
 	return cmd
+}
+
+// isTerminal says whether w is a terminal that understands cursor movement: live progress is
+// drawn there, and a line per step everywhere else (pipes, files, logs, TERM=dumb).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("TERM") == "dumb" {
+		return false
+	}
+	return term.IsTerminal(int(f.Fd()))
 }

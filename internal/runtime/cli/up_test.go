@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -150,6 +152,40 @@ spec:
 			}
 			if again, _ := runCLI(t, "up", "--dry-run", "--defaults=false", "-f", dir, "--addr", taken.Addr().String()); again != out {
 				t.Errorf("a second dry run printed otherwise:\n%s\nthen:\n%s", out, again)
+			}
+		})
+	}
+}
+
+// TestBuildProgressIsLiveOnlyOnATerminal: pipes, files and buffers (logs, CI) get a line per
+// step; TERM=dumb too.
+func TestBuildProgressIsLiveOnlyOnATerminal(t *testing.T) {
+	file, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	tests := []struct {
+		name string
+		w    io.Writer
+		term string
+	}{
+		{"buffer", &bytes.Buffer{}, "xterm"},
+		{"regular file", file, "xterm"},
+		{"pipe", w, "xterm"},
+		{"dumb terminal setting", w, "dumb"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("TERM", tc.term)
+			if isTerminal(tc.w) {
+				t.Errorf("isTerminal = true, want a line per step")
 			}
 		})
 	}

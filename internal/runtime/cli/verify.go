@@ -121,7 +121,11 @@ func runVerify(out io.Writer, paths []string) error {
 	if err != nil {
 		return err
 	}
-	problems := verify.Check(set, verify.Options{ModuleRoot: root, ModulePath: module})
+	modules, err := otherModules(paths, root)
+	if err != nil {
+		return err
+	}
+	problems := verify.Check(set, verify.Options{ModuleRoot: root, ModulePath: module, Modules: modules})
 	for _, p := range paths {
 		if info, err := os.Stat(p); err == nil && info.IsDir() {
 			problems = append(problems, verify.CheckKustomization(p)...)
@@ -138,6 +142,31 @@ func runVerify(out io.Writer, paths []string) error {
 	}
 	fmt.Fprintf(out, "%d objects in %s: OK\n", len(set.Objects), strings.Join(paths, ", "))
 	return nil
+}
+
+// otherModules finds the Go modules of manifest paths outside the module at mainRoot (users'
+// own functions, e.g. -f ../my-app with its own go.mod): module path -> directory. A path
+// without a go.mod above it belongs to no module and adds none.
+func otherModules(paths []string, mainRoot string) (map[string]string, error) {
+	mainAbs, err := filepath.Abs(mainRoot)
+	if err != nil {
+		return nil, err
+	}
+	modules := map[string]string{}
+	for _, p := range paths {
+		dir := p
+		if info, err := os.Stat(p); err == nil && !info.IsDir() {
+			dir = filepath.Dir(p)
+		}
+		root, module, err := findModule(dir)
+		if err != nil {
+			continue
+		}
+		if root != mainAbs {
+			modules[module] = root
+		}
+	}
+	return modules, nil
 }
 
 // findModule walks up from dir to the go.mod that ko:// import paths resolve against and

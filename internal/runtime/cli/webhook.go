@@ -172,15 +172,19 @@ func webhookSecretTemplate(namespace, provider string) (string, bool) {
 
 // postWebhook posts a signed delivery and returns the intake's answer; a non-2xx answer is an
 // error carrying its status and body.
-func postWebhook(ctx context.Context, target string, d webhookDelivery, timeout time.Duration) (string, error) {
+func postWebhook(ctx context.Context, target httpTarget, d webhookDelivery, timeout time.Duration) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(d.body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.url, bytes.NewReader(d.body))
 	if err != nil {
 		return "", err
 	}
 	req.Header = d.header
-	resp, err := localhost.Client(timeout).Do(req)
+	client := localhost.Client(timeout)
+	if target.transport != nil {
+		client = &http.Client{Transport: target.transport, Timeout: timeout}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return "", err
 	}

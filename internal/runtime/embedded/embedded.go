@@ -29,6 +29,7 @@ import (
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
 	"github.com/knfaas/knfaas/internal/runtime/ping"
 	"github.com/knfaas/knfaas/internal/runtime/serving"
+	"github.com/knfaas/knfaas/internal/runtime/tracestore"
 )
 
 // Options configure a run.
@@ -43,6 +44,12 @@ type Options struct {
 	RedisURL string
 	// ModuleDir is where ko:// import paths are built.
 	ModuleDir string
+	// LiveProgress redraws the build progress in place (Out is a terminal) instead of writing a
+	// line per step.
+	LiveProgress bool
+	// Modules are further Go modules (module path -> directory) whose ko:// import paths are
+	// built in their own directory: users' functions outside this module.
+	Modules map[string]string
 	// CacheDir holds built binaries; StateDir is the per-run directory: projected volumes and
 	// the instances' files (see NewRunDir).
 	CacheDir, StateDir string
@@ -102,6 +109,10 @@ type Runtime struct {
 	store        *broker.Store
 	consumers    []*broker.Consumer
 	pings        *ping.Scheduler
+	// traces keeps the run's spans (nil when tracing is disabled); stopTracing flushes the
+	// runtime's own (tracing.go).
+	traces      *tracestore.Store
+	stopTracing func(context.Context) error
 }
 
 // Run loads the manifests, plans the run, starts everything the plan says, and blocks until
@@ -179,6 +190,9 @@ func start(ctx context.Context, opts Options) (_ *Runtime, err error) {
 		return nil, err
 	}
 	if err := r.openObjectStore(); err != nil {
+		return nil, err
+	}
+	if err := r.openTraces(); err != nil {
 		return nil, err
 	}
 	if err := r.startServices(ctx); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"go.opentelemetry.io/otel"
 	"knative.dev/eventing/pkg/eventingtls"
 	"knative.dev/eventing/pkg/kncloudevents"
 
@@ -27,7 +28,10 @@ func (r *Runtime) startEventing(ctx context.Context) error {
 	parker := newDeadLetterParker(r.rdb, r.plan.DeadLetters)
 	kncloudevents.ConfigureConnectionArgs(&kncloudevents.ConnectionArgs{MaxIdleConns: 2048, MaxIdleConnsPerHost: 512})
 	r.routeDeliveriesInProcess()
-	dispatcher := kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil)
+	if err := r.startTracing(); err != nil {
+		return err
+	}
+	dispatcher := kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil, kncloudevents.WithTraceProvider(broker.AttemptNumbering(otel.GetTracerProvider())))
 
 	for i := range r.plan.Triggers {
 		t := &r.plan.Triggers[i]

@@ -123,6 +123,12 @@ func (r *Runtime) internalHandler() http.Handler {
 			svc.ServeHTTP(w, stripPrefix(req, capabilityRoot+token+"/services/"+ns+"/"+name))
 		case "brokers":
 			r.ingress.ServeHTTP(w, stripPrefix(req, capabilityRoot+token+"/brokers"))
+		case strings.TrimPrefix(otlpPath, "/"):
+			if r.traces == nil {
+				http.Error(w, "tracing is disabled in this run (OTEL_SDK_DISABLED or OTEL_TRACES_EXPORTER=none)", http.StatusNotFound)
+				return
+			}
+			r.traces.ServeHTTP(w, stripPrefix(req, capabilityRoot+token+otlpPath))
 		default:
 			http.Error(w, fmt.Sprintf("internal path %q: want %s<token>/services/<namespace>/<name>/… or %s<token>/brokers/<namespace>/<broker>", kind, capabilityRoot, capabilityRoot), http.StatusNotFound)
 		}

@@ -378,6 +378,10 @@ func planNotes(set *manifest.Set, opts PlanOptions, standIn []string, bound map[
 				notes = append(notes, o.Where()+": fronts a Redis StatefulSet; the runtime's Redis stands in for it")
 				continue
 			}
+			if obj.Labels[brokerclass.ComponentLabel] == brokerclass.ComponentValue {
+				notes = append(notes, o.Where()+": part of the "+brokerclass.ClassName+" Broker class; the runtime's broker, the same data plane, stands in for it")
+				continue
+			}
 			leftOut(notRunNote(o))
 		case *appsv1.StatefulSet:
 			if len(standIn) > 0 && runsRedis(obj) {

@@ -252,10 +252,19 @@ spec:
     metadata: {labels: {app: d}}
     spec:
       containers: [{name: d, image: example.com/d}]
+`, `apiVersion: v1
+kind: Service
+metadata:
+  name: redis-broker-ingress
+  namespace: knfaas-broker
+  labels: {app.kubernetes.io/component: redis-broker}
+spec:
+  ports: [{port: 80}]
 `),
 			wantNotes: []string{
 				"m.yaml (document 1): Broker ns/default: class RedisStreamBroker: runs on the same data plane as on a cluster",
 				"m.yaml (document 2): Deployment knfaas-broker/redis-broker-dispatcher: part of the RedisStreamBroker Broker class; the runtime's broker, the same data plane, stands in for it",
+				"m.yaml (document 3): Service knfaas-broker/redis-broker-ingress: part of the RedisStreamBroker Broker class; the runtime's broker, the same data plane, stands in for it",
 			},
 		},
 		{

@@ -50,6 +50,13 @@ func (r *Runtime) serve(ctx context.Context) error {
 		serveOn(r.brokerPipe, r.ingress)
 	}
 	serveOn(r.listeners["internal"], r.internalHandler())
+	// Spans are forwarded (when configured) until the runtime's own last ones are flushed.
+	forwardCtx, stopForwarding := context.WithCancel(context.Background())
+	defer stopForwarding()
+	if r.traces != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); r.traces.Run(forwardCtx) }()
+	}
 	router := r.router()
 	r.public.Store(&router)
 
@@ -100,6 +107,8 @@ func (r *Runtime) serve(ctx context.Context) error {
 	stopServices()
 	svcWG.Wait()
 	serversCtx, cancelServers := stage(5 * time.Second)
+	r.flushTraces(serversCtx)
+	stopForwarding()
 	for _, srv := range servers {
 		_ = srv.Shutdown(serversCtx)
 	}

@@ -41,7 +41,11 @@ func (r *Runtime) startServices(ctx context.Context) error {
 			paths = append(paths, s.ImportPath)
 		}
 	}
-	builder := &serving.Builder{Dir: r.opts.ModuleDir, CacheDir: r.opts.CacheDir, Progress: serving.PrintProgress(r.opts.Out)}
+	progress := serving.PrintProgress(r.opts.Out)
+	if r.opts.LiveProgress {
+		progress = serving.LiveProgress(r.opts.Out)
+	}
+	builder := &serving.Builder{Dir: r.opts.ModuleDir, Modules: r.opts.Modules, CacheDir: r.opts.CacheDir, Progress: progress}
 	started := time.Now()
 	// Mailpit, when a function sends mail, is built and started while the functions build.
 	mailReady := r.openMailServerAsync(ctx)
@@ -115,6 +119,7 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 	}
 	env = r.withObjectStore(env)
 	env = r.withMailServer(env)
+	env = r.withTracing(env)
 	if p.Sink != nil {
 		// The function publishes over the internal listener, which stays open until every
 		// function stopped: a shutdown never cuts off its publishes.

@@ -34,6 +34,10 @@ const KoPrefix = "ko://"
 type Builder struct {
 	// Dir is the module directory `go` runs in.
 	Dir string
+	// Modules are further Go modules (module path -> directory), such as users' own functions
+	// outside this repository: an import path of one of them (the longest matching module path)
+	// is built in its directory, with its go.mod.
+	Modules map[string]string
 	// CacheDir holds built binaries.
 	CacheDir string
 	// Parallelism bounds the functions linked at once; 0 is the number of CPUs.
@@ -114,11 +118,59 @@ type listedPackage struct {
 	Error      *struct{ Err string }
 }
 
-// Build builds every import path, returning binaries in the same order.
+// Build builds every import path, returning binaries in the same order. Import paths of
+// Modules are built in their module's directory, one module after the other.
 func (b *Builder) Build(ctx context.Context, importPaths []string) ([]Built, error) {
 	if len(importPaths) == 0 {
 		return nil, nil
 	}
+	dirs := map[string][]int{} // module directory -> indexes of its import paths
+	var order []string
+	for i, ip := range importPaths {
+		dir := b.ModuleDir(ip)
+		if _, ok := dirs[dir]; !ok {
+			order = append(order, dir)
+		}
+		dirs[dir] = append(dirs[dir], i)
+	}
+	if len(order) == 1 {
+		in := *b
+		in.Dir = order[0]
+		return in.buildIn(ctx, importPaths)
+	}
+	out := make([]Built, len(importPaths))
+	for _, dir := range order {
+		in := *b
+		in.Dir = dir
+		var paths []string
+		for _, i := range dirs[dir] {
+			paths = append(paths, importPaths[i])
+		}
+		built, err := in.buildIn(ctx, paths)
+		if err != nil {
+			return nil, fmt.Errorf("in module %s: %w", dir, err)
+		}
+		for n, i := range dirs[dir] {
+			out[i] = built[n]
+		}
+	}
+	return out, nil
+}
+
+// ModuleDir is the directory importPath is built in: that of the longest module path of
+// Modules that contains it, else Dir.
+func (b *Builder) ModuleDir(importPath string) string {
+	dir, best := b.Dir, ""
+	for module, d := range b.Modules {
+		if (importPath == module || strings.HasPrefix(importPath, module+"/")) && len(module) > len(best) {
+			dir, best = d, module
+		}
+	}
+	return dir
+}
+
+// buildIn builds import paths of the module in b.Dir.
+func (b *Builder) buildIn(ctx context.Context, importPaths []string) ([]Built, error) {
 	env, buildFlags := buildSettings(Race())
 	pkgs, err := b.list(ctx, env, importPaths)
 	if err != nil {

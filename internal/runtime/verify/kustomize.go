@@ -6,13 +6,15 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 )
 
-// kustomization is the only shape config/ uses: a plain list of files. Patches, generators or
-// transformers would make `kubectl apply -f` of the files differ from `kubectl apply -k`, so
-// any other field is a problem.
+// kustomization is the only shape config/ uses: a plain list of files, and of sub-folders that
+// are such a list themselves (config/broker/). Patches, generators or transformers would make
+// `kubectl apply -R -f` of the files differ from `kubectl apply -k`, so any other field is a
+// problem.
 type kustomization struct {
 	APIVersion string   `json:"apiVersion"`
 	Kind       string   `json:"kind"`
@@ -20,7 +22,8 @@ type kustomization struct {
 }
 
 // CheckKustomization checks that dir/kustomization.yaml lists exactly the manifest files of
-// dir, each once, and nothing but files. A directory without one yields no problems.
+// dir, each once, and nothing but files and direct sub-folders with a kustomization.yaml of
+// their own, which is checked the same way. A directory without one yields no problems.
 func CheckKustomization(dir string) []Problem {
 	file := filepath.Join(dir, "kustomization.yaml")
 	data, err := os.ReadFile(file)
@@ -45,8 +48,13 @@ func CheckKustomization(dir string) []Problem {
 			problems = append(problems, problem(field, "%s is listed twice", r))
 		}
 		listed[r] = true
-		if info, err := os.Stat(filepath.Join(dir, r)); err != nil || info.IsDir() {
-			problems = append(problems, problem(field, "%s is not a file in %s", r, dir))
+		info, err := os.Stat(filepath.Join(dir, r))
+		switch {
+		case err == nil && !info.IsDir():
+		case err == nil && isSubFolder(r) && hasKustomization(filepath.Join(dir, r)):
+			problems = append(problems, CheckKustomization(filepath.Join(dir, r))...)
+		default:
+			problems = append(problems, problem(field, "%s is not a file in %s, nor a sub-folder with a kustomization.yaml", r, dir))
 		}
 	}
 	var files []string
@@ -62,4 +70,16 @@ func CheckKustomization(dir string) []Problem {
 		}
 	}
 	return problems
+}
+
+// isSubFolder reports whether the resource r names a direct sub-folder ("broker" or "./broker"),
+// never the folder itself or one outside it.
+func isSubFolder(r string) bool {
+	c := filepath.Clean(r)
+	return c != "." && c != ".." && !filepath.IsAbs(c) && !strings.ContainsRune(c, filepath.Separator)
+}
+
+func hasKustomization(dir string) bool {
+	info, err := os.Stat(filepath.Join(dir, "kustomization.yaml"))
+	return err == nil && !info.IsDir()
 }

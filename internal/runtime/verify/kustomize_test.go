@@ -12,6 +12,8 @@ func TestCheckKustomization(t *testing.T) {
 	tests := map[string]struct {
 		kustomization string
 		files         []string
+		sub           map[string]string // files of the sub-folder "broker": name → content
+		file          string            // the kustomization the problem names: the top one when empty
 		field         string
 		msg           string // empty: no problems
 	}{
@@ -20,6 +22,14 @@ func TestCheckKustomization(t *testing.T) {
 		"listed file missing": {kustomization: head + "resources: [a.yaml, c.yaml]\n", files: []string{"a.yaml"}, field: "resources[1]", msg: "c.yaml is not a file"},
 		"listed twice":        {kustomization: head + "resources: [a.yaml, a.yaml]\n", files: []string{"a.yaml"}, field: "resources[1]", msg: "listed twice"},
 		"patches not allowed": {kustomization: head + "resources: [a.yaml]\npatches: []\n", files: []string{"a.yaml"}, msg: `unknown field "patches"`},
+		"sub-folder with its own list": {kustomization: head + "resources: [a.yaml, broker]\n", files: []string{"a.yaml"},
+			sub: map[string]string{"kustomization.yaml": head + "resources: [b.yaml]\n", "b.yaml": "kind: x\n"}},
+		"sub-folder without a kustomization": {kustomization: head + "resources: [a.yaml, ./broker]\n", files: []string{"a.yaml"},
+			sub: map[string]string{"b.yaml": "kind: x\n"}, field: "resources[1]", msg: "nor a sub-folder with a kustomization.yaml"},
+		"sub-folder's list is checked too": {kustomization: head + "resources: [a.yaml, broker]\n", files: []string{"a.yaml"},
+			sub:  map[string]string{"kustomization.yaml": head + "resources: [b.yaml]\n", "b.yaml": "kind: x\n", "c.yaml": "kind: x\n"},
+			file: filepath.Join("broker", "kustomization.yaml"), field: "resources", msg: "c.yaml is in"},
+		"the folder itself is no sub-folder": {kustomization: head + "resources: [a.yaml, .]\n", files: []string{"a.yaml"}, field: "resources[1]", msg: "nor a sub-folder"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -32,6 +42,20 @@ func TestCheckKustomization(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(tc.kustomization), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			if tc.sub != nil {
+				if err := os.Mkdir(filepath.Join(dir, "broker"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				for name, content := range tc.sub {
+					if err := os.WriteFile(filepath.Join(dir, "broker", name), []byte(content), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			wantFile := filepath.Join(dir, "kustomization.yaml")
+			if tc.file != "" {
+				wantFile = filepath.Join(dir, tc.file)
+			}
 			problems := CheckKustomization(dir)
 			if tc.msg == "" {
 				if len(problems) != 0 {
@@ -43,8 +67,8 @@ func TestCheckKustomization(t *testing.T) {
 				t.Fatalf("got %d problems, want 1: %v", len(problems), problems)
 			}
 			p := problems[0]
-			if p.File != filepath.Join(dir, "kustomization.yaml") || p.Field != tc.field || !strings.Contains(p.Msg, tc.msg) {
-				t.Errorf("got %s, want file kustomization.yaml, field %q, message containing %q", p, tc.field, tc.msg)
+			if p.File != wantFile || p.Field != tc.field || !strings.Contains(p.Msg, tc.msg) {
+				t.Errorf("got %s, want file %s, field %q, message containing %q", p, wantFile, tc.field, tc.msg)
 			}
 		})
 	}

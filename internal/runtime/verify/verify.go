@@ -52,6 +52,9 @@ type Options struct {
 	ModuleRoot string
 	// ModulePath is the module's import path (github.com/knfaas/knfaas).
 	ModulePath string
+	// Modules are further modules (module path -> directory) whose ko:// import paths are
+	// accepted too: users' own functions in a module outside this one.
+	Modules map[string]string
 }
 
 // Check runs every cross-check over set and returns the problems found, sorted by file.

@@ -270,6 +270,11 @@ func build(c Config, env LookupEnv) (*Source, error) {
 			return delivery.StandardWebhooks(h, body, typ)
 		}
 	case ProviderS3:
+		// Matches MinIO's webhook notification target, which sends its auth_token in
+		// Authorization, prefixing "Bearer " to a one-word token (a two-word value goes as
+		// written), and an EventBridge API key connection, which sends the key under the name
+		// it was given (Header). Ceph RGW's HTTP push endpoint sends no credentials header, so
+		// it needs a proxy that adds one (see TestS3SourceAuthenticatesWhatTheStoresSend).
 		s.Verifier = &signature.Token{Secrets: secrets, Header: c.Header}
 		s.describe = func(_ http.Header, body []byte) (delivery.Delivery, error) { return delivery.S3(body) }
 	case ProviderHMAC:

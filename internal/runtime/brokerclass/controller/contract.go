@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,6 +24,7 @@ type contractWriter struct {
 	mu       sync.Mutex
 	brokers  map[string]brokerclass.Broker
 	triggers map[string]brokerclass.Trigger
+	features map[string]string
 	written  []byte
 	gen      int64
 }
@@ -31,6 +33,9 @@ func newContractWriter(kube kubernetes.Interface, namespace string) *contractWri
 	return &contractWriter{kube: kube, namespace: namespace, brokers: map[string]brokerclass.Broker{}, triggers: map[string]brokerclass.Trigger{}}
 }
 
+func (w *contractWriter) setFeatures(f map[string]string) {
+	w.change(func() { w.features = maps.Clone(f) })
+}
 func (w *contractWriter) setBroker(b brokerclass.Broker) { w.change(func() { w.brokers[b.Key()] = b }) }
 func (w *contractWriter) removeBroker(key string) {
 	w.change(func() {
@@ -55,7 +60,7 @@ func (w *contractWriter) change(f func()) {
 
 // contract is the current contract: every known Broker, and the Triggers whose Broker is known.
 func (w *contractWriter) contract() *brokerclass.Contract {
-	c := &brokerclass.Contract{}
+	c := &brokerclass.Contract{Features: maps.Clone(w.features)}
 	for _, b := range w.brokers {
 		c.Brokers = append(c.Brokers, b)
 	}
@@ -103,7 +108,7 @@ func (w *contractWriter) write(ctx context.Context) error {
 		old, _ := brokerclass.ParseContract([]byte(cm.Data[brokerclass.ContractKey]))
 		if old != nil {
 			c.Generation = old.Generation
-			oldBody, _ := (&brokerclass.Contract{Brokers: old.Brokers, Triggers: old.Triggers}).Encode()
+			oldBody, _ := (&brokerclass.Contract{Features: old.Features, Brokers: old.Brokers, Triggers: old.Triggers}).Encode()
 			if bytes.Equal(oldBody, body) {
 				w.written = body
 				return nil

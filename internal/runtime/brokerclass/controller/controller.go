@@ -7,8 +7,10 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/cache"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/auth"
 	brokerinformer "knative.dev/eventing/pkg/client/injection/informers/eventing/v1/broker"
 	triggerinformer "knative.dev/eventing/pkg/client/injection/informers/eventing/v1/trigger"
+	eventpolicyinformer "knative.dev/eventing/pkg/client/injection/informers/eventing/v1alpha1/eventpolicy"
 	brokerreconciler "knative.dev/eventing/pkg/client/injection/reconciler/eventing/v1/broker"
 	triggerreconciler "knative.dev/eventing/pkg/client/injection/reconciler/eventing/v1/trigger"
 	eventinglisters "knative.dev/eventing/pkg/client/listers/eventing/v1"
@@ -25,24 +27,34 @@ import (
 
 // Constructors returns the Broker and Trigger controllers of the class for sharedmain. They share
 // rdb, and one contract written to ConfigMap brokerclass.ContractConfigMap in namespace (the
-// controller's own, where the data plane runs).
-func Constructors(namespace string, rdb redis.UniversalClient) []injection.ControllerConstructor {
+// controller's own, where the data plane runs). Knative Eventing's feature flags are read from
+// its config-features ConfigMap in eventingNamespace.
+func Constructors(namespace, eventingNamespace string, rdb redis.UniversalClient) []injection.ControllerConstructor {
 	var s *shared
+	var brokerImpl *pkgcontroller.Impl
 	get := func(ctx context.Context) *shared {
 		if s == nil {
 			s = &shared{
 				namespace: namespace, rdb: rdb,
-				contract:  newContractWriter(kubeclient.Get(ctx), namespace),
-				endpoints: endpointsliceinformer.Get(ctx).Lister(),
-				brokers:   brokerinformer.Get(ctx).Lister(),
-				deleted:   map[string]bool{},
+				contract:      newContractWriter(kubeclient.Get(ctx), namespace),
+				endpoints:     endpointsliceinformer.Get(ctx).Lister(),
+				brokers:       brokerinformer.Get(ctx).Lister(),
+				eventPolicies: eventpolicyinformer.Get(ctx).Lister(),
+				deleted:       map[string]bool{},
 			}
+			// A change of the feature flags is every Broker's.
+			s.features = newFeatureWatcher(ctx, kubeclient.Get(ctx), eventingNamespace, func() {
+				if brokerImpl != nil {
+					brokerImpl.FilteredGlobalResync(classFilter, brokerinformer.Get(ctx).Informer())
+				}
+			})
 		}
 		return s
 	}
 	return []injection.ControllerConstructor{
 		func(ctx context.Context, _ configmap.Watcher) *pkgcontroller.Impl {
-			return newBrokerController(ctx, get(ctx))
+			brokerImpl = newBrokerController(ctx, get(ctx))
+			return brokerImpl
 		},
 		func(ctx context.Context, _ configmap.Watcher) *pkgcontroller.Impl {
 			return newTriggerController(ctx, get(ctx))
@@ -63,6 +75,9 @@ func newBrokerController(ctx context.Context, s *shared) *pkgcontroller.Impl {
 		FilterFunc: classFilter,
 		Handler:    pkgcontroller.HandleAll(impl.Enqueue),
 	})
+	// An EventPolicy's change is the change of the Brokers it applies to.
+	eventpolicyinformer.Get(ctx).Informer().AddEventHandler(auth.EventPolicyEventHandler(
+		brokerinformer.Get(ctx).Informer().GetIndexer(), eventingv1.SchemeGroupVersion.WithKind("Broker").GroupKind(), impl.EnqueueKey))
 	// The data plane's availability is every Broker's.
 	endpointsliceinformer.Get(ctx).Informer().AddEventHandler(cache.FilteringResourceEventHandler{
 		FilterFunc: pkgreconciler.NamespaceFilterFunc(s.namespace),

@@ -4,17 +4,10 @@ package controller
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,7 +20,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -41,8 +33,8 @@ import (
 	pkgcontroller "knative.dev/pkg/controller"
 	"knative.dev/pkg/injection"
 	"knative.dev/pkg/ptr"
-	"sigs.k8s.io/yaml"
 
+	"github.com/knfaas/knfaas/internal/harness/controlplanetest"
 	"github.com/knfaas/knfaas/internal/harness/dataplanetest"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/harness/runtimetest"
@@ -51,166 +43,32 @@ import (
 )
 
 // controlPlane is a real etcd and kube-apiserver, built by hack/verify-apiserver.sh, with the
-// Knative CRDs installed.
+// Knative CRDs installed (internal/harness/controlplanetest).
 type controlPlane struct {
 	cfg *rest.Config
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func startBackground(t *testing.T, name string, log string, bin string, args ...string) {
-	t.Helper()
-	f, err := os.Create(log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-		f.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(log)
-			lines := strings.Split(string(b), "\n")
-			t.Logf("%s log tail:\n%s", name, strings.Join(lines[max(0, len(lines)-20):], "\n"))
-		}
-	})
+	// servingCert is the kube-apiserver's self-signed serving certificate (with its CA).
+	servingCert string
 }
 
 func startControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
-	root := runtimetest.ModuleRoot(t)
-	build := exec.Command("hack/verify-apiserver.sh", "--build-only")
-	build.Dir = root
-	build.Stderr = os.Stderr
-	out, err := build.Output()
-	if err != nil {
-		t.Fatalf("building etcd and kube-apiserver: %v", err)
-	}
-	bins := strings.Fields(string(out))
-	if len(bins) != 2 {
-		t.Fatalf("hack/verify-apiserver.sh --build-only printed %q, want two paths", out)
-	}
-	etcd, apiserver := bins[0], bins[1]
-	dir := t.TempDir()
-	etcdPort, peerPort, apiPort := freePort(t), freePort(t), freePort(t)
-	startBackground(t, "etcd", filepath.Join(dir, "etcd.log"), etcd, "--name", "e2e", "--data-dir", filepath.Join(dir, "etcd"),
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPort), "--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
-		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peerPort), "--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peerPort),
-		"--initial-cluster", fmt.Sprintf("e2e=http://127.0.0.1:%d", peerPort), "--unsafe-no-fsync", "--log-level", "warn")
-
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	writePEM := func(name, typ string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	saKey := writePEM("sa.key", "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key))
-	saPub := writePEM("sa.pub", "PUBLIC KEY", pub)
-	tok := make([]byte, 16)
-	_, _ = rand.Read(tok)
-	token := hex.EncodeToString(tok)
-	tokens := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(tokens, []byte(token+",e2e,e2e,system:masters\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	startBackground(t, "kube-apiserver", filepath.Join(dir, "apiserver.log"), apiserver,
-		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
-		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(apiPort),
-		"--cert-dir", filepath.Join(dir, "certs"), "--token-auth-file", tokens, "--authorization-mode", "AlwaysAllow",
-		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file", saPub, "--service-account-signing-key-file", saKey,
-		"--service-cluster-ip-range", "10.96.0.0/16", "--enable-priority-and-fairness=false")
-	cfg := &rest.Config{Host: fmt.Sprintf("https://127.0.0.1:%d", apiPort), BearerToken: token,
-		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 200, Burst: 400}
-	kube := kubernetes.NewForConfigOrDie(cfg)
-	runtimetest.Eventually(t, 3*time.Minute, "kube-apiserver ready", func() bool {
-		_, err := kube.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(context.Background())
-		return err == nil
-	})
-	installCRDs(t, cfg)
-	return &controlPlane{cfg: cfg}
+	cp := controlplanetest.Start(t)
+	controlplanetest.InstallKnativeCRDs(t, cp.Config)
+	return &controlPlane{cfg: cp.Config, servingCert: cp.ServingCert}
 }
 
-// installCRDs creates the CRDs shipped in the pinned knative.dev/eventing and knative.dev/serving
-// modules, as hack/verify-apiserver.sh does, and waits until Brokers can be listed.
-func installCRDs(t *testing.T, cfg *rest.Config) {
-	t.Helper()
-	dyn := dynamic.NewForConfigOrDie(cfg)
-	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	var files []string
-	for mod, glob := range map[string]string{"knative.dev/eventing": "config/core/resources/*.yaml", "knative.dev/serving": "config/core/300-resources/*.yaml"} {
-		out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", mod).Output()
-		if err != nil {
-			t.Fatalf("locating %s: %v", mod, err)
-		}
-		m, _ := filepath.Glob(filepath.Join(strings.TrimSpace(string(out)), glob))
-		files = append(files, m...)
-	}
-	n := 0
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range strings.Split(string(b), "\n---") {
-			if !strings.Contains(doc, "kind: CustomResourceDefinition") {
-				continue
-			}
-			j, err := yaml.YAMLToJSON([]byte(doc))
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			u := &unstructured.Unstructured{}
-			if err := u.UnmarshalJSON(j); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if _, err := dyn.Resource(crdGVR).Create(context.Background(), u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatalf("creating CRD from %s: %v", f, err)
-			}
-			n++
-		}
-	}
-	if n < 10 {
-		t.Fatalf("installed %d CRDs; the Knative modules ship more", n)
-	}
-	ev := eventingclient.NewForConfigOrDie(cfg)
-	runtimetest.Eventually(t, time.Minute, "the Knative CRDs established", func() bool {
-		_, err1 := ev.EventingV1().Brokers("default").List(context.Background(), metav1.ListOptions{})
-		_, err2 := dyn.Resource(ksvcGVR).Namespace("default").List(context.Background(), metav1.ListOptions{})
-		return err1 == nil && err2 == nil
-	})
-}
-
-var ksvcGVR = schema.GroupVersionResource{Group: "serving.knative.dev", Version: "v1", Resource: "services"}
+var ksvcGVR = controlplanetest.KsvcGVR
 
 const (
 	systemNS = "knfaas-broker"
 	appNS    = "knfaas"
+	// eventingNS is Knative Eventing's namespace, where the feature flags are.
+	eventingNS = "knative-eventing"
 )
 
 // fixture is the control plane, Redis and a running controller.
 type fixture struct {
+	cp    *controlPlane
 	kube  kubernetes.Interface
 	ev    eventingclient.Interface
 	dyn   dynamic.Interface
@@ -336,10 +194,11 @@ func (f *fixture) readyEndpoints(t *testing.T, service string) {
 func startFixture(t *testing.T) *fixture {
 	cp := startControlPlane(t)
 	f := &fixture{
+		cp:   cp,
 		kube: kubernetes.NewForConfigOrDie(cp.cfg), ev: eventingclient.NewForConfigOrDie(cp.cfg),
 		dyn: dynamic.NewForConfigOrDie(cp.cfg), redis: redistest.Start(t, redistest.Options{}),
 	}
-	for _, ns := range []string{systemNS, appNS} {
+	for _, ns := range []string{systemNS, appNS, eventingNS} {
 		if _, err := f.kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -347,7 +206,7 @@ func startFixture(t *testing.T) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx, informers := injection.Default.SetupInformers(ctx, cp.cfg)
 	var impls []*pkgcontroller.Impl
-	for _, ctor := range Constructors(systemNS, f.redis.Client()) {
+	for _, ctor := range Constructors(systemNS, eventingNS, f.redis.Client()) {
 		impls = append(impls, ctor(ctx, configmap.NewStaticWatcher()))
 	}
 	if err := pkgcontroller.StartInformers(ctx.Done(), informers...); err != nil {
@@ -654,7 +513,9 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 	})
 }
 
-func freeAddrString(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
+func freeAddrString(t *testing.T) string {
+	return fmt.Sprintf("127.0.0.1:%d", controlplanetest.FreePort(t))
+}
 
 func hasGroup(groups []redis.XInfoGroup, name string) bool {
 	for _, g := range groups {

@@ -16,7 +16,9 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/auth"
 	eventinglisters "knative.dev/eventing/pkg/client/listers/eventing/v1"
+	eventingv1alpha1listers "knative.dev/eventing/pkg/client/listers/eventing/v1alpha1"
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	pkgcontroller "knative.dev/pkg/controller"
@@ -44,7 +46,10 @@ const (
 	ReasonBrokerNotFound         = "BrokerNotFound"
 	ReasonConsumerGroupFailed    = "ConsumerGroupFailed"
 	ReasonContractNotWritten     = "ContractNotWritten"
+	ReasonFeaturesInvalid        = "FeaturesInvalid"
 )
+
+var brokerGVK = eventingv1.SchemeGroupVersion.WithKind("Broker")
 
 // Services of the data plane, in the controller's namespace.
 const (
@@ -67,6 +72,9 @@ type shared struct {
 	contract  *contractWriter
 	endpoints discoverylisters.EndpointSliceLister
 	brokers   eventinglisters.BrokerLister
+	// eventPolicies and features decide the Brokers' authorization.
+	eventPolicies eventingv1alpha1listers.EventPolicyLister
+	features      *featureWatcher
 
 	// streamsMu orders creating consumer groups against deleting streams: a Trigger reconciled
 	// while its Broker is being deleted must not bring the stream back (XGROUP CREATE MKSTREAM).
@@ -143,7 +151,35 @@ func (r *brokerReconciler) ReconcileKind(ctx context.Context, b *eventingv1.Brok
 	if err != nil {
 		return pkgcontroller.NewPermanentError(err)
 	}
-	b.Status.SetAddress(&duckv1.Addressable{URL: r.brokerURL(b)})
+	// Knative's feature flags decide authorization, as they do for Knative's own brokers: with
+	// OIDC authentication the address carries the audience senders' tokens must be for.
+	if !r.features.HasSynced() {
+		return pkgcontroller.NewRequeueAfter(time.Second)
+	}
+	flags, features, err := r.features.flags()
+	if err != nil {
+		b.Status.MarkEventPoliciesFailed(ReasonFeaturesInvalid, "ConfigMap %s/config-features does not parse: %v", r.features.namespace, err)
+		return err
+	}
+	address := &duckv1.Addressable{URL: r.brokerURL(b)}
+	contractBroker := brokerclass.Broker{Namespace: b.Namespace, Name: b.Name, MaxEventBytes: maxBytes}
+	if flags.IsOIDCAuthentication() {
+		contractBroker.Audience = auth.GetAudience(brokerGVK, b.ObjectMeta)
+		address.Audience = &contractBroker.Audience
+	}
+	b.Status.SetAddress(address)
+	if err := auth.UpdateStatusWithEventPolicies(flags, &b.Status.AppliedEventPoliciesStatus, &b.Status, r.eventPolicies, brokerGVK, b.ObjectMeta); err != nil {
+		return err
+	}
+	if flags.IsOIDCAuthentication() {
+		// The data plane reads no EventPolicy: it gets their subjects and filters.
+		contractBroker.Policies, err = auth.SubjectWithFiltersFromPolicyRef(r.eventPolicies, b.Namespace, b.Status.Policies)
+		if err != nil {
+			b.Status.MarkEventPoliciesFailed("EventPoliciesGetFailed", "reading the applying EventPolicies: %v", err)
+			return err
+		}
+	}
+	r.contract.setFeatures(features)
 
 	if b.Spec.Delivery != nil && b.Spec.Delivery.DeadLetterSink != nil {
 		u, err := r.resolver.URIFromDestinationV1(ctx, *b.Spec.Delivery.DeadLetterSink, b)
@@ -170,9 +206,8 @@ func (r *brokerReconciler) ReconcileKind(ctx context.Context, b *eventingv1.Brok
 	if c := b.Status.GetCondition(eventingv1.BrokerConditionFilter); c != nil && c.IsFalse() {
 		b.Status.MarkFilterFailed(ReasonDispatcherUnavailable, "no ready endpoint of Service %s/%s: check Deployment %s", r.namespace, DispatcherService, DispatcherService)
 	}
-	b.Status.MarkEventPoliciesTrueWithReason("AuthenticationNotEnforced", "this broker class does not enforce EventPolicies yet: any workload that reaches the ingress may publish")
 
-	r.contract.setBroker(brokerclass.Broker{Namespace: b.Namespace, Name: b.Name, MaxEventBytes: maxBytes})
+	r.contract.setBroker(contractBroker)
 	if err := r.contract.write(ctx); err != nil {
 		b.Status.MarkIngressFailed(ReasonContractNotWritten, "writing the data plane contract: %v", err)
 		return err
