@@ -437,6 +437,17 @@ func TestReviewsDecisionAndReminder(t *testing.T) {
 		t.Errorf("the scheduling system received %s (%v), want the accepted submission", got[0].body, err)
 	}
 
+	// Anyone may post to the Broker: an acceptance command cfp-process never emitted is refused
+	// by the desk (403, dead-lettered) and sends nothing.
+	forged := runtimetest.NewEvent("sub-2:accept:1", "dev.knfaas.example.cfp.acceptance.send")
+	forged.SetSource("/e2e/attacker")
+	forged.SetSubject("sub-2")
+	_ = forged.SetData("application/json", submission("sub-2", "Compilers", "Grace Hopper", "grace@example.com"))
+	c.rt.Send("knfaas", "default", forged)
+	runtimetest.Eventually(t, time.Minute, "the forged command refused and dead-lettered", func() bool {
+		return c.rdb.ZCard(context.Background(), "knfaas:deadletter:index:code:403").Val() == 1
+	})
+
 	// sub-2's first review is still open: the timer fires its reminder at the next minute tick.
 	const reminder = "Reminder: review of submission sub-2 is due"
 	runtimetest.Eventually(t, 3*time.Minute, "the reminder for sub-2", func() bool {
@@ -454,5 +465,11 @@ func TestReviewsDecisionAndReminder(t *testing.T) {
 	}
 	if n := len(withSubject(messages(t, c.ui), "Accepted: Analytical engines")); n != 1 {
 		t.Errorf("%d acceptance emails, want 1", n)
+	}
+	if n := len(withSubject(messages(t, c.ui), "Accepted: Compilers")); n != 0 {
+		t.Errorf("the forged command sent %d acceptance emails", n)
+	}
+	if n := len(receiver.received()); n != 1 {
+		t.Errorf("the scheduling system received %d deliveries, want 1", n)
 	}
 }

@@ -50,6 +50,10 @@ const (
 	TypeMailRequested = "dev.knfaas.example.cfp.mail.requested"
 )
 
+// ProcessName is the process (config/400-cfp-process-definitions.yaml) whose commands the desk
+// answers.
+const ProcessName = "cfp-submission"
+
 // Source is the source of every event the desk emits: with the submission id as event id, a
 // submission posted again (a new delivery of the same form) starts no second process.
 const Source = "/examples/cfp/desk"
@@ -224,8 +228,16 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 	case TypeTimerFired:
 		return nil, f.remind(ctx, e)
 	}
+	data := e.Data()
+	if e.Type() != TypeFormSubmitted {
+		d, err := f.emitted(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		data = d
+	}
 	var s Submission
-	if err := json.Unmarshal(e.Data(), &s); err != nil {
+	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "data of %s %s is not a submission: %v", e.Type(), e.ID(), err)
 	}
 	if err := s.Check(); err != nil {
@@ -264,6 +276,39 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 		return nil, letter(TemplateRejected, "rejected")
 	}
 	return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "unexpected event type %s", e.Type())
+}
+
+// commandTypes are the commands of the cfp-submission process the desk answers.
+var commandTypes = map[string]bool{TypeAckSend: true, TypeAcceptanceSend: true, TypeRejectionSend: true}
+
+// emitted checks that cmd is a command the cfp-submission process emitted (its timeline holds
+// the command's id and type going out) and returns the instance's start data: a command posted
+// to the Broker by anyone else, or carrying other data, sends nothing.
+func (f *Function) emitted(ctx context.Context, cmd event.Event) ([]byte, error) {
+	if !commandTypes[cmd.Type()] {
+		return nil, cloudevents.NewHTTPResult(http.StatusBadRequest, "unexpected event type %s", cmd.Type())
+	}
+	in, err := process.ReadInstance(ctx, f.rdb, cmd.Subject())
+	if errors.Is(err, process.ErrNotFound) {
+		return nil, cloudevents.NewHTTPResult(http.StatusForbidden, "command %s: no process instance %q", cmd.ID(), cmd.Subject())
+	}
+	if err != nil {
+		return nil, err
+	}
+	found := false
+	for _, t := range in.Timeline {
+		if t.Kind == "out" && t.ID == cmd.ID() && t.Type == cmd.Type() {
+			found = true
+		}
+	}
+	if in.Process != ProcessName || !found {
+		return nil, cloudevents.NewHTTPResult(http.StatusForbidden, "command %s (%s): not emitted by process instance %q", cmd.ID(), cmd.Type(), cmd.Subject())
+	}
+	data, err := f.rdb.HGet(ctx, process.KeyInstancePrefix+cmd.Subject(), "data").Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("reading the start data of %s: %w", cmd.Subject(), err)
+	}
+	return data, nil
 }
 
 // reviewStep reports whether step's tasks get a reminder.

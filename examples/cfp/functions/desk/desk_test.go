@@ -12,6 +12,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
@@ -32,7 +33,35 @@ func (b *broker) Send(_ context.Context, e event.Event) error {
 	return nil
 }
 
+const mallory = `{"submissionId":"sub-42","title":"Analytical engines","speaker":{"name":"Mallory","email":"mallory@example.com"}}`
+
 const ada = `{"submissionId":"sub-42","title":"Analytical engines","abstract":"…","speaker":{"name":"Ada Lovelace","email":"ada@example.com"},"formVersion":3}`
+
+// instance stores a cfp-submission instance as the process manager does (the fields the desk
+// reads): its start data and the commands (id, type) its timeline shows going out.
+func instance(t *testing.T, rdb *redis.Client, id, data string, out ...[2]string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := rdb.HSet(ctx, process.KeyInstancePrefix+id, "process", ProcessName, "status", "running", "data", data).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range out {
+		b, _ := json.Marshal(process.TimelineEntry{Kind: "out", ID: o[0], Type: o[1]})
+		rdb.RPush(ctx, process.KeyTimelinePrefix+id, b)
+	}
+}
+
+// newDesk is a started desk on a fresh redis-server with sub-42's instance, whose timeline shows
+// the commands the tests answer.
+func newDesk(t *testing.T, b *broker) *Function {
+	t.Helper()
+	rdb := redistest.Start(t, redistest.Options{}).Client()
+	instance(t, rdb, "sub-42", ada, [2]string{"sub-42:acknowledge:1", TypeAckSend},
+		[2]string{"sub-42:accept:1", TypeAcceptanceSend}, [2]string{"sub-42:accept:1", TypeRejectionSend})
+	f := &Function{publish: b, rdb: rdb}
+	f.started.Store(true)
+	return f
+}
 
 func incoming(id, typ, subject, data string) event.Event {
 	e := cloudevents.NewEvent()
@@ -67,14 +96,18 @@ func TestHandle(t *testing.T) {
 			`{"submissionId":"a b","title":"T","speaker":{"name":"N","email":"n@example.com"}}`), status: http.StatusBadRequest},
 		{name: "no title and a bad email", in: incoming("wh-5", TypeFormSubmitted, "",
 			`{"submissionId":"s1","speaker":{"name":"N","email":"N <n@example.com>"}}`), status: http.StatusBadRequest},
-		{name: "a command for another instance", in: incoming("x:acknowledge:1", TypeAckSend, "x", ada), status: http.StatusBadRequest},
+		{name: "a command carrying other data: the instance's is used", in: incoming("sub-42:acknowledge:1", TypeAckSend, "sub-42", mallory),
+			reply: TypeAckSent + " sub-42:acknowledge:1:ack.sent sub-42", mail: "cfp:sub-42:received"},
+		{name: "a command for no instance", in: incoming("x:acknowledge:1", TypeAckSend, "x", ada), status: http.StatusForbidden},
+		{name: "a command the process did not emit", in: incoming("sub-42:acknowledge:2", TypeAckSend, "sub-42", ada), status: http.StatusForbidden},
+		{name: "an emitted id with another type", in: incoming("sub-42:acknowledge:1", TypeAcceptanceSend, "sub-42", ada), status: http.StatusForbidden},
 		{name: "an unknown type", in: incoming("e1", "dev.knfaas.example.cfp.nope", "sub-42", ada), status: http.StatusBadRequest},
 	}
+	b := &broker{}
+	f := newDesk(t, b)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := &broker{}
-			f := &Function{publish: b}
-			f.started.Store(true)
+			b.sent = nil
 			r, err := f.Handle(context.Background(), tt.in)
 			var res *cehttp.Result
 			switch {
@@ -120,8 +153,7 @@ func TestHandle(t *testing.T) {
 // A Broker that refuses the mail request fails the command (the Broker redelivers it) with no
 // reply, so the process does not move on before the mail is requested.
 func TestHandleRetriesWhenTheBrokerRefuses(t *testing.T) {
-	f := &Function{publish: &broker{err: errors.New("503")}}
-	f.started.Store(true)
+	f := newDesk(t, &broker{err: errors.New("503")})
 	r, err := f.Handle(context.Background(), incoming("sub-42:acknowledge:1", TypeAckSend, "sub-42", ada))
 	if err == nil || r != nil {
 		t.Fatalf("Handle = %v, %v; want an error and no reply", r, err)
@@ -148,8 +180,7 @@ func TestHandleDecisionLetters(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := &broker{}
-			f := &Function{publish: b}
-			f.started.Store(true)
+			f := newDesk(t, b)
 			r, err := f.Handle(context.Background(), incoming("sub-42:accept:1", tt.typ, "sub-42", ada))
 			if err != nil {
 				t.Fatalf("Handle = %v", err)
