@@ -36,6 +36,9 @@ type Config struct {
 	SMTPURL string `envconfig:"SMTP_URL"`
 	// From is the sender of templates that name none.
 	From string `envconfig:"MAIL_FROM" default:"knfaas <noreply@knfaas.localhost>"`
+	// RequestType is the event type this instance sends; a second instance with its own
+	// templates (an example's) serves its own type, so the platform's instance never sees it.
+	RequestType string `envconfig:"MAIL_REQUEST_TYPE" default:"dev.knfaas.mail.requested"`
 	// TemplatesFile is the templates YAML (the mail-templates ConfigMap, mounted).
 	TemplatesFile string `envconfig:"MAIL_TEMPLATES_FILE" default:"/etc/knfaas/mail/templates.yaml"`
 	// Schedule is the wait before each retry, comma-separated Go durations.
@@ -69,6 +72,9 @@ func (c *Config) Check() error {
 		errs = append(errs, fmt.Errorf("SMTP_URL: %w", err))
 	}
 	c.server = s
+	if c.RequestType == "" || c.RequestType == TypePing || c.RequestType == deadline.TypeFired {
+		errs = append(errs, fmt.Errorf("MAIL_REQUEST_TYPE (%q) must name the request event type, not empty nor a wake-up type", c.RequestType))
+	}
 	if _, err := mail.ParseAddress(c.From); err != nil {
 		errs = append(errs, fmt.Errorf("MAIL_FROM (%q): %w", c.From, err))
 	}
@@ -210,8 +216,8 @@ func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, err
 
 // compose reads the request and renders its mail.
 func (f *Function) compose(e event.Event) (*mailer.Mail, error) {
-	if e.Type() != mailer.TypeRequested {
-		return nil, fmt.Errorf("event type %q: the mail function sends %s events only", e.Type(), mailer.TypeRequested)
+	if e.Type() != f.cfg.RequestType {
+		return nil, fmt.Errorf("event type %q: this mail function sends %s events only (MAIL_REQUEST_TYPE)", e.Type(), f.cfg.RequestType)
 	}
 	req, err := mailer.ParseRequest(e.Data())
 	if err != nil {

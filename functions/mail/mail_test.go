@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,15 +24,17 @@ func TestConfigCheck(t *testing.T) {
 		env map[string]string
 		err string // "" when the configuration is accepted
 	}{
-		"defaults with a server": {},
-		"no server":              {env: map[string]string{"SMTP_URL": ""}, err: "SMTP_URL: required"},
-		"template server":        {env: map[string]string{"SMTP_URL": "smtp://CHANGE-ME:CHANGE-ME@smtp.example.com:587"}, err: "SMTP_URL: "},
-		"bad from":               {env: map[string]string{"MAIL_FROM": "nobody"}, err: `MAIL_FROM ("nobody")`},
-		"bad schedule":           {env: map[string]string{"MAIL_SCHEDULE": "1s,later"}, err: `MAIL_SCHEDULE ("1s,later"): step 2`},
-		"retention too short":    {env: map[string]string{"MAIL_RETENTION": "24h"}, err: "MAIL_RETENTION (24h0m0s) must be at least"},
-		"timeout too long":       {env: map[string]string{"MAIL_TIMEOUT": "5m"}, err: "MAIL_TIMEOUT (5m0s)"},
-		"no bulkhead":            {env: map[string]string{"MAIL_CONCURRENCY": "0"}, err: "MAIL_CONCURRENCY (0)"},
-		"breaker":                {env: map[string]string{"MAIL_BREAKER_OPEN": "0s"}, err: "MAIL_BREAKER_OPEN (0s)"},
+		"defaults with a server":    {},
+		"no server":                 {env: map[string]string{"SMTP_URL": ""}, err: "SMTP_URL: required"},
+		"template server":           {env: map[string]string{"SMTP_URL": "smtp://CHANGE-ME:CHANGE-ME@smtp.example.com:587"}, err: "SMTP_URL: "},
+		"bad from":                  {env: map[string]string{"MAIL_FROM": "nobody"}, err: `MAIL_FROM ("nobody")`},
+		"bad schedule":              {env: map[string]string{"MAIL_SCHEDULE": "1s,later"}, err: `MAIL_SCHEDULE ("1s,later"): step 2`},
+		"retention too short":       {env: map[string]string{"MAIL_RETENTION": "24h"}, err: "MAIL_RETENTION (24h0m0s) must be at least"},
+		"timeout too long":          {env: map[string]string{"MAIL_TIMEOUT": "5m"}, err: "MAIL_TIMEOUT (5m0s)"},
+		"no bulkhead":               {env: map[string]string{"MAIL_CONCURRENCY": "0"}, err: "MAIL_CONCURRENCY (0)"},
+		"breaker":                   {env: map[string]string{"MAIL_BREAKER_OPEN": "0s"}, err: "MAIL_BREAKER_OPEN (0s)"},
+		"an example's request type": {env: map[string]string{"MAIL_REQUEST_TYPE": "dev.knfaas.example.cfp.mail.requested"}},
+		"a wake-up as request type": {env: map[string]string{"MAIL_REQUEST_TYPE": "dev.knfaas.timer.fired"}, err: `MAIL_REQUEST_TYPE ("dev.knfaas.timer.fired")`},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -165,5 +168,66 @@ func TestHandle(t *testing.T) {
 	if first.Subject != "Received: Go" || first.Text != "Thanks, <Ada>" || first.HTML != "<p>&lt;Ada&gt;</p>" ||
 		first.From != "CfP <cfp@example.org>" || !strings.HasPrefix(first.MessageIDHeader(), "mail_") || !strings.HasSuffix(first.MessageIDHeader(), "@example.org") {
 		t.Fatalf("first mail %+v (Message-ID %s)", first, first.MessageIDHeader())
+	}
+}
+
+// An instance with MAIL_REQUEST_TYPE (an example's own mail instance, with its own templates)
+// sends requests of that type and dead-letters the platform's type, which its templates do not
+// serve.
+func TestHandleServesItsRequestType(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	templates, err := mailer.Parse([]byte("templates:\n- {name: ack, subject: 'Received: {{.title}}', text: 'Thanks'}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SMTP_URL", "smtp://127.0.0.1:1025?tls=none")
+	t.Setenv("MAIL_REQUEST_TYPE", "dev.knfaas.example.cfp.mail.requested")
+	var cfg Config
+	if err := funcstart.ReadConfig("mail", &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Poll = 10 * time.Millisecond
+	rec := &recorder{}
+	f := New()
+	f.start(cfg, srv.Client(), templates, rec)
+	t.Cleanup(func() { _ = f.Stop(context.Background()) })
+	ctx := context.Background()
+	tests := []struct {
+		name, typ string
+		sent      int    // mails sent after the event
+		letter    string // part of the event's dead letter; "" when there is none
+	}{
+		{name: "the configured type", typ: "dev.knfaas.example.cfp.mail.requested", sent: 1},
+		{name: "the platform's type", typ: mailer.TypeRequested, sent: 1, letter: "this mail function sends dev.knfaas.example.cfp.mail.requested events only"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := request(fmt.Sprintf("t%d", i), `{"to":["ada@example.com"],"template":"ack","data":{"title":"Go"}}`)
+			e.SetType(tt.typ)
+			if _, err := f.Handle(ctx, e); err != nil {
+				t.Fatalf("Handle = %v", err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for len(rec.mails()) < tt.sent && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := len(rec.mails()); n != tt.sent {
+				t.Fatalf("%d mails sent, want %d", n, tt.sent)
+			}
+			letters, err := f.dead.List(ctx, deadletter.Filter{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := ""
+			for _, l := range letters {
+				if l.EventID == e.ID() {
+					found = l.ErrorData
+				}
+			}
+			if (tt.letter == "") != (found == "") || !strings.Contains(found, tt.letter) {
+				t.Fatalf("dead letter %q, want one saying %q", found, tt.letter)
+			}
+		})
 	}
 }

@@ -1,0 +1,15 @@
+package main
+
+import (
+	"log"
+
+	"knative.dev/func-go/cloudevents"
+)
+
+// A non-zero exit when Start fails lets Knative (and knfaas up) report the revision as failed
+// instead of serving 503s; func-go returns the error of the function's Start.
+func main() {
+	if err := cloudevents.Start(New()); err != nil {
+		log.Fatal(err)
+	}
+}
