@@ -4,11 +4,14 @@ import (
 	"log"
 
 	"knative.dev/func-go/cloudevents"
+
+	"github.com/knfaas/knfaas/internal/function/logging"
 )
 
 // A non-zero exit when Start fails lets Knative (and knfaas up) report the revision as failed
 // instead of serving 503s; func-go returns the error of the function's Start.
 func main() {
+	logging.Setup("desk")
 	if err := cloudevents.Start(New()); err != nil {
 		log.Fatal(err)
 	}
