@@ -3,9 +3,11 @@ package maintest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -25,7 +27,8 @@ func Run(m *testing.M, main func()) {
 
 // FailingOutput runs main in a child with the environment base, then LISTEN_ADDRESS on a free
 // port, then extra (KEY=value lines; exec uses the last value of a variable listed twice), and
-// returns what it printed. It fails t unless main exits non-zero.
+// returns what it printed, followed by the msg and error of each JSON log line decoded (a JSON
+// line escapes the quotes a test may look for). It fails t unless main exits non-zero.
 func FailingOutput(t *testing.T, base []string, extra ...string) string {
 	t.Helper()
 	// A safety net only: a main that keeps serving instead of exiting is killed here.
@@ -38,5 +41,22 @@ func FailingOutput(t *testing.T, base []string, extra ...string) string {
 	if !errors.As(err, &exit) || exit.ExitCode() <= 0 {
 		t.Fatalf("main ended with %v, want a non-zero exit; output:\n%s", err, out)
 	}
-	return string(out)
+	return string(out) + decodedLogLines(string(out))
+}
+
+// decodedLogLines returns the msg and error fields of the JSON log lines in out, one per line.
+func decodedLogLines(out string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(out, "\n") {
+		var record map[string]any
+		if json.Unmarshal([]byte(line), &record) != nil {
+			continue
+		}
+		for _, field := range []string{"msg", "error"} {
+			if v, ok := record[field].(string); ok {
+				b.WriteString(v + "\n")
+			}
+		}
+	}
+	return b.String()
 }
