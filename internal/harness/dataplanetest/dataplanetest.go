@@ -32,7 +32,7 @@ func Binaries(t testing.TB) map[string]string {
 	t.Helper()
 	root := runtimetest.ModuleRoot(t)
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "knfaas-broker-e2e-")
+		dir, err := runtimetest.BinaryDir("knfaas-broker-e2e-")
 		if err != nil {
 			buildErr = err
 			return

@@ -89,7 +89,7 @@ func Binary(t testing.TB) string {
 	t.Helper()
 	root := ModuleRoot(t)
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "knfaas-e2e-")
+		dir, err := BinaryDir("knfaas-e2e-")
 		if err != nil {
 			buildErr = err
 			return
