@@ -288,6 +288,8 @@ func TestObjectSourceReplicasEmitEachVersionOnce(t *testing.T) {
 		{`autoscaling.knative.dev/max-scale: "1"`, fmt.Sprintf(`autoscaling.knative.dev/max-scale: "%d"`, replicas)},
 		// One send at a time: a pass holds its claims longer, so the passes overlap more.
 		{`        - name: OBJECTSOURCE_MAX_KEYS`, "        - name: OBJECTSOURCE_CONCURRENCY\n          value: \"1\"\n        - name: OBJECTSOURCE_MAX_KEYS"},
+		// JSON lines, whatever format knfaas up logs in: passOverlaps decodes the "pass" lines.
+		{`        - name: LISTEN_ADDRESS`, "        - name: LOG_FORMAT\n          value: json\n        - name: LISTEN_ADDRESS"},
 	} {
 		if !strings.Contains(scaled, change[0]) {
 			t.Fatalf("700-objectsource.yaml no longer holds %q", change[0])

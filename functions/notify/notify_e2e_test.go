@@ -423,7 +423,7 @@ func TestNotifyLosesNothingAcrossAKill(t *testing.T) {
 	// the timer fired its deadline and a new instance ran the retries.
 	out := rt.Output()
 	scaledDown := strings.Index(out, `msg="scaling down idle instance" service=knfaas/notify`)
-	fired := strings.LastIndex(out, "INFO fired deadlines")
+	fired := strings.LastIndex(out, `msg="fired deadlines"`)
 	if scaledDown < 0 || fired < scaledDown {
 		t.Errorf("no timer wake-up after notify scaled to zero (scaled down at %d, fired at %d)", scaledDown, fired)
 	}
