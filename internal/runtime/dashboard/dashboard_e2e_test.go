@@ -50,7 +50,8 @@ spec:
 `
 
 // chromium finds a Chromium that runs headless: $CHROMIUM, or Debian's chromium or
-// chromium-headless-shell, or another common name.
+// chromium-headless-shell, or another common name. Without one the test skips, unless
+// KNFAAS_REQUIRE_CHROMIUM is set (hack/test.sh sets it after installing chromium).
 func chromium(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("CHROMIUM"); p != "" {
@@ -60,6 +61,9 @@ func chromium(t *testing.T) string {
 		if p, err := exec.LookPath(name); err == nil {
 			return p
 		}
+	}
+	if os.Getenv("KNFAAS_REQUIRE_CHROMIUM") != "" {
+		t.Fatal("no Chromium found, and KNFAAS_REQUIRE_CHROMIUM is set (hack/test.sh installs Debian's chromium)")
 	}
 	t.Skip("no Chromium found (set CHROMIUM, or install Debian's chromium: hack/test.sh does when it is missing)")
 	return ""
