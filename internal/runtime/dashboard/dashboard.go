@@ -121,7 +121,7 @@ func New(opts Options) (*Handler, error) {
 	for _, b := range opts.Brokers {
 		h.brokers[b] = true
 	}
-	for _, page := range []string{"services", "triggers", "events", "journey", "deadletters", "letter", "redriven", "processes", "error"} {
+	for _, page := range []string{"services", "triggers", "events", "journey", "deadletters", "letter", "redriven", "processes", "instance", "error"} {
 		t, err := template.New(page).Funcs(templateFuncs).ParseFS(templateFiles, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("dashboard template %s: %w", page, err)
@@ -141,6 +141,7 @@ func New(opts Options) (*Handler, error) {
 	h.mux.HandleFunc("GET "+Prefix+"deadletters/{id}", h.letter)
 	h.mux.HandleFunc("POST "+Prefix+"deadletters/{id}/redrive", h.redrive)
 	h.mux.HandleFunc("GET "+Prefix+"processes", h.processes)
+	h.mux.HandleFunc("GET "+Prefix+"processes/{id}", h.instance)
 	return h, nil
 }
 

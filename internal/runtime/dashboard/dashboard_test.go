@@ -6,14 +6,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/function/tracing"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
@@ -47,6 +50,7 @@ func (p *recordingPublisher) ids() []string {
 
 type fixture struct {
 	h       *Handler
+	rdb     *redis.Client
 	letters *deadletter.Store
 	pub     *recordingPublisher
 	metrics *metrics.Runtime
@@ -57,7 +61,7 @@ func newFixture(t *testing.T, addr string) *fixture {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{})
 	rdb := srv.Client()
-	f := &fixture{letters: deadletter.NewStore(rdb, deadletter.Options{}), pub: &recordingPublisher{}, metrics: metrics.New(), traces: tracestore.New(tracestore.Options{})}
+	f := &fixture{rdb: rdb, letters: deadletter.NewStore(rdb, deadletter.Options{}), pub: &recordingPublisher{}, metrics: metrics.New(), traces: tracestore.New(tracestore.Options{})}
 	h, err := New(Options{
 		Addr: addr, Metrics: f.metrics, Traces: f.traces, Redis: rdb, DeadLetters: f.letters,
 		Services: []Service{{Key: "knfaas/echo", Instances: func() int { return 2 }}},
@@ -328,6 +332,44 @@ func TestPagesThatReadRedisSayWhenTheRunHasNone(t *testing.T) {
 			h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://"+testAddr+c.path, nil))
 			if w.Code != c.want || (c.want != http.StatusOK && !strings.Contains(w.Body.String(), "no Redis in this run")) {
 				t.Errorf("GET %s: %d %s, want %d", c.path, w.Code, truncate(w.Body.String(), 200), c.want)
+			}
+		})
+	}
+}
+
+func TestProcessPagesShowInstancesTimelinesAndOpenTasks(t *testing.T) {
+	f := newFixture(t, testAddr)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	ms := func(d time.Duration) string { return strconv.FormatInt(now+d.Milliseconds(), 10) }
+	f.rdb.HSet(ctx, process.KeyInstancePrefix+"order-1", "process", "checkout<&>", "status", "running", "seq", "2", "created", ms(-time.Minute), "updated", ms(0))
+	f.rdb.RPush(ctx, process.KeyTimelinePrefix+"order-1",
+		`{"seq":1,"at":`+ms(-time.Minute)+`,"kind":"event-in","id":"ev-start","type":"shop.order.placed"}`,
+		`{"seq":2,"at":`+ms(0)+`,"kind":"command-out","id":"cmd-1","type":"shop.payment.charge","step":"pay"}`)
+	f.rdb.ZAdd(ctx, process.KeyInstances, redis.Z{Score: float64(now), Member: "order-1"})
+	f.rdb.HSet(ctx, process.KeyTaskPrefix+"task-1", "id", "task-1", "process", "checkout<&>", "instance", "order-1", "step", "approve",
+		"title", "Approve <order>", "state", "open", "created", ms(0), "expires", ms(time.Hour))
+	f.rdb.ZAdd(ctx, process.KeyOpenTasks, redis.Z{Score: float64(now), Member: "task-1"})
+	cases := []struct {
+		name, path string
+		wantStatus int
+		want       []string
+	}{
+		{"instances and open tasks", "/ui/processes", http.StatusOK, []string{`href="/ui/processes/order-1"`, "checkout&lt;&amp;&gt;", "Approve &lt;order&gt;", "task-1"}},
+		{"an instance's timeline", "/ui/processes/order-1", http.StatusOK, []string{"running", "event-in", `href="/ui/events/ev-start"`, "shop.payment.charge", "pay"}},
+		{"an instance that is not stored", "/ui/processes/order-2", http.StatusNotFound, []string{"no process instance order-2"}},
+		{"a limit out of bounds", "/ui/processes?limit=0", http.StatusBadRequest, []string{"want 1 to 200"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status, body, _ := f.do(t, request{method: http.MethodGet, path: c.path})
+			if status != c.wantStatus {
+				t.Errorf("GET %s: %d, want %d", c.path, status, c.wantStatus)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("GET %s lacks %q:\n%s", c.path, w, body)
+				}
 			}
 		})
 	}

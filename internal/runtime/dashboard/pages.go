@@ -454,3 +454,56 @@ func (h *Handler) processes(w http.ResponseWriter, r *http.Request) {
 	}
 	h.render(w, r, http.StatusOK, "processes", processesPage{Instances: instances, Tasks: tasks, Limit: limit})
 }
+
+type instancePage struct {
+	*process.Instance
+	Timeline []timelineRow
+}
+
+// timelineRow is one timeline entry with its times.
+type timelineRow struct {
+	process.TimelineEntry
+	AtTime, DueTime time.Time
+}
+
+// instance shows one process instance and its timeline, as `knfaas process show` does.
+func (h *Handler) instance(w http.ResponseWriter, r *http.Request) {
+	id, err := idParam(r)
+	if err != nil {
+		h.fail(w, r, http.StatusBadRequest, err)
+		return
+	}
+	if h.opts.Redis == nil {
+		h.fail(w, r, http.StatusServiceUnavailable, errNoRedis)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+	defer cancel()
+	in, err := process.ReadInstance(ctx, h.opts.Redis, id)
+	if errors.Is(err, process.ErrNotFound) {
+		h.fail(w, r, http.StatusNotFound, fmt.Errorf("no process instance %s (finished instances are kept for the retention period)", id))
+		return
+	}
+	if err != nil {
+		h.fail(w, r, http.StatusBadGateway, err)
+		return
+	}
+	page := instancePage{Instance: in}
+	// The latest entries when the timeline is long.
+	entries := in.Timeline
+	if len(entries) > maxTimeline {
+		entries = entries[len(entries)-maxTimeline:]
+	}
+	for _, e := range entries {
+		row := timelineRow{TimelineEntry: e, AtTime: time.UnixMilli(e.At)}
+		if e.Due != 0 {
+			row.DueTime = time.UnixMilli(e.Due)
+		}
+		row.Data = truncate(row.Data, maxShownBytes/16)
+		page.Timeline = append(page.Timeline, row)
+	}
+	h.render(w, r, http.StatusOK, "instance", page)
+}
+
+// maxTimeline bounds the timeline entries shown for an instance.
+const maxTimeline = 500
