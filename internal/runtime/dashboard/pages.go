@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -345,15 +346,10 @@ func (h *Handler) letter(w http.ResponseWriter, r *http.Request) {
 	}
 	page := letterPage{Letter: l, Brokers: h.opts.Brokers, DefaultBroker: h.brokerOf(l), RedriveAllowed: h.opts.Publisher != nil && len(h.opts.Brokers) > 0,
 		ErrorData: truncate(l.ErrorData, maxShownBytes), Detail: truncate(l.Detail, maxShownBytes)}
-	var pretty any
-	if json.Unmarshal(l.Event, &pretty) == nil {
-		// Shown as sent: the page escapes it, not the JSON encoder.
-		var b strings.Builder
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(pretty)
-		page.Event = strings.TrimSuffix(b.String(), "\n")
+	// Indented byte for byte (numbers and key order as stored); the page escapes it.
+	var indented bytes.Buffer
+	if json.Indent(&indented, l.Event, "", "  ") == nil {
+		page.Event = indented.String()
 	} else {
 		page.Event = string(l.Event)
 	}
