@@ -277,6 +277,7 @@ func TestPagesShowTheRunEscaped(t *testing.T) {
 			Attributes: map[string]string{tracing.AttrEventID: "ev-journey"}},
 		{TraceID: "t1", SpanID: "b", ParentSpanID: "a", Name: "deliver knfaas/failing", Service: "knfaas-up", Start: start.Add(time.Millisecond), End: start.Add(9 * time.Millisecond),
 			Status: "error", StatusMessage: "503 <from> echo", Attributes: map[string]string{tracing.AttrEventID: "ev-journey", tracing.AttrAttempt: "2"}},
+		{TraceID: "t2", SpanID: "c", Name: "handle urn", Start: start, End: start.Add(time.Millisecond), Attributes: map[string]string{tracing.AttrEventID: "urn:a/b?c"}},
 	})
 	cases := []struct {
 		name, path string
@@ -288,6 +289,8 @@ func TestPagesShowTheRunEscaped(t *testing.T) {
 		{"recent events", "/ui/events", []string{`href="/ui/events/ev-journey"`, "deliver knfaas/failing"}, nil},
 		{"a journey as a waterfall", "/ui/events/ev-journey", []string{"publish test.journey", `<td class="d1"><span class="name">deliver knfaas/failing</span>`, "attempt=2", "503 &lt;from&gt; echo", `<rect x="111"`}, []string{"<from>"}},
 		{"an event without spans", "/ui/events/ev-none", []string{"No trace holds event"}, nil},
+		{"an event id with a slash and a question mark", "/ui/events", []string{`href="/ui/events/urn:a%2Fb%3Fc"`}, nil},
+		{"its journey by the escaped id", "/ui/events/urn:a%2Fb%3Fc", []string{"handle urn"}, nil},
 		{"dead letters, escaped", "/ui/deadletters", []string{"/ui/deadletters/" + letter, "test.&lt;script&gt;alert(1)&lt;/script&gt;"}, []string{"<script>"}},
 		{"one dead letter with its redrive form", "/ui/deadletters/" + letter, []string{`name="csrf"`, `<option value="knfaas/default" selected>`, "&#34;type&#34;: &#34;test.&lt;script&gt;alert(1)&lt;/script&gt;&#34;"}, []string{"<script>", "<b>bold"}},
 		{"a letter that is not stored", "/ui/deadletters/1-1", []string{"no dead letter 1-1"}, nil},

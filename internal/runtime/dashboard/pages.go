@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -23,6 +24,8 @@ import (
 )
 
 var templateFuncs = template.FuncMap{
+	// pathEscape makes an id one path segment, whatever it holds ("/", "?", "#").
+	"pathEscape": url.PathEscape,
 	"time": func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
