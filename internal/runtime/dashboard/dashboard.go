@@ -22,7 +22,7 @@ import (
 	"github.com/knfaas/knfaas/internal/runtime/tracestore"
 )
 
-// Prefix is where the dashboard is served.
+// Prefix is where the dashboard is served; the path without its last slash redirects to it.
 const Prefix = "/ui/"
 
 // Bounds of every list and query parameter.
@@ -133,6 +133,7 @@ func New(opts Options) (*Handler, error) {
 		return nil, fmt.Errorf("dashboard static files: %w", err)
 	}
 	h.mux.Handle("GET "+Prefix+"static/", http.StripPrefix(Prefix+"static/", http.FileServerFS(static)))
+	h.mux.Handle("GET "+strings.TrimSuffix(Prefix, "/"), http.RedirectHandler(Prefix, http.StatusFound))
 	h.mux.HandleFunc("GET "+Prefix+"{$}", h.services)
 	h.mux.HandleFunc("GET "+Prefix+"triggers", h.triggers)
 	h.mux.HandleFunc("GET "+Prefix+"events", h.events)

@@ -22,6 +22,7 @@ func TestPublicListenerServesTheDashboardAtUI(t *testing.T) {
 	}{
 		{"the services page", "/ui/", "127.0.0.1:8080", http.StatusOK, "No Knative Services in this run."},
 		{"by localhost", "/ui/triggers", "localhost:8080", http.StatusOK, "Triggers"},
+		{"without the last slash", "/ui", "127.0.0.1:8080", http.StatusFound, ""},
 		{"another Host is refused", "/ui/", "rebound.example:8080", http.StatusForbidden, "Host header"},
 		{"a broker path still reaches the ingress", "/ns/missing", "127.0.0.1:8080", http.StatusNotFound, ""},
 	}

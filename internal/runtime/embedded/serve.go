@@ -163,7 +163,7 @@ func (r *Runtime) router() http.Handler {
 			_, _ = io.WriteString(w, "ok")
 			return
 		}
-		if strings.HasPrefix(req.URL.Path, dashboard.Prefix) {
+		if strings.HasPrefix(req.URL.Path, dashboard.Prefix) || req.URL.Path+"/" == dashboard.Prefix {
 			dashboardHandler.ServeHTTP(w, req)
 			return
 		}
