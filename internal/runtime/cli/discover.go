@@ -159,6 +159,21 @@ func (f runFlags) brokerTarget(ref string) (httpTarget, error) {
 	return c.brokerTarget(f.context(), ns, name, f.log())
 }
 
+// brokerTargetAs is brokerTarget; on a cluster, when the Broker requires OIDC authentication
+// (its status.address.audience is set), every request carries a token of ServiceAccount
+// serviceAccount of the platform's namespace for that audience.
+func (f runFlags) brokerTargetAs(ref, serviceAccount string) (httpTarget, error) {
+	t, err := f.brokerTarget(ref)
+	if err != nil || t.audience == "" {
+		return t, err
+	}
+	c, err := clusterConnector(f.cluster)
+	if err != nil {
+		return httpTarget{}, err
+	}
+	return c.withToken(t, serviceAccount, f.log()), nil
+}
+
 // serviceTarget is where to post to Knative Service ref (namespace/name) at path: through knfaas
 // up (see serviceURL), or on a cluster through the API server's service proxy. A nil transport
 // means the caller's default.
