@@ -220,6 +220,7 @@ ingress is reached through the API server's service proxy, e.g.:
 	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
+	_ = cmd.RegisterFlagCompletionFunc("broker", completeBrokerRefs(&run))
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be redriven and send nothing")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the broker's answer to each event")
