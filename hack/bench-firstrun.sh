@@ -62,11 +62,28 @@ started=$(now)
 pid=$!
 pgid=$pid
 
+secs() { printf '%.1fs' "$(echo "$1 - $started" | bc)"; }
+
+# partial prints what was reached when up did not get ready: on a loaded machine a first run
+# can outlast the timeout, and the CLI build alone is a figure.
+partial() {
+  echo "$1 after $(secs "$(now)"); its output:" >&2
+  grep -v ' so far (' "$tmp/up.out" "$tmp/up.err" >&2 || true
+  tail -n 1 "$tmp/up.out" >&2
+  if [ -n "$first_line" ]; then
+    echo "CLI build:       $(secs "$first_line") (go run until up's first line)"
+  else
+    echo "CLI build:       not finished"
+  fi
+  echo "function builds: ${built:-not finished}"
+  echo "time to ready:   not ready"
+  echo "load avg:        $(cut -d' ' -f1-3 /proc/loadavg) (at the end)"
+}
+
 first_line="" built="" ready="" addr=""
 while :; do
   if ! kill -0 "$pid" 2>/dev/null; then
-    echo "knfaas up exited before it was ready; its output:" >&2
-    cat "$tmp/up.out" "$tmp/up.err" >&2
+    partial "knfaas up exited before it was ready"
     exit 1
   fi
   if [ -z "$first_line" ] && [ -s "$tmp/up.out" ]; then
@@ -83,8 +100,7 @@ while :; do
     break
   fi
   if [ "$(echo "$(now) - $started > $timeout_s" | bc)" = 1 ]; then
-    echo "not ready after ${timeout_s}s; its output:" >&2
-    cat "$tmp/up.out" "$tmp/up.err" >&2
+    partial "not ready within BENCH_FIRSTRUN_TIMEOUT=${timeout_s}s"
     exit 1
   fi
   sleep 0.5
@@ -95,7 +111,6 @@ kill -INT -- "-$pgid"
 wait "$pid" || true
 pgid=""
 
-secs() { printf '%.1fs' "$(echo "$1 - $started" | bc)"; }
 read -r user sys < <(tail -1 "$tmp/cpu") # time notes a non-zero exit on a line before
 echo "CLI build:       $(secs "$first_line") (go run until up's first line)"
 echo "function builds: ${built:-none} (up's own figure)"
