@@ -227,6 +227,7 @@ it); the Broker's EventPolicies decide whether that identity may send.`,
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
 	cmd.Flags().StringVar(&serviceAccount, "service-account", brokerclass.RedriveServiceAccount, "on a cluster, the ServiceAccount of the platform's namespace to send as when the Broker requires OIDC authentication")
+	_ = cmd.RegisterFlagCompletionFunc("broker", completeBrokerRefs(&run))
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be redriven and send nothing")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the broker's answer to each event")
