@@ -55,7 +55,7 @@ type attempts struct {
 }
 
 func withAttempts(ctx context.Context) context.Context {
-	return context.WithValue(ctx, attemptsKey{}, &attempts{n: map[string]int{}})
+	return context.WithValue(ctx, attemptsKey{}, &attempts{})
 }
 
 // AttemptNumbering wraps the tracer provider of Knative's dispatcher: every HTTP attempt it makes
@@ -77,6 +77,9 @@ func (t attemptTracer) Start(ctx context.Context, name string, opts ...trace.Spa
 	a, ok := ctx.Value(attemptsKey{}).(*attempts)
 	if cfg := trace.NewSpanStartConfig(opts...); ok && cfg.SpanKind() == trace.SpanKindClient {
 		a.mu.Lock()
+		if a.n == nil {
+			a.n = map[string]int{}
+		}
 		a.n[name]++
 		n := a.n[name]
 		a.mu.Unlock()
