@@ -39,12 +39,47 @@ func main() {
 		colds    = flag.Int("cold", 30, "cold starts to measure")
 		knfaas   = flag.String("knfaas", "", "knfaas binary")
 		redisURL = flag.String("redis", "", "REDIS_URL for knfaas up (empty: embedded)")
+		profile  = flag.String("cpuprofile", "", "write a CPU profile of the runtime, taken during the saturating run, to this file")
+		profSecs = flag.Int("cpuprofile-seconds", 4, "length of the -cpuprofile profile")
 	)
 	flag.Parse()
+	cpuProfile, cpuProfileSeconds = *profile, *profSecs
 	if err := run(*conc, *events, *helloDur, *size, *colds, *knfaas, *redisURL); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes.
+var (
+	cpuProfile        string
+	cpuProfileSeconds int
+)
+
+// startProfile fetches a CPU profile of the runtime from its pprof address in the background;
+// the returned function waits for it.
+func startProfile(pprofAddr string) func() {
+	if cpuProfile == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, cpuProfileSeconds))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(f, resp.Body)
+	}()
+	return func() { <-done }
 }
 
 func serveHello(addr string) {
@@ -63,6 +98,8 @@ type result struct {
 	failed   int64
 	elapsed  time.Duration
 	p50, p99 time.Duration
+	// firstFailure describes the first failed request, empty when none failed.
+	firstFailure string
 }
 
 // load runs a closed loop of c workers issuing mk() requests until n requests (n>0) or dur.
@@ -71,6 +108,12 @@ func load(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) res
 	tr.MaxIdleConnsPerHost = c
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	var next, failed atomic.Int64
+	var firstFailure sync.Once
+	var failure string
+	fail := func(what string) {
+		failed.Add(1)
+		firstFailure.Do(func() { failure = what })
+	}
 	lat := make([][]time.Duration, c)
 	start := time.Now()
 	deadline := start.Add(dur)
@@ -87,13 +130,13 @@ func load(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) res
 				t0 := time.Now()
 				resp, err := client.Do(mk(i))
 				if err != nil {
-					failed.Add(1)
+					fail(err.Error())
 					continue
 				}
-				_, _ = io.Copy(io.Discard, resp.Body)
+				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode >= 300 {
-					failed.Add(1)
+					fail(fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b)))
 					continue
 				}
 				lat[w] = append(lat[w], time.Since(t0))
@@ -106,7 +149,7 @@ func load(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) res
 		all = append(all, l...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r := result{n: int64(len(all)), failed: failed.Load(), elapsed: time.Since(start)}
+	r := result{n: int64(len(all)), failed: failed.Load(), elapsed: time.Since(start), firstFailure: failure}
 	if len(all) > 0 {
 		r.p50, r.p99 = all[len(all)/2], all[len(all)*99/100]
 	}
@@ -129,6 +172,23 @@ func metric(addr, prefix string) float64 {
 		}
 	}
 	return 0
+}
+
+// cpuTime is the user and system CPU time a process has used (0 when unknown).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command (which may hold spaces) start after its closing parenthesis;
+	// utime and stime are the 14th and 15th fields, in clock ticks (100 a second on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 func rssKiB(pid int) int {
@@ -155,7 +215,8 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	defer func() { _ = hello.Process.Kill(); _ = hello.Wait() }()
 
 	addr := freeAddr()
-	up := exec.Command(knfaas, "up", "--defaults=false", "-f", "hack/bench/manifests", "--addr", addr, "--idle", "300ms", "--log-level", "warn")
+	pprofAddr := freeAddr()
+	up := exec.Command(knfaas, "up", "--defaults=false", "-f", "hack/bench/manifests", "--addr", addr, "--idle", "300ms", "--log-level", "warn", "--pprof-addr", pprofAddr)
 	up.Env = append(os.Environ(), "REDIS_URL="+redisURL)
 	var upOut bytes.Buffer
 	up.Stdout, up.Stderr = &upOut, &upOut
@@ -205,31 +266,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	delivered := func() float64 {
 		return metric(addr, `knfaas_trigger_events_delivered_total{broker="bench/default",trigger="bench/noop"}`)
 	}
-	// Warm-up, then wait until it is delivered.
-	load(c, 3000, 0, publish("warm-"))
-	for delivered() < 3000 {
-		time.Sleep(50 * time.Millisecond)
-	}
-	base := delivered()
-	start := time.Now()
-	p := load(c, int64(events), 0, publish("sat-"))
-	for delivered()-base < float64(p.n) {
-		if time.Since(start) > 5*time.Minute {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	drain := time.Since(start)
-	got := delivered() - base
-	rate := got / drain.Seconds()
-	fmt.Printf("-- knfaas publish (closed loop) then drain: accepted %d (refused %d) in %s = %.0f ev/s accepted; publish p50 %s p99 %s\n",
-		p.n, p.failed, p.elapsed.Round(time.Millisecond), float64(p.n)/p.elapsed.Seconds(), p.p50.Round(time.Microsecond), p.p99.Round(time.Microsecond))
-	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.n, drain.Round(time.Millisecond), rate, float64(p.n)-got)
-	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
-		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
-	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.22; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
-
-	// Idle RSS of the warm instance after the load, and of a cold-started one.
+	// pidOf asks a Service instance for its pid, through the runtime.
 	client := localhost.Client(10 * time.Second)
 	pidOf := func(svc string) (int, time.Duration) {
 		t0 := time.Now()
@@ -243,7 +280,42 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		pid, _ := strconv.Atoi(string(b))
 		return pid, d
 	}
+	// Warm-up, then wait until it is delivered.
+	if w := load(c, 3000, 0, publish("warm-")); w.failed > 0 {
+		return fmt.Errorf("%d of 3000 warm-up events refused, the first: %s\n%s", w.failed, w.firstFailure, upOut.String())
+	}
+	for delivered() < 3000 {
+		time.Sleep(50 * time.Millisecond)
+	}
 	warmPID, _ := pidOf("noop")
+	base := delivered()
+	cpu0 := [3]time.Duration{cpuTime(up.Process.Pid), cpuTime(warmPID), cpuTime(os.Getpid())}
+	start := time.Now()
+	waitProfile := startProfile(pprofAddr)
+	p := load(c, int64(events), 0, publish("sat-"))
+	for delivered()-base < float64(p.n) {
+		if time.Since(start) > 5*time.Minute {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	drain := time.Since(start)
+	got := delivered() - base
+	cpu1 := [3]time.Duration{cpuTime(up.Process.Pid), cpuTime(warmPID), cpuTime(os.Getpid())}
+	waitProfile()
+	rate := got / drain.Seconds()
+	fmt.Printf("-- knfaas publish (closed loop) then drain: accepted %d (refused %d) in %s = %.0f ev/s accepted; publish p50 %s p99 %s\n",
+		p.n, p.failed, p.elapsed.Round(time.Millisecond), float64(p.n)/p.elapsed.Seconds(), p.p50.Round(time.Microsecond), p.p99.Round(time.Microsecond))
+	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.n, drain.Round(time.Millisecond), rate, float64(p.n)-got)
+	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
+		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
+	perEvent := func(i int) string {
+		return (time.Duration(float64(cpu1[i]-cpu0[i]) / got)).Round(100 * time.Nanosecond).String()
+	}
+	fmt.Printf("   CPU per delivered event: runtime %s, function instance %s, load generator %s (publish and drain, user+system)\n",
+		perEvent(0), perEvent(1), perEvent(2))
+	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.30; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
+
 	time.Sleep(2 * time.Second)
 	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", rssKiB(warmPID))
 

@@ -14,6 +14,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/binding/transformer"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -181,6 +182,13 @@ type Consumer struct {
 	// deliverCtx outlives Run's context by ShutdownGrace.
 	deliverCtx context.Context
 
+	// replyBase is the parsed ReplyURL, nil when it cannot take the TTL parameter as the
+	// whole query (deliver then parses the URL per event).
+	replyBase *apis.URL
+	// The trigger's metric series, looked up once instead of per event.
+	delivered, filtered, retried func() prometheus.Counter
+	latency                      func() prometheus.Observer
+
 	sem      chan struct{}
 	acks     *groupcommit.Batcher[ack]
 	mu       sync.Mutex
@@ -210,11 +218,34 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	}
 	tc := *t
 	stream := StreamKey(t.Namespace, t.Broker)
-	return &Consumer{
-		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", t.Namespace+"/"+t.Broker), metrics: m, opts: opts,
-		stream: stream, brokerKey: t.Namespace + "/" + t.Broker, roundsKey: RoundsKey(stream, tc.Group()),
+	brokerKey := t.Namespace + "/" + t.Broker
+	c := &Consumer{
+		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", brokerKey), metrics: m, opts: opts,
+		stream: stream, brokerKey: brokerKey, roundsKey: RoundsKey(stream, tc.Group()),
 		sem: make(chan struct{}, opts.Parallelism), inflight: map[string]bool{},
 	}
+	if u, err := apis.ParseURL(tc.ReplyURL); err == nil && u != nil && u.RawQuery == "" && u.Fragment == "" && !u.ForceQuery {
+		c.replyBase = u
+	}
+	// Series are created on first use, so a trigger shows only the outcomes it had.
+	series := func(v *prometheus.CounterVec) func() prometheus.Counter {
+		return sync.OnceValue(func() prometheus.Counter { return v.WithLabelValues(brokerKey, tc.Key()) })
+	}
+	c.delivered, c.filtered, c.retried = series(m.EventsDelivered), series(m.EventsFiltered), series(m.EventsRetried)
+	c.latency = sync.OnceValue(func() prometheus.Observer { return m.DeliveryLatency.WithLabelValues(brokerKey, tc.Key()) })
+	return c
+}
+
+// replyURL is where the subscriber's reply to an event with this TTL goes: the broker ingress,
+// with the TTL to give back to the reply.
+func (c *Consumer) replyURL(ttl int32) (*apis.URL, error) {
+	query := ReplyTTLParam + "=" + strconv.Itoa(int(ttl))
+	if c.replyBase == nil {
+		return apis.ParseURL(c.t.ReplyURL + "?" + query)
+	}
+	u := *c.replyBase
+	u.RawQuery = query
+	return &u, nil
 }
 
 // RoundsKey is the Redis hash counting, per pending entry id, the failed rounds of one
@@ -384,9 +415,10 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	if err != nil {
 		return c.park(ctx, Parked{EntryID: m.ID, Entry: entryStrings(m.Values), Reason: ParkUndecodable, Detail: err.Error()})
 	}
-	log := c.log.With("event_id", event.ID(), "event_type", event.Type())
+	// The event's logger is made only when something is logged: most deliveries log nothing.
+	log := func() *slog.Logger { return c.log.With("event_id", event.ID(), "event_type", event.Type()) }
 	if c.t.Filter != nil && c.t.Filter.Filter(ctx, *event) == eventfilter.FailFilter {
-		c.metrics.EventsFiltered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		c.filtered().Inc()
 		return true
 	}
 	ctx, span := c.startDeliverySpan(ctx, event, "deliver")
@@ -399,9 +431,9 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		ttl = DefaultTTL
 	}
 	_ = knbroker.DeleteTTL(event.Context)
-	reply, err := apis.ParseURL(c.t.ReplyURL + "?" + ReplyTTLParam + "=" + strconv.Itoa(int(ttl)))
+	reply, err := c.replyURL(ttl)
 	if err != nil {
-		log.Error("bad reply URL", "error", err)
+		log().Error("bad reply URL", "error", err)
 		return false
 	}
 	// The dispatcher sends the event in binary mode: the entry's data bytes are the body as
@@ -412,16 +444,18 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		kncloudevents.WithReply(&duckv1.Addressable{URL: reply}),
 	)...)
 	if *attempts > 1 {
-		c.metrics.EventsRetried.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
+		c.retried().Inc()
 	}
 	if err != nil && ctx.Err() != nil {
-		log.Info("delivery cut off by shutdown; the event stays pending and is redelivered after a restart")
+		log().Info("delivery cut off by shutdown; the event stays pending and is redelivered after a restart")
 		return false
 	}
 	if err == nil {
-		c.metrics.EventsDelivered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
-		c.metrics.DeliveryLatency.WithLabelValues(c.brokerKey, c.t.Key()).Observe(time.Since(entryTime(m.ID)).Seconds())
-		log.Debug("delivered")
+		c.delivered().Inc()
+		c.latency().Observe(time.Since(entryTime(m.ID)).Seconds())
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			log().Debug("delivered")
+		}
 		outcome = "delivered"
 		return true
 	}
@@ -430,7 +464,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	}
 	if c.t.DeadLetter == nil {
 		c.metrics.EventsDropped.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
-		log.Error("delivery failed and the trigger has no dead-letter sink: the event is dropped, as Knative does", "error", err)
+		log().Error("delivery failed and the trigger has no dead-letter sink: the event is dropped, as Knative does", "error", err)
 		outcome = "dropped"
 		tracing.End(span, err)
 		return true
@@ -444,12 +478,12 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	)...)
 	tracing.End(dlSpan, dlErr)
 	if dlErr != nil && ctx.Err() != nil {
-		log.Info("dead-lettering cut off by shutdown; the event stays pending and is redelivered after a restart")
+		log().Info("dead-lettering cut off by shutdown; the event stays pending and is redelivered after a restart")
 		return false
 	}
 	if dlErr == nil {
 		c.metrics.EventsDeadLettered.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
-		log.Warn("delivery failed; sent to the dead-letter sink", "error", err, "code", info.ResponseCode)
+		log().Warn("delivery failed; sent to the dead-letter sink", "error", err, "code", info.ResponseCode)
 		outcome = "dead-lettered"
 		return true
 	}
@@ -460,7 +494,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	c.metrics.DeadLetterFailures.WithLabelValues(c.brokerKey, c.t.Key(), strconv.Itoa(dlInfo.ResponseCode)).Inc()
 	rounds, cerr := c.countRound(ctx, m.ID)
 	if cerr != nil {
-		log.Error("delivery and dead-lettering failed, and counting the failed round failed; the event stays pending and is redelivered",
+		log().Error("delivery and dead-lettering failed, and counting the failed round failed; the event stays pending and is redelivered",
 			"error", err, "dead_letter_error", dlErr, "count_error", cerr, "redeliver_after", c.opts.RedeliverAfter)
 		return false
 	}
@@ -469,7 +503,7 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 		why = "delivery failed and the dead-letter sink answered 503 (the dead-letter store is full or unavailable)"
 	}
 	if rounds < c.opts.MaxRounds {
-		log.Error(why+"; the event stays pending and is redelivered", "error", err, "code", info.ResponseCode,
+		log().Error(why+"; the event stays pending and is redelivered", "error", err, "code", info.ResponseCode,
 			"dead_letter_error", dlErr, "dead_letter_code", dlInfo.ResponseCode, "round", rounds, "max_rounds", c.opts.MaxRounds, "redeliver_after", c.opts.RedeliverAfter)
 		return false
 	}

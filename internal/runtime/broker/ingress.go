@@ -21,6 +21,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/cloudevents/sdk-go/v2/types"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -84,6 +85,8 @@ type Ingress struct {
 	// full marks brokers whose backlog is over the limit: they refuse events with 503 until
 	// their triggers catch up.
 	full map[string]bool
+	// accepted holds each known broker's accepted-events counter, looked up once.
+	accepted map[string]prometheus.Counter
 
 	// leaseOwner, when set, makes Maintain trim a stream only while this ingress holds the
 	// stream's trim lease (ShareTrims).
@@ -93,7 +96,7 @@ type Ingress struct {
 
 // NewIngress returns an ingress for no brokers; Add registers them.
 func NewIngress(store *Store, log *slog.Logger, m *metrics.Runtime) *Ingress {
-	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]int64{}, full: map[string]bool{}}
+	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]int64{}, full: map[string]bool{}, accepted: map[string]prometheus.Counter{}}
 }
 
 // Add makes a broker known. It accepts events of up to maxEventBytes (attributes and data, as
@@ -104,6 +107,7 @@ func (in *Ingress) Add(namespace, name string, maxEventBytes int64) {
 	}
 	in.mu.Lock()
 	in.brokers[namespace+"/"+name] = maxEventBytes
+	in.accepted[namespace+"/"+name] = nil // created on the first event
 	in.mu.Unlock()
 }
 
@@ -112,6 +116,7 @@ func (in *Ingress) Remove(namespace, name string) {
 	in.mu.Lock()
 	delete(in.brokers, namespace+"/"+name)
 	delete(in.full, namespace+"/"+name)
+	delete(in.accepted, namespace+"/"+name)
 	in.mu.Unlock()
 }
 
@@ -157,9 +162,29 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), status)
 		return
 	}
-	in.metrics.EventsAccepted.WithLabelValues(key).Inc()
+	in.acceptedCounter(key).Inc()
 	w.WriteHeader(http.StatusAccepted)
 }
+
+// acceptedCounter is the accepted-events counter of broker key, created on its first event.
+func (in *Ingress) acceptedCounter(key string) prometheus.Counter {
+	in.mu.RLock()
+	c := in.accepted[key]
+	in.mu.RUnlock()
+	if c != nil {
+		return c
+	}
+	c = in.metrics.EventsAccepted.WithLabelValues(key)
+	in.mu.Lock()
+	if _, known := in.accepted[key]; known {
+		in.accepted[key] = c
+	}
+	in.mu.Unlock()
+	return c
+}
+
+// ttlDefaulter sets or decrements an accepted event's broker TTL, as the Knative broker ingress.
+var ttlDefaulter = knbroker.TTLDefaulter(zap.NewNop(), DefaultTTL)
 
 func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.Request, namespace, name string, maxBytes int64) (int, error) {
 	// A binary-mode body is the data; a structured-mode body also holds the attributes and may
@@ -213,7 +238,7 @@ func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.R
 			_ = knbroker.SetTTL(event.Context, int32(ttl))
 		}
 	}
-	*event = knbroker.TTLDefaulter(zap.NewNop(), DefaultTTL)(ctx, *event)
+	*event = ttlDefaulter(ctx, *event)
 	if ttl, err := knbroker.GetTTL(event.Context); err != nil || ttl <= 0 {
 		return http.StatusBadRequest, fmt.Errorf("event %s exhausted its broker TTL (%s): a reply loop?", event.ID(), knbroker.TTLAttribute)
 	}

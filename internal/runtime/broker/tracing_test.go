@@ -252,3 +252,80 @@ func BenchmarkTracingPerEvent(b *testing.B) {
 		})
 	}
 }
+
+// TestUnsampledEventStartsNoSpans: under the default parent-based sampler, an event whose
+// sender's trace context is not sampled starts no span at the ingress nor at its delivery, yet
+// the subscriber gets the sender's context as it came (no span of this runtime in between).
+func TestUnsampledEventStartsNoSpans(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	otel.SetTextMapPropagator(tracing.Propagator())
+	t.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
+
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := NewStore(rdb)
+	go store.Run(ctx, 2)
+	m := metrics.New()
+	in := NewIngress(store, quietLog(), m)
+	in.Add("ns", "b", 0)
+	sub := newHopRecorder(t, func(int) int { return http.StatusAccepted })
+	trig := &Trigger{Namespace: "ns", Name: "t", Broker: "b", Subscriber: addressable(t, sub.URL), ReplyURL: "http://127.0.0.1:1/ns/b"}
+	if err := EnsureGroup(ctx, rdb, StreamKey(trig.Namespace, trig.Broker), trig.Group()); err != nil {
+		t.Fatal(err)
+	}
+	dispatcher := kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil, kncloudevents.WithTraceProvider(AttemptNumbering(otel.GetTracerProvider())))
+	c := NewConsumer(trig, rdb, dispatcher, quietLog(), m, ConsumerOptions{Block: 50 * time.Millisecond})
+	cctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(cctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	const sender = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+	postBinary(t, in, "ev-unsampled", map[string]string{"traceparent": sender}, `{}`)
+	eventually(t, "the delivery", func() bool { return len(sub.headers()) == 1 })
+	hop := sub.headers()[0]
+	if got := hop.Get("traceparent"); got != sender {
+		t.Errorf("subscriber got traceparent %q, want the sender's %q", got, sender)
+	}
+	if got := hop.Get("Ce-Traceparent"); got != sender {
+		t.Errorf("subscriber got the event's traceparent extension %q, want the sender's %q", got, sender)
+	}
+	if n := len(rec.Started()); n != 0 {
+		t.Errorf("%d spans started for an unsampled event, want none", n)
+	}
+}
+
+// TestUnsampledFollowsTheSampler: which spans are not started, by sampler and parent.
+func TestUnsampledFollowsTheSampler(t *testing.T) {
+	sampled := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled})
+	unsampledParent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}})
+	for _, tc := range []struct {
+		name    string
+		sampler string
+		parent  trace.SpanContext
+		skip    bool
+	}{
+		{"default sampler, sampled parent", "", sampled, false},
+		{"default sampler, unsampled parent", "", unsampledParent, true},
+		{"default sampler, no parent", "", trace.SpanContext{}, false},
+		{"parent-based ratio, unsampled parent", "parentbased_traceidratio", unsampledParent, true},
+		{"parent-based ratio, no parent", "parentbased_traceidratio", trace.SpanContext{}, false},
+		{"always off, no parent", "always_off", trace.SpanContext{}, true},
+		{"always off, sampled parent", "always_off", sampled, false},
+		{"parent-based always off, no parent", "parentbased_always_off", trace.SpanContext{}, true},
+		{"always on ignores the parent", "always_on", unsampledParent, false},
+		{"ratio ignores the parent", "traceidratio", unsampledParent, false},
+		{"unknown sampler", "jaeger_remote", unsampledParent, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			follows, rootsOff := policyOf(tc.sampler)
+			if got := skipped(follows, rootsOff, tc.parent); got != tc.skip {
+				t.Errorf("skipped = %v, want %v", got, tc.skip)
+			}
+		})
+	}
+}
