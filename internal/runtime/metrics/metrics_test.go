@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -161,4 +163,49 @@ func grepLines(body, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestEveryMetricIsInTheTable: docs/metrics.md, the one table of the platform's metric names,
+// has a row for each metric the runtime registers, and no row for a knfaas_ metric of the
+// runtime's families that does not exist.
+func TestEveryMetricIsInTheTable(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, _, _ := strings.Cut(string(doc), "\n## ") // the table comes before the first section
+	rows := map[string]bool{}
+	for _, line := range strings.Split(table, "\n") {
+		if name, ok := strings.CutPrefix(line, "| `"); ok {
+			name, _, _ = strings.Cut(name, "`")
+			rows[name] = true
+		}
+	}
+	r := New()
+	r.ObserveRequest("ns", "fn", "t", 200, time.Millisecond, "") // vectors without a series are not gathered
+	families, err := r.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	registered := map[string]bool{}
+	for _, f := range families {
+		registered[f.GetName()] = true
+	}
+	for _, vec := range []prometheus.Collector{r.EventsAccepted, r.EventsRejected, r.EventsDelivered, r.EventsRetried, r.EventsDeadLettered, r.EventsFailed, r.EventsDropped, r.EventsFiltered, r.EventsParked, r.DeadLetterFailures, r.DeliveryLatency, r.ColdStarts, r.ColdStartSeconds, r.Instances, r.PingsSent} {
+		ch := make(chan *prometheus.Desc, 1)
+		vec.Describe(ch)
+		d := (<-ch).String()
+		name, _, _ := strings.Cut(strings.TrimPrefix(d, `Desc{fqName: "`), `"`)
+		registered[name] = true
+	}
+	for name := range registered {
+		if strings.HasPrefix(name, "knfaas_") && !rows[name] {
+			t.Errorf("%s is registered but has no row in docs/metrics.md", name)
+		}
+	}
+	for name := range rows {
+		if strings.HasPrefix(name, "knfaas_") && !strings.HasPrefix(name, "knfaas_notify_") && !registered[name] {
+			t.Errorf("docs/metrics.md has a row for %s, which the runtime does not register", name)
+		}
+	}
 }
