@@ -30,6 +30,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/objects"
 	"github.com/knfaas/knfaas/internal/function/objectstore"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypeCreated is the type of the reply: the thumbnails of one image version exist.
@@ -172,6 +173,11 @@ func permanent(code int, format string, args ...any) error {
 // Handle makes the thumbnails of one object version. Objects outside the source prefix
 // (thumbnails included) and events other than creations are acknowledged and ignored.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.started.Load() {
 		return nil, errors.New("thumbnail is starting")
 	}
