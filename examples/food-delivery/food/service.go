@@ -40,6 +40,9 @@ func (s *Service[H]) Start(context.Context, map[string]string) error {
 	return nil
 }
 
+// Stop sends the spans still buffered: func-go calls it after SIGTERM, before the process exits.
+func (s *Service[H]) Stop(ctx context.Context) error { return tracing.Flush(ctx) }
+
 // Ready is true once Start has finished (the service keeps no state).
 func (s *Service[H]) Ready(context.Context) (bool, error) { return s.started.Load(), nil }
 

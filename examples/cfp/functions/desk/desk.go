@@ -203,12 +203,13 @@ func (f *Function) Start(context.Context, map[string]string) error {
 	return nil
 }
 
-// Stop closes the Redis client.
-func (f *Function) Stop(context.Context) error {
+// Stop sends the spans still buffered and closes the Redis client.
+func (f *Function) Stop(ctx context.Context) error {
+	err := tracing.Flush(ctx)
 	if f.close == nil {
-		return nil
+		return err
 	}
-	return f.close()
+	return errors.Join(err, f.close())
 }
 
 // Ready is true once Start has finished (the desk keeps no state).

@@ -139,8 +139,8 @@ func (f *Function) start(cfg Config, store *minio.Client) error {
 	return nil
 }
 
-// Stop does nothing: the store client holds no connection that needs closing.
-func (f *Function) Stop(context.Context) error { return nil }
+// Stop sends the spans still buffered (the store client holds no connection that needs closing).
+func (f *Function) Stop(ctx context.Context) error { return tracing.Flush(ctx) }
 
 // Ready reports whether Start has run.
 func (f *Function) Ready(context.Context) (bool, error) { return f.started.Load(), nil }
