@@ -292,3 +292,30 @@ func TestFlushSendsTheBatchNow(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceParentRoundTrip: TraceParent writes the span context of ctx as a W3C traceparent,
+// and SpanContextOf reads it back.
+func TestTraceParentRoundTrip(t *testing.T) {
+	tests := []struct {
+		name        string
+		traceparent string // the context's, "" for none
+		want        string
+	}{
+		{"a sampled span context", senderParent, senderParent},
+		{"an unsampled one keeps its flags", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"},
+		{"none", "", ""},
+		{"malformed", "00-zz-zz-01", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := trace.ContextWithSpanContext(context.Background(), SpanContextOf(tc.traceparent))
+			got := TraceParent(ctx)
+			if got != tc.want {
+				t.Fatalf("TraceParent %q, want %q", got, tc.want)
+			}
+			if sc := SpanContextOf(got); sc.IsValid() != (tc.want != "") {
+				t.Errorf("SpanContextOf(%q) valid %v", got, sc.IsValid())
+			}
+		})
+	}
+}
