@@ -105,6 +105,7 @@ type spanNode struct {
 	Status       string            `json:"status,omitempty"`
 	Message      string            `json:"statusMessage,omitempty"`
 	Attributes   map[string]string `json:"attributes,omitempty"`
+	Links        []tracestore.Link `json:"links,omitempty"`
 	Children     []*spanNode       `json:"children,omitempty"`
 	start        time.Time
 }
@@ -131,7 +132,7 @@ func buildTraceTree(t tracestore.Trace) traceTree {
 		nodes[s.SpanID] = &spanNode{
 			Name: s.Name, Service: s.Service, SpanID: s.SpanID, ParentSpanID: s.ParentSpanID,
 			Offset: roundDuration(s.Start.Sub(start)), Duration: roundDuration(s.End.Sub(s.Start)),
-			Status: s.Status, Message: s.StatusMessage, Attributes: s.Attributes, start: s.Start,
+			Status: s.Status, Message: s.StatusMessage, Attributes: s.Attributes, Links: s.Links, start: s.Start,
 		}
 	}
 	for _, s := range t.Spans {
@@ -193,6 +194,9 @@ func writeTraceTable(w io.Writer, doc traceDocument) error {
 					if v := n.Attributes[d.key]; v != "" && (d.key != tracing.AttrEventID || prefix == "") {
 						details = append(details, d.label+"="+v)
 					}
+				}
+				for _, l := range n.Links {
+					details = append(details, "linked to trace "+l.TraceID)
 				}
 				if n.Status == "error" {
 					msg := n.Message
