@@ -8,6 +8,10 @@
 # 100 % sampled (OTEL_TRACES_SAMPLER), ROUNDS times each, interleaved, and prints each sampled
 # rate as a ratio of the untraced one of the same session.
 #   TRACING=1 ROUNDS=3 N=20000 ./hack/bench-broker.sh
+# RED=1 measures the cost of the Services' request metrics (KNFAAS_REQUEST_METRICS): delivered
+# events/s with them off and on (tracing as `knfaas up` has it, so every request leaves an
+# exemplar), ROUNDS times each, interleaved, and prints the ratio on/off of the same session.
+#   RED=1 ROUNDS=3 N=20000 ./hack/bench-broker.sh
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +19,7 @@ cd "$(dirname "$0")/.."
 : "${N:=30000}"
 : "${REDIS:=real}"
 : "${TRACING:=0}"
+: "${RED:=0}"
 : "${ROUNDS:=3}"
 
 work=$(mktemp -d)
@@ -45,7 +50,7 @@ if [ -n "${BENCH_LOCK:-}" ]; then
   flock 9
 fi
 export KNFAAS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/knfaas/bin"
-if [ "$TRACING" != 1 ]; then
+if [ "$TRACING" != 1 ] && [ "$RED" != 1 ]; then
   # Tracing is sampled off unless the caller sets a sampler: the figures are the event path's.
   export OTEL_TRACES_SAMPLER="${OTEL_TRACES_SAMPLER:-always_off}"
   echo "tracing sampler: $OTEL_TRACES_SAMPLER; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -61,6 +66,27 @@ delivered_rate() {
   env "$@" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N" -hello-d 2s -cold 1 \
     | sed -n 's/.* = \([0-9]*\) ev\/s delivered.*/\1/p'
 }
+if [ "$RED" = 1 ]; then
+  rounds=()
+  for round in $(seq "$ROUNDS"); do
+    # Alternate which setting runs first.
+    if [ $((round % 2)) = 1 ]; then
+      off=$(delivered_rate KNFAAS_REQUEST_METRICS=off); on=$(delivered_rate KNFAAS_REQUEST_METRICS=on)
+    else
+      on=$(delivered_rate KNFAAS_REQUEST_METRICS=on); off=$(delivered_rate KNFAAS_REQUEST_METRICS=off)
+    fi
+    echo "round $round: request metrics off $off ev/s, on $on ev/s"
+    rounds+=("$off $on")
+  done
+  python3 - "${rounds[@]}" <<'PY'
+import statistics, sys
+rs = [tuple(float(x) for x in r.split()) for r in sys.argv[1:]]
+print(f"== request metrics cost over {len(rs)} interleaved rounds (mean ev/s: off {statistics.mean(r[0] for r in rs):.0f}, "
+      f"on {statistics.mean(r[1] for r in rs):.0f}); median ratio on/off of the same round: {statistics.median(r[1] / r[0] for r in rs):.3f}")
+PY
+  exit
+fi
+
 rounds=()
 for round in $(seq "$ROUNDS"); do
   # The order rotates from round to round, so no setting always runs first or last.

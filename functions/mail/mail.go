@@ -21,6 +21,7 @@ import (
 	mailer "github.com/knfaas/knfaas/internal/function/mail"
 	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypePing is the type of PingSource events; like the timer's fired deadlines (deadline.TypeFired
@@ -181,6 +182,11 @@ func (f *Function) Stop(context.Context) error {
 // before is acknowledged and not sent again; a redrive (knfaasredrive) of a dead mail sends it
 // again. A fired timer deadline (or a PingSource tick) sends what is due and waits for it.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("mail is starting")
 	}

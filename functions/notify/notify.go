@@ -31,6 +31,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/placeholder"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypeEndpointDisabled is the event the function publishes (through K_SINK) when it disables
@@ -301,7 +302,7 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		if _, err := f.HandleEvent(r.Context(), *e); err != nil {
+		if _, err := tracing.HandleEvent(r.Context(), *e, f.HandleEvent); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}

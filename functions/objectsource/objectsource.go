@@ -23,6 +23,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/objects"
 	"github.com/knfaas/knfaas/internal/function/objectstore"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypePing is the type of the PingSource events that tick the source.
@@ -125,6 +126,11 @@ func (f *Function) Stop(context.Context) error { return f.Close() }
 // error (5xx): what it did not emit, the next pass emits. A pass that emitted, found versions
 // another pass was emitting, or failed is logged.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("objectsource is starting")
 	}

@@ -13,6 +13,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
@@ -165,7 +167,7 @@ func (f *Function) fire(ctx context.Context, batch []deadline.Fired) (int, error
 		go func() {
 			defer wg.Done()
 			for d := range work {
-				err := f.send(ctx, FiredEvent(d))
+				err := f.fireOne(ctx, d)
 				mu.Lock()
 				if err != nil {
 					if firstEr == nil {
@@ -188,6 +190,28 @@ func (f *Function) fire(ctx context.Context, batch []deadline.Fired) (int, error
 	}
 	return len(ok), firstEr
 }
+
+// fireOne sends the event of one due deadline as the span "fire deadline": a child of the
+// tick's span, so the fired event continues the tick's trace, with a link to the span that
+// scheduled the deadline (a process step, in its own trace), when the deadline kept it.
+func (f *Function) fireOne(ctx context.Context, d deadline.Fired) error {
+	opts := []trace.SpanStartOption{trace.WithAttributes(
+		attribute.String(AttrDeadlineID, d.ID), attribute.String(AttrDeadlineSubject, d.Payload.Subject))}
+	if scheduled := tracing.SpanContextOf(d.Payload.TraceParent); scheduled.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: scheduled, Attributes: []attribute.KeyValue{attribute.String(AttrLinkKind, "scheduled-by")}}))
+	}
+	ctx, span := tracing.Tracer().Start(ctx, "fire deadline", opts...)
+	err := f.send(ctx, FiredEvent(d))
+	tracing.End(span, err)
+	return err
+}
+
+// Attributes of the "fire deadline" span and its link.
+const (
+	AttrDeadlineID      = "knfaas.deadline.id"
+	AttrDeadlineSubject = "knfaas.deadline.subject"
+	AttrLinkKind        = "knfaas.link.kind"
+)
 
 // FiredEvent is the event for a due deadline: its id is the deadline id, so sending it again
 // (a retried tick) is the same event to every consumer.

@@ -3,10 +3,14 @@ package funchealth
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Lifecycle tracks a Redis-backed function from Start to Stop: embedded in the function's
@@ -57,9 +61,20 @@ func (l *Lifecycle) Ready(ctx context.Context) (bool, error) {
 // the function would not cure it.
 func (l *Lifecycle) Alive(context.Context) (bool, error) { return true, nil }
 
-// Close marks the function not ready and closes its Redis client, if Started gave one.
+// flushTimeout bounds the flush of the spans in Close; the platform waits 10 s (the runtime) or
+// the pod's grace period (Knative) after SIGTERM before it kills the process.
+const flushTimeout = 3 * time.Second
+
+// Close marks the function not ready, sends the spans the process still buffers (func-go calls
+// Stop, which ends with Close, after SIGTERM and once the server has finished its requests, just
+// before the process exits), and closes its Redis client, if Started gave one.
 func (l *Lifecycle) Close() error {
 	l.running.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	if err := tracing.Flush(ctx); err != nil {
+		slog.Warn("spans not sent before stopping", "err", err)
+	}
 	if l.rdb == nil {
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Redis key families owned by the process manager. <id> is the instance id (the start event's
@@ -247,6 +248,7 @@ func (e *Engine) Apply(ctx context.Context, ev Event) (Result, error) {
 	args := []any{
 		e.opts.Now().UnixMilli(), evJSON, start, e.opts.Retention.Milliseconds(), e.opts.TimelineMax,
 		e.opts.Owner, KeyTaskPrefix, deadline.TypeFired, TypeTaskCreated, TypeTaskCompleted, TypeTaskRejected,
+		tracing.TraceParent(ctx), // a deadline the step schedules links its fire back to this trace
 	}
 	vals, err := transitionScript.Run(ctx, e.rdb, keys, args...).StringSlice()
 	if err != nil {

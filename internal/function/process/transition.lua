@@ -7,6 +7,7 @@
 -- ARGV[4] retention (ms)  ARGV[5] timeline max entries  ARGV[6] timer owner
 -- ARGV[7] task key prefix  ARGV[8] timer fired type  ARGV[9] task created type
 -- ARGV[10] task completed type  ARGV[11] task rejected type
+-- ARGV[12] traceparent of the step's span ('' for none), kept with the deadlines it schedules
 --
 -- The event JSON carries decision and decided only for a task decision whose signature the
 -- engine has verified (see signature.go).
@@ -19,6 +20,8 @@ local ev = cjson.decode(ARGV[2])
 local retention = tonumber(ARGV[4])
 local owner, taskprefix, T_FIRED, T_TASK = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local T_DONE, T_REJ = ARGV[10], ARGV[11]
+local traceparent = ARGV[12] or ''
+
 local isdecision = ev.type == T_DONE or ev.type == T_REJ
 local inst = ev.subject
 local H = KEYS[1]
@@ -130,7 +133,9 @@ local function schedule(cmd, ms)
   deadline = cmd .. ':deadline'
   local due = now + ms
   redis.call('ZADD', KEYS[5], due, deadline)
-  redis.call('HSET', KEYS[6], deadline, cjson.encode({subject = inst, command = cmd, owner = owner, due = due}))
+  local payload = {subject = inst, command = cmd, owner = owner, due = due}
+  if traceparent ~= '' then payload.traceparent = traceparent end
+  redis.call('HSET', KEYS[6], deadline, cjson.encode(payload))
   timeline({kind = 'timer', note = 'scheduled', id = deadline, due = due})
 end
 

@@ -206,6 +206,13 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 		}
 		b = appendMessage(b, 11, e)
 	}
+	for _, l := range s.Links() {
+		b = appendMessage(b, 13, appendLink(nil, l))
+	}
+	if n := s.DroppedLinks(); n > 0 {
+		b = protowire.AppendTag(b, 14, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(n))
+	}
 	var st []byte
 	st = appendString(st, 2, s.Status().Description)
 	code := uint64(0) // OTLP: 0 unset, 1 ok, 2 error
@@ -222,6 +229,23 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 	b = appendMessage(b, 15, st)
 	b = protowire.AppendTag(b, 16, protowire.Fixed32Type)
 	return protowire.AppendFixed32(b, uint32(sc.TraceFlags()))
+}
+
+// appendLink encodes a Span.Link: the linked span's context and the link's attributes.
+func appendLink(b []byte, l sdktrace.Link) []byte {
+	tid, sid := l.SpanContext.TraceID(), l.SpanContext.SpanID()
+	b = appendMessage(b, 1, tid[:])
+	b = appendMessage(b, 2, sid[:])
+	b = appendString(b, 3, l.SpanContext.TraceState().String())
+	for _, kv := range l.Attributes {
+		b = appendMessage(b, 4, appendKeyValue(nil, kv))
+	}
+	if l.DroppedAttributeCount > 0 {
+		b = protowire.AppendTag(b, 5, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(l.DroppedAttributeCount))
+	}
+	b = protowire.AppendTag(b, 6, protowire.Fixed32Type)
+	return protowire.AppendFixed32(b, uint32(l.SpanContext.TraceFlags()))
 }
 
 func appendKeyValue(b []byte, kv attribute.KeyValue) []byte {

@@ -114,3 +114,43 @@ func TestExporterSendsDecodableOTLP(t *testing.T) {
 		t.Errorf("%d attributes, want 4", len(h.Attributes))
 	}
 }
+
+// TestLinksAreEncoded: a span's links (a fired deadline's link to the span that set it) decode
+// with the OTLP definitions: the linked trace and span, their flags and the link's attributes.
+func TestLinksAreEncoded(t *testing.T) {
+	linked := SpanContextOf(senderParent)
+	tests := []struct {
+		name  string
+		links []trace.Link
+		want  int
+	}{
+		{"one link with attributes", []trace.Link{{SpanContext: linked, Attributes: []attribute.KeyValue{attribute.String("knfaas.link", "deadline")}}}, 1},
+		{"no link", nil, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := tracetest.NewSpanRecorder()
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+			_, span := tp.Tracer("scope").Start(context.Background(), "fire deadline", trace.WithLinks(tc.links...))
+			span.End()
+			var req coltracepb.ExportTraceServiceRequest
+			if err := proto.Unmarshal(EncodeSpans(rec.Ended()), &req); err != nil {
+				t.Fatal(err)
+			}
+			got := req.ResourceSpans[0].ScopeSpans[0].Spans[0].Links
+			if len(got) != tc.want {
+				t.Fatalf("%d links, want %d", len(got), tc.want)
+			}
+			if tc.want == 0 {
+				return
+			}
+			l := got[0]
+			if hex.EncodeToString(l.TraceId) != senderTrace || hex.EncodeToString(l.SpanId) != senderSpan || l.Flags != 1 {
+				t.Errorf("link to %x/%x flags %d, want %s/%s flags 1", l.TraceId, l.SpanId, l.Flags, senderTrace, senderSpan)
+			}
+			if len(l.Attributes) != 1 || l.Attributes[0].Key != "knfaas.link" || l.Attributes[0].Value.GetStringValue() != "deadline" {
+				t.Errorf("link attributes %v", l.Attributes)
+			}
+		})
+	}
+}

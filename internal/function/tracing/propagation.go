@@ -110,3 +110,23 @@ func (t injectingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return t.next.RoundTrip(r)
 }
+
+// TraceParent is the W3C traceparent of the span context in ctx, "" without a valid one: what
+// work deferred to later (a deadline) keeps to link back to the span that set it.
+func TraceParent(ctx context.Context) string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ""
+	}
+	c := propagation.MapCarrier{}
+	w3c.Inject(ctx, c)
+	return c[HeaderTraceParent]
+}
+
+// SpanContextOf parses a W3C traceparent, as TraceParent writes it; the zero (invalid) span
+// context for "" or a malformed value.
+func SpanContextOf(traceparent string) trace.SpanContext {
+	if traceparent == "" {
+		return trace.SpanContext{}
+	}
+	return trace.SpanContextFromContext(w3c.Extract(context.Background(), propagation.MapCarrier{HeaderTraceParent: traceparent}))
+}

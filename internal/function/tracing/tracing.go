@@ -73,7 +73,11 @@ type Options struct {
 	EndpointURL string
 }
 
-var active atomic.Bool
+var (
+	active atomic.Bool
+	// provider is the exporting provider Setup installed, for Flush.
+	provider atomic.Pointer[sdktrace.TracerProvider]
+)
 
 // Active reports whether Setup installed an exporting provider in this process.
 func Active() bool { return active.Load() }
@@ -103,11 +107,28 @@ func Setup(opts Options) (shutdown func(context.Context) error, err error) {
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
+	provider.Store(tp)
 	active.Store(true)
 	return func(ctx context.Context) error {
 		active.Store(false)
+		provider.CompareAndSwap(tp, nil)
 		return tp.Shutdown(ctx)
 	}, nil
+}
+
+// Flush exports the spans the provider Setup installed still holds in its batch, and waits
+// until they are sent or ctx ends; without a provider it does nothing. A process about to exit
+// calls it, since the batch is otherwise sent only every OTEL_BSP_SCHEDULE_DELAY. The provider
+// keeps working after it.
+func Flush(ctx context.Context) error {
+	tp := provider.Load()
+	if tp == nil {
+		return nil
+	}
+	if err := tp.ForceFlush(ctx); err != nil {
+		return fmt.Errorf("tracing: flushing spans: %w", err)
+	}
+	return nil
 }
 
 var (

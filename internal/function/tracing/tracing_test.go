@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -249,6 +250,71 @@ func TestConfigured(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			if got := Configured(func(k string) string { return c.env[k] }); got != c.want {
 				t.Errorf("Configured = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestFlushSendsTheBatchNow: with a batch delay far longer than the test, Flush sends the
+// spans ended so far at once; without an exporting provider it does nothing.
+func TestFlushSendsTheBatchNow(t *testing.T) {
+	tests := []struct {
+		name      string
+		setup     bool
+		wantPosts int
+	}{
+		{"exporting provider", true, 1},
+		{"no provider", false, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var posts atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { posts.Add(1) }))
+			defer srv.Close()
+			t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+			prevTP := otel.GetTracerProvider()
+			defer otel.SetTracerProvider(prevTP)
+			if tc.setup {
+				shutdown, err := Setup(Options{Service: "flush-test", EndpointURL: srv.URL + "/v1/traces"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _ = shutdown(context.Background()) }()
+			}
+			_, span := Tracer().Start(context.Background(), "ended before the flush")
+			span.End()
+			if err := Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := posts.Load(); got != int32(tc.wantPosts) {
+				t.Errorf("%d exports after Flush, want %d", got, tc.wantPosts)
+			}
+		})
+	}
+}
+
+// TestTraceParentRoundTrip: TraceParent writes the span context of ctx as a W3C traceparent,
+// and SpanContextOf reads it back.
+func TestTraceParentRoundTrip(t *testing.T) {
+	tests := []struct {
+		name        string
+		traceparent string // the context's, "" for none
+		want        string
+	}{
+		{"a sampled span context", senderParent, senderParent},
+		{"an unsampled one keeps its flags", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"},
+		{"none", "", ""},
+		{"malformed", "00-zz-zz-01", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := trace.ContextWithSpanContext(context.Background(), SpanContextOf(tc.traceparent))
+			got := TraceParent(ctx)
+			if got != tc.want {
+				t.Fatalf("TraceParent %q, want %q", got, tc.want)
+			}
+			if sc := SpanContextOf(got); sc.IsValid() != (tc.want != "") {
+				t.Errorf("SpanContextOf(%q) valid %v", got, sc.IsValid())
 			}
 		})
 	}

@@ -1,13 +1,17 @@
-// Package maintest runs a function's real main in a child test process, so that a test can watch what the deployed binary does when Start fails: its exit code and its log.
+// Package maintest runs a function's real main in a child test process, so that a test can watch what the deployed binary does: its exit code and log when Start fails, and what it does when stopped.
 package maintest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -59,4 +63,84 @@ func decodedLogLines(out string) string {
 		}
 	}
 	return b.String()
+}
+
+// Child is a function's main running in a child test process, serving on Addr.
+type Child struct {
+	Addr string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan error
+}
+
+// Serve runs main in a child with the environment base, then LISTEN_ADDRESS on a free port,
+// then extra, and returns once the port accepts connections. The child is killed when the test
+// ends if it is still running.
+func Serve(t *testing.T, base []string, extra ...string) *Child {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c := &Child{Addr: addr, out: &syncBuffer{}, done: make(chan error, 1)}
+	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	c.cmd.Env = append(append(base[:len(base):len(base)], runMainEnv+"=1", "LISTEN_ADDRESS="+addr), extra...)
+	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.done <- c.cmd.Wait() }()
+	t.Cleanup(func() { _ = c.cmd.Process.Kill() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return c
+		}
+		select {
+		case err := <-c.done:
+			t.Fatalf("main exited (%v) before it listened; output:\n%s", err, c.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("main did not listen on %s within 30s; output:\n%s", addr, c.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Terminate sends SIGTERM, as the platform does to stop an instance, and returns what main
+// printed and how it ended (nil: exit code 0). It fails t if main has not exited within 30 s.
+func (c *Child) Terminate(t *testing.T) (output string, exit error) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		return c.out.String(), err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("main did not exit within 30s of SIGTERM; output:\n%s", c.out.String())
+		return "", nil
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

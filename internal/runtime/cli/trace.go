@@ -126,6 +126,9 @@ func writeTraceTable(w io.Writer, doc traceDocument) error {
 						details = append(details, d.label+"="+v)
 					}
 				}
+				for _, l := range n.Links {
+					details = append(details, "linked to trace "+l.TraceID)
+				}
 				if n.Status == "error" {
 					msg := n.Message
 					if len(msg) > 80 {

@@ -32,6 +32,12 @@ func TestTracePrintsTheJourney(t *testing.T) {
 		sp("0000000000000005", "0000000000000003", "POST /", "knfaas-up", 20*time.Millisecond, 30*time.Millisecond, map[string]string{tracing.AttrAttempt: "2", "http.response.status_code": "202"}, ""),
 		sp("0000000000000004", "0000000000000003", "POST /", "knfaas-up", 6*time.Millisecond, 10*time.Millisecond, map[string]string{tracing.AttrAttempt: "1", "http.response.status_code": "503"}, "error"),
 	})
+	fire := sp("0000000000000007", "0000000000000006", "fire deadline", "timer", 2*time.Millisecond, 3*time.Millisecond, nil, "")
+	fire.TraceID = strings.Repeat("cd", 16)
+	fire.Links = []tracestore.Link{{TraceID: strings.Repeat("ab", 16), SpanID: "0000000000000003"}}
+	tick := sp("0000000000000006", "", "handle dev.knative.sources.ping", "timer", 0, 4*time.Millisecond, map[string]string{tracing.AttrEventID: "tick-1"}, "")
+	tick.TraceID = strings.Repeat("cd", 16)
+	store.Add([]tracestore.Span{tick, fire})
 	mux := http.NewServeMux()
 	mux.Handle("/_knfaas/TOKEN/otlp/", http.StripPrefix("/_knfaas/TOKEN/otlp", store))
 	srv := httptest.NewServer(mux)
@@ -61,6 +67,11 @@ func TestTracePrintsTheJourney(t *testing.T) {
 			"+5ms", "└─ deliver knfaas/process", "ERROR",
 			"+6ms", "├─ POST /  (attempt=1, status=503, ERROR",
 			"+20ms", "10ms", "└─ POST /  (attempt=2, status=202)",
+		}},
+		{name: "a span link is shown", args: []string{"trace", "tick-1"}, want: []string{
+			"TRACE " + strings.Repeat("cd", 16),
+			"handle dev.knative.sources.ping",
+			"└─ fire deadline  (linked to trace " + strings.Repeat("ab", 16) + ")",
 		}},
 		{name: "unknown event", args: []string{"trace", "nope"}, wantErr: "no trace holds event \"nope\""},
 	}

@@ -73,7 +73,7 @@ func (r *Runtime) startServices(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		pool := serving.NewPool(spec, r.log, r.metrics)
+		pool := serving.NewPool(spec, r.log, r.poolObserver())
 		r.services[s.Key()] = pool
 		fmt.Fprintln(r.opts.Out, serviceLine(s, r.addr, b.Cached))
 		for _, n := range notes {
@@ -133,6 +133,23 @@ func (r *Runtime) serviceSpec(p *ServicePlan, binary string) (serving.Spec, []st
 	}
 	spec.Env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+spec.Dir, "TMPDIR="+os.TempDir())
 	return spec, notes, nil
+}
+
+// EnvRequestMetrics set to "off" turns the Services' request metrics (RED, with exemplars) off,
+// to measure what they cost; the scaling metrics stay.
+const EnvRequestMetrics = "KNFAAS_REQUEST_METRICS"
+
+// scalingObserver is the runtime's metrics without ObserveRequest, so a Pool measures no
+// requests.
+type scalingObserver struct{ serving.Observer }
+
+// poolObserver is what the Pools report to: the runtime's metrics, requests included unless
+// EnvRequestMetrics is "off".
+func (r *Runtime) poolObserver() serving.Observer {
+	if strings.EqualFold(os.Getenv(EnvRequestMetrics), "off") {
+		return scalingObserver{r.metrics}
+	}
+	return r.metrics
 }
 
 type warmUp struct {

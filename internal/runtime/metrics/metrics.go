@@ -3,7 +3,10 @@ package metrics
 
 import (
 	"net/http"
+	"strconv"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,6 +32,17 @@ type Runtime struct {
 	ColdStartSeconds   *prometheus.HistogramVec // namespace, service
 	Instances          *prometheus.GaugeVec     // namespace, service
 	PingsSent          *prometheus.CounterVec   // namespace, pingsource, result
+
+	// The RED metrics of every Service, measured by the runtime's proxy in front of its
+	// instances; each observation carries the request's trace id as an exemplar when the
+	// request came with a sampled trace context.
+	Requests        *prometheus.CounterVec   // namespace, service, event_type, code
+	RequestErrors   *prometheus.CounterVec   // namespace, service, event_type
+	RequestDuration *prometheus.HistogramVec // namespace, service, event_type
+
+	requestSeries sync.Map // requestKey → *requestSeries
+	eventTypesMu  sync.Mutex
+	eventTypes    map[serviceKey]int // distinct event_type values per Service
 }
 
 // New registers the runtime's metrics, plus Go and process collectors, in a new registry.
@@ -64,12 +78,107 @@ func New() *Runtime {
 	r.Instances = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "knfaas", Name: "service_instances", Help: "Function instances running or starting."}, []string{"namespace", "service"})
 	r.registry.MustRegister(r.Instances)
 	r.PingsSent = counter("pingsource_events_total", "PingSource ticks sent, by result.", "namespace", "pingsource", "result")
+	r.Requests = counter("service_requests_total", "Requests a Service answered (or the runtime answered for it: 502, 503, 504), by CloudEvent type (ce-type; empty for other requests) and HTTP status.", "namespace", "service", "event_type", "code")
+	r.RequestErrors = counter("service_request_errors_total", "Requests of a Service answered with a 5xx status, by CloudEvent type.", "namespace", "service", "event_type")
+	r.RequestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "knfaas", Name: "service_request_duration_seconds", Help: "Time from a request's arrival at the runtime to the end of its answer: queueing and cold start included.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+	}, []string{"namespace", "service", "event_type"})
+	r.registry.MustRegister(r.RequestDuration)
+	r.eventTypes = map[serviceKey]int{}
 	return r
 }
 
-// Handler serves the metrics in the Prometheus text format.
+// Handler serves the metrics in the Prometheus text format, or in the OpenMetrics format, which
+// carries the exemplars, to a scraper that asks for it (Accept: application/openmetrics-text).
 func (r *Runtime) Handler() http.Handler {
-	return promhttp.HandlerFor(r.registry, promhttp.HandlerOpts{})
+	return promhttp.HandlerFor(r.registry, promhttp.HandlerOpts{EnableOpenMetrics: true})
+}
+
+// MaxEventTypes bounds the event_type values of one Service's request metrics: the types that
+// arrive once that many are counted go under OtherEventType, as do types longer than
+// maxEventTypeLength or not valid UTF-8.
+const MaxEventTypes = 32
+
+// OtherEventType is the event_type of requests beyond MaxEventTypes.
+const OtherEventType = "other"
+
+const maxEventTypeLength = 200
+
+// ExemplarTraceID is the exemplar label that carries a request's trace id.
+const ExemplarTraceID = "trace_id"
+
+type serviceKey struct{ namespace, service string }
+
+type requestKey struct {
+	serviceKey
+	eventType string
+}
+
+// requestSeries caches the series of one (Service, event type), so an observation does not hash
+// its labels again.
+type requestSeries struct {
+	eventType string // the label: the request's type, or OtherEventType
+	duration  prometheus.Observer
+	errors    prometheus.Counter
+	byCode    sync.Map // int → prometheus.Counter
+}
+
+// ObserveRequest records one request a Service answered (serving.RequestObserver): its
+// CloudEvent type ("" for a request that is not a binary-mode CloudEvent), HTTP status,
+// duration, and the trace id of a sampled trace it belongs to ("" for none), which becomes the
+// exemplar of each series it counts in.
+func (r *Runtime) ObserveRequest(namespace, service, eventType string, status int, d time.Duration, traceID string) {
+	s := r.series(namespace, service, eventType)
+	code, ok := s.byCode.Load(status)
+	if !ok {
+		code, _ = s.byCode.LoadOrStore(status, r.Requests.WithLabelValues(namespace, service, s.eventType, strconv.Itoa(status)))
+	}
+	requests := code.(prometheus.Counter)
+	if traceID == "" {
+		requests.Inc()
+		s.duration.Observe(d.Seconds())
+		if status >= 500 {
+			s.errors.Inc()
+		}
+		return
+	}
+	exemplar := prometheus.Labels{ExemplarTraceID: traceID}
+	requests.(prometheus.ExemplarAdder).AddWithExemplar(1, exemplar)
+	s.duration.(prometheus.ExemplarObserver).ObserveWithExemplar(d.Seconds(), exemplar)
+	if status >= 500 {
+		s.errors.(prometheus.ExemplarAdder).AddWithExemplar(1, exemplar)
+	}
+}
+
+// series returns the cached series of a Service's event type, making them the first time, with
+// the type bounded to MaxEventTypes per Service.
+func (r *Runtime) series(namespace, service, eventType string) *requestSeries {
+	key := requestKey{serviceKey{namespace, service}, eventType}
+	if s, ok := r.requestSeries.Load(key); ok {
+		return s.(*requestSeries)
+	}
+	r.eventTypesMu.Lock()
+	defer r.eventTypesMu.Unlock()
+	if s, ok := r.requestSeries.Load(key); ok {
+		return s.(*requestSeries)
+	}
+	if len(eventType) > maxEventTypeLength || !utf8.ValidString(eventType) || r.eventTypes[key.serviceKey] >= MaxEventTypes {
+		key.eventType = OtherEventType
+		if s, ok := r.requestSeries.Load(key); ok {
+			return s.(*requestSeries)
+		}
+	}
+	s := &requestSeries{
+		eventType: key.eventType,
+		duration:  r.RequestDuration.WithLabelValues(namespace, service, key.eventType),
+		errors:    r.RequestErrors.WithLabelValues(namespace, service, key.eventType),
+	}
+	r.requestSeries.Store(key, s)
+	if key.eventType != OtherEventType {
+		r.eventTypes[key.serviceKey]++
+	}
+	return s
 }
 
 // ColdStart records a started instance (serving.Observer).

@@ -20,6 +20,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // DefaultTargetConcurrency is the in-flight requests per instance at which another instance is
@@ -74,14 +79,24 @@ type Observer interface {
 	SetInstances(namespace, name string, n int)
 }
 
+// RequestObserver is told about every request a Service answered (its RED metrics): the
+// CloudEvent type of a binary-mode event ("" otherwise), the HTTP status, the time from arrival
+// to the end of the answer, and the trace id of the sampled trace the request belongs to ("" for
+// none). A Pool whose Observer is also a RequestObserver tells it.
+type RequestObserver interface {
+	ObserveRequest(namespace, name, eventType string, status int, d time.Duration, traceID string)
+}
+
 // Pool is the activator and autoscaler of one Knative Service: the instances that serve it
 // and the queue in front of them.
 type Pool struct {
-	spec   Spec
-	log    *slog.Logger
-	obs    Observer
-	proxy  *httputil.ReverseProxy
-	nextID int
+	spec Spec
+	log  *slog.Logger
+	obs  Observer
+	// requests is obs as a RequestObserver, nil when it is not one.
+	requests RequestObserver
+	proxy    *httputil.ReverseProxy
+	nextID   int
 	// buffered is the bytes of request bodies held in memory, up to bufferBudget.
 	buffered     atomic.Int64
 	bufferBudget int64
@@ -126,6 +141,7 @@ func NewPool(spec Spec, log *slog.Logger, obs Observer) *Pool {
 		spec.Logs = io.Discard
 	}
 	s := &Pool{spec: spec, log: log.With("service", spec.Namespace+"/"+spec.Name), obs: obs, changed: make(chan struct{}), bufferBudget: maxBufferedBytes}
+	s.requests, _ = obs.(RequestObserver)
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConns = 1024
 	transport.MaxIdleConnsPerHost = 256
@@ -176,6 +192,15 @@ func (s *Pool) Name() string { return s.spec.Namespace + "/" + s.spec.Name }
 // instance; it is answered 504 when the timeout passes, as Knative's queue-proxy answers a
 // request that did not complete within timeoutSeconds, and its connection is closed.
 func (s *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.requests != nil {
+		began := time.Now()
+		eventType, traceID := r.Header.Get("Ce-Type"), sampledTraceID(r.Header)
+		rec := &statusRecorder{ResponseWriter: w}
+		w = rec
+		defer func() {
+			s.requests.ObserveRequest(s.spec.Namespace, s.spec.Name, eventType, rec.statusCode(), time.Since(began), traceID)
+		}()
+	}
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	var deadline time.Time
@@ -207,6 +232,54 @@ func (s *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.release(inst)
 	target := &proxyTarget{inst: inst, body: body}
 	s.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, instanceKey{}, target)))
+}
+
+// sampledTraceID is the trace id of the sampled trace context h carries (the traceparent header,
+// else a binary-mode CloudEvent's ce-traceparent), "" when it carries none: an exemplar should
+// name a trace that was recorded.
+func sampledTraceID(h http.Header) string {
+	if h.Get(tracing.HeaderTraceParent) == "" && h.Get("Ce-Traceparent") == "" {
+		return ""
+	}
+	sc := trace.SpanContextFromContext(tracing.Propagator().Extract(context.Background(), propagation.HeaderCarrier(h)))
+	if !sc.IsValid() || !sc.IsSampled() {
+		return ""
+	}
+	return sc.TraceID().String()
+}
+
+// statusRecorder remembers the status of the answer; Unwrap lets http.ResponseController (and
+// the reverse proxy's flushes) reach the connection's own writer.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+// WriteHeader implements http.ResponseWriter; informational (1xx) headers are not the status.
+func (w *statusRecorder) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Write implements http.ResponseWriter.
+func (w *statusRecorder) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap returns the wrapped writer, for http.ResponseController.
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// statusCode is the status answered, 200 when the handler wrote nothing (net/http's default).
+func (w *statusRecorder) statusCode() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
 }
 
 // errorWriteTimeout bounds writing an error answer once the request's own deadline has passed.

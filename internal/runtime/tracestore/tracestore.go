@@ -48,6 +48,8 @@ const (
 	MaxRequestBytes = 4 << 20
 	// maxAttributes and maxValueBytes bound what one span keeps.
 	maxAttributes = 64
+	// maxLinks bounds the links one span keeps.
+	maxLinks      = 16
 	maxValueBytes = 1024
 	// forwardQueue bounds the batches waiting to be forwarded; more are dropped (and counted).
 	forwardQueue = 256
@@ -66,6 +68,15 @@ type Span struct {
 	Status        string            `json:"status,omitempty"`
 	StatusMessage string            `json:"statusMessage,omitempty"`
 	Attributes    map[string]string `json:"attributes,omitempty"`
+	// Links are the spans this one links to, outside its parent chain (a fired deadline's link
+	// to the process step that scheduled it, in another trace).
+	Links []Link `json:"links,omitempty"`
+}
+
+// Link names a linked span.
+type Link struct {
+	TraceID string `json:"traceId"`
+	SpanID  string `json:"spanId"`
 }
 
 // size is what the span is counted as against the byte bound.
@@ -74,6 +85,7 @@ func (s *Span) size() int64 {
 	for k, v := range s.Attributes {
 		n += 32 + len(k) + len(v)
 	}
+	n += len(s.Links) * 64
 	return int64(n)
 }
 
@@ -341,6 +353,14 @@ func Decode(data []byte) ([]Span, error) {
 						s.Attributes = map[string]string{}
 					}
 					s.Attributes[bounded(kv.Key)] = bounded(valueString(kv.Value))
+				}
+				for _, l := range sp.Links {
+					if len(s.Links) == maxLinks {
+						break
+					}
+					if len(l.TraceId) == 16 && len(l.SpanId) == 8 {
+						s.Links = append(s.Links, Link{TraceID: hex.EncodeToString(l.TraceId), SpanID: hex.EncodeToString(l.SpanId)})
+					}
 				}
 				out = append(out, s)
 			}

@@ -221,3 +221,40 @@ func TestOptionsFromEnv(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepsSpanLinks: a received span keeps its links to spans of other traces (a fired
+// deadline's link to the step that scheduled it); a link with malformed ids is left out.
+func TestKeepsSpanLinks(t *testing.T) {
+	tests := []struct {
+		name  string
+		links []*tracepb.Span_Link
+		want  []Link
+	}{
+		{"a link", []*tracepb.Span_Link{{TraceId: bytes.Repeat([]byte{0xab}, 16), SpanId: bytes.Repeat([]byte{0xcd}, 8)}},
+			[]Link{{TraceID: strings.Repeat("ab", 16), SpanID: strings.Repeat("cd", 8)}}},
+		{"a malformed link", []*tracepb.Span_Link{{TraceId: []byte{1}, SpanId: []byte{2}}}, nil},
+		{"none", nil, nil},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(Options{})
+			event := fmt.Sprintf("linked-%d", i)
+			body := otlpBody(t, &tracepb.Span{TraceId: bytes.Repeat([]byte{byte(i + 1)}, 16), SpanId: bytes.Repeat([]byte{3}, 8), Name: "fire deadline", Links: tc.links,
+				Attributes: []*commonpb.KeyValue{{Key: tracing.AttrEventID, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: event}}}}})
+			req := httptest.NewRequest(http.MethodPost, ReceiverPath, bytes.NewReader(body))
+			req.Header.Set("Content-Type", tracing.ContentTypeProtobuf)
+			w := httptest.NewRecorder()
+			s.ServeHTTP(w, req)
+			if w.Code != http.StatusOK {
+				t.Fatalf("receiver answered %d: %s", w.Code, w.Body)
+			}
+			got := s.ByEvent(event)
+			if len(got) != 1 || len(got[0].Spans) != 1 {
+				t.Fatalf("traces %+v", got)
+			}
+			if fmt.Sprint(got[0].Spans[0].Links) != fmt.Sprint(tc.want) {
+				t.Errorf("links %v, want %v", got[0].Spans[0].Links, tc.want)
+			}
+		})
+	}
+}

@@ -316,6 +316,7 @@ func TestEventJourneyIsOneTrace(t *testing.T) {
 		{"handle com.github.push", "deliver knfaas/trace-process-start"},
 		{"publish dev.knfaas.example.food.kitchen.prepare", "handle com.github.push"},
 		{"deliver knfaas/trace-kitchen-prepare", "publish dev.knfaas.example.food.kitchen.prepare"},
+		{"handle dev.knfaas.example.food.kitchen.prepare", "deliver knfaas/trace-kitchen-prepare"},
 		{"deliver knfaas/trace-process-prepared", "deliver knfaas/trace-kitchen-prepare"},
 		{"handle dev.knfaas.example.food.kitchen.prepared", "deliver knfaas/trace-process-prepared"},
 		{"deliver knfaas/trace-failing", "publish com.github.push"},

@@ -27,6 +27,7 @@ type TreeSpan struct {
 	Status       string            `json:"status,omitempty"`
 	Message      string            `json:"statusMessage,omitempty"`
 	Attributes   map[string]string `json:"attributes,omitempty"`
+	Links        []Link            `json:"links,omitempty"`
 	Children     []*TreeSpan       `json:"children,omitempty"`
 	// Begin is the span's start after the trace's start; Length its duration.
 	Begin, Length time.Duration `json:"-"`
@@ -56,7 +57,7 @@ func BuildTree(t Trace) Tree {
 			Name: s.Name, Service: s.Service, SpanID: s.SpanID, ParentSpanID: s.ParentSpanID,
 			Offset: RoundDuration(s.Start.Sub(start)), Duration: RoundDuration(s.End.Sub(s.Start)),
 			Begin: s.Start.Sub(start), Length: s.End.Sub(s.Start),
-			Status: s.Status, Message: s.StatusMessage, Attributes: s.Attributes, start: s.Start,
+			Status: s.Status, Message: s.StatusMessage, Attributes: s.Attributes, Links: s.Links, start: s.Start,
 		}
 	}
 	for _, s := range t.Spans {

@@ -17,14 +17,15 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/kelseyhightower/envconfig"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/process"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Event types of the Call for Papers. The form service's deliveries arrive as TypeFormSubmitted
@@ -167,11 +168,11 @@ type Function struct {
 // New returns an unstarted desk.
 func New() *Function { return &Function{} }
 
-// Start reads the configuration and opens the Broker client.
+// Start reads the configuration (and sets up tracing) and opens the Broker client.
 func (f *Function) Start(context.Context, map[string]string) error {
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		return fmt.Errorf("desk: reading configuration: %w", err)
+	if err := funcstart.ReadConfig("desk", &cfg); err != nil {
+		return err
 	}
 	var errs []error
 	if cfg.SendTimeout <= 0 {
@@ -202,12 +203,13 @@ func (f *Function) Start(context.Context, map[string]string) error {
 	return nil
 }
 
-// Stop closes the Redis client.
-func (f *Function) Stop(context.Context) error {
+// Stop sends the spans still buffered and closes the Redis client.
+func (f *Function) Stop(ctx context.Context) error {
+	err := tracing.Flush(ctx)
 	if f.close == nil {
-		return nil
+		return err
 	}
-	return f.close()
+	return errors.Join(err, f.close())
 }
 
 // Ready is true once Start has finished (the desk keeps no state).
@@ -219,6 +221,11 @@ func (f *Function) Ready(context.Context) (bool, error) { return f.started.Load(
 // used is a 400 (the Broker dead-letters it with the reason); a Broker or Redis failure is an
 // error, so the event is redelivered, and each mail's idempotency key keeps it single.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.started.Load() {
 		return nil, errors.New("desk is starting")
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/logging"
 	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypeReorderRequested is the event consumed (emitted by examples/pos/functions/stock).
@@ -88,6 +89,11 @@ func OrderKey(e event.Event) string {
 
 // Handle records one purchase order per reorder request.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("purchasing is starting")
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/projection"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Event types consumed (subject = SKU, data = {"store": "...", "quantity": n}).
@@ -181,6 +182,11 @@ func (f *Function) threshold(sku string) int64 {
 // dipped. A redelivered event gets the same reply (same id) again: the first reply may have
 // been lost, and the purchasing function deduplicates on (source, id).
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.Running() {
 		return nil, errors.New("stock projector is starting")
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	"github.com/knfaas/knfaas/internal/function/objects"
 	"github.com/knfaas/knfaas/internal/function/objectstore"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // TypeCreated is the type of the reply: the thumbnails of one image version exist.
@@ -138,8 +139,8 @@ func (f *Function) start(cfg Config, store *minio.Client) error {
 	return nil
 }
 
-// Stop does nothing: the store client holds no connection that needs closing.
-func (f *Function) Stop(context.Context) error { return nil }
+// Stop sends the spans still buffered (the store client holds no connection that needs closing).
+func (f *Function) Stop(ctx context.Context) error { return tracing.Flush(ctx) }
 
 // Ready reports whether Start has run.
 func (f *Function) Ready(context.Context) (bool, error) { return f.started.Load(), nil }
@@ -172,6 +173,11 @@ func permanent(code int, format string, args ...any) error {
 // Handle makes the thumbnails of one object version. Objects outside the source prefix
 // (thumbnails included) and events other than creations are acknowledged and ignored.
 func (f *Function) Handle(ctx context.Context, e event.Event) (*event.Event, error) {
+	return tracing.HandleEvent(ctx, e, f.handle)
+}
+
+// handle is Handle without its span.
+func (f *Function) handle(ctx context.Context, e event.Event) (*event.Event, error) {
 	if !f.started.Load() {
 		return nil, errors.New("thumbnail is starting")
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/knfaas/knfaas/internal/function/tracing"
 )
 
 // Redis keys. A deadline id is unique per occurrence ("<instance>:<step>:<attempt>:deadline").
@@ -34,6 +36,9 @@ type Payload struct {
 	Owner string `json:"owner"`
 	// Due is when the deadline was due (unix ms).
 	Due int64 `json:"due"`
+	// TraceParent is the W3C traceparent of the span that scheduled the deadline, if any: the
+	// fire is a span of the tick's trace, linked to this one.
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 //go:embed fire.lua
@@ -83,8 +88,12 @@ func Ack(ctx context.Context, rdb redis.Cmdable, ids ...string) error {
 	return nil
 }
 
-// Schedule adds a deadline outside the process manager's script (tests, other owners).
+// Schedule adds a deadline outside the process manager's script (tests, other owners). Without
+// p.TraceParent, the deadline keeps the span context of ctx.
 func Schedule(ctx context.Context, rdb redis.Cmdable, id string, p Payload) error {
+	if p.TraceParent == "" {
+		p.TraceParent = tracing.TraceParent(ctx)
+	}
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encoding deadline %s: %w", id, err)
