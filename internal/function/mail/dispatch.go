@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/notify"
 )
@@ -34,8 +35,8 @@ type Options struct {
 	Poll time.Duration
 	// Batch is how many due mails one claim takes.
 	Batch int
-	// Breaker decides when the server's circuit opens (notify.DefaultBreaker when zero).
-	Breaker notify.BreakerSettings
+	// Breaker decides when the server's circuit opens (breaker.Default when zero).
+	Breaker breaker.Settings
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -51,9 +52,9 @@ type Dispatcher struct {
 	inflight sync.WaitGroup
 	busy     sync.Mutex
 	running  int
-	breakers *breakerStore
+	breakers *breaker.Store
 	mu       sync.Mutex
-	breaker  *breaker
+	breaker  *breaker.Breaker
 }
 
 // NewDispatcher returns a Dispatcher.
@@ -73,11 +74,11 @@ func NewDispatcher(store *Store, dead DeadLetters, opts Options) *Dispatcher {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 30 * time.Second
 	}
-	if opts.Breaker == (notify.BreakerSettings{}) {
-		opts.Breaker = notify.DefaultBreaker
+	if opts.Breaker == (breaker.Settings{}) {
+		opts.Breaker = breaker.Default
 	}
 	return &Dispatcher{store: store, dead: dead, opts: opts, slots: make(chan struct{}, opts.Concurrency),
-		wake: make(chan struct{}, 1), breakers: newBreakerStore(store.rdb)}
+		wake: make(chan struct{}, 1), breakers: breaker.NewStore(store.rdb, breakerLabels)}
 }
 
 // Wake makes the loop look for due mails now.
@@ -138,7 +139,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	adm, err := d.admit(ctx)
 	if err != nil {
 		slog.Warn("mail: reading the circuit failed", "server", d.opts.Server.Name(), "err", err)
-		adm = admission{until: d.opts.Now().Add(time.Second)}
+		adm = breaker.Admission{Until: d.opts.Now().Add(time.Second)}
 	}
 	for _, j := range jobs {
 		if j.Mail == nil {
@@ -146,9 +147,9 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.finish(ctx, j, StateDead, time.Time{}, nil)
 			continue
 		}
-		if !adm.until.IsZero() {
+		if !adm.Until.IsZero() {
 			// An open circuit: the mail waits, without an attempt counted, until a probe may go.
-			d.finish(ctx, j, outcomeDefer, adm.until, nil)
+			d.finish(ctx, j, outcomeDefer, adm.Until, nil)
 			continue
 		}
 		select {
@@ -159,9 +160,9 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			continue
 		}
 		this := adm
-		if adm.probe {
+		if adm.Probe {
 			// This mail is the half-open probe; the step's others wait.
-			adm = admission{state: adm.state, until: d.opts.Now().Add(time.Second)}
+			adm = adm.AfterProbe(d.opts.Now())
 		}
 		d.inflight.Add(1)
 		d.add(1)
@@ -198,28 +199,25 @@ func (d *Dispatcher) Drain(ctx context.Context) error {
 
 // admit reads the server's circuit for one step, making its breaker on first use (Redis may
 // come up after the function).
-func (d *Dispatcher) admit(ctx context.Context) (admission, error) {
+func (d *Dispatcher) admit(ctx context.Context) (breaker.Admission, error) {
 	d.mu.Lock()
 	if d.breaker == nil {
-		b, err := newBreaker(d.breakers, d.opts.Server.Name(), d.opts.Breaker, d.opts.Timeout+5*time.Second)
+		b, err := d.breakers.New(d.opts.Server.Name(), d.opts.Breaker, d.opts.Timeout+5*time.Second)
 		if err != nil {
 			d.mu.Unlock()
-			return admission{}, err
+			return breaker.Admission{}, err
 		}
 		d.breaker = b
 	}
 	b := d.breaker
 	d.mu.Unlock()
-	return b.admit(ctx, d.opts.Now())
+	return b.Admit(ctx, d.opts.Now())
 }
 
 // deliver makes one attempt, reports it to the circuit and records its outcome.
-func (d *Dispatcher) deliver(ctx context.Context, j Job, adm admission) {
+func (d *Dispatcher) deliver(ctx context.Context, j Job, adm breaker.Admission) {
 	start := d.opts.Now()
-	a := Attempt{At: start.UTC(), Number: j.Tries + 1, Breaker: adm.state}
-	if adm.probe {
-		a.Breaker = "half-open probe"
-	}
+	a := Attempt{At: start.UTC(), Number: j.Tries + 1, Breaker: adm.Logged()}
 	actx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
 	err := d.opts.Sender.Send(actx, j.Mail)
 	cancel()
@@ -227,7 +225,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j Job, adm admission) {
 	var permanent *PermanentError
 	isPermanent := errors.As(err, &permanent)
 	// A refusal the server gave shows it is up: only no answer, a timeout or a 4xx counts.
-	d.breaker.record(ctx, err != nil && !isPermanent, adm.probe)
+	d.breaker.Record(ctx, err != nil && !isPermanent, adm.Probe)
 	switch {
 	case err == nil:
 		a.Outcome = StateDelivered

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 )
 
@@ -88,13 +88,12 @@ func (s *Store) Endpoints(ctx context.Context) ([]EndpointStatus, error) {
 	for name := range counters {
 		names[name] = true
 	}
-	const statePrefix = keyBreaker + "gobreaker:state:"
-	iter := s.rdb.Scan(ctx, 0, statePrefix+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		names[strings.TrimPrefix(iter.Val(), statePrefix)] = true
+	circuits, err := breaker.Names(ctx, s.rdb, breakerLabels)
+	if err != nil {
+		return nil, err
 	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("listing circuits: %w", err)
+	for _, name := range circuits {
+		names[name] = true
 	}
 	out := make([]EndpointStatus, 0, len(names))
 	for _, name := range slices.Sorted(maps.Keys(names)) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 )
 
@@ -49,8 +50,8 @@ type Options struct {
 	Client *http.Client
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
-	// Breaker decides when an endpoint's circuit opens (DefaultBreaker when zero).
-	Breaker BreakerSettings
+	// Breaker decides when an endpoint's circuit opens (breaker.Default when zero).
+	Breaker breaker.Settings
 	// DisableAfter disables an endpoint whose attempts have all failed for that long (zero:
 	// never).
 	DisableAfter time.Duration
@@ -75,7 +76,7 @@ type Dispatcher struct {
 	inflight   sync.WaitGroup
 	busy       sync.Mutex
 	running    int
-	breakers   *breakerStore
+	breakers   *breaker.Store
 	// gone holds the endpoints this instance saw answer 410, so that attempts it claimed before
 	// the disabled mark was read are not made.
 	gone sync.Map
@@ -94,7 +95,7 @@ type runner struct {
 	ep      *Endpoint
 	slots   chan struct{}
 	mu      sync.Mutex
-	breaker *breaker
+	breaker *breaker.Breaker
 }
 
 // NewDispatcher returns a Dispatcher for endpoints.
@@ -111,11 +112,11 @@ func NewDispatcher(store *Store, dead DeadLetters, endpoints []*Endpoint, opts O
 	if opts.Client == nil {
 		opts.Client = &http.Client{}
 	}
-	if opts.Breaker == (BreakerSettings{}) {
-		opts.Breaker = DefaultBreaker
+	if opts.Breaker == (breaker.Settings{}) {
+		opts.Breaker = breaker.Default
 	}
 	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{}, wake: make(chan struct{}, 1),
-		breakers: newBreakerStore(store.rdb), configured: map[string]bool{}, api: map[string]apiEntry{}}
+		breakers: breaker.NewStore(store.rdb, breakerLabels), configured: map[string]bool{}, api: map[string]apiEntry{}}
 	for _, ep := range endpoints {
 		d.endpoints[ep.Name] = &runner{ep: ep, slots: make(chan struct{}, ep.Concurrency)}
 		d.configured[ep.Name] = true
@@ -293,7 +294,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	admitted := map[string]admission{}
+	admitted := map[string]breaker.Admission{}
 	refreshed := false
 	for _, j := range jobs {
 		r, ok := d.runner(j.Endpoint)
@@ -334,13 +335,13 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			adm, err = d.admit(ctx, r)
 			if err != nil {
 				slog.Warn("notify: reading the circuit failed", "endpoint", j.Endpoint, "err", err)
-				adm = admission{until: d.opts.Now().Add(time.Second)}
+				adm = breaker.Admission{Until: d.opts.Now().Add(time.Second)}
 			}
 			admitted[j.Endpoint] = adm
 		}
-		if !adm.until.IsZero() {
+		if !adm.Until.IsZero() {
 			// An open circuit: the message waits, without an attempt counted, until a probe may go.
-			d.finish(ctx, j, outcomeDefer, adm.until, nil)
+			d.finish(ctx, j, outcomeDefer, adm.Until, nil)
 			continue
 		}
 		if r.ep.RateLimit > 0 {
@@ -359,9 +360,9 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.finish(ctx, j, outcomeDefer, d.opts.Now().Add(50*time.Millisecond), nil)
 			continue
 		}
-		if adm.probe {
+		if adm.Probe {
 			// This job is the half-open probe; the step's other jobs for the endpoint wait.
-			admitted[j.Endpoint] = admission{state: adm.state, until: d.opts.Now().Add(time.Second)}
+			admitted[j.Endpoint] = adm.AfterProbe(d.opts.Now())
 		}
 		d.inflight.Add(1)
 		d.busy.Lock()
@@ -413,34 +414,31 @@ func (d *Dispatcher) isGone(endpoint string) bool {
 }
 
 // admit reads the endpoint's circuit for one step, making its breaker on first use.
-func (d *Dispatcher) admit(ctx context.Context, r *runner) (admission, error) {
+func (d *Dispatcher) admit(ctx context.Context, r *runner) (breaker.Admission, error) {
 	r.mu.Lock()
 	if r.breaker == nil {
-		b, err := newBreaker(d.breakers, r.ep.Name, d.opts.Breaker, r.ep.Timeout+5*time.Second)
+		b, err := d.breakers.New(r.ep.Name, d.opts.Breaker, r.ep.Timeout+5*time.Second)
 		if err != nil {
 			r.mu.Unlock()
-			return admission{}, err
+			return breaker.Admission{}, err
 		}
 		r.breaker = b
 	}
 	b := r.breaker
 	r.mu.Unlock()
-	return b.admit(ctx, d.opts.Now())
+	return b.Admit(ctx, d.opts.Now())
 }
 
 // deliver makes one attempt, reports it to the endpoint's circuit and records its outcome.
-func (d *Dispatcher) deliver(ctx context.Context, r *runner, j Job, adm admission) {
+func (d *Dispatcher) deliver(ctx context.Context, r *runner, j Job, adm breaker.Admission) {
 	ep := r.ep
 	if d.isGone(ep.Name) {
 		d.deadLetter(ctx, j, ep, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: "endpoint disabled: it answered 410 Gone"})
 		return
 	}
 	a, header := d.attempt(ctx, ep, j)
-	a.Breaker = adm.state
-	if adm.probe {
-		a.Breaker = "half-open probe"
-	}
-	r.breaker.record(ctx, countsAsFailure(a), adm.probe)
+	a.Breaker = adm.Logged()
+	r.breaker.Record(ctx, countsAsFailure(a), adm.Probe)
 	now := d.opts.Now()
 	switch {
 	case a.Status >= 200 && a.Status < 300:
