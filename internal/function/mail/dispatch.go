@@ -11,6 +11,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 	"github.com/knfaas/knfaas/internal/function/notify"
 )
 
@@ -48,13 +49,11 @@ type Dispatcher struct {
 	dead     DeadLetters
 	opts     Options
 	slots    chan struct{}
-	wake     chan struct{}
-	inflight sync.WaitGroup
-	busy     sync.Mutex
-	running  int
 	breakers *breaker.Store
 	mu       sync.Mutex
 	breaker  *breaker.Breaker
+	// Loop runs the claim steps and the attempts; its Run, Wake and Drain are the dispatcher's.
+	*duequeue.Loop
 }
 
 // NewDispatcher returns a Dispatcher.
@@ -77,61 +76,17 @@ func NewDispatcher(store *Store, dead DeadLetters, opts Options) *Dispatcher {
 	if opts.Breaker == (breaker.Settings{}) {
 		opts.Breaker = breaker.Default
 	}
-	return &Dispatcher{store: store, dead: dead, opts: opts, slots: make(chan struct{}, opts.Concurrency),
-		wake: make(chan struct{}, 1), breakers: breaker.NewStore(store.rdb, breakerLabels)}
-}
-
-// Wake makes the loop look for due mails now.
-func (d *Dispatcher) Wake() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	d := &Dispatcher{store: store, dead: dead, opts: opts, slots: make(chan struct{}, opts.Concurrency),
+		breakers: breaker.NewStore(store.rdb, breakerLabels)}
+	d.Loop = duequeue.NewLoop(store.queue, d.step, duequeue.LoopOptions{Poll: opts.Poll, Batch: opts.Batch, Now: opts.Now, Log: "mail", Items: "mails"})
+	return d
 }
 
 // lease is how long a claimed mail stays with this instance: the attempt's timeout and a margin.
 func (d *Dispatcher) lease() time.Duration { return d.opts.Timeout + 30*time.Second }
 
-// Run claims and sends until ctx ends, then waits for the attempts in flight.
-func (d *Dispatcher) Run(ctx context.Context) {
-	defer d.inflight.Wait()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		n, err := d.Step(ctx)
-		if err != nil && ctx.Err() == nil {
-			slog.Warn("mail: claiming due mails failed", "err", err)
-		}
-		if n == d.opts.Batch && err == nil {
-			continue
-		}
-		timer.Reset(d.opts.Poll)
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wake:
-		case <-timer.C:
-		}
-	}
-}
-
-func (d *Dispatcher) add(n int) {
-	d.busy.Lock()
-	d.running += n
-	d.busy.Unlock()
-}
-
-// Running is how many attempts (and claim steps) are in flight.
-func (d *Dispatcher) Running() int {
-	d.busy.Lock()
-	defer d.busy.Unlock()
-	return d.running
-}
-
-// Step claims one batch of due mails and starts their attempts; it returns how many it claimed.
-func (d *Dispatcher) Step(ctx context.Context) (int, error) {
-	d.add(1)
-	defer d.add(-1)
+// step claims one batch of due mails and starts their attempts; it returns how many it claimed.
+func (d *Dispatcher) step(ctx context.Context) (int, error) {
 	jobs, err := d.store.Claim(ctx, d.opts.Now(), d.lease(), d.opts.Batch)
 	if err != nil || len(jobs) == 0 {
 		return len(jobs), err
@@ -164,37 +119,12 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			// This mail is the half-open probe; the step's others wait.
 			adm = adm.AfterProbe(d.opts.Now())
 		}
-		d.inflight.Add(1)
-		d.add(1)
-		go func() {
-			defer func() {
-				<-d.slots
-				d.add(-1)
-				d.inflight.Done()
-			}()
+		d.Go(func() {
+			defer func() { <-d.slots }()
 			d.deliver(context.WithoutCancel(ctx), j, this)
-		}()
+		})
 	}
 	return len(jobs), nil
-}
-
-// Drain sends until nothing is due and no attempt is in flight, or ctx ends.
-func (d *Dispatcher) Drain(ctx context.Context) error {
-	for {
-		n, err := d.store.Due(ctx, d.opts.Now())
-		if err != nil {
-			return err
-		}
-		if n == 0 && d.Running() == 0 {
-			return nil
-		}
-		d.Wake()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // admit reads the server's circuit for one step, making its breaker on first use (Redis may

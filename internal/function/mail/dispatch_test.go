@@ -14,6 +14,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
@@ -275,14 +276,17 @@ func TestRetryArmsATimerWakeUp(t *testing.T) {
 	m, _ := f.enqueue(t, "wake", false)
 	eventually(t, "the first attempt failed", func() bool { return len(f.attempts(t, m.ID)) == 1 })
 	next := f.attempts(t, m.ID)[0].Next
-	w := wakeAt(next)
+	w := duequeue.WakeAt(Owner, next)
+	if !strings.HasPrefix(w.ID, "mail:wake:") {
+		t.Errorf("wake-up id %s, want mail:wake:<unix minute>", w.ID)
+	}
 	ctx := context.Background()
-	due, err := f.rdb.ZScore(ctx, deadline.KeyDeadlines, w.id).Result()
-	if err != nil || int64(due) != w.due || time.UnixMilli(w.due).Before(next) || time.UnixMilli(w.due).Sub(next) >= time.Minute {
-		t.Fatalf("wake-up %s due %v (%v), want the minute at or after %s", w.id, time.UnixMilli(int64(due)), err, next)
+	due, err := f.rdb.ZScore(ctx, deadline.KeyDeadlines, w.ID).Result()
+	if err != nil || int64(due) != w.Due || time.UnixMilli(w.Due).Before(next) || time.UnixMilli(w.Due).Sub(next) >= time.Minute {
+		t.Fatalf("wake-up %s due %v (%v), want the minute at or after %s", w.ID, time.UnixMilli(int64(due)), err, next)
 	}
 	var p deadline.Payload
-	raw, err := f.rdb.HGet(ctx, deadline.KeyPayloads, w.id).Result()
+	raw, err := f.rdb.HGet(ctx, deadline.KeyPayloads, w.ID).Result()
 	if err != nil || json.Unmarshal([]byte(raw), &p) != nil || p.Owner != Owner {
 		t.Fatalf("wake-up payload %q (%v), want owner %q", raw, err, Owner)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/breaker"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 )
 
@@ -34,10 +35,10 @@ return 1
 // schedule when it was dead, and arms a timer deadline so that a function scaled to zero is
 // woken for it. It returns false when the pair was already delivered (nothing is sent again).
 func (s *Store) Retry(ctx context.Context, message, endpoint string, now time.Time) (bool, error) {
-	w := wakeAt(now)
+	w := duequeue.WakeAt(Owner, now)
 	n, err := retryScript.Run(ctx, s.rdb,
 		[]string{keyState + message, keyDue, keyTries, deadline.KeyDeadlines, keyMessage + message, deadline.KeyPayloads},
-		endpoint, message+" "+endpoint, now.UnixMilli(), w.id, w.due, w.payload).Int()
+		endpoint, message+" "+endpoint, now.UnixMilli(), w.ID, w.Due, w.Payload).Int()
 	switch {
 	case err != nil:
 		return false, fmt.Errorf("retrying %s at %s: %w", message, endpoint, err)

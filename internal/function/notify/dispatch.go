@@ -17,6 +17,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 )
 
 // Outcomes logged per attempt.
@@ -72,11 +73,9 @@ type Dispatcher struct {
 	configured map[string]bool
 	api        map[string]apiEntry
 	refreshed  time.Time
-	wake       chan struct{}
-	inflight   sync.WaitGroup
-	busy       sync.Mutex
-	running    int
 	breakers   *breaker.Store
+	// Loop runs the claim steps and the attempts; its Run, Wake and Drain are the dispatcher's.
+	*duequeue.Loop
 	// gone holds the endpoints this instance saw answer 410, so that attempts it claimed before
 	// the disabled mark was read are not made.
 	gone sync.Map
@@ -115,8 +114,9 @@ func NewDispatcher(store *Store, dead DeadLetters, endpoints []*Endpoint, opts O
 	if opts.Breaker == (breaker.Settings{}) {
 		opts.Breaker = breaker.Default
 	}
-	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{}, wake: make(chan struct{}, 1),
+	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{},
 		breakers: breaker.NewStore(store.rdb, breakerLabels), configured: map[string]bool{}, api: map[string]apiEntry{}}
+	d.Loop = duequeue.NewLoop(store.queue, d.step, duequeue.LoopOptions{Poll: opts.Poll, Batch: opts.Batch, Now: opts.Now, Log: "notify", Items: "deliveries"})
 	for _, ep := range endpoints {
 		d.endpoints[ep.Name] = &runner{ep: ep, slots: make(chan struct{}, ep.Concurrency)}
 		d.configured[ep.Name] = true
@@ -222,14 +222,6 @@ func (d *Dispatcher) runner(name string) (*runner, bool) {
 	return r, ok
 }
 
-// Wake makes the loop look for due deliveries now.
-func (d *Dispatcher) Wake() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
-}
-
 // lease is how long a claimed pair stays with this instance: the longest attempt plus a margin.
 func (d *Dispatcher) lease() time.Duration {
 	d.mu.RLock()
@@ -241,41 +233,8 @@ func (d *Dispatcher) lease() time.Duration {
 	return longest + 30*time.Second
 }
 
-// Run claims and delivers until ctx ends, then waits for the attempts in flight.
-func (d *Dispatcher) Run(ctx context.Context) {
-	defer d.inflight.Wait()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		n, err := d.Step(ctx)
-		if err != nil && ctx.Err() == nil {
-			slog.Warn("notify: claiming due deliveries failed", "err", err)
-		}
-		if n == d.opts.Batch && err == nil {
-			continue
-		}
-		timer.Reset(d.opts.Poll)
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wake:
-		case <-timer.C:
-		}
-	}
-}
-
-// Step claims one batch of due pairs and starts their attempts; it returns how many it claimed.
-func (d *Dispatcher) Step(ctx context.Context) (int, error) {
-	// Counted as running while it claims and dispatches, so that Drain does not see "nothing
-	// due, nothing running" between the claim and the start of the attempts.
-	d.busy.Lock()
-	d.running++
-	d.busy.Unlock()
-	defer func() {
-		d.busy.Lock()
-		d.running--
-		d.busy.Unlock()
-	}()
+// step claims one batch of due pairs and starts their attempts; it returns how many it claimed.
+func (d *Dispatcher) step(ctx context.Context) (int, error) {
 	if err := d.Refresh(ctx, false); err != nil {
 		return 0, err
 	}
@@ -364,48 +323,12 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			// This job is the half-open probe; the step's other jobs for the endpoint wait.
 			admitted[j.Endpoint] = adm.AfterProbe(d.opts.Now())
 		}
-		d.inflight.Add(1)
-		d.busy.Lock()
-		d.running++
-		d.busy.Unlock()
-		go func() {
-			defer func() {
-				<-r.slots
-				d.busy.Lock()
-				d.running--
-				d.busy.Unlock()
-				d.inflight.Done()
-			}()
+		d.Go(func() {
+			defer func() { <-r.slots }()
 			d.deliver(context.WithoutCancel(ctx), r, j, adm)
-		}()
+		})
 	}
 	return len(jobs), nil
-}
-
-// Running is how many attempts (and claim steps) are in flight.
-func (d *Dispatcher) Running() int {
-	d.busy.Lock()
-	defer d.busy.Unlock()
-	return d.running
-}
-
-// Drain delivers until nothing is due and no attempt is in flight, or ctx ends.
-func (d *Dispatcher) Drain(ctx context.Context) error {
-	for {
-		n, err := d.store.Due(ctx, d.opts.Now())
-		if err != nil {
-			return err
-		}
-		if n == 0 && d.Running() == 0 {
-			return nil
-		}
-		d.Wake()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 func (d *Dispatcher) isGone(endpoint string) bool {
@@ -537,9 +460,9 @@ func excerpt(b []byte) string {
 func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) {
 	health := ""
 	if a != nil && a.made && a.Outcome != OutcomeGone {
-		health = "ok"
+		health = duequeue.HealthOK
 		if countsAsFailure(*a) {
-			health = "failed"
+			health = duequeue.HealthFailed
 		}
 	}
 	now := d.opts.Now()
