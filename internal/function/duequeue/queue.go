@@ -50,6 +50,8 @@ func New(rdb redis.UniversalClient, keys Keys, owner string, retention time.Dura
 // Claimed is one item Claim leased.
 type Claimed struct {
 	Item string
+	// LeaseEnd is when the item is due again unless finished.
+	LeaseEnd time.Time
 	// Tries is how many attempts were made before this one.
 	Tries int
 	// Record holds the record's fields (Keys.RecordFields, or the one string); "" where the
@@ -97,7 +99,7 @@ func (q *Queue) Claim(ctx context.Context, now time.Time, lease time.Duration, l
 	out := make([]Claimed, 0, len(res)/stride)
 	for i := 0; i+stride <= len(res); i += stride {
 		tries, _ := strconv.Atoi(res[i+1])
-		out = append(out, Claimed{Item: res[i], Tries: tries, Record: res[i+2 : i+stride]})
+		out = append(out, Claimed{Item: res[i], LeaseEnd: now.Add(lease), Tries: tries, Record: res[i+2 : i+stride]})
 	}
 	return out, nil
 }
@@ -133,6 +135,11 @@ type Finish struct {
 	Health  string
 	Counter string
 	Now     time.Time
+	// RetryUntil, when set, makes Finish try again while Redis fails, until then: set it to
+	// the lease's end (Claimed.LeaseEnd) after an attempt was made, so that an attempt the
+	// target answered while Redis was unreachable is recorded once Redis is back rather than
+	// made again when the lease runs out.
+	RetryUntil time.Time
 }
 
 var finishScript = redis.NewScript(`
@@ -162,11 +169,35 @@ end
 return 1
 `)
 
+// finishRetryWait is the first wait before Finish tries again (f.RetryUntil); it doubles up to
+// finishRetryMaxWait.
+const (
+	finishRetryWait    = 100 * time.Millisecond
+	finishRetryMaxWait = 2 * time.Second
+)
+
 // Finish records f in one atomic step. It does nothing when the item is no longer in the queue
 // (another instance finished it after this one's lease ran out). After an attempt with
 // HealthFailed it returns since when the target's attempts have failed without a success in
-// between; otherwise the zero time.
+// between; otherwise the zero time. While Redis fails it tries again until f.RetryUntil (not
+// at all when that is zero) or until ctx ends, and then returns the last error.
 func (q *Queue) Finish(ctx context.Context, f Finish) (failing time.Time, err error) {
+	wait := finishRetryWait
+	for {
+		failing, err = q.finish(ctx, f)
+		if err == nil || time.Now().Add(wait).After(f.RetryUntil) {
+			return failing, err
+		}
+		select {
+		case <-ctx.Done():
+			return failing, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, finishRetryMaxWait)
+	}
+}
+
+func (q *Queue) finish(ctx context.Context, f Finish) (failing time.Time, err error) {
 	health, counter := f.Health, f.Counter
 	if q.keys.Failing == "" {
 		health = ""

@@ -279,3 +279,53 @@ func TestDrainWaitsForAttempts(t *testing.T) {
 	cancel()
 	<-stopped
 }
+
+// TestFinishWhileRedisIsFrozen: an attempt's outcome is recorded once a frozen Redis (SIGSTOP)
+// resumes when Finish may try again until the lease's end; without RetryUntil it gives up at
+// the first error (the item stays leased and is due again when the lease runs out).
+func TestFinishWhileRedisIsFrozen(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name     string
+		retry    time.Duration // RetryUntil from now; 0: none
+		recorded bool
+	}{
+		{name: "retried until Redis is back", retry: time.Minute, recorded: true},
+		{name: "no retry", recorded: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t, redistest.Options{})
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond})
+			defer rdb.Close()
+			q := New(rdb, hashKeys, "owner", time.Hour, 3)
+			rdb.ZAdd(ctx, hashKeys.Due, redis.Z{Score: 0, Member: "a"})
+			rdb.HSet(ctx, "h:msg:a", "state", "pending")
+			srv.Stop()
+			done := make(chan error, 1)
+			go func() {
+				f := Finish{Item: "a", Outcome: "delivered", StateKey: "h:msg:a", StateField: "state", Attempt: []byte(`{}`), AttemptsKey: "h:attempts:a"}
+				if tt.retry > 0 {
+					f.RetryUntil = time.Now().Add(tt.retry)
+				}
+				_, err := q.Finish(ctx, f)
+				done <- err
+			}()
+			var err error
+			if tt.recorded {
+				time.Sleep(time.Second) // several attempts fail while Redis is frozen
+				srv.Cont()
+				err = <-done
+			} else {
+				err = <-done // returns while Redis is still frozen
+				srv.Cont()
+			}
+			if (err == nil) != tt.recorded {
+				t.Fatalf("Finish = %v, want recorded %v", err, tt.recorded)
+			}
+			if st, _ := rdb.HGet(ctx, "h:msg:a", "state").Result(); tt.recorded && st != "delivered" {
+				t.Errorf("state %q after Finish returned, want delivered", st)
+			}
+		})
+	}
+}

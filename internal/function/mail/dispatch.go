@@ -85,6 +85,10 @@ func NewDispatcher(store *Store, dead DeadLetters, opts Options) *Dispatcher {
 // lease is how long a claimed mail stays with this instance: the attempt's timeout and a margin.
 func (d *Dispatcher) lease() time.Duration { return d.opts.Timeout + 30*time.Second }
 
+// leaseMargin is how long before its lease ends a job stops trying to record its attempt, so
+// that another instance does not claim it while this one still writes.
+const leaseMargin = 5 * time.Second
+
 // step claims one batch of due mails and starts their attempts; it returns how many it claimed.
 func (d *Dispatcher) step(ctx context.Context) (int, error) {
 	jobs, err := d.store.Claim(ctx, d.opts.Now(), d.lease(), d.opts.Batch)

@@ -93,6 +93,8 @@ type Job struct {
 	Mail *Mail
 	// Event is the request event as JSON (for its dead letter).
 	Event []byte
+	// leaseEnd is when the mail is due again unless finished.
+	leaseEnd time.Time
 }
 
 // Claim takes up to limit mails due at now and leases them for lease: a mail not finished by
@@ -104,7 +106,7 @@ func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, l
 	}
 	jobs := make([]Job, 0, len(claimed))
 	for _, c := range claimed {
-		j := Job{ID: c.Item, Tries: c.Tries, Event: []byte(c.Record[1])}
+		j := Job{ID: c.Item, Tries: c.Tries, Event: []byte(c.Record[1]), leaseEnd: c.LeaseEnd}
 		if c.Record[0] != "" {
 			j.Mail = &Mail{}
 			if err := json.Unmarshal([]byte(c.Record[0]), j.Mail); err != nil {
@@ -133,8 +135,14 @@ func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Tim
 			return err
 		}
 	}
-	_, err := s.queue.Finish(ctx, duequeue.Finish{Item: j.ID, Outcome: outcome, Next: next,
-		StateKey: keyMessage + j.ID, StateField: "state", Attempt: logged, AttemptsKey: keyAttempts + j.ID})
+	f := duequeue.Finish{Item: j.ID, Outcome: outcome, Next: next, StateKey: keyMessage + j.ID, StateField: "state",
+		Attempt: logged, AttemptsKey: keyAttempts + j.ID}
+	if a != nil && a.Number > 0 {
+		// The server may have taken the mail: record that while the lease holds, or it is sent
+		// again when the lease runs out.
+		f.RetryUntil = j.leaseEnd.Add(-leaseMargin)
+	}
+	_, err := s.queue.Finish(ctx, f)
 	if err != nil {
 		return fmt.Errorf("recording %s of mail %s: %w", outcome, j.ID, err)
 	}

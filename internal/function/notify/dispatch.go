@@ -233,6 +233,10 @@ func (d *Dispatcher) lease() time.Duration {
 	return longest + 30*time.Second
 }
 
+// leaseMargin is how long before its lease ends a job stops trying to record its attempt, so
+// that another instance does not claim it while this one still writes.
+const leaseMargin = 5 * time.Second
+
 // step claims one batch of due pairs and starts their attempts; it returns how many it claimed.
 func (d *Dispatcher) step(ctx context.Context) (int, error) {
 	if err := d.Refresh(ctx, false); err != nil {

@@ -127,6 +127,8 @@ type Job struct {
 	Event event.Event
 	// Raw is the stored event as JSON.
 	Raw []byte
+	// leaseEnd is when the pair is due again unless finished.
+	leaseEnd time.Time
 }
 
 func (j Job) member() string { return j.Message + " " + j.Endpoint }
@@ -142,7 +144,7 @@ func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, l
 	jobs := make([]Job, 0, len(claimed))
 	for _, c := range claimed {
 		mid, ep, _ := strings.Cut(c.Item, " ")
-		j := Job{Message: mid, Endpoint: ep, Tries: c.Tries}
+		j := Job{Message: mid, Endpoint: ep, Tries: c.Tries, leaseEnd: c.LeaseEnd}
 		if c.Record[0] != "" {
 			j.Raw = []byte(c.Record[0])
 			j.Event, err = deadletter.Letter{Event: j.Raw}.OriginalEvent()
@@ -183,9 +185,15 @@ func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Tim
 	case outcome == StateDead:
 		counter = OutcomeDead
 	}
-	failing, err = s.queue.Finish(ctx, duequeue.Finish{Item: j.member(), Outcome: outcome, Next: next,
+	f := duequeue.Finish{Item: j.member(), Outcome: outcome, Next: next,
 		StateKey: keyState + j.Message, StateField: j.Endpoint, Attempt: logged, AttemptsKey: keyAttempts + j.Message + ":" + j.Endpoint,
-		Target: j.Endpoint, Health: health, Counter: counter, Now: now})
+		Target: j.Endpoint, Health: health, Counter: counter, Now: now}
+	if a != nil && a.made {
+		// The endpoint may have got the message: record that while the lease holds, or it is
+		// sent again when the lease runs out.
+		f.RetryUntil = j.leaseEnd.Add(-leaseMargin)
+	}
+	failing, err = s.queue.Finish(ctx, f)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("recording %s of message %s at %s: %w", outcome, j.Message, j.Endpoint, err)
 	}
