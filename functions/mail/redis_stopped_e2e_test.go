@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-
 	"github.com/knfaas/knfaas/internal/function/funcstart"
 	mailer "github.com/knfaas/knfaas/internal/function/mail"
 	"github.com/knfaas/knfaas/internal/function/redisconn"
@@ -42,7 +40,7 @@ func (s *holdingSender) Send(_ context.Context, m *mailer.Mail) error {
 
 // TestMailWhileRedisIsFrozen freezes the real redis-server (SIGSTOP) while a mail is being sent
 // and requests arrive. The function uses the production Redis client (REDIS_URL, with its read
-// timeout) and the CloudEvents HTTP handler func-go serves it with: each request is answered
+// timeout) and its listener (NewListener, as main serves it): each request is answered
 // with a 5xx while Redis is still frozen, so the Broker retries it. After SIGCONT the Broker's
 // retries are accepted and every mail is sent exactly once: the one sent during the freeze is
 // recorded once Redis is back, not sent again when its lease runs out.
@@ -64,19 +62,15 @@ func TestMailWhileRedisIsFrozen(t *testing.T) {
 	}
 	cfg.Poll = 10 * time.Millisecond
 	sender := &holdingSender{sent: map[string]int{}, held: make(chan string, 1), release: make(chan struct{})}
-	f := New()
+	l, err := NewListener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := l.Function
 	f.start(cfg, rdb, templates, sender)
 	defer f.Stop(context.Background())
 	ctx := context.Background()
-	p, err := cloudevents.NewHTTP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := cloudevents.NewHTTPReceiveHandler(ctx, p, f.Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fn := httptest.NewServer(h)
+	fn := httptest.NewServer(http.HandlerFunc(l.Handle))
 	defer fn.Close()
 	post := func(id, subject string) (int, time.Duration) {
 		req, _ := http.NewRequest(http.MethodPost, fn.URL, strings.NewReader(`{"to":["ada@example.com"],"template":"t","data":{"subject":"`+subject+`"}}`))

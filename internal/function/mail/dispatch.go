@@ -183,7 +183,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j Job, adm breaker.Admission) 
 }
 
 func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) {
-	if err := d.store.finish(ctx, j, outcome, next, a); err != nil {
+	if err := d.store.finish(ctx, j, d.opts.Server.Name(), outcome, next, a); err != nil {
 		// The mail stays leased; it is due again when the lease runs out.
 		slog.Error("mail: recording an attempt failed", "mail", j.ID, "err", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ const (
 	keyDue      = Prefix + "due"       // zset mail id → when its next attempt is due (unix ms)
 	keyTries    = Prefix + "tries"     // hash mail id → attempts made; removed when finished
 	keyAttempts = Prefix + "attempts:" // list per mail id: the last MaxAttemptLog attempts; TTL Retention
+	keyCounters = Prefix + "counters"  // hash "<server> <outcome>" → count, since the first (see Counters)
 )
 
 // MaxAttemptLog is how many attempts are kept per mail.
@@ -49,7 +51,7 @@ type Store struct {
 // NewStore returns a Store whose records live for retention after they were enqueued: longer
 // than the retry horizon, so that a redelivery or redrive of a delivered mail is still known.
 func NewStore(rdb redis.UniversalClient, retention time.Duration) *Store {
-	keys := duequeue.Keys{Due: keyDue, Tries: keyTries, Record: keyMessage, RecordFields: []string{"mail", "event"}}
+	keys := duequeue.Keys{Due: keyDue, Tries: keyTries, Record: keyMessage, RecordFields: []string{"mail", "event"}, Counters: keyCounters}
 	return &Store{rdb: rdb, retention: retention, queue: duequeue.New(rdb, keys, Owner, retention, MaxAttemptLog)}
 }
 
@@ -127,7 +129,7 @@ const (
 // finish records the attempt a (nil when none was made) and the mail's new state: outcomeRetry
 // or outcomeDefer at next, or StateDelivered / StateDead. It does nothing when the mail is no
 // longer scheduled (another instance finished it after this one's lease ran out).
-func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) error {
+func (s *Store) finish(ctx context.Context, j Job, server, outcome string, next time.Time, a *Attempt) error {
 	var logged []byte
 	if a != nil {
 		var err error
@@ -136,7 +138,7 @@ func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Tim
 		}
 	}
 	f := duequeue.Finish{Item: j.ID, Outcome: outcome, Next: next, StateKey: keyMessage + j.ID, StateField: "state",
-		Attempt: logged, AttemptsKey: keyAttempts + j.ID}
+		Attempt: logged, AttemptsKey: keyAttempts + j.ID, Target: server, Counter: counterOf(outcome, a)}
 	if a != nil && a.Number > 0 {
 		// The server may have taken the mail: record that while the lease holds, or it is sent
 		// again when the lease runs out.
@@ -203,4 +205,50 @@ func errorText(err error) string {
 		s = strings.ToValidUTF8(s[:512], "")
 	}
 	return s
+}
+
+// Counted outcomes (Counters): a mail delivered, an attempt failed with another scheduled
+// (retry), a mail dead-lettered (dead), or put back without an attempt (deferred: circuit open,
+// bulkhead full, dead letter store unreachable).
+const (
+	CounterDelivered = StateDelivered
+	CounterRetry     = "retry"
+	CounterDead      = StateDead
+	CounterDeferred  = "deferred"
+)
+
+func counterOf(outcome string, a *Attempt) string {
+	switch {
+	case outcome == outcomeDefer:
+		return CounterDeferred
+	case outcome == outcomeRetry:
+		return CounterRetry
+	case outcome == StateDelivered && a != nil:
+		return CounterDelivered
+	case outcome == StateDead:
+		return CounterDead
+	}
+	return ""
+}
+
+// Counters returns the send counters of every SMTP server: server (host:port) → outcome →
+// count, summed over every instance since the counters began.
+func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, error) {
+	raw, err := s.rdb.HGetAll(ctx, keyCounters).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading send counters: %w", err)
+	}
+	out := map[string]map[string]int64{}
+	for field, v := range raw {
+		server, outcome, ok := strings.Cut(field, " ")
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil {
+			continue
+		}
+		if out[server] == nil {
+			out[server] = map[string]int64{}
+		}
+		out[server][outcome] = n
+	}
+	return out, nil
 }
