@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -227,6 +228,31 @@ func (q *Queue) Due(ctx context.Context, now time.Time) (int64, error) {
 // Scheduled counts every item waiting for an attempt, due or not.
 func (q *Queue) Scheduled(ctx context.Context) (int64, error) {
 	return q.rdb.ZCard(ctx, q.keys.Due).Result()
+}
+
+// Counters returns the counters (Keys.Counters) of every target: target → outcome → count,
+// summed over every instance since the counters began.
+func (q *Queue) Counters(ctx context.Context) (map[string]map[string]int64, error) {
+	out := map[string]map[string]int64{}
+	if q.keys.Counters == "" {
+		return out, nil
+	}
+	raw, err := q.rdb.HGetAll(ctx, q.keys.Counters).Result()
+	if err != nil {
+		return nil, err
+	}
+	for field, v := range raw {
+		target, outcome, ok := strings.Cut(field, " ")
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil {
+			continue
+		}
+		if out[target] == nil {
+			out[target] = map[string]int64{}
+		}
+		out[target][outcome] = n
+	}
+	return out, nil
 }
 
 // Attempts decodes the attempts log at key, oldest first.

@@ -329,3 +329,23 @@ func TestFinishWhileRedisIsFrozen(t *testing.T) {
 		})
 	}
 }
+
+func TestCounters(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t, redistest.Options{}).Client()
+	q := New(rdb, stringKeys, "owner", time.Hour, 4)
+	for _, c := range []struct{ target, counter string }{{"a", "retry"}, {"a", "retry"}, {"a", "delivered"}, {"b", "deferred"}, {"b", ""}} {
+		rdb.ZAdd(ctx, stringKeys.Due, redis.Z{Score: 0, Member: "m " + c.target})
+		if _, err := q.Finish(ctx, Finish{Item: "m " + c.target, Outcome: OutcomeDefer, Next: t0, StateKey: "q:state:m", StateField: c.target, Target: c.target, Counter: c.counter}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := q.Counters(ctx)
+	if err != nil || len(got) != 2 || got["a"]["retry"] != 2 || got["a"]["delivered"] != 1 || got["b"]["deferred"] != 1 || len(got["b"]) != 1 {
+		t.Errorf("Counters = %v, %v; want a: retry 2, delivered 1; b: deferred 1", got, err)
+	}
+	none, err := New(rdb, hashKeys, "owner", time.Hour, 4).Counters(ctx)
+	if err != nil || len(none) != 0 {
+		t.Errorf("Counters of a queue that keeps none = %v, %v", none, err)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -234,21 +233,9 @@ func counterOf(outcome string, a *Attempt) string {
 // Counters returns the send counters of every SMTP server: server (host:port) → outcome →
 // count, summed over every instance since the counters began.
 func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, error) {
-	raw, err := s.rdb.HGetAll(ctx, keyCounters).Result()
+	out, err := s.queue.Counters(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading send counters: %w", err)
-	}
-	out := map[string]map[string]int64{}
-	for field, v := range raw {
-		server, outcome, ok := strings.Cut(field, " ")
-		n, err := strconv.ParseInt(v, 10, 64)
-		if !ok || err != nil {
-			continue
-		}
-		if out[server] == nil {
-			out[server] = map[string]int64{}
-		}
-		out[server][outcome] = n
 	}
 	return out, nil
 }

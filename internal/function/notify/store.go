@@ -207,21 +207,9 @@ const CounterDeferred = "deferred"
 // Counters returns the delivery counters of every endpoint: endpoint → outcome (delivered,
 // retry, dead, gone, deferred) → count, summed over every instance since the counters began.
 func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, error) {
-	raw, err := s.rdb.HGetAll(ctx, keyCounters).Result()
+	out, err := s.queue.Counters(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading delivery counters: %w", err)
-	}
-	out := map[string]map[string]int64{}
-	for field, v := range raw {
-		ep, outcome, ok := strings.Cut(field, " ")
-		n, err := strconv.ParseInt(v, 10, 64)
-		if !ok || err != nil {
-			continue
-		}
-		if out[ep] == nil {
-			out[ep] = map[string]int64{}
-		}
-		out[ep][outcome] = n
 	}
 	return out, nil
 }
