@@ -5,9 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
-	"strings"
+
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 )
 
 // MetricsPath is where the mail function serves its metrics, in the Prometheus text format.
@@ -30,7 +29,7 @@ func (s *Store) WriteMetrics(ctx context.Context, w io.Writer, server Server) er
 	if err != nil {
 		return fmt.Errorf("counting scheduled mails: %w", err)
 	}
-	name := quote(server.Name())
+	name := duequeue.LabelValue(server.Name())
 	b := bufio.NewWriter(w)
 	fmt.Fprintln(b, "# HELP knfaas_mail_server_circuit State of the SMTP server's circuit breaker: 1 for the state it is in, 0 for the others.")
 	fmt.Fprintln(b, "# TYPE knfaas_mail_server_circuit gauge")
@@ -39,25 +38,15 @@ func (s *Store) WriteMetrics(ctx context.Context, w io.Writer, server Server) er
 		if circuit.State == st {
 			v = 1
 		}
-		fmt.Fprintf(b, "knfaas_mail_server_circuit{server=%s,state=%s} %d\n", name, quote(st), v)
+		fmt.Fprintf(b, "knfaas_mail_server_circuit{server=%s,state=%s} %d\n", name, duequeue.LabelValue(st), v)
 	}
 	fmt.Fprintln(b, "# HELP knfaas_mail_server_consecutive_failures Failed attempts in a row at the SMTP server, as its circuit counts them.")
 	fmt.Fprintln(b, "# TYPE knfaas_mail_server_consecutive_failures gauge")
 	fmt.Fprintf(b, "knfaas_mail_server_consecutive_failures{server=%s} %d\n", name, circuit.ConsecutiveFailures)
-	fmt.Fprintln(b, "# HELP knfaas_mail_sends_total Outcomes at each SMTP server over every instance: delivered, retry (an attempt failed, another is scheduled), dead (dead-lettered after attempts), deferred (put back without an attempt: circuit open, bulkhead full).")
-	fmt.Fprintln(b, "# TYPE knfaas_mail_sends_total counter")
-	for _, srv := range slices.Sorted(maps.Keys(counters)) {
-		for _, outcome := range slices.Sorted(maps.Keys(counters[srv])) {
-			fmt.Fprintf(b, "knfaas_mail_sends_total{server=%s,outcome=%s} %d\n", quote(srv), quote(outcome), counters[srv][outcome])
-		}
-	}
+	duequeue.WriteCounters(b, "knfaas_mail_sends_total", "Outcomes at each SMTP server over every instance: delivered, retry (an attempt failed, another is scheduled), dead (dead-lettered after attempts), deferred (put back without an attempt: circuit open, bulkhead full).",
+		"server", counters)
 	fmt.Fprintln(b, "# HELP knfaas_mail_scheduled Mails waiting for an attempt, due or not.")
 	fmt.Fprintln(b, "# TYPE knfaas_mail_scheduled gauge")
 	fmt.Fprintf(b, "knfaas_mail_scheduled %d\n", scheduled)
 	return b.Flush()
-}
-
-// quote writes a label value: backslash, double quote and line feed escaped.
-func quote(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s) + `"`
 }
