@@ -21,7 +21,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "redis:", err)
 		os.Exit(1)
 	}
-	sharedmain.MainWithContext(signals.NewContext(), "redis-broker-controller", controller.Constructors(system.Namespace(), eventingNamespace(), rdb)...)
+	sharedmain.MainWithContext(controller.WithInformerSelectors(signals.NewContext()), "redis-broker-controller", controller.Constructors(system.Namespace(), eventingNamespace(), rdb)...)
 }
 
 // eventingNamespace is Knative Eventing's namespace, where its config-features ConfigMap is:

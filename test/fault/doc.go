@@ -2,5 +2,7 @@
 // timeouts and kill -9, runtime kill -9 and restart, Redis restart) and proves that every
 // accepted event is delivered or dead-lettered, and that redriven dead letters are delivered.
 // It is the soak of all faults in one run; test/e2e's recovery tests each inject one crash.
-// Its test runs with the e2e build tag.
+// TestScenariosOnBothTargets runs one table of fault scenarios against `knfaas up` and against
+// the RedisStreamBroker cluster data plane (ingress and two dispatcher replicas as processes).
+// Its tests run with the e2e build tag.
 package fault

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"k8s.io/apimachinery/pkg/types"
 	knbroker "knative.dev/eventing/pkg/broker"
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/kncloudevents"
@@ -51,6 +52,18 @@ type Trigger struct {
 	Retry      kncloudevents.RetryConfig
 	// ReplyURL is the broker ingress URL replies are sent to.
 	ReplyURL string
+	// OIDCServiceAccount, when set, is the Trigger's OIDC identity: deliveries to a subscriber or
+	// dead-letter sink with an audience carry a token of it for that audience, as Knative's
+	// brokers send (the dispatcher's token provider requests it).
+	OIDCServiceAccount *types.NamespacedName
+}
+
+// sendOptions are the options of every delivery of t, before the per-delivery ones.
+func (t *Trigger) sendOptions(opts ...kncloudevents.SendOption) []kncloudevents.SendOption {
+	if t.OIDCServiceAccount != nil {
+		opts = append(opts, kncloudevents.WithOIDCAuthentication(t.OIDCServiceAccount))
+	}
+	return opts
 }
 
 // Key is namespace/name.
@@ -394,10 +407,10 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	// The dispatcher sends the event in binary mode: the entry's data bytes are the body as
 	// they are, never re-marshalled.
 	retry, attempts := countSubscriberAttempts(c.t.Retry)
-	info, err := c.dispatcher.SendEvent(ctx, *event, c.t.Subscriber,
+	info, err := c.dispatcher.SendEvent(ctx, *event, c.t.Subscriber, c.t.sendOptions(
 		kncloudevents.WithRetryConfig(&retry),
 		kncloudevents.WithReply(&duckv1.Addressable{URL: reply}),
-	)
+	)...)
 	if *attempts > 1 {
 		c.metrics.EventsRetried.WithLabelValues(c.brokerKey, c.t.Key()).Inc()
 	}
@@ -425,10 +438,10 @@ func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
 	span.SetStatus(codes.Error, err.Error())
 	dlRetry := c.t.Retry
 	dlCtx, dlSpan := c.startDeliverySpan(ctx, event, "dead-letter")
-	dlInfo, dlErr := c.dispatcher.SendEvent(dlCtx, *event, *c.t.DeadLetter,
+	dlInfo, dlErr := c.dispatcher.SendEvent(dlCtx, *event, *c.t.DeadLetter, c.t.sendOptions(
 		kncloudevents.WithRetryConfig(&dlRetry),
 		kncloudevents.WithTransformers(append(ErrorTransformers(c.t.Subscriber.URL, info), transformer.AddExtension(TriggerExtension, c.t.Key()))...),
-	)
+	)...)
 	tracing.End(dlSpan, dlErr)
 	if dlErr != nil && ctx.Err() != nil {
 		log.Info("dead-lettering cut off by shutdown; the event stays pending and is redelivered after a restart")

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 
@@ -12,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"knative.dev/eventing/pkg/apis/feature"
 	"knative.dev/eventing/pkg/auth"
 	"knative.dev/pkg/configmap"
@@ -58,8 +60,18 @@ func NewAuthorizer(ctx context.Context, kube *rest.Config, rdb redis.UniversalCl
 	return a
 }
 
-// InClusterConfig is the pod's configuration for the Kubernetes API, or nil outside a pod.
-func InClusterConfig() *rest.Config {
+// KubeConfig is the configuration for the Kubernetes API: the kubeconfig file KUBECONFIG names
+// when it is set (a data plane run outside a pod), else the pod's in-cluster configuration, else
+// nil.
+func KubeConfig(log *slog.Logger) *rest.Config {
+	if path := os.Getenv("KUBECONFIG"); path != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			log.Error("KUBECONFIG cannot be read: no access to the Kubernetes API", "path", path, "error", err)
+			return nil
+		}
+		return cfg
+	}
 	cfg, err := rest.InClusterConfig()
 	if err != nil {
 		return nil
@@ -155,6 +167,15 @@ func (a *Authorizer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.next.ServeHTTP(w, r)
 		return
 	}
+	if r.Header.Get("Authorization") == "" {
+		// Proxied by the Kubernetes API server (`knfaas dlq redrive` on a cluster), which
+		// consumes the Authorization header: the sender's token comes in this one instead and
+		// is verified exactly as if it came in Authorization.
+		if tok := r.Header.Get(ProxiedAuthorizationHeader); tok != "" {
+			r.Header.Set("Authorization", tok)
+		}
+	}
+	r.Header.Del(ProxiedAuthorizationHeader)
 	audience := b.Audience
 	if err := a.verifier.VerifyRequestFromSubjectsWithFilters(r.Context(), flags, &audience, b.Policies, b.Namespace, r, w); err != nil {
 		// The verifier has answered 401, 403 or 500; the reason is logged, not told the sender.

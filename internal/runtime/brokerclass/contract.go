@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/types"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/apis/feature"
@@ -102,6 +103,15 @@ type Trigger struct {
 	Delivery *eventingduckv1.DeliverySpec `json:"delivery,omitempty"`
 	// DeadLetterSink is the resolved dead-letter sink URI, empty for none.
 	DeadLetterSink string `json:"deadLetterSink,omitempty"`
+	// SubscriberAudience and DeadLetterSinkAudience are the OIDC audiences of the subscriber and
+	// of the dead-letter sink (the Trigger's status.subscriberAudience and
+	// status.deadLetterSinkAudience), empty for none.
+	SubscriberAudience     string `json:"subscriberAudience,omitempty"`
+	DeadLetterSinkAudience string `json:"deadLetterSinkAudience,omitempty"`
+	// ServiceAccount is the Trigger's OIDC identity in its namespace (its
+	// status.auth.serviceAccountName), set when OIDC authentication is enabled: the dispatcher
+	// sends a token of it to a subscriber or dead-letter sink that has an audience.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 	// ReplyURL is the Broker's ingress address, where replies go.
 	ReplyURL string `json:"replyURL"`
 }
@@ -126,7 +136,7 @@ func (t Trigger) Consumer() (broker.Trigger, error) {
 	c := broker.Trigger{
 		Namespace: t.Namespace, Name: t.Name, Broker: t.Broker,
 		Filter:     broker.TriggerFilter(t.Filter, t.Filters),
-		Subscriber: duckv1.Addressable{URL: sub},
+		Subscriber: duckv1.Addressable{URL: sub, Audience: optional(t.SubscriberAudience)},
 		Retry:      kncloudevents.NoRetries(),
 		ReplyURL:   t.ReplyURL,
 	}
@@ -142,9 +152,20 @@ func (t Trigger) Consumer() (broker.Trigger, error) {
 		if err != nil {
 			return broker.Trigger{}, fmt.Errorf("trigger %s: dead-letter sink: %w", t.Key(), err)
 		}
-		c.DeadLetter = &duckv1.Addressable{URL: dls}
+		c.DeadLetter = &duckv1.Addressable{URL: dls, Audience: optional(t.DeadLetterSinkAudience)}
+	}
+	if t.ServiceAccount != "" {
+		c.OIDCServiceAccount = &types.NamespacedName{Namespace: t.Namespace, Name: t.ServiceAccount}
 	}
 	return c, nil
+}
+
+// optional is nil for "", else &s.
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 func parseURL(raw string) (*apis.URL, error) {

@@ -66,3 +66,47 @@ func TestEncodeIsStable(t *testing.T) {
 		t.Fatalf("an encoded contract does not parse: %v", err)
 	}
 }
+
+// TestTriggerConsumerOIDC: a Trigger's OIDC identity and its subscriber's and dead-letter sink's
+// audiences reach what the dispatcher delivers with; without them nothing asks for a token.
+func TestTriggerConsumerOIDC(t *testing.T) {
+	base := Trigger{Namespace: "ns", Name: "t", Broker: "b", Subscriber: "http://sub", DeadLetterSink: "http://dls", ReplyURL: "http://i/ns/b"}
+	for _, tc := range []struct {
+		name                     string
+		serviceAccount, sub, dls string
+		wantIdentity             string
+	}{
+		{name: "OIDC off: no identity, no audiences"},
+		{name: "identity and both audiences", serviceAccount: "oidc-trigger-t", sub: "sub-aud", dls: "dls-aud", wantIdentity: "ns/oidc-trigger-t"},
+		{name: "identity, subscriber without audience", serviceAccount: "oidc-trigger-t", dls: "dls-aud", wantIdentity: "ns/oidc-trigger-t"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := base
+			tr.ServiceAccount, tr.SubscriberAudience, tr.DeadLetterSinkAudience = tc.serviceAccount, tc.sub, tc.dls
+			c, err := tr.Consumer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			identity := ""
+			if c.OIDCServiceAccount != nil {
+				identity = c.OIDCServiceAccount.String()
+			}
+			if identity != tc.wantIdentity {
+				t.Errorf("identity %q, want %q", identity, tc.wantIdentity)
+			}
+			if got := audienceOf(c.Subscriber.Audience); got != tc.sub {
+				t.Errorf("subscriber audience %q, want %q", got, tc.sub)
+			}
+			if got := audienceOf(c.DeadLetter.Audience); got != tc.dls {
+				t.Errorf("dead-letter sink audience %q, want %q", got, tc.dls)
+			}
+		})
+	}
+}
+
+func audienceOf(a *string) string {
+	if a == nil {
+		return ""
+	}
+	return *a
+}

@@ -15,9 +15,12 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"knative.dev/eventing/pkg/auth"
 	"knative.dev/eventing/pkg/eventingtls"
 	"knative.dev/eventing/pkg/kncloudevents"
+	kubeclient "knative.dev/pkg/client/injection/kube/client"
 
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
@@ -244,6 +247,9 @@ type DispatcherOptions struct {
 	Listen string
 	// Consumer tunes delivery; Consumer.Name must name this replica (its pod name).
 	Consumer broker.ConsumerOptions
+	// Kube reaches the Kubernetes API for the Triggers' OIDC tokens (TokenRequest), used when a
+	// Trigger of the contract has an OIDC identity; nil: deliveries carry no token.
+	Kube *rest.Config
 }
 
 // RunDispatcher delivers the events of every Trigger of the contract until ctx ends. Replicas
@@ -254,9 +260,20 @@ func RunDispatcher(ctx context.Context, rdb redis.UniversalClient, w *ContractWa
 		return errors.New("the dispatcher needs a consumer name (its pod name) for the consumer groups it shares")
 	}
 	m := metrics.New()
+	// Knative's token provider: tokens of a Trigger's identity for its subscriber's audience,
+	// cached until shortly before they expire, as Knative's broker filter sends them.
+	var tokens *auth.OIDCTokenProvider
+	if opts.Kube != nil {
+		kube, err := kubernetes.NewForConfig(opts.Kube)
+		if err != nil {
+			return fmt.Errorf("the Kubernetes API for OIDC tokens: %w", err)
+		}
+		tokens = auth.NewOIDCTokenProvider(context.WithValue(ctx, kubeclient.Key{}, kube))
+	}
 	d := &dispatcher{
 		rdb: rdb, log: log, metrics: m, opts: opts.Consumer,
-		dispatcher: kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil),
+		dispatcher: kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, tokens),
+		tokens:     tokens != nil,
 		running:    map[string]*runningConsumer{},
 	}
 	var bg sync.WaitGroup
@@ -293,8 +310,10 @@ type dispatcher struct {
 	metrics    *metrics.Runtime
 	opts       broker.ConsumerOptions
 	dispatcher *kncloudevents.Dispatcher
-	running    map[string]*runningConsumer
-	replyKey   []byte
+	// tokens: the dispatcher can request the Triggers' OIDC tokens.
+	tokens   bool
+	running  map[string]*runningConsumer
+	replyKey []byte
 }
 
 type runningConsumer struct {
@@ -328,6 +347,11 @@ func (d *dispatcher) apply(ctx context.Context, c *Contract) {
 		if err != nil {
 			d.log.Error("trigger not delivered", "trigger", key, "error", err) // ParseContract refuses this first
 			continue
+		}
+		if trig.OIDCServiceAccount != nil && !d.tokens {
+			d.log.Error("the trigger has an OIDC identity, but this dispatcher cannot reach the Kubernetes API for its tokens: deliveries carry none",
+				"trigger", key, "service_account", trig.OIDCServiceAccount.String())
+			trig.OIDCServiceAccount = nil
 		}
 		if r, ok := d.running[key]; ok {
 			stopping = append(stopping, r)

@@ -83,7 +83,7 @@ func run(ctx context.Context, mode string, log *slog.Logger) error {
 	case ModeIngress:
 		return RunIngress(ctx, rdb, w, IngressOptions{
 			Listen: env.ListenAddress, Replica: env.PodName, MaintainEvery: env.MaintainInterval, MaxBacklog: env.MaxBacklog, AppendTimeout: env.AppendTimeout,
-			Kube: InClusterConfig(),
+			Kube: KubeConfig(log),
 		}, log)
 	case ModeDispatcher:
 		return RunDispatcher(ctx, rdb, w, DispatcherOptions{
@@ -92,6 +92,7 @@ func run(ctx context.Context, mode string, log *slog.Logger) error {
 				Name: env.PodName, ExternalGroups: true, RedeliverAfter: env.RedeliverAfter, Parallelism: env.Parallelism, MaxRounds: env.ParkAfter,
 				Parker: broker.NewDeadLetterParker(rdb, deadletter.Options{}),
 			},
+			Kube: KubeConfig(log),
 		}, log)
 	}
 	return errors.New("unknown data plane mode " + mode)

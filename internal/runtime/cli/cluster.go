@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
@@ -29,6 +30,8 @@ import (
 	"k8s.io/client-go/transport/spdy"
 
 	"github.com/spf13/cobra"
+
+	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
 )
 
 // DefaultPlatformNamespace is where the platform's own objects (Redis, the functions) live on a
@@ -353,6 +356,8 @@ func (c *cluster) redisURL(ctx context.Context, log io.Writer) (string, func(), 
 type httpTarget struct {
 	url       string
 	transport http.RoundTripper
+	// audience is a Broker's status.address.audience: set when it requires OIDC authentication.
+	audience string
 }
 
 // serviceProxyURL is the API server's proxy to port of Service ns/name, plus path.
@@ -466,9 +471,20 @@ func (c *cluster) brokerTarget(ctx context.Context, ns, name string, log io.Writ
 	if err != nil {
 		return httpTarget{}, err
 	}
-	t := httpTarget{url: c.serviceProxyURL(svcNS, svcName, port, u.Path), transport: rt}
+	audience, _, _ := unstructured.NestedString(b.Object, "status", "address", "audience")
+	t := httpTarget{url: c.serviceProxyURL(svcNS, svcName, port, u.Path), transport: rt, audience: audience}
 	fmt.Fprintf(log, "http: Broker %s/%s at %s: service proxy of %s: %s\n", ns, name, addr, c.where(), t.url)
 	return t, nil
+}
+
+// withToken makes t's requests carry a token of ServiceAccount serviceAccount of the platform's
+// namespace for t's audience, in the header the class's ingress reads behind the API server's
+// proxy (which consumes Authorization).
+func (c *cluster) withToken(t httpTarget, serviceAccount string, log io.Writer) httpTarget {
+	sa := types.NamespacedName{Namespace: c.namespace, Name: serviceAccount}
+	fmt.Fprintf(log, "http: the Broker requires OIDC authentication (audience %s): sending as ServiceAccount %s\n", t.audience, sa)
+	t.transport = brokerclass.NewTokenTransport(c.core, sa, t.audience, brokerclass.ProxiedAuthorizationHeader, t.transport)
+	return t
 }
 
 // serviceOfHost reads name.namespace[.svc[.cluster.local]].

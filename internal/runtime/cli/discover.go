@@ -41,6 +41,8 @@ func addRunFlags(cmd *cobra.Command, f *runFlags) {
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "say on standard error how knfaas up or the cluster is reached")
 	fl.StringVar(&f.addr, "addr", "", "address of knfaas up, host:port (default: $"+EnvAddr+", else the running knfaas up found in the state dir)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "state dir of the knfaas up to find; a run started with --run-dir elsewhere is not found there (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
+	_ = cmd.RegisterFlagCompletionFunc("addr", completeAddrs(f))
+	_ = cmd.MarkFlagDirname("state-dir")
 }
 
 // explicitAddr is --addr, else KNFAAS_ADDR, else "".
@@ -54,15 +56,24 @@ func (f runFlags) explicitAddr() string {
 // discover returns the record of the running `knfaas up` (the one on the explicit address, if
 // any).
 func (f runFlags) discover() (embedded.Endpoints, error) {
+	runs, err := f.runsDir()
+	if err != nil {
+		return embedded.Endpoints{}, err
+	}
+	return embedded.Discover(runs, f.explicitAddr())
+}
+
+// runsDir is the runs directory under --state-dir, else under the default state dir.
+func (f runFlags) runsDir() (string, error) {
 	dir := f.stateDir
 	if dir == "" {
 		d, err := embedded.DefaultStateDir()
 		if err != nil {
-			return embedded.Endpoints{}, err
+			return "", err
 		}
 		dir = d
 	}
-	return embedded.Discover(filepath.Join(dir, embedded.RunsDir), f.explicitAddr())
+	return filepath.Join(dir, embedded.RunsDir), nil
 }
 
 // address is where `knfaas up` listens: the explicit address, else the discovered one.
@@ -157,6 +168,21 @@ func (f runFlags) brokerTarget(ref string) (httpTarget, error) {
 		return httpTarget{}, err
 	}
 	return c.brokerTarget(f.context(), ns, name, f.log())
+}
+
+// brokerTargetAs is brokerTarget; on a cluster, when the Broker requires OIDC authentication
+// (its status.address.audience is set), every request carries a token of ServiceAccount
+// serviceAccount of the platform's namespace for that audience.
+func (f runFlags) brokerTargetAs(ref, serviceAccount string) (httpTarget, error) {
+	t, err := f.brokerTarget(ref)
+	if err != nil || t.audience == "" {
+		return t, err
+	}
+	c, err := clusterConnector(f.cluster)
+	if err != nil {
+		return httpTarget{}, err
+	}
+	return c.withToken(t, serviceAccount, f.log()), nil
 }
 
 // serviceTarget is where to post to Knative Service ref (namespace/name) at path: through knfaas

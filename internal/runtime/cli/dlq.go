@@ -14,6 +14,7 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/sink"
+	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
 )
 
 const dlqLong = `Inspect, redrive and purge the dead letters stored by the deadletter function.
@@ -155,7 +156,7 @@ func newDLQShowCommand() *cobra.Command {
 func newDLQRedriveCommand() *cobra.Command {
 	var f dlqFilterFlags
 	var run runFlags
-	var output, broker string
+	var output, broker, serviceAccount string
 	var quiet bool
 	var rate float64
 	var dryRun bool
@@ -175,7 +176,12 @@ letter the broker does not accept, leaving it and the rest stored.
 A full ingress URL is accepted too. On a cluster (-n, --kubeconfig or --context), the Broker's
 ingress is reached through the API server's service proxy, e.g.:
 
-  kn faas dlq redrive -n knfaas --broker knfaas/default ...`,
+  kn faas dlq redrive -n knfaas --broker knfaas/default ...
+
+When the Broker requires OIDC authentication (its status.address.audience is set), redrive
+sends as the ServiceAccount --service-account of the platform's namespace, with a token the
+Kubernetes API issues for the Broker's audience (you need create on serviceaccounts/token for
+it); the Broker's EventPolicies decide whether that identity may send.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if rate < 0 {
 				return fmt.Errorf("--rate %v: want events per second above 0 (0: unlimited)", rate)
@@ -198,7 +204,7 @@ ingress is reached through the API server's service proxy, e.g.:
 			if _, err := f.filter(args, time.Now()); err != nil {
 				return err
 			}
-			target, err := run.brokerTarget(broker)
+			target, err := run.brokerTargetAs(broker, serviceAccount)
 			if err != nil {
 				return err
 			}
@@ -220,6 +226,8 @@ ingress is reached through the API server's service proxy, e.g.:
 	cmd.ValidArgsFunction = completeLetterIDs(&run)
 	addQuietFlag(cmd, &quiet)
 	cmd.Flags().StringVar(&broker, "broker", "knfaas/default", "broker to publish to: namespace/name under the running knfaas up, or an ingress URL")
+	cmd.Flags().StringVar(&serviceAccount, "service-account", brokerclass.RedriveServiceAccount, "on a cluster, the ServiceAccount of the platform's namespace to send as when the Broker requires OIDC authentication")
+	_ = cmd.RegisterFlagCompletionFunc("broker", completeBrokerRefs(&run))
 	cmd.Flags().Float64Var(&rate, "rate", 0, "send at most this many events per second (0: unlimited)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be redriven and send nothing")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the broker's answer to each event")

@@ -124,6 +124,8 @@ compared with the time the event store appended each event.`,
 	f.StringVar(&o.service, "service", "", "send to this Knative Service (namespace/name) of the running knfaas up, cluster-local ones included")
 	cmd.MarkFlagsMutuallyExclusive("to", "broker", "service")
 	addRunFlags(cmd, &o.run)
+	_ = cmd.RegisterFlagCompletionFunc("broker", completeBrokerRefs(&o.run))
+	_ = cmd.RegisterFlagCompletionFunc("service", completeServiceRefs(&o.run))
 	f.Float64Var(&o.rate, "rate", 100, "at most this many events per second (0: no limit)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the events that would be sent, send nothing")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each send")

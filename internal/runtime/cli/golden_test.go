@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,9 @@ import (
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/eventlog"
 	"github.com/knfaas/knfaas/internal/function/process"
+	"github.com/knfaas/knfaas/internal/function/tracing"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
+	"github.com/knfaas/knfaas/internal/runtime/tracestore"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden with the current output")
@@ -71,6 +74,40 @@ func goldenInstance() process.Instance {
 		}}
 }
 
+// goldenVersion is the version of a build from a modified checkout.
+func goldenVersion() versionInfo {
+	return readVersion(&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: platformModule, Version: "(devel)"},
+		Deps: []*debug.Module{
+			{Path: "k8s.io/api", Version: "v0.35.7"},
+			{Path: "knative.dev/eventing", Version: "v0.50.0"},
+			{Path: "knative.dev/serving", Version: "v0.50.0"},
+		},
+		Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "0123456789abcdef0123456789abcdef01234567"},
+			{Key: "vcs.time", Value: "2026-03-04T05:06:07Z"},
+			{Key: "vcs.modified", Value: "true"},
+		}}, true)
+}
+
+// goldenTrace is an event's journey: intake, broker ingress, a delivery retried once.
+func goldenTrace() tracestore.Trace {
+	traceID := strings.Repeat("ab", 16)
+	sp := func(id, parent, name, service string, from, to time.Duration, attrs map[string]string, status string) tracestore.Span {
+		return tracestore.Span{TraceID: traceID, SpanID: id, ParentSpanID: parent, Name: name, Service: service,
+			Start: goldenTime.Add(from), End: goldenTime.Add(to), Attributes: attrs, Status: status}
+	}
+	return tracestore.Trace{TraceID: traceID, Spans: []tracestore.Span{
+		sp("0000000000000001", "", "webhook intake", "webhook", 0, 50*time.Millisecond, nil, ""),
+		sp("0000000000000002", "0000000000000001", "broker ingress knfaas/default", "knfaas-up", 2*time.Millisecond, 4*time.Millisecond,
+			map[string]string{tracing.AttrEventID: "ev-1"}, ""),
+		sp("0000000000000003", "0000000000000002", "deliver knfaas/process", "knfaas-up", 5*time.Millisecond, 40*time.Millisecond, nil, "error"),
+		sp("0000000000000004", "0000000000000003", "POST /", "knfaas-up", 6*time.Millisecond, 10*time.Millisecond,
+			map[string]string{tracing.AttrAttempt: "1", "http.response.status_code": "503"}, "error"),
+		sp("0000000000000005", "0000000000000003", "POST /", "knfaas-up", 20*time.Millisecond, 30*time.Millisecond,
+			map[string]string{tracing.AttrAttempt: "2", "http.response.status_code": "202"}, ""),
+	}}
+}
+
 // TestOutputGolden: every list and show command prints the same document in json and yaml,
 // with lowerCamel keys, RFC 3339 times and empty fields left out, and a stable table.
 func TestOutputGolden(t *testing.T) {
@@ -91,6 +128,20 @@ func TestOutputGolden(t *testing.T) {
 		}},
 		{"process-list", func(w io.Writer, o string) error { return printInstances(w, []process.Instance{instance}, o, false) }},
 		{"process-show", func(w io.Writer, o string) error { return printInstance(w, &instance, o) }},
+		{"version", func(w io.Writer, o string) error {
+			v := goldenVersion()
+			if structured(o) {
+				return writeDocument(w, o, v)
+			}
+			return v.print(w)
+		}},
+		{"trace", func(w io.Writer, o string) error {
+			doc := traceDocument{Traces: []traceTree{buildTraceTree(goldenTrace())}}
+			if structured(o) {
+				return writeDocument(w, o, doc)
+			}
+			return writeTraceTable(w, doc)
+		}},
 	}
 	for _, tc := range tests {
 		for _, output := range []string{outputTable, outputJSON, outputYAML} {
@@ -144,7 +195,8 @@ func TestReplayOutputGolden(t *testing.T) {
 	}
 }
 
-// checkKeys fails on a json key that is not lowerCamel, outside events' own payloads.
+// checkKeys fails on a json key that is not lowerCamel, outside events' own payloads and
+// span attributes.
 func checkKeys(t *testing.T, doc []byte) {
 	t.Helper()
 	var v any
@@ -159,7 +211,8 @@ func checkKeys(t *testing.T, doc []byte) {
 				if !lowerCamel.MatchString(k) {
 					t.Errorf("key %s.%s is not lowerCamel", path, k)
 				}
-				if k != "event" && k != "data" {
+				// An event and its data are the sender's; span attributes are OpenTelemetry's keys.
+				if k != "event" && k != "data" && k != "attributes" {
 					walk(path+"."+k, child)
 				}
 			}

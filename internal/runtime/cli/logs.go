@@ -49,6 +49,7 @@ unless a Service sets LOG_FORMAT itself.`,
 		},
 	}
 	addRunFlags(cmd, &rf)
+	cmd.ValidArgsFunction = completeLogServices(&rf)
 	f := cmd.Flags()
 	f.BoolVarP(&opts.follow, "follow", "f", false, "keep printing new lines until interrupted or knfaas up exits")
 	f.IntVar(&opts.tail, "tail", -1, "print only the last N lines kept (then follow, with -f); -1 prints all")

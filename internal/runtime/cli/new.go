@@ -30,8 +30,17 @@ examples/DOMAIN/ (Service and Trigger named DOMAIN-NAME, listed in examples/DOMA
 kustomization.yaml). The result passes knfaas verify and runs under knfaas up unchanged
 (knfaas up -f examples/DOMAIN for an example). Existing files are never overwritten.
 
+Its main sets up logging first, as every function's does: in this module with
+internal/function/logging (LOG_FORMAT, LOG_LEVEL, func-go's and go-redis's lines in the same
+format); in a module of its own (--dir), which cannot import the platform's internal packages,
+with a logging.go written beside it that reads the same LOG_FORMAT and LOG_LEVEL.
+
 The function uses only func-go, the CloudEvents SDK and go-redis, so it can move to a module
 of its own.`
+
+// platformModule is this repository's module path: a function scaffolded into it imports the
+// platform's internal packages.
+const platformModule = "github.com/knfaas/knfaas"
 
 // scaffold is what `knfaas new` generates from.
 type scaffold struct {
@@ -50,6 +59,9 @@ var dnsLabel = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
 
 // TriggerName is the name (and file name) of the scaffolded Trigger.
 func (s scaffold) TriggerName() string { return triggerName(s.Service, s.Domain, s.Type) }
+
+// PlatformModule says whether the function is scaffolded into the platform's own module.
+func (s scaffold) PlatformModule() bool { return s.Module == platformModule }
 
 // ImportPath is the function's Go import path.
 func (s scaffold) ImportPath() string { return s.Module + "/" + filepath.ToSlash(s.functionDir()) }
@@ -165,10 +177,14 @@ func newNewFunctionCommand() *cobra.Command {
 				{manifest, tmplService},
 				{filepath.Join(s.base(), "triggers", s.TriggerName()+".yaml"), tmplTrigger},
 			}
+			manifests := files[4:]
+			if !s.PlatformModule() {
+				files = append(files, generated{filepath.Join(fn, "logging.go"), tmplLogging})
+			}
 			if err := writeScaffold(cmd.OutOrStdout(), f.dir, s, files); err != nil {
 				return err
 			}
-			return listInKustomization(cmd.OutOrStdout(), f.dir, s, files[4:])
+			return listInKustomization(cmd.OutOrStdout(), f.dir, s, manifests)
 		},
 	}
 	addScaffoldFlags(cmd, &f)

@@ -78,10 +78,28 @@ func TestScaffoldRunsUnderUp(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// Its main set up logging as every function's does: its "handled" line names the function
+	// in the format up gave it (LOG_FORMAT), with the event's id.
+	runtimetest.Eventually(t, 10*time.Second, "the scaffolded function's handled line, naming it", func() bool {
+		return hasFunctionLine(rt.Output(), "hello", "handled", "e2e-1")
+	})
 
 	rt.Kill()
 	_, err = runCLI(t, "send", "--type", typ, "--state-dir", state)
 	if err == nil || !strings.Contains(err.Error(), "stale record") || !strings.Contains(err.Error(), "is gone") {
 		t.Fatalf("send after kill: %v, want the stale record named", err)
 	}
+}
+
+// hasFunctionLine says whether output holds a log line of function (its function attribute,
+// in JSON or text) whose message is msg and that mentions id.
+func hasFunctionLine(output, function, msg, id string) bool {
+	for line := range strings.Lines(output) {
+		json := strings.Contains(line, `"function":"`+function+`"`) && strings.Contains(line, `"msg":"`+msg+`"`)
+		text := strings.Contains(line, "function="+function) && strings.Contains(line, "msg="+msg)
+		if (json || text) && strings.Contains(line, id) {
+			return true
+		}
+	}
+	return false
 }

@@ -3,7 +3,8 @@ package cli
 import "text/template"
 
 // The files `knfaas new` writes. The function uses only func-go, the CloudEvents SDK,
-// envconfig and go-redis, so it builds in any module.
+// envconfig and go-redis, and in the platform's module its logging package (in another module
+// a logging.go of its own), so it builds in any module.
 var (
 	tmplMain = template.Must(template.New("main.go").Parse(`package main
 
@@ -11,13 +12,62 @@ import (
 	"log"
 
 	"knative.dev/func-go/cloudevents"
+{{- if .PlatformModule}}
+
+	"` + platformModule + `/internal/function/logging"
+{{- end}}
 )
 
 // A non-zero exit when Start fails lets Knative (and knfaas up) report the revision as failed
 // instead of serving 503s; func-go returns the error of the function's Start.
 func main() {
+{{- if .PlatformModule}}
+	logging.Setup("{{.Name}}")
+{{- else}}
+	setupLogging("{{.Name}}")
+{{- end}}
 	if err := cloudevents.Start(New()); err != nil {
 		log.Fatal(err)
+	}
+}
+`))
+
+	// tmplLogging is the logging set-up of a function in a module of its own, which cannot
+	// import the platform's internal/function/logging: the same format and level from the same
+	// environment, without the bridges for func-go's and go-redis's own lines.
+	tmplLogging = template.Must(template.New("logging.go").Parse(`package main
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// setupLogging makes the function log as knfaas up and the platform's functions do: one record
+// a line on stderr, JSON unless LOG_FORMAT=text, at LOG_LEVEL (debug, info, warn or error;
+// default info), each line naming the function. The standard log package's lines come out at
+// error level. A bad LOG_FORMAT or LOG_LEVEL is logged and the default used.
+func setupLogging(function string) {
+	var problems []string
+	level := slog.LevelInfo
+	if v := strings.TrimSpace(os.Getenv("LOG_LEVEL")); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			problems = append(problems, "LOG_LEVEL "+v+": want debug, info, warn or error")
+		}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewJSONHandler(os.Stderr, opts)
+	switch v := strings.ToLower(strings.TrimSpace(os.Getenv("LOG_FORMAT"))); v {
+	case "", "json":
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	default:
+		problems = append(problems, "LOG_FORMAT "+v+": want json or text")
+	}
+	slog.SetDefault(slog.New(h.WithAttrs([]slog.Attr{slog.String("function", function)})))
+	slog.SetLogLoggerLevel(slog.LevelError)
+	for _, p := range problems {
+		slog.Warn("logging: using the default", "problem", p)
 	}
 }
 `))

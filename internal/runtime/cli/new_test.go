@@ -1,8 +1,14 @@
 package cli
 
 import (
+	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -124,4 +130,90 @@ func TestTriggerName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNewFunctionMainSetsUpLogging: a scaffolded main sets up logging first, as every
+// function's main does (functions/mains_logging_test.go): with the platform's logging package
+// in its module, with a logging.go of its own in another module (which cannot import it).
+func TestNewFunctionMainSetsUpLogging(t *testing.T) {
+	tests := []struct {
+		name        string
+		module      string
+		wantCall    string // package.Func, or Func for a call in the function's own package
+		wantImport  string
+		wantLogging bool // a logging.go beside main.go
+	}{
+		{name: "platform module", module: platformModule, wantCall: "logging.Setup", wantImport: platformModule + "/internal/function/logging"},
+		{name: "own module", module: "example.com/myapp", wantCall: "setupLogging", wantLogging: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module "+tc.module+"\n\ngo 1.26.0\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := runCLI(t, "new", "function", "greeter", "--dir", dir); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			fset := token.NewFileSet()
+			f, err := parser.ParseFile(fset, filepath.Join(dir, "functions", "greeter", "main.go"), nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var imports []string
+			for _, imp := range f.Imports {
+				imports = append(imports, strings.Trim(imp.Path.Value, `"`))
+			}
+			if tc.wantImport != "" && !slices.Contains(imports, tc.wantImport) {
+				t.Errorf("main.go imports %q, want %s", imports, tc.wantImport)
+			}
+			if got := firstCallOfMain(f); got != tc.wantCall+`("greeter")` {
+				t.Errorf("main's first statement is %q, want %s(\"greeter\")", got, tc.wantCall)
+			}
+			own := filepath.Join(dir, "functions", "greeter", "logging.go")
+			_, err = parser.ParseFile(fset, own, nil, 0)
+			if tc.wantLogging && err != nil {
+				t.Errorf("logging.go: %v", err)
+			}
+			if !tc.wantLogging && !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("logging.go written in the platform's module (%v); its logging package is the one to use", err)
+			}
+		})
+	}
+}
+
+// firstCallOfMain renders main's first statement when it is a call with literal arguments,
+// e.g. logging.Setup("greeter").
+func firstCallOfMain(f *ast.File) string {
+	for _, d := range f.Decls {
+		fd, ok := d.(*ast.FuncDecl)
+		if !ok || fd.Name.Name != "main" || len(fd.Body.List) == 0 {
+			continue
+		}
+		st, ok := fd.Body.List[0].(*ast.ExprStmt)
+		if !ok {
+			return ""
+		}
+		call, ok := st.X.(*ast.CallExpr)
+		if !ok {
+			return ""
+		}
+		var fun string
+		switch fn := call.Fun.(type) {
+		case *ast.Ident:
+			fun = fn.Name
+		case *ast.SelectorExpr:
+			if x, ok := fn.X.(*ast.Ident); ok {
+				fun = x.Name + "." + fn.Sel.Name
+			}
+		}
+		var args []string
+		for _, a := range call.Args {
+			if lit, ok := a.(*ast.BasicLit); ok {
+				args = append(args, lit.Value)
+			}
+		}
+		return fun + "(" + strings.Join(args, ", ") + ")"
+	}
+	return ""
 }

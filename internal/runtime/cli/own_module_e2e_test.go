@@ -108,4 +108,8 @@ func TestFunctionsOfAnotherModule(t *testing.T) {
 		n, err := rdb.Exists(context.Background(), key).Result()
 		return err == nil && n == 1
 	})
+	// Its own logging.go set it up as the platform's functions are: the line names the function.
+	runtimetest.Eventually(t, 10*time.Second, "the function's handled line, naming it", func() bool {
+		return hasFunctionLine(rt.Output(), "greeter", "handled", "own-1")
+	})
 }

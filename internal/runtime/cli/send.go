@@ -126,6 +126,8 @@ event type), --id the delivery id, and --data the body (a minimal one by default
 	f.StringVar(&webhookSecret, "webhook-secret", "", "with --webhook: sign with this secret instead of the development one")
 	addQuietFlag(cmd, &quiet)
 	addRunFlags(cmd, &run)
+	_ = cmd.RegisterFlagCompletionFunc("broker", completeBrokerRefs(&run))
+	_ = cmd.RegisterFlagCompletionFunc("service", completeServiceRefs(&run))
 	return cmd
 }
 

@@ -185,6 +185,8 @@ manifest that cannot run is an error naming its file, object and field.`,
 	f.IntVar(&parallelism, "parallelism", broker.DefaultParallelism, "deliveries in flight per trigger")
 	f.StringVar(&logLevel, "log-level", envOr(logging.EnvLevel, "info"), "debug, info, warn or error, for the runtime and (as LOG_LEVEL, unless a Service sets it) its functions ($LOG_LEVEL sets the default)")
 	f.StringVar(&logFormat, "log-format", envOr(logging.EnvFormat, logging.FormatText), "json or text, for the runtime and (as LOG_FORMAT, unless a Service sets it) its functions; with json, each function line gets its service and instance ($LOG_FORMAT sets the default)")
+	_ = cmd.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{logging.FormatJSON, logging.FormatText}, cobra.ShellCompDirectiveNoFileComp))
 	f.StringVar(&cacheDir, "cache-dir", "", "where built function binaries are cached (default: the user cache dir)")
 	f.StringVar(&stateDir, "state-dir", "", "persistent local state: the development secrets that replace CHANGE-ME placeholders, kept across runs (default $XDG_STATE_HOME/knfaas or ~/.local/state/knfaas)")
 	f.StringVar(&runDir, "run-dir", "", "where each run keeps its projected volumes and instance files, removed on exit and, after a crash, at the next start (default <state-dir>/runs)")

@@ -15,7 +15,9 @@ import (
 	triggerreconciler "knative.dev/eventing/pkg/client/injection/reconciler/eventing/v1/trigger"
 	eventinglisters "knative.dev/eventing/pkg/client/listers/eventing/v1"
 	kubeclient "knative.dev/pkg/client/injection/kube/client"
+	serviceaccountinformer "knative.dev/pkg/client/injection/kube/informers/core/v1/serviceaccount/filtered"
 	endpointsliceinformer "knative.dev/pkg/client/injection/kube/informers/discovery/v1/endpointslice"
+	kubefilteredfactory "knative.dev/pkg/client/injection/kube/informers/factory/filtered"
 	"knative.dev/pkg/configmap"
 	pkgcontroller "knative.dev/pkg/controller"
 	"knative.dev/pkg/injection"
@@ -24,6 +26,13 @@ import (
 
 	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
 )
+
+// WithInformerSelectors adds to ctx the label selectors of the filtered informers the
+// controllers use (the Triggers' OIDC ServiceAccounts, as Knative's controllers watch them); it
+// must wrap the context before the informers are set up.
+func WithInformerSelectors(ctx context.Context) context.Context {
+	return kubefilteredfactory.WithSelectors(ctx, auth.OIDCLabelSelector)
+}
 
 // Constructors returns the Broker and Trigger controllers of the class for sharedmain. They share
 // rdb, and one contract written to ConfigMap brokerclass.ContractConfigMap in namespace (the
@@ -104,7 +113,8 @@ func triggerFilter(brokers eventinglisters.BrokerLister) func(any) bool {
 }
 
 func newTriggerController(ctx context.Context, s *shared) *pkgcontroller.Impl {
-	r := &triggerReconciler{shared: s}
+	oidcAccounts := serviceaccountinformer.Get(ctx, auth.OIDCLabelSelector)
+	r := &triggerReconciler{shared: s, kube: kubeclient.Get(ctx), serviceAccounts: oidcAccounts.Lister()}
 	filter := triggerFilter(s.brokers)
 	impl := triggerreconciler.NewImpl(ctx, r, func(*pkgcontroller.Impl) pkgcontroller.Options {
 		return pkgcontroller.Options{PromoteFilterFunc: filter}
@@ -114,6 +124,11 @@ func newTriggerController(ctx context.Context, s *shared) *pkgcontroller.Impl {
 	triggers.Informer().AddEventHandler(cache.FilteringResourceEventHandler{
 		FilterFunc: filter,
 		Handler:    pkgcontroller.HandleAll(impl.Enqueue),
+	})
+	// A change of a Trigger's OIDC ServiceAccount is the Trigger's.
+	oidcAccounts.Informer().AddEventHandler(cache.FilteringResourceEventHandler{
+		FilterFunc: pkgcontroller.FilterController(&eventingv1.Trigger{}),
+		Handler:    pkgcontroller.HandleAll(impl.EnqueueControllerOf),
 	})
 	// A Broker's change (Ready, deleted) is its Triggers'.
 	brokerinformer.Get(ctx).Informer().AddEventHandler(cache.FilteringResourceEventHandler{

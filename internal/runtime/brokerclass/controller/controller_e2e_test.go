@@ -50,7 +50,7 @@ type controlPlane struct {
 	servingCert string
 }
 
-func startControlPlane(t *testing.T) *controlPlane {
+func startControlPlane(t testing.TB) *controlPlane {
 	t.Helper()
 	cp := controlplanetest.Start(t)
 	controlplanetest.InstallKnativeCRDs(t, cp.Config)
@@ -75,7 +75,7 @@ type fixture struct {
 	redis *redistest.Server
 }
 
-func (f *fixture) broker(t *testing.T, name string) *eventingv1.Broker {
+func (f *fixture) broker(t testing.TB, name string) *eventingv1.Broker {
 	t.Helper()
 	b, err := f.ev.EventingV1().Brokers(appNS).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
@@ -84,7 +84,7 @@ func (f *fixture) broker(t *testing.T, name string) *eventingv1.Broker {
 	return b
 }
 
-func (f *fixture) trigger(t *testing.T, name string) *eventingv1.Trigger {
+func (f *fixture) trigger(t testing.TB, name string) *eventingv1.Trigger {
 	t.Helper()
 	tr, err := f.ev.EventingV1().Triggers(appNS).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
@@ -95,7 +95,7 @@ func (f *fixture) trigger(t *testing.T, name string) *eventingv1.Trigger {
 
 // waitCondition waits until cond of the object get returns has status and, if reason is set,
 // that reason; it returns the last object.
-func waitCondition[T any](t *testing.T, what string, get func() (T, *apis.Condition), status corev1.ConditionStatus, reason string) T {
+func waitCondition[T any](t testing.TB, what string, get func() (T, *apis.Condition), status corev1.ConditionStatus, reason string) T {
 	t.Helper()
 	var obj T
 	var last *apis.Condition
@@ -114,7 +114,7 @@ func waitCondition[T any](t *testing.T, what string, get func() (T, *apis.Condit
 
 // updateBroker applies change to the latest Broker named name, again when the update
 // conflicts with the controller's own writes (status, finalizers).
-func (f *fixture) updateBroker(t *testing.T, name string, change func(*eventingv1.Broker)) {
+func (f *fixture) updateBroker(t testing.TB, name string, change func(*eventingv1.Broker)) {
 	t.Helper()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		b := f.broker(t, name)
@@ -128,7 +128,7 @@ func (f *fixture) updateBroker(t *testing.T, name string, change func(*eventingv
 }
 
 // updateTrigger is updateBroker for a Trigger.
-func (f *fixture) updateTrigger(t *testing.T, name string, change func(*eventingv1.Trigger)) {
+func (f *fixture) updateTrigger(t testing.TB, name string, change func(*eventingv1.Trigger)) {
 	t.Helper()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		tr := f.trigger(t, name)
@@ -141,21 +141,21 @@ func (f *fixture) updateTrigger(t *testing.T, name string, change func(*eventing
 	}
 }
 
-func (f *fixture) brokerCond(t *testing.T, name string, typ apis.ConditionType) func() (*eventingv1.Broker, *apis.Condition) {
+func (f *fixture) brokerCond(t testing.TB, name string, typ apis.ConditionType) func() (*eventingv1.Broker, *apis.Condition) {
 	return func() (*eventingv1.Broker, *apis.Condition) {
 		b := f.broker(t, name)
 		return b, b.Status.GetCondition(typ)
 	}
 }
 
-func (f *fixture) triggerCond(t *testing.T, name string, typ apis.ConditionType) func() (*eventingv1.Trigger, *apis.Condition) {
+func (f *fixture) triggerCond(t testing.TB, name string, typ apis.ConditionType) func() (*eventingv1.Trigger, *apis.Condition) {
 	return func() (*eventingv1.Trigger, *apis.Condition) {
 		tr := f.trigger(t, name)
 		return tr, tr.Status.GetCondition(typ)
 	}
 }
 
-func (f *fixture) contract(t *testing.T) *brokerclass.Contract {
+func (f *fixture) contract(t testing.TB) *brokerclass.Contract {
 	t.Helper()
 	cm, err := f.kube.CoreV1().ConfigMaps(systemNS).Get(context.Background(), brokerclass.ContractConfigMap, metav1.GetOptions{})
 	if err != nil {
@@ -168,7 +168,7 @@ func (f *fixture) contract(t *testing.T) *brokerclass.Contract {
 	return c
 }
 
-func (f *fixture) contractTrigger(t *testing.T, name string) (brokerclass.Trigger, bool) {
+func (f *fixture) contractTrigger(t testing.TB, name string) (brokerclass.Trigger, bool) {
 	for _, tr := range f.contract(t).Triggers {
 		if tr.Namespace == appNS && tr.Name == name {
 			return tr, true
@@ -179,7 +179,7 @@ func (f *fixture) contractTrigger(t *testing.T, name string) (brokerclass.Trigge
 
 // readyEndpoints makes a data plane Service's endpoints ready, as the kubelet and the endpoint
 // slice controller would once its pods are ready.
-func (f *fixture) readyEndpoints(t *testing.T, service string) {
+func (f *fixture) readyEndpoints(t testing.TB, service string) {
 	t.Helper()
 	_, err := f.kube.DiscoveryV1().EndpointSlices(systemNS).Create(context.Background(), &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: service + "-abcde", Namespace: systemNS, Labels: map[string]string{discoveryv1.LabelServiceName: service}},
@@ -191,7 +191,7 @@ func (f *fixture) readyEndpoints(t *testing.T, service string) {
 	}
 }
 
-func startFixture(t *testing.T) *fixture {
+func startFixture(t testing.TB) *fixture {
 	cp := startControlPlane(t)
 	f := &fixture{
 		cp:   cp,
@@ -204,7 +204,7 @@ func startFixture(t *testing.T) *fixture {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ctx, informers := injection.Default.SetupInformers(ctx, cp.cfg)
+	ctx, informers := injection.Default.SetupInformers(WithInformerSelectors(ctx), cp.cfg)
 	var impls []*pkgcontroller.Impl
 	for _, ctor := range Constructors(systemNS, eventingNS, f.redis.Client()) {
 		impls = append(impls, ctor(ctx, configmap.NewStaticWatcher()))
@@ -242,7 +242,7 @@ func ref(kind, apiVersion, name string) duckv1.Destination {
 }
 
 // createKsvc creates a Knative Service and gives it the address Serving would.
-func (f *fixture) createKsvc(t *testing.T, name string) string {
+func (f *fixture) createKsvc(t testing.TB, name string) string {
 	t.Helper()
 	ctx := context.Background()
 	u := &unstructured.Unstructured{Object: map[string]any{
@@ -513,7 +513,7 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 	})
 }
 
-func freeAddrString(t *testing.T) string {
+func freeAddrString(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", controlplanetest.FreePort(t))
 }
 

@@ -13,6 +13,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	corev1listers "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -23,6 +25,7 @@ import (
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	pkgcontroller "knative.dev/pkg/controller"
 	"knative.dev/pkg/logging"
+	"knative.dev/pkg/ptr"
 	pkgreconciler "knative.dev/pkg/reconciler"
 	"knative.dev/pkg/resolver"
 
@@ -248,15 +251,34 @@ func (r *brokerReconciler) FinalizeKind(ctx context.Context, b *eventingv1.Broke
 type triggerReconciler struct {
 	*shared
 	resolver *resolver.URIResolver
+	// kube and serviceAccounts manage the Triggers' OIDC ServiceAccounts.
+	kube            kubernetes.Interface
+	serviceAccounts corev1listers.ServiceAccountLister
 }
+
+var triggerGVK = eventingv1.SchemeGroupVersion.WithKind("Trigger")
 
 // ReconcileKind resolves the Trigger's subscriber and dead-letter sink, creates its consumer
 // group, adds it to the contract and only then marks it Ready: an event accepted after Ready is
 // in the group, whichever dispatcher replica delivers it.
 func (r *triggerReconciler) ReconcileKind(ctx context.Context, t *eventingv1.Trigger) pkgreconciler.Event {
 	t.Status.InitializeConditions()
-	t.Status.MarkOIDCIdentityCreatedNotSupported()
 	t.Status.MarkDependencySucceeded() // this class has no dependency annotation
+	if !r.features.HasSynced() {
+		return pkgcontroller.NewRequeueAfter(time.Second)
+	}
+	flags, _, err := r.features.flags()
+	if err != nil {
+		t.Status.MarkOIDCIdentityCreatedFailed(ReasonFeaturesInvalid, "%v", err)
+		return pkgcontroller.NewRequeueAfter(recheckNotReady)
+	}
+	// As Knative's Trigger reconciler: with OIDC authentication the Trigger gets its own
+	// ServiceAccount (status.auth), whose tokens the dispatcher sends to the subscriber.
+	if err := auth.SetupOIDCServiceAccount(ctx, flags, r.serviceAccounts, r.kube, triggerGVK, t.ObjectMeta, &t.Status, func(as *duckv1.AuthStatus) {
+		t.Status.Auth = as
+	}); err != nil {
+		return err
+	}
 	b, err := r.brokers.Brokers(t.Namespace).Get(t.Spec.Broker)
 	if apierrors.IsNotFound(err) || (err == nil && b.DeletionTimestamp != nil) {
 		t.Status.MarkBrokerFailed(ReasonBrokerNotFound, "Broker %s/%s does not exist", t.Namespace, t.Spec.Broker)
@@ -271,14 +293,15 @@ func (r *triggerReconciler) ReconcileKind(ctx context.Context, t *eventingv1.Tri
 		t.Status.PropagateBrokerCondition(bc)
 	}
 
-	sub, err := r.resolver.URIFromDestinationV1(ctx, t.Spec.Subscriber, t)
+	subAddr, err := r.resolver.AddressableFromDestinationV1(ctx, t.Spec.Subscriber, t)
 	if err != nil {
-		t.Status.SubscriberURI = nil
+		t.Status.SubscriberURI, t.Status.SubscriberAudience = nil, nil
 		t.Status.MarkSubscriberResolvedFailed(ReasonSubscriberNotFound, "spec.subscriber: %v", err)
 		t.Status.MarkNotSubscribed(ReasonSubscriberNotFound, "the subscriber is not resolved")
 		return pkgcontroller.NewRequeueAfter(recheckNotReady)
 	}
-	t.Status.SubscriberURI = sub
+	sub := subAddr.URL
+	t.Status.SubscriberURI, t.Status.SubscriberAudience = sub, subAddr.Audience
 	t.Status.MarkSubscriberResolvedSucceeded()
 
 	delivery := t.Spec.Delivery
@@ -289,6 +312,10 @@ func (r *triggerReconciler) ReconcileKind(ctx context.Context, t *eventingv1.Tri
 		Namespace: t.Namespace, Name: t.Name, Broker: t.Spec.Broker,
 		Filter: t.Spec.Filter, Filters: t.Spec.Filters,
 		Subscriber: sub.String(), ReplyURL: r.brokerURL(b).String(),
+		SubscriberAudience: ptr.StringValue(subAddr.Audience),
+	}
+	if t.Status.Auth != nil && t.Status.Auth.ServiceAccountName != nil {
+		contractTrigger.ServiceAccount = *t.Status.Auth.ServiceAccountName
 	}
 	if delivery != nil {
 		d := delivery.DeepCopy()
@@ -297,15 +324,17 @@ func (r *triggerReconciler) ReconcileKind(ctx context.Context, t *eventingv1.Tri
 	}
 	t.Status.DeliveryStatus = eventingduckv1.DeliveryStatus{}
 	if delivery != nil && delivery.DeadLetterSink != nil {
-		dls, err := r.resolver.URIFromDestinationV1(ctx, *delivery.DeadLetterSink, t)
+		dls, err := r.resolver.AddressableFromDestinationV1(ctx, *delivery.DeadLetterSink, t)
 		if err != nil {
 			t.Status.MarkDeadLetterSinkResolvedFailed(ReasonDeadLetterSinkNotFound, "delivery.deadLetterSink: %v", err)
 			t.Status.MarkNotSubscribed(ReasonDeadLetterSinkNotFound, "the dead-letter sink is not resolved")
 			return pkgcontroller.NewRequeueAfter(recheckNotReady)
 		}
-		t.Status.DeliveryStatus.DeadLetterSinkURI = dls
+		t.Status.DeliveryStatus.DeadLetterSinkURI = dls.URL
+		t.Status.DeliveryStatus.DeadLetterSinkAudience = dls.Audience
 		t.Status.MarkDeadLetterSinkResolvedSucceeded()
-		contractTrigger.DeadLetterSink = dls.String()
+		contractTrigger.DeadLetterSink = dls.URL.String()
+		contractTrigger.DeadLetterSinkAudience = ptr.StringValue(dls.Audience)
 	} else {
 		t.Status.MarkDeadLetterSinkNotConfigured()
 	}
