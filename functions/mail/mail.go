@@ -14,6 +14,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
@@ -144,11 +145,11 @@ func (f *Function) start(cfg Config, rdb *redis.Client, templates map[string]*ma
 	f.cfg, f.templates = cfg, templates
 	f.store = mailer.NewStore(rdb, cfg.Retention)
 	f.dead = deadletter.NewStore(rdb, deadletter.Options{})
-	breaker := notify.DefaultBreaker
-	breaker.ConsecutiveFailures, breaker.OpenFor = cfg.BreakerFailures, cfg.BreakerOpen
+	circuit := breaker.Default
+	circuit.ConsecutiveFailures, circuit.OpenFor = cfg.BreakerFailures, cfg.BreakerOpen
 	f.d = mailer.NewDispatcher(f.store, f.dead, mailer.Options{
 		Server: cfg.server, Sender: sender, Schedule: cfg.schedule, Timeout: cfg.Timeout,
-		Concurrency: cfg.Concurrency, Poll: cfg.Poll, Batch: cfg.Batch, Breaker: breaker,
+		Concurrency: cfg.Concurrency, Poll: cfg.Poll, Batch: cfg.Batch, Breaker: circuit,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel

@@ -3,7 +3,7 @@ package main
 import (
 	"log"
 
-	"knative.dev/func-go/cloudevents"
+	"knative.dev/func-go/http"
 
 	"github.com/knfaas/knfaas/internal/function/logging"
 )
@@ -12,7 +12,11 @@ import (
 // instead of serving 503s; func-go returns the error of the function's Start.
 func main() {
 	logging.Setup("mail")
-	if err := cloudevents.Start(New()); err != nil {
+	l, err := NewListener()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := http.Start(l); err != nil {
 		log.Fatal(err)
 	}
 }

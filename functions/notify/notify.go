@@ -23,6 +23,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/funchealth"
 	"github.com/knfaas/knfaas/internal/function/funcstart"
@@ -225,7 +226,7 @@ func (f *Function) start(cfg Config, rdb *redis.Client, eps []*notify.Endpoint, 
 	f.store = notify.NewStore(rdb, cfg.Retention)
 	f.d = notify.NewDispatcher(f.store, deadletter.NewStore(rdb, deadletter.Options{}), eps, notify.Options{
 		Schedule: cfg.schedule, Poll: cfg.Poll, Batch: cfg.Batch, Client: client,
-		Breaker: notify.BreakerSettings{ConsecutiveFailures: cfg.BreakerFailures, FailureRatio: cfg.BreakerRatio,
+		Breaker: breaker.Settings{ConsecutiveFailures: cfg.BreakerFailures, FailureRatio: cfg.BreakerRatio,
 			MinRequests: cfg.BreakerMinRequests, Window: cfg.BreakerWindow, OpenFor: cfg.BreakerOpen},
 		DisableAfter: cfg.DisableAfter, OnDisabled: f.onDisabled,
 	})

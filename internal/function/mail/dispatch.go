@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 	"github.com/knfaas/knfaas/internal/function/notify"
 )
 
@@ -34,8 +36,8 @@ type Options struct {
 	Poll time.Duration
 	// Batch is how many due mails one claim takes.
 	Batch int
-	// Breaker decides when the server's circuit opens (notify.DefaultBreaker when zero).
-	Breaker notify.BreakerSettings
+	// Breaker decides when the server's circuit opens (breaker.Default when zero).
+	Breaker breaker.Settings
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -47,13 +49,11 @@ type Dispatcher struct {
 	dead     DeadLetters
 	opts     Options
 	slots    chan struct{}
-	wake     chan struct{}
-	inflight sync.WaitGroup
-	busy     sync.Mutex
-	running  int
-	breakers *breakerStore
+	breakers *breaker.Store
 	mu       sync.Mutex
-	breaker  *breaker
+	breaker  *breaker.Breaker
+	// Loop runs the claim steps and the attempts; its Run, Wake and Drain are the dispatcher's.
+	*duequeue.Loop
 }
 
 // NewDispatcher returns a Dispatcher.
@@ -73,64 +73,24 @@ func NewDispatcher(store *Store, dead DeadLetters, opts Options) *Dispatcher {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 30 * time.Second
 	}
-	if opts.Breaker == (notify.BreakerSettings{}) {
-		opts.Breaker = notify.DefaultBreaker
+	if opts.Breaker == (breaker.Settings{}) {
+		opts.Breaker = breaker.Default
 	}
-	return &Dispatcher{store: store, dead: dead, opts: opts, slots: make(chan struct{}, opts.Concurrency),
-		wake: make(chan struct{}, 1), breakers: newBreakerStore(store.rdb)}
-}
-
-// Wake makes the loop look for due mails now.
-func (d *Dispatcher) Wake() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	d := &Dispatcher{store: store, dead: dead, opts: opts, slots: make(chan struct{}, opts.Concurrency),
+		breakers: breaker.NewStore(store.rdb, breakerLabels)}
+	d.Loop = duequeue.NewLoop(store.queue, d.step, duequeue.LoopOptions{Poll: opts.Poll, Batch: opts.Batch, Now: opts.Now, Log: "mail", Items: "mails"})
+	return d
 }
 
 // lease is how long a claimed mail stays with this instance: the attempt's timeout and a margin.
 func (d *Dispatcher) lease() time.Duration { return d.opts.Timeout + 30*time.Second }
 
-// Run claims and sends until ctx ends, then waits for the attempts in flight.
-func (d *Dispatcher) Run(ctx context.Context) {
-	defer d.inflight.Wait()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		n, err := d.Step(ctx)
-		if err != nil && ctx.Err() == nil {
-			slog.Warn("mail: claiming due mails failed", "err", err)
-		}
-		if n == d.opts.Batch && err == nil {
-			continue
-		}
-		timer.Reset(d.opts.Poll)
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wake:
-		case <-timer.C:
-		}
-	}
-}
+// leaseMargin is how long before its lease ends a job stops trying to record its attempt, so
+// that another instance does not claim it while this one still writes.
+const leaseMargin = 5 * time.Second
 
-func (d *Dispatcher) add(n int) {
-	d.busy.Lock()
-	d.running += n
-	d.busy.Unlock()
-}
-
-// Running is how many attempts (and claim steps) are in flight.
-func (d *Dispatcher) Running() int {
-	d.busy.Lock()
-	defer d.busy.Unlock()
-	return d.running
-}
-
-// Step claims one batch of due mails and starts their attempts; it returns how many it claimed.
-func (d *Dispatcher) Step(ctx context.Context) (int, error) {
-	d.add(1)
-	defer d.add(-1)
+// step claims one batch of due mails and starts their attempts; it returns how many it claimed.
+func (d *Dispatcher) step(ctx context.Context) (int, error) {
 	jobs, err := d.store.Claim(ctx, d.opts.Now(), d.lease(), d.opts.Batch)
 	if err != nil || len(jobs) == 0 {
 		return len(jobs), err
@@ -138,7 +98,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	adm, err := d.admit(ctx)
 	if err != nil {
 		slog.Warn("mail: reading the circuit failed", "server", d.opts.Server.Name(), "err", err)
-		adm = admission{until: d.opts.Now().Add(time.Second)}
+		adm = breaker.Admission{Until: d.opts.Now().Add(time.Second)}
 	}
 	for _, j := range jobs {
 		if j.Mail == nil {
@@ -146,9 +106,9 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.finish(ctx, j, StateDead, time.Time{}, nil)
 			continue
 		}
-		if !adm.until.IsZero() {
+		if !adm.Until.IsZero() {
 			// An open circuit: the mail waits, without an attempt counted, until a probe may go.
-			d.finish(ctx, j, outcomeDefer, adm.until, nil)
+			d.finish(ctx, j, outcomeDefer, adm.Until, nil)
 			continue
 		}
 		select {
@@ -159,67 +119,39 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			continue
 		}
 		this := adm
-		if adm.probe {
+		if adm.Probe {
 			// This mail is the half-open probe; the step's others wait.
-			adm = admission{state: adm.state, until: d.opts.Now().Add(time.Second)}
+			adm = adm.AfterProbe(d.opts.Now())
 		}
-		d.inflight.Add(1)
-		d.add(1)
-		go func() {
-			defer func() {
-				<-d.slots
-				d.add(-1)
-				d.inflight.Done()
-			}()
+		d.Go(func() {
+			defer func() { <-d.slots }()
 			d.deliver(context.WithoutCancel(ctx), j, this)
-		}()
+		})
 	}
 	return len(jobs), nil
 }
 
-// Drain sends until nothing is due and no attempt is in flight, or ctx ends.
-func (d *Dispatcher) Drain(ctx context.Context) error {
-	for {
-		n, err := d.store.Due(ctx, d.opts.Now())
-		if err != nil {
-			return err
-		}
-		if n == 0 && d.Running() == 0 {
-			return nil
-		}
-		d.Wake()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 // admit reads the server's circuit for one step, making its breaker on first use (Redis may
 // come up after the function).
-func (d *Dispatcher) admit(ctx context.Context) (admission, error) {
+func (d *Dispatcher) admit(ctx context.Context) (breaker.Admission, error) {
 	d.mu.Lock()
 	if d.breaker == nil {
-		b, err := newBreaker(d.breakers, d.opts.Server.Name(), d.opts.Breaker, d.opts.Timeout+5*time.Second)
+		b, err := d.breakers.New(d.opts.Server.Name(), d.opts.Breaker, d.opts.Timeout+5*time.Second)
 		if err != nil {
 			d.mu.Unlock()
-			return admission{}, err
+			return breaker.Admission{}, err
 		}
 		d.breaker = b
 	}
 	b := d.breaker
 	d.mu.Unlock()
-	return b.admit(ctx, d.opts.Now())
+	return b.Admit(ctx, d.opts.Now())
 }
 
 // deliver makes one attempt, reports it to the circuit and records its outcome.
-func (d *Dispatcher) deliver(ctx context.Context, j Job, adm admission) {
+func (d *Dispatcher) deliver(ctx context.Context, j Job, adm breaker.Admission) {
 	start := d.opts.Now()
-	a := Attempt{At: start.UTC(), Number: j.Tries + 1, Breaker: adm.state}
-	if adm.probe {
-		a.Breaker = "half-open probe"
-	}
+	a := Attempt{At: start.UTC(), Number: j.Tries + 1, Breaker: adm.Logged()}
 	actx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
 	err := d.opts.Sender.Send(actx, j.Mail)
 	cancel()
@@ -227,7 +159,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j Job, adm admission) {
 	var permanent *PermanentError
 	isPermanent := errors.As(err, &permanent)
 	// A refusal the server gave shows it is up: only no answer, a timeout or a 4xx counts.
-	d.breaker.record(ctx, err != nil && !isPermanent, adm.probe)
+	d.breaker.Record(ctx, err != nil && !isPermanent, adm.Probe)
 	switch {
 	case err == nil:
 		a.Outcome = StateDelivered
@@ -251,7 +183,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j Job, adm admission) {
 }
 
 func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) {
-	if err := d.store.finish(ctx, j, outcome, next, a); err != nil {
+	if err := d.store.finish(ctx, j, d.opts.Server.Name(), outcome, next, a); err != nil {
 		// The mail stays leased; it is due again when the lease runs out.
 		slog.Error("mail: recording an attempt failed", "mail", j.ID, "err", err)
 	}

@@ -12,7 +12,9 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 	"github.com/knfaas/knfaas/internal/function/notify"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
@@ -55,13 +57,13 @@ type fixture struct {
 
 var testServer = Server{Host: "smtp.test", Port: 2525}
 
-func start(t *testing.T, schedule notify.Schedule, breaker notify.BreakerSettings, fail func(string, int) error) *fixture {
+func start(t *testing.T, schedule notify.Schedule, circuit breaker.Settings, fail func(string, int) error) *fixture {
 	t.Helper()
 	rdb := redistest.Start(t, redistest.Options{}).Client()
 	f := &fixture{rdb: rdb, store: NewStore(rdb, time.Hour), dead: deadletter.NewStore(rdb, deadletter.Options{}),
 		sender: &fakeSender{sent: map[string]int{}, fail: fail}}
 	f.d = NewDispatcher(f.store, f.dead, Options{Server: testServer, Sender: f.sender, Schedule: schedule,
-		Timeout: time.Second, Concurrency: 2, Poll: 10 * time.Millisecond, Breaker: breaker})
+		Timeout: time.Second, Concurrency: 2, Poll: 10 * time.Millisecond, Breaker: circuit})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); f.d.Run(ctx) }()
@@ -155,7 +157,7 @@ func TestDispatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := start(t, tt.schedule, notify.BreakerSettings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second}, tt.fail)
+			f := start(t, tt.schedule, breaker.Settings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second}, tt.fail)
 			m, st := f.enqueue(t, "e1", false)
 			if st != StateQueued {
 				t.Fatalf("enqueue answered %q", st)
@@ -197,7 +199,7 @@ func TestDispatch(t *testing.T) {
 func TestEnqueueClaimsTheKeyOnce(t *testing.T) {
 	failing := true
 	var mu sync.Mutex
-	f := start(t, notify.Schedule{}, notify.BreakerSettings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second},
+	f := start(t, notify.Schedule{}, breaker.Settings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second},
 		func(string, int) error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -243,7 +245,7 @@ func TestEnqueueClaimsTheKeyOnce(t *testing.T) {
 // The server's circuit opens after consecutive failures: later mails wait without an attempt
 // counted, and the state is in Redis for every instance.
 func TestBreakerOpensAndMailsWait(t *testing.T) {
-	f := start(t, notify.Schedule{time.Hour}, notify.BreakerSettings{ConsecutiveFailures: 2, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Hour},
+	f := start(t, notify.Schedule{time.Hour}, breaker.Settings{ConsecutiveFailures: 2, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Hour},
 		func(string, int) error { return errDown })
 	a, _ := f.enqueue(t, "a", false)
 	b, _ := f.enqueue(t, "b", false)
@@ -269,19 +271,22 @@ func TestBreakerOpensAndMailsWait(t *testing.T) {
 // A retry due later arms a timer deadline (owner mail) for its minute, so that a function scaled
 // to zero or killed is woken for it.
 func TestRetryArmsATimerWakeUp(t *testing.T) {
-	f := start(t, notify.Schedule{3 * time.Minute}, notify.BreakerSettings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second},
+	f := start(t, notify.Schedule{3 * time.Minute}, breaker.Settings{ConsecutiveFailures: 100, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Second},
 		func(string, int) error { return errDown })
 	m, _ := f.enqueue(t, "wake", false)
 	eventually(t, "the first attempt failed", func() bool { return len(f.attempts(t, m.ID)) == 1 })
 	next := f.attempts(t, m.ID)[0].Next
-	w := wakeAt(next)
+	w := duequeue.WakeAt(Owner, next)
+	if !strings.HasPrefix(w.ID, "mail:wake:") {
+		t.Errorf("wake-up id %s, want mail:wake:<unix minute>", w.ID)
+	}
 	ctx := context.Background()
-	due, err := f.rdb.ZScore(ctx, deadline.KeyDeadlines, w.id).Result()
-	if err != nil || int64(due) != w.due || time.UnixMilli(w.due).Before(next) || time.UnixMilli(w.due).Sub(next) >= time.Minute {
-		t.Fatalf("wake-up %s due %v (%v), want the minute at or after %s", w.id, time.UnixMilli(int64(due)), err, next)
+	due, err := f.rdb.ZScore(ctx, deadline.KeyDeadlines, w.ID).Result()
+	if err != nil || int64(due) != w.Due || time.UnixMilli(w.Due).Before(next) || time.UnixMilli(w.Due).Sub(next) >= time.Minute {
+		t.Fatalf("wake-up %s due %v (%v), want the minute at or after %s", w.ID, time.UnixMilli(int64(due)), err, next)
 	}
 	var p deadline.Payload
-	raw, err := f.rdb.HGet(ctx, deadline.KeyPayloads, w.id).Result()
+	raw, err := f.rdb.HGet(ctx, deadline.KeyPayloads, w.ID).Result()
 	if err != nil || json.Unmarshal([]byte(raw), &p) != nil || p.Owner != Owner {
 		t.Fatalf("wake-up payload %q (%v), want owner %q", raw, err, Owner)
 	}

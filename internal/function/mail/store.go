@@ -4,13 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 )
 
 // Prefix starts every Redis key of the mail function.
@@ -22,6 +21,7 @@ const (
 	keyDue      = Prefix + "due"       // zset mail id → when its next attempt is due (unix ms)
 	keyTries    = Prefix + "tries"     // hash mail id → attempts made; removed when finished
 	keyAttempts = Prefix + "attempts:" // list per mail id: the last MaxAttemptLog attempts; TTL Retention
+	keyCounters = Prefix + "counters"  // hash "<server> <outcome>" → count, since the first (see Counters)
 )
 
 // MaxAttemptLog is how many attempts are kept per mail.
@@ -44,12 +44,14 @@ const Owner = "mail"
 type Store struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	queue     *duequeue.Queue
 }
 
 // NewStore returns a Store whose records live for retention after they were enqueued: longer
 // than the retry horizon, so that a redelivery or redrive of a delivered mail is still known.
 func NewStore(rdb redis.UniversalClient, retention time.Duration) *Store {
-	return &Store{rdb: rdb, retention: retention}
+	keys := duequeue.Keys{Due: keyDue, Tries: keyTries, Record: keyMessage, RecordFields: []string{"mail", "event"}, Counters: keyCounters}
+	return &Store{rdb: rdb, retention: retention, queue: duequeue.New(rdb, keys, Owner, retention, MaxAttemptLog)}
 }
 
 var enqueueScript = redis.NewScript(`
@@ -92,42 +94,23 @@ type Job struct {
 	Mail *Mail
 	// Event is the request event as JSON (for its dead letter).
 	Event []byte
+	// leaseEnd is when the mail is due again unless finished.
+	leaseEnd time.Time
 }
-
-var claimScript = redis.NewScript(`
-local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-if #items > 0 then
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
-  redis.call('HSET', KEYS[4], ARGV[5], ARGV[7])
-end
-local out = {}
-for _, id in ipairs(items) do
-  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], id)
-  local rec = redis.call('HMGET', ARGV[4] .. id, 'mail', 'event')
-  out[#out + 1] = id
-  out[#out + 1] = rec[1] or ''
-  out[#out + 1] = rec[2] or ''
-  out[#out + 1] = redis.call('HGET', KEYS[2], id) or '0'
-end
-return out
-`)
 
 // Claim takes up to limit mails due at now and leases them for lease: a mail not finished by
 // then (the instance died) is due again, and a timer deadline wakes the function for it.
 func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Job, error) {
-	w := wakeAt(now.Add(lease))
-	res, err := claimScript.Run(ctx, s.rdb, []string{keyDue, keyTries, deadline.KeyDeadlines, deadline.KeyPayloads},
-		now.UnixMilli(), lease.Milliseconds(), limit, keyMessage, w.id, w.due, w.payload).StringSlice()
+	claimed, err := s.queue.Claim(ctx, now, lease, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claiming due mails: %w", err)
 	}
-	jobs := make([]Job, 0, len(res)/4)
-	for i := 0; i+3 < len(res); i += 4 {
-		tries, _ := strconv.Atoi(res[i+3])
-		j := Job{ID: res[i], Tries: tries, Event: []byte(res[i+2])}
-		if res[i+1] != "" {
+	jobs := make([]Job, 0, len(claimed))
+	for _, c := range claimed {
+		j := Job{ID: c.Item, Tries: c.Tries, Event: []byte(c.Record[1]), leaseEnd: c.LeaseEnd}
+		if c.Record[0] != "" {
 			j.Mail = &Mail{}
-			if err := json.Unmarshal([]byte(res[i+1]), j.Mail); err != nil {
+			if err := json.Unmarshal([]byte(c.Record[0]), j.Mail); err != nil {
 				return nil, fmt.Errorf("decoding mail %s: %w", j.ID, err)
 			}
 		}
@@ -138,69 +121,33 @@ func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, l
 
 // Outcomes of a job as finish records them, besides StateDelivered and StateDead.
 const (
-	outcomeRetry = "retry" // an attempt failed; due again at next
-	outcomeDefer = "defer" // no attempt was made (bulkhead full, circuit open); due again at next
+	outcomeRetry = duequeue.OutcomeRetry // an attempt failed; due again at next
+	outcomeDefer = duequeue.OutcomeDefer // no attempt was made (bulkhead full, circuit open); due again at next
 )
-
-var finishScript = redis.NewScript(`
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[4])
-  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[6]), -1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
-  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-end
-if ARGV[2] == 'retry' or ARGV[2] == 'defer' then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
-  redis.call('HSET', KEYS[6], ARGV[7], ARGV[9])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'state', ARGV[2]) end
-end
-return 1
-`)
 
 // finish records the attempt a (nil when none was made) and the mail's new state: outcomeRetry
 // or outcomeDefer at next, or StateDelivered / StateDead. It does nothing when the mail is no
 // longer scheduled (another instance finished it after this one's lease ran out).
-func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) error {
-	logged := ""
+func (s *Store) finish(ctx context.Context, j Job, server, outcome string, next time.Time, a *Attempt) error {
+	var logged []byte
 	if a != nil {
-		b, err := json.Marshal(a)
-		if err != nil {
+		var err error
+		if logged, err = json.Marshal(a); err != nil {
 			return err
 		}
-		logged = string(b)
 	}
-	w := wakeAt(next)
-	err := finishScript.Run(ctx, s.rdb,
-		[]string{keyDue, keyMessage + j.ID, keyTries, keyAttempts + j.ID, deadline.KeyDeadlines, deadline.KeyPayloads},
-		j.ID, outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), MaxAttemptLog, w.id, w.due, w.payload).Err()
+	f := duequeue.Finish{Item: j.ID, Outcome: outcome, Next: next, StateKey: keyMessage + j.ID, StateField: "state",
+		Attempt: logged, AttemptsKey: keyAttempts + j.ID, Target: server, Counter: counterOf(outcome, a)}
+	if a != nil && a.Number > 0 {
+		// The server may have taken the mail: record that while the lease holds, or it is sent
+		// again when the lease runs out.
+		f.RetryUntil = j.leaseEnd.Add(-leaseMargin)
+	}
+	_, err := s.queue.Finish(ctx, f)
 	if err != nil {
 		return fmt.Errorf("recording %s of mail %s: %w", outcome, j.ID, err)
 	}
 	return nil
-}
-
-// wake is a timer deadline (functions/timer) that wakes the function when a retry is due after
-// it may have scaled to zero or died. One deadline per minute slot serves every retry due in
-// that minute; the timer fires it on the tick at or after the slot, so a retry is late by at
-// most the timer's one-minute resolution.
-type wake struct {
-	id      string
-	due     int64
-	payload string
-}
-
-func wakeAt(t time.Time) wake {
-	slot := t.Truncate(time.Minute)
-	if slot.Before(t) {
-		slot = slot.Add(time.Minute)
-	}
-	b, _ := json.Marshal(deadline.Payload{Subject: Owner, Owner: Owner, Due: slot.UnixMilli()})
-	return wake{id: "mail:wake:" + strconv.FormatInt(slot.Unix(), 10), due: slot.UnixMilli(), payload: string(b)}
 }
 
 // Attempt is one send attempt as the attempts log keeps it.
@@ -221,17 +168,9 @@ type Attempt struct {
 
 // Attempts returns the attempts log of a mail, oldest first.
 func (s *Store) Attempts(ctx context.Context, id string) ([]Attempt, error) {
-	raw, err := s.rdb.LRange(ctx, keyAttempts+id, 0, -1).Result()
+	out, err := duequeue.Attempts[Attempt](ctx, s.rdb, keyAttempts+id)
 	if err != nil {
 		return nil, fmt.Errorf("reading attempts of %s: %w", id, err)
-	}
-	out := make([]Attempt, 0, len(raw))
-	for _, r := range raw {
-		var a Attempt
-		if err := json.Unmarshal([]byte(r), &a); err != nil {
-			return nil, fmt.Errorf("attempt of %s: %w", id, err)
-		}
-		out = append(out, a)
 	}
 	return out, nil
 }
@@ -250,12 +189,12 @@ func (s *Store) State(ctx context.Context, id string) (string, error) {
 
 // Due counts mails due at now (not leased by an instance).
 func (s *Store) Due(ctx context.Context, now time.Time) (int64, error) {
-	return s.rdb.ZCount(ctx, keyDue, "-inf", strconv.FormatInt(now.UnixMilli(), 10)).Result()
+	return s.queue.Due(ctx, now)
 }
 
 // Scheduled counts every mail waiting for an attempt, due or not.
 func (s *Store) Scheduled(ctx context.Context) (int64, error) {
-	return s.rdb.ZCard(ctx, keyDue).Result()
+	return s.queue.Scheduled(ctx)
 }
 
 // errorText cuts an error message for the attempts log and dead letters.
@@ -265,4 +204,38 @@ func errorText(err error) string {
 		s = strings.ToValidUTF8(s[:512], "")
 	}
 	return s
+}
+
+// Counted outcomes (Counters): a mail delivered, an attempt failed with another scheduled
+// (retry), a mail dead-lettered (dead), or put back without an attempt (deferred: circuit open,
+// bulkhead full, dead letter store unreachable).
+const (
+	CounterDelivered = StateDelivered
+	CounterRetry     = "retry"
+	CounterDead      = StateDead
+	CounterDeferred  = "deferred"
+)
+
+func counterOf(outcome string, a *Attempt) string {
+	switch {
+	case outcome == outcomeDefer:
+		return CounterDeferred
+	case outcome == outcomeRetry:
+		return CounterRetry
+	case outcome == StateDelivered && a != nil:
+		return CounterDelivered
+	case outcome == StateDead:
+		return CounterDead
+	}
+	return ""
+}
+
+// Counters returns the send counters of every SMTP server: server (host:port) → outcome →
+// count, summed over every instance since the counters began.
+func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, error) {
+	out, err := s.queue.Counters(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading send counters: %w", err)
+	}
+	return out, nil
 }

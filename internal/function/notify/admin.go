@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 )
 
@@ -34,10 +35,10 @@ return 1
 // schedule when it was dead, and arms a timer deadline so that a function scaled to zero is
 // woken for it. It returns false when the pair was already delivered (nothing is sent again).
 func (s *Store) Retry(ctx context.Context, message, endpoint string, now time.Time) (bool, error) {
-	w := wakeAt(now)
+	w := duequeue.WakeAt(Owner, now)
 	n, err := retryScript.Run(ctx, s.rdb,
 		[]string{keyState + message, keyDue, keyTries, deadline.KeyDeadlines, keyMessage + message, deadline.KeyPayloads},
-		endpoint, message+" "+endpoint, now.UnixMilli(), w.id, w.due, w.payload).Int()
+		endpoint, message+" "+endpoint, now.UnixMilli(), w.ID, w.Due, w.Payload).Int()
 	switch {
 	case err != nil:
 		return false, fmt.Errorf("retrying %s at %s: %w", message, endpoint, err)
@@ -88,13 +89,12 @@ func (s *Store) Endpoints(ctx context.Context) ([]EndpointStatus, error) {
 	for name := range counters {
 		names[name] = true
 	}
-	const statePrefix = keyBreaker + "gobreaker:state:"
-	iter := s.rdb.Scan(ctx, 0, statePrefix+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		names[strings.TrimPrefix(iter.Val(), statePrefix)] = true
+	circuits, err := breaker.Names(ctx, s.rdb, breakerLabels)
+	if err != nil {
+		return nil, err
 	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("listing circuits: %w", err)
+	for _, name := range circuits {
+		names[name] = true
 	}
 	out := make([]EndpointStatus, 0, len(names))
 	for _, name := range slices.Sorted(maps.Keys(names)) {

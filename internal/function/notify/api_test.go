@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 )
 
@@ -431,7 +432,7 @@ func TestMetricsShowCircuitsAndCounters(t *testing.T) {
 	if code := call(t, api, http.MethodPost, APIPrefix, apiToken, map[string]any{"name": "down", "url": down.URL, "types": []string{"*"}}, nil); code != 201 {
 		t.Fatalf("create = %d", code)
 	}
-	f.d.opts.Breaker = BreakerSettings{ConsecutiveFailures: 1, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Hour}
+	f.d.opts.Breaker = breaker.Settings{ConsecutiveFailures: 1, FailureRatio: 1, MinRequests: 100, Window: time.Minute, OpenFor: time.Hour}
 	e := newEvent("m")
 	f.enqueue(t, e, "", "up", "down")
 	eventually(t, "the down endpoint's circuit opens", func() bool {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
@@ -28,7 +29,7 @@ func TestOpenCircuitHoldsMessagesUntilAProbeSucceeds(t *testing.T) {
 	for range 30 {
 		schedule = append(schedule, 20*time.Millisecond)
 	}
-	settings := BreakerSettings{ConsecutiveFailures: 3, FailureRatio: 1, MinRequests: 1000, Window: time.Minute, OpenFor: 700 * time.Millisecond}
+	settings := breaker.Settings{ConsecutiveFailures: 3, FailureRatio: 1, MinRequests: 1000, Window: time.Minute, OpenFor: 700 * time.Millisecond}
 	run := func(eps ...*Endpoint) *Dispatcher {
 		d := NewDispatcher(store, deadletter.NewStore(rdb, deadletter.Options{}), eps, Options{Schedule: schedule, Poll: 10 * time.Millisecond, Breaker: settings})
 		ctx, cancel := context.WithCancel(context.Background())

@@ -15,7 +15,9 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 )
 
 // Outcomes logged per attempt.
@@ -49,8 +51,8 @@ type Options struct {
 	Client *http.Client
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
-	// Breaker decides when an endpoint's circuit opens (DefaultBreaker when zero).
-	Breaker BreakerSettings
+	// Breaker decides when an endpoint's circuit opens (breaker.Default when zero).
+	Breaker breaker.Settings
 	// DisableAfter disables an endpoint whose attempts have all failed for that long (zero:
 	// never).
 	DisableAfter time.Duration
@@ -71,11 +73,9 @@ type Dispatcher struct {
 	configured map[string]bool
 	api        map[string]apiEntry
 	refreshed  time.Time
-	wake       chan struct{}
-	inflight   sync.WaitGroup
-	busy       sync.Mutex
-	running    int
-	breakers   *breakerStore
+	breakers   *breaker.Store
+	// Loop runs the claim steps and the attempts; its Run, Wake and Drain are the dispatcher's.
+	*duequeue.Loop
 	// gone holds the endpoints this instance saw answer 410, so that attempts it claimed before
 	// the disabled mark was read are not made.
 	gone sync.Map
@@ -94,7 +94,7 @@ type runner struct {
 	ep      *Endpoint
 	slots   chan struct{}
 	mu      sync.Mutex
-	breaker *breaker
+	breaker *breaker.Breaker
 }
 
 // NewDispatcher returns a Dispatcher for endpoints.
@@ -111,11 +111,12 @@ func NewDispatcher(store *Store, dead DeadLetters, endpoints []*Endpoint, opts O
 	if opts.Client == nil {
 		opts.Client = &http.Client{}
 	}
-	if opts.Breaker == (BreakerSettings{}) {
-		opts.Breaker = DefaultBreaker
+	if opts.Breaker == (breaker.Settings{}) {
+		opts.Breaker = breaker.Default
 	}
-	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{}, wake: make(chan struct{}, 1),
-		breakers: newBreakerStore(store.rdb), configured: map[string]bool{}, api: map[string]apiEntry{}}
+	d := &Dispatcher{store: store, dead: dead, opts: opts, endpoints: map[string]*runner{},
+		breakers: breaker.NewStore(store.rdb, breakerLabels), configured: map[string]bool{}, api: map[string]apiEntry{}}
+	d.Loop = duequeue.NewLoop(store.queue, d.step, duequeue.LoopOptions{Poll: opts.Poll, Batch: opts.Batch, Now: opts.Now, Log: "notify", Items: "deliveries"})
 	for _, ep := range endpoints {
 		d.endpoints[ep.Name] = &runner{ep: ep, slots: make(chan struct{}, ep.Concurrency)}
 		d.configured[ep.Name] = true
@@ -221,14 +222,6 @@ func (d *Dispatcher) runner(name string) (*runner, bool) {
 	return r, ok
 }
 
-// Wake makes the loop look for due deliveries now.
-func (d *Dispatcher) Wake() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
-}
-
 // lease is how long a claimed pair stays with this instance: the longest attempt plus a margin.
 func (d *Dispatcher) lease() time.Duration {
 	d.mu.RLock()
@@ -240,41 +233,12 @@ func (d *Dispatcher) lease() time.Duration {
 	return longest + 30*time.Second
 }
 
-// Run claims and delivers until ctx ends, then waits for the attempts in flight.
-func (d *Dispatcher) Run(ctx context.Context) {
-	defer d.inflight.Wait()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		n, err := d.Step(ctx)
-		if err != nil && ctx.Err() == nil {
-			slog.Warn("notify: claiming due deliveries failed", "err", err)
-		}
-		if n == d.opts.Batch && err == nil {
-			continue
-		}
-		timer.Reset(d.opts.Poll)
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wake:
-		case <-timer.C:
-		}
-	}
-}
+// leaseMargin is how long before its lease ends a job stops trying to record its attempt, so
+// that another instance does not claim it while this one still writes.
+const leaseMargin = 5 * time.Second
 
-// Step claims one batch of due pairs and starts their attempts; it returns how many it claimed.
-func (d *Dispatcher) Step(ctx context.Context) (int, error) {
-	// Counted as running while it claims and dispatches, so that Drain does not see "nothing
-	// due, nothing running" between the claim and the start of the attempts.
-	d.busy.Lock()
-	d.running++
-	d.busy.Unlock()
-	defer func() {
-		d.busy.Lock()
-		d.running--
-		d.busy.Unlock()
-	}()
+// step claims one batch of due pairs and starts their attempts; it returns how many it claimed.
+func (d *Dispatcher) step(ctx context.Context) (int, error) {
 	if err := d.Refresh(ctx, false); err != nil {
 		return 0, err
 	}
@@ -293,7 +257,7 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	admitted := map[string]admission{}
+	admitted := map[string]breaker.Admission{}
 	refreshed := false
 	for _, j := range jobs {
 		r, ok := d.runner(j.Endpoint)
@@ -334,13 +298,13 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			adm, err = d.admit(ctx, r)
 			if err != nil {
 				slog.Warn("notify: reading the circuit failed", "endpoint", j.Endpoint, "err", err)
-				adm = admission{until: d.opts.Now().Add(time.Second)}
+				adm = breaker.Admission{Until: d.opts.Now().Add(time.Second)}
 			}
 			admitted[j.Endpoint] = adm
 		}
-		if !adm.until.IsZero() {
+		if !adm.Until.IsZero() {
 			// An open circuit: the message waits, without an attempt counted, until a probe may go.
-			d.finish(ctx, j, outcomeDefer, adm.until, nil)
+			d.finish(ctx, j, outcomeDefer, adm.Until, nil)
 			continue
 		}
 		if r.ep.RateLimit > 0 {
@@ -359,52 +323,16 @@ func (d *Dispatcher) Step(ctx context.Context) (int, error) {
 			d.finish(ctx, j, outcomeDefer, d.opts.Now().Add(50*time.Millisecond), nil)
 			continue
 		}
-		if adm.probe {
+		if adm.Probe {
 			// This job is the half-open probe; the step's other jobs for the endpoint wait.
-			admitted[j.Endpoint] = admission{state: adm.state, until: d.opts.Now().Add(time.Second)}
+			admitted[j.Endpoint] = adm.AfterProbe(d.opts.Now())
 		}
-		d.inflight.Add(1)
-		d.busy.Lock()
-		d.running++
-		d.busy.Unlock()
-		go func() {
-			defer func() {
-				<-r.slots
-				d.busy.Lock()
-				d.running--
-				d.busy.Unlock()
-				d.inflight.Done()
-			}()
+		d.Go(func() {
+			defer func() { <-r.slots }()
 			d.deliver(context.WithoutCancel(ctx), r, j, adm)
-		}()
+		})
 	}
 	return len(jobs), nil
-}
-
-// Running is how many attempts (and claim steps) are in flight.
-func (d *Dispatcher) Running() int {
-	d.busy.Lock()
-	defer d.busy.Unlock()
-	return d.running
-}
-
-// Drain delivers until nothing is due and no attempt is in flight, or ctx ends.
-func (d *Dispatcher) Drain(ctx context.Context) error {
-	for {
-		n, err := d.store.Due(ctx, d.opts.Now())
-		if err != nil {
-			return err
-		}
-		if n == 0 && d.Running() == 0 {
-			return nil
-		}
-		d.Wake()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 func (d *Dispatcher) isGone(endpoint string) bool {
@@ -413,34 +341,31 @@ func (d *Dispatcher) isGone(endpoint string) bool {
 }
 
 // admit reads the endpoint's circuit for one step, making its breaker on first use.
-func (d *Dispatcher) admit(ctx context.Context, r *runner) (admission, error) {
+func (d *Dispatcher) admit(ctx context.Context, r *runner) (breaker.Admission, error) {
 	r.mu.Lock()
 	if r.breaker == nil {
-		b, err := newBreaker(d.breakers, r.ep.Name, d.opts.Breaker, r.ep.Timeout+5*time.Second)
+		b, err := d.breakers.New(r.ep.Name, d.opts.Breaker, r.ep.Timeout+5*time.Second)
 		if err != nil {
 			r.mu.Unlock()
-			return admission{}, err
+			return breaker.Admission{}, err
 		}
 		r.breaker = b
 	}
 	b := r.breaker
 	r.mu.Unlock()
-	return b.admit(ctx, d.opts.Now())
+	return b.Admit(ctx, d.opts.Now())
 }
 
 // deliver makes one attempt, reports it to the endpoint's circuit and records its outcome.
-func (d *Dispatcher) deliver(ctx context.Context, r *runner, j Job, adm admission) {
+func (d *Dispatcher) deliver(ctx context.Context, r *runner, j Job, adm breaker.Admission) {
 	ep := r.ep
 	if d.isGone(ep.Name) {
 		d.deadLetter(ctx, j, ep, &Attempt{At: d.opts.Now(), Outcome: OutcomeDead, Error: "endpoint disabled: it answered 410 Gone"})
 		return
 	}
 	a, header := d.attempt(ctx, ep, j)
-	a.Breaker = adm.state
-	if adm.probe {
-		a.Breaker = "half-open probe"
-	}
-	r.breaker.record(ctx, countsAsFailure(a), adm.probe)
+	a.Breaker = adm.Logged()
+	r.breaker.Record(ctx, countsAsFailure(a), adm.Probe)
 	now := d.opts.Now()
 	switch {
 	case a.Status >= 200 && a.Status < 300:
@@ -539,9 +464,9 @@ func excerpt(b []byte) string {
 func (d *Dispatcher) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt) {
 	health := ""
 	if a != nil && a.made && a.Outcome != OutcomeGone {
-		health = "ok"
+		health = duequeue.HealthOK
 		if countsAsFailure(*a) {
-			health = "failed"
+			health = duequeue.HealthFailed
 		}
 	}
 	now := d.opts.Now()

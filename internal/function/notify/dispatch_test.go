@@ -17,6 +17,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/internal/function/breaker"
 	"github.com/knfaas/knfaas/internal/function/deadletter"
 	"github.com/knfaas/knfaas/internal/function/process/deadline"
 	"github.com/knfaas/knfaas/internal/harness/redistest"
@@ -400,7 +401,7 @@ func TestEndpointFailingTooLongIsDisabledAndSaysSo(t *testing.T) {
 	d := NewDispatcher(store, deadletter.NewStore(rdb, deadletter.Options{}), []*Endpoint{endpoint("a", rcv.URL, 4)}, Options{
 		Schedule: Schedule{50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond},
 		Poll:     10 * time.Millisecond, DisableAfter: 150 * time.Millisecond,
-		Breaker: BreakerSettings{ConsecutiveFailures: 1000, FailureRatio: 1, MinRequests: 1000, Window: time.Minute, OpenFor: time.Second},
+		Breaker: breaker.Settings{ConsecutiveFailures: 1000, FailureRatio: 1, MinRequests: 1000, Window: time.Minute, OpenFor: time.Second},
 		OnDisabled: func(_ context.Context, ep *Endpoint, why string, _ time.Time) {
 			told.Add(1)
 			reason.Store(ep.Name + ": " + why)

@@ -5,9 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
-	"strings"
+
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 )
 
 // MetricsPath is where the notify function serves its metrics, in the Prometheus text format.
@@ -38,33 +37,23 @@ func (a *API) WriteMetrics(ctx context.Context, w io.Writer) error {
 	fmt.Fprintln(b, "# TYPE knfaas_notify_endpoint_circuit gauge")
 	for _, v := range views {
 		for _, s := range circuitStates {
-			fmt.Fprintf(b, "knfaas_notify_endpoint_circuit{endpoint=%s,source=%s,state=%s} %d\n", quote(v.Name), quote(v.Source), quote(s), boolInt(v.Circuit.State == s))
+			fmt.Fprintf(b, "knfaas_notify_endpoint_circuit{endpoint=%s,source=%s,state=%s} %d\n", duequeue.LabelValue(v.Name), duequeue.LabelValue(v.Source), duequeue.LabelValue(s), boolInt(v.Circuit.State == s))
 		}
 	}
 	fmt.Fprintln(b, "# HELP knfaas_notify_endpoint_consecutive_failures Failed attempts in a row at each endpoint, as its circuit counts them.")
 	fmt.Fprintln(b, "# TYPE knfaas_notify_endpoint_consecutive_failures gauge")
 	for _, v := range views {
-		fmt.Fprintf(b, "knfaas_notify_endpoint_consecutive_failures{endpoint=%s} %d\n", quote(v.Name), v.Circuit.ConsecutiveFailures)
+		fmt.Fprintf(b, "knfaas_notify_endpoint_consecutive_failures{endpoint=%s} %d\n", duequeue.LabelValue(v.Name), v.Circuit.ConsecutiveFailures)
 	}
 	fmt.Fprintln(b, "# HELP knfaas_notify_endpoint_disabled 1 when the endpoint sends nothing: paused through the API, disabled in the ConfigMap or after 410 Gone.")
 	fmt.Fprintln(b, "# TYPE knfaas_notify_endpoint_disabled gauge")
 	for _, v := range views {
-		fmt.Fprintf(b, "knfaas_notify_endpoint_disabled{endpoint=%s} %d\n", quote(v.Name), boolInt(v.Paused || v.Disabled != ""))
+		fmt.Fprintf(b, "knfaas_notify_endpoint_disabled{endpoint=%s} %d\n", duequeue.LabelValue(v.Name), boolInt(v.Paused || v.Disabled != ""))
 	}
-	fmt.Fprintln(b, "# HELP knfaas_notify_deliveries_total Outcomes at each endpoint over every instance: delivered, retry (an attempt failed, another is scheduled), dead (dead-lettered), gone (410), deferred (put back without an attempt: circuit open, bulkhead full, over the rate limit, paused).")
-	fmt.Fprintln(b, "# TYPE knfaas_notify_deliveries_total counter")
-	for _, ep := range slices.Sorted(maps.Keys(counters)) {
-		for _, outcome := range slices.Sorted(maps.Keys(counters[ep])) {
-			fmt.Fprintf(b, "knfaas_notify_deliveries_total{endpoint=%s,outcome=%s} %d\n", quote(ep), quote(outcome), counters[ep][outcome])
-		}
-	}
+	duequeue.WriteCounters(b, "knfaas_notify_deliveries_total", "Outcomes at each endpoint over every instance: delivered, retry (an attempt failed, another is scheduled), dead (dead-lettered), gone (410), deferred (put back without an attempt: circuit open, bulkhead full, over the rate limit, paused).",
+		"endpoint", counters)
 	fmt.Fprintln(b, "# HELP knfaas_notify_scheduled (Message, endpoint) pairs waiting for an attempt, due or not.")
 	fmt.Fprintln(b, "# TYPE knfaas_notify_scheduled gauge")
 	fmt.Fprintf(b, "knfaas_notify_scheduled %d\n", scheduled)
 	return b.Flush()
-}
-
-// quote writes a label value: backslash, double quote and line feed escaped.
-func quote(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s) + `"`
 }

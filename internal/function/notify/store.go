@@ -15,7 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/knfaas/knfaas/internal/function/deadletter"
-	"github.com/knfaas/knfaas/internal/function/process/deadline"
+	"github.com/knfaas/knfaas/internal/function/duequeue"
 )
 
 // Prefix starts every Redis key of the notify function.
@@ -60,13 +60,15 @@ func MessageID(source, id string) string {
 type Store struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	queue     *duequeue.Queue
 }
 
 // NewStore returns a Store whose message records live for retention after they were last
 // enqueued: longer than the retry horizon and the dead letters' age, so that a redrive still
 // knows which endpoints got the message.
 func NewStore(rdb redis.UniversalClient, retention time.Duration) *Store {
-	return &Store{rdb: rdb, retention: retention}
+	keys := duequeue.Keys{Due: keyDue, Tries: keyTries, Record: keyMessage, Failing: keyFailing, Counters: keyCounters}
+	return &Store{rdb: rdb, retention: retention, queue: duequeue.New(rdb, keys, Owner, retention, MaxAttemptLog)}
 }
 
 var enqueueScript = redis.NewScript(`
@@ -125,46 +127,26 @@ type Job struct {
 	Event event.Event
 	// Raw is the stored event as JSON.
 	Raw []byte
+	// leaseEnd is when the pair is due again unless finished.
+	leaseEnd time.Time
 }
 
 func (j Job) member() string { return j.Message + " " + j.Endpoint }
-
-var claimScript = redis.NewScript(`
-local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-if #items > 0 then
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
-  redis.call('HSET', KEYS[4], ARGV[5], ARGV[7])
-end
-local out = {}
-for _, m in ipairs(items) do
-  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], m)
-  local mid = string.match(m, '^(%S+) ')
-  local msg = redis.call('GET', ARGV[4] .. (mid or ''))
-  local tries = redis.call('HGET', KEYS[2], m)
-  out[#out + 1] = m
-  out[#out + 1] = msg or ''
-  out[#out + 1] = tries or '0'
-end
-return out
-`)
 
 // Claim takes up to limit pairs that are due at now and leases them for lease: a pair not
 // finished by then (the instance died) is due again, and a timer deadline wakes the function
 // for it.
 func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Job, error) {
-	w := wakeAt(now.Add(lease))
-	res, err := claimScript.Run(ctx, s.rdb, []string{keyDue, keyTries, deadline.KeyDeadlines, deadline.KeyPayloads},
-		now.UnixMilli(), lease.Milliseconds(), limit, keyMessage, w.id, w.due, w.payload).StringSlice()
+	claimed, err := s.queue.Claim(ctx, now, lease, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claiming due deliveries: %w", err)
 	}
-	jobs := make([]Job, 0, len(res)/3)
-	for i := 0; i+2 < len(res); i += 3 {
-		mid, ep, _ := strings.Cut(res[i], " ")
-		tries, _ := strconv.Atoi(res[i+2])
-		j := Job{Message: mid, Endpoint: ep, Tries: tries}
-		if res[i+1] != "" {
-			j.Raw = []byte(res[i+1])
+	jobs := make([]Job, 0, len(claimed))
+	for _, c := range claimed {
+		mid, ep, _ := strings.Cut(c.Item, " ")
+		j := Job{Message: mid, Endpoint: ep, Tries: c.Tries, leaseEnd: c.LeaseEnd}
+		if c.Record[0] != "" {
+			j.Raw = []byte(c.Record[0])
 			j.Event, err = deadletter.Letter{Event: j.Raw}.OriginalEvent()
 			if err != nil {
 				return nil, fmt.Errorf("decoding message %s: %w", mid, err)
@@ -177,73 +159,45 @@ func (s *Store) Claim(ctx context.Context, now time.Time, lease time.Duration, l
 
 // Outcomes of a job as Finish records them.
 const (
-	outcomeRetry = "retry" // an attempt failed; due again at next
-	outcomeDefer = "defer" // no attempt was made (bulkhead full, breaker open); due again at next
+	outcomeRetry = duequeue.OutcomeRetry // an attempt failed; due again at next
+	outcomeDefer = duequeue.OutcomeDefer // no attempt was made (bulkhead full, breaker open); due again at next
 )
-
-var finishScript = redis.NewScript(`
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[4])
-  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[7]), -1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
-  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-end
-if ARGV[2] == 'retry' or ARGV[2] == 'defer' then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[9], ARGV[8])
-  redis.call('HSET', KEYS[6], ARGV[8], ARGV[10])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[6], ARGV[2])
-end
-if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[8], ARGV[13], 1) end
-if ARGV[11] == 'ok' then
-  redis.call('HDEL', KEYS[7], ARGV[6])
-elseif ARGV[11] == 'failed' then
-  redis.call('HSETNX', KEYS[7], ARGV[6], ARGV[12])
-  return tonumber(redis.call('HGET', KEYS[7], ARGV[6]))
-end
-return 1
-`)
 
 // finish records the attempt a (nil when none was made) and the pair's new state: outcomeRetry
 // or outcomeDefer at next, or StateDelivered / StateDead. It does nothing when the pair is no
 // longer scheduled (another instance finished it after this one's lease ran out). health is
-// "ok" after an attempt the endpoint answered, "failed" after one it failed, "" otherwise;
-// after a failed one, failing is since when the endpoint's attempts have failed without a
-// success in between.
+// duequeue.HealthOK after an attempt the endpoint answered, HealthFailed after one it failed,
+// "" otherwise; after a failed one, failing is since when the endpoint's attempts have failed
+// without a success in between.
 func (s *Store) finish(ctx context.Context, j Job, outcome string, next time.Time, a *Attempt, health string, now time.Time) (failing time.Time, err error) {
-	logged := ""
+	var logged []byte
 	if a != nil {
-		b, err := json.Marshal(a)
-		if err != nil {
+		if logged, err = json.Marshal(a); err != nil {
 			return time.Time{}, err
 		}
-		logged = string(b)
 	}
 	counter := ""
 	switch {
 	case a != nil && a.Outcome != "":
-		counter = j.Endpoint + " " + a.Outcome
+		counter = a.Outcome
 	case outcome == outcomeDefer:
-		counter = j.Endpoint + " " + CounterDeferred
+		counter = CounterDeferred
 	case outcome == StateDead:
-		counter = j.Endpoint + " " + OutcomeDead
+		counter = OutcomeDead
 	}
-	w := wakeAt(next)
-	n, err := finishScript.Run(ctx, s.rdb,
-		[]string{keyDue, keyState + j.Message, keyTries, keyAttempts + j.Message + ":" + j.Endpoint, deadline.KeyDeadlines, deadline.KeyPayloads, keyFailing, keyCounters},
-		j.member(), outcome, next.UnixMilli(), logged, s.retention.Milliseconds(), j.Endpoint, MaxAttemptLog, w.id, w.due, w.payload,
-		health, now.UnixMilli(), counter).Int64()
+	f := duequeue.Finish{Item: j.member(), Outcome: outcome, Next: next,
+		StateKey: keyState + j.Message, StateField: j.Endpoint, Attempt: logged, AttemptsKey: keyAttempts + j.Message + ":" + j.Endpoint,
+		Target: j.Endpoint, Health: health, Counter: counter, Now: now}
+	if a != nil && a.made {
+		// The endpoint may have got the message: record that while the lease holds, or it is
+		// sent again when the lease runs out.
+		f.RetryUntil = j.leaseEnd.Add(-leaseMargin)
+	}
+	failing, err = s.queue.Finish(ctx, f)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("recording %s of message %s at %s: %w", outcome, j.Message, j.Endpoint, err)
 	}
-	if health == "failed" && n > 1 {
-		return time.UnixMilli(n), nil
-	}
-	return time.Time{}, nil
+	return failing, nil
 }
 
 // CounterDeferred counts the times a message was put back without an attempt (circuit open,
@@ -253,21 +207,9 @@ const CounterDeferred = "deferred"
 // Counters returns the delivery counters of every endpoint: endpoint → outcome (delivered,
 // retry, dead, gone, deferred) → count, summed over every instance since the counters began.
 func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, error) {
-	raw, err := s.rdb.HGetAll(ctx, keyCounters).Result()
+	out, err := s.queue.Counters(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading delivery counters: %w", err)
-	}
-	out := map[string]map[string]int64{}
-	for field, v := range raw {
-		ep, outcome, ok := strings.Cut(field, " ")
-		n, err := strconv.ParseInt(v, 10, 64)
-		if !ok || err != nil {
-			continue
-		}
-		if out[ep] == nil {
-			out[ep] = map[string]int64{}
-		}
-		out[ep][outcome] = n
 	}
 	return out, nil
 }
@@ -275,25 +217,6 @@ func (s *Store) Counters(ctx context.Context) (map[string]map[string]int64, erro
 // Owner is the knfaasowner of the timer deadlines that wake the function: its Trigger on
 // dev.knfaas.timer.fired filters on it.
 const Owner = "notify"
-
-// wake is a timer deadline (functions/timer) that wakes the function when a retry is due after
-// it may have scaled to zero or died. One deadline per minute slot serves every retry due in
-// that minute; the timer fires it on the tick at or after the slot, so a retry is late by at
-// most the timer's one-minute resolution.
-type wake struct {
-	id      string
-	due     int64
-	payload string
-}
-
-func wakeAt(t time.Time) wake {
-	slot := t.Truncate(time.Minute)
-	if slot.Before(t) {
-		slot = slot.Add(time.Minute)
-	}
-	b, _ := json.Marshal(deadline.Payload{Subject: Owner, Owner: Owner, Due: slot.UnixMilli()})
-	return wake{id: "notify:wake:" + strconv.FormatInt(slot.Unix(), 10), due: slot.UnixMilli(), payload: string(b)}
-}
 
 // Attempt is one delivery attempt as the attempts log keeps it.
 type Attempt struct {
@@ -316,17 +239,9 @@ type Attempt struct {
 
 // Attempts returns the attempts log of a message at an endpoint, oldest first.
 func (s *Store) Attempts(ctx context.Context, message, endpoint string) ([]Attempt, error) {
-	raw, err := s.rdb.LRange(ctx, keyAttempts+message+":"+endpoint, 0, -1).Result()
+	out, err := duequeue.Attempts[Attempt](ctx, s.rdb, keyAttempts+message+":"+endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("reading attempts of %s at %s: %w", message, endpoint, err)
-	}
-	out := make([]Attempt, 0, len(raw))
-	for _, r := range raw {
-		var a Attempt
-		if err := json.Unmarshal([]byte(r), &a); err != nil {
-			return nil, fmt.Errorf("attempt of %s at %s: %w", message, endpoint, err)
-		}
-		out = append(out, a)
 	}
 	return out, nil
 }
@@ -342,12 +257,12 @@ func (s *Store) States(ctx context.Context, message string) (map[string]string, 
 
 // Due counts pairs due at now (not leased by an instance).
 func (s *Store) Due(ctx context.Context, now time.Time) (int64, error) {
-	return s.rdb.ZCount(ctx, keyDue, "-inf", strconv.FormatInt(now.UnixMilli(), 10)).Result()
+	return s.queue.Due(ctx, now)
 }
 
 // Scheduled counts every pair waiting for an attempt, due or not.
 func (s *Store) Scheduled(ctx context.Context) (int64, error) {
-	return s.rdb.ZCard(ctx, keyDue).Result()
+	return s.queue.Scheduled(ctx)
 }
 
 // Disable marks an endpoint disabled (a 410 Gone, or an operator) with why.
