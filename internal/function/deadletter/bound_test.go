@@ -52,13 +52,30 @@ func eventIDs(t testing.TB, s *Store) []string {
 // storedBytes is what the byte counter must hold: the sizes of the stored letters, each the
 // bytes of its field names and values (without the size field itself), computed here from what
 // Redis actually holds. It fails the test when an entry's size field disagrees with its fields.
-func storedBytes(t testing.TB, c *redis.Client) int64 {
+// counterAndStoredBytes reads the byte counter and sums the bytes the letters hold, in one
+// MULTI/EXEC so both are read at the same instant: the stream and the counter share a TTL, and
+// two separate reads could straddle their expiry (counter read, then both expire, then an empty
+// stream), which would look like a counter out of step.
+func counterAndStoredBytes(t testing.TB, c *redis.Client) (counted, stored int64) {
 	t.Helper()
-	entries, err := c.XRange(context.Background(), keyStream, "-", "+").Result()
+	ctx := context.Background()
+	var get *redis.StringCmd
+	var xrange *redis.XMessageSliceCmd
+	if _, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, keyBytes)
+		xrange = p.XRange(ctx, keyStream, "-", "+")
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		t.Fatal(err)
+	}
+	counted, err := get.Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		t.Fatal(err)
+	}
+	entries, err := xrange.Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum int64
 	for _, e := range entries {
 		var real int64
 		// go-redis returns Values as a map; every field of a letter is a plain string.
@@ -70,9 +87,9 @@ func storedBytes(t testing.TB, c *redis.Client) int64 {
 		if got := e.Values["size"]; got != strconv.FormatInt(real, 10) {
 			t.Fatalf("letter %s records size %v, its fields hold %d bytes", e.ID, got, real)
 		}
-		sum += real
+		stored += real
 	}
-	return sum
+	return counted, stored
 }
 
 func counter(t testing.TB, c *redis.Client) int64 {
@@ -149,7 +166,7 @@ func TestFullRefusesAndEvictsNothing(t *testing.T) {
 			if _, stored, err := s.Add(ctx, bigLetter(t, "3", dataBytes)); err != nil || !stored {
 				t.Errorf("after a purge: stored=%v err=%v, want stored", stored, err)
 			}
-			if got, want := counter(t, c), storedBytes(t, c); got != want {
+			if got, want := counterAndStoredBytes(t, c); got != want {
 				t.Errorf("byte counter %d, letters hold %d", got, want)
 			}
 		})
@@ -236,7 +253,7 @@ func TestByteCounterIsExactUnderAnyMixOfOperations(t *testing.T) {
 			op = "age"
 			time.Sleep(maxAge + 10*time.Millisecond) // everything stored so far expires on the next add
 		}
-		if got, want := counter(t, c), storedBytes(t, c); got != want {
+		if got, want := counterAndStoredBytes(t, c); got != want {
 			t.Fatalf("step %d (%s): byte counter %d, letters hold %d", step, op, got, want)
 		}
 	}
