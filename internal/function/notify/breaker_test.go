@@ -57,8 +57,11 @@ func TestOpenCircuitHoldsMessagesUntilAProbeSucceeds(t *testing.T) {
 	second.Wake()
 	atOpen := down.count()
 	eventually(t, "the healthy endpoint got every message", func() bool { return healthy.count() == n })
-	if atOpen < 3 || atOpen > 3+1 { // 3 failures trip it; one attempt in flight may finish after
-		t.Errorf("%d attempts before the circuit opened, want 3", atOpen)
+	// 3 failures trip it. How many went through the closed circuit is checked below from the
+	// attempts log: a count taken here could already include a half-open probe when the machine
+	// is slow enough for OpenFor to pass between the open circuit being seen and this line.
+	if atOpen < 3 {
+		t.Errorf("%d attempts before the circuit opened, want at least 3", atOpen)
 	}
 	// Probes keep failing while it is down: about one per OpenFor, not one per message every
 	// 20ms as the schedule alone would send. The bound grows with the time that really passed,
@@ -110,7 +113,7 @@ func TestOpenCircuitHoldsMessagesUntilAProbeSucceeds(t *testing.T) {
 			}
 		}
 	}
-	if failedClosed > 3+1 {
+	if failedClosed < 3 || failedClosed > 3+1 { // one attempt in flight may finish after it opens
 		t.Errorf("%d failed attempts went through a closed circuit; it opens after 3", failedClosed)
 	}
 	if failedProbes < 1 {
