@@ -18,17 +18,17 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/knfaas/knfaas/hack/bench/load"
+	"github.com/knfaas/knfaas/hack/bench/proc"
 	"github.com/knfaas/knfaas/internal/runtime/localhost"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "hello" {
-		serveHello(os.Args[2])
+		_ = load.ServeHello(os.Args[2])
 		return
 	}
 	var (
@@ -47,70 +47,10 @@ func main() {
 	}
 }
 
-func serveHello(addr string) {
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "hello\n") })
-	_ = http.ListenAndServe(addr, nil)
-}
-
-func freeAddr() string {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer l.Close()
-	return l.Addr().String()
-}
-
-type result struct {
-	n        int64
-	failed   int64
-	elapsed  time.Duration
-	p50, p99 time.Duration
-}
-
-// load runs a closed loop of c workers issuing mk() requests until n requests (n>0) or dur.
-func load(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) result {
-	tr := localhost.Transport()
-	tr.MaxIdleConnsPerHost = c
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	var next, failed atomic.Int64
-	lat := make([][]time.Duration, c)
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for w := 0; w < c; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if (n > 0 && i >= n) || (n == 0 && time.Now().After(deadline)) {
-					return
-				}
-				t0 := time.Now()
-				resp, err := client.Do(mk(i))
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode >= 300 {
-					failed.Add(1)
-					continue
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r := result{n: int64(len(all)), failed: failed.Load(), elapsed: time.Since(start)}
-	if len(all) > 0 {
-		r.p50, r.p99 = all[len(all)/2], all[len(all)*99/100]
-	}
-	return r
+// runLoad loads with c workers until n requests (n > 0) or dur, over a transport that resolves
+// *.localhost to loopback.
+func runLoad(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) load.Result {
+	return load.Run(load.Options{Concurrency: c, Requests: n, Duration: dur, Transport: localhost.Transport()}, mk)
 }
 
 func metric(addr, prefix string) float64 {
@@ -131,30 +71,16 @@ func metric(addr, prefix string) float64 {
 	return 0
 }
 
-func rssKiB(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			n, _ := strconv.Atoi(strings.Fields(line)[1])
-			return n
-		}
-	}
-	return -1
-}
-
 func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisURL string) error {
 	self, _ := os.Executable()
-	helloAddr := freeAddr()
+	helloAddr := load.FreeAddr()
 	hello := exec.Command(self, "hello", helloAddr)
 	if err := hello.Start(); err != nil {
 		return err
 	}
 	defer func() { _ = hello.Process.Kill(); _ = hello.Wait() }()
 
-	addr := freeAddr()
+	addr := load.FreeAddr()
 	up := exec.Command(knfaas, "up", "--defaults=false", "-f", "hack/bench/manifests", "--addr", addr, "--idle", "300ms", "--log-level", "warn")
 	up.Env = append(os.Environ(), "REDIS_URL="+redisURL)
 	var upOut bytes.Buffer
@@ -183,10 +109,10 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	fmt.Printf("== knfaas broker bench: %d cores, c=%d, n=%d, payload %d B, redis: %s\n", runtimeCPUs(), c, events, size, redisMode)
 
 	helloURL := "http://" + helloAddr + "/"
-	load(c, 0, 2*time.Second, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
-	h := load(c, 0, helloDur, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
-	helloRate := float64(h.n) / h.elapsed.Seconds()
-	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d)\n", helloRate, h.p50.Round(time.Microsecond), h.p99.Round(time.Microsecond), h.failed)
+	runLoad(c, 0, 2*time.Second, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+	h := runLoad(c, 0, helloDur, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+	helloRate := h.Rate()
+	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d)\n", helloRate, h.P50.Round(time.Microsecond), h.P99.Round(time.Microsecond), h.Failed)
 
 	payload := bytes.Repeat([]byte("x"), size)
 	body := append(append([]byte(`{"pad":"`), payload[:max(0, size-10)]...), []byte(`"}`)...)
@@ -206,14 +132,14 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		return metric(addr, `knfaas_trigger_events_delivered_total{broker="bench/default",trigger="bench/noop"}`)
 	}
 	// Warm-up, then wait until it is delivered.
-	load(c, 3000, 0, publish("warm-"))
+	runLoad(c, 3000, 0, publish("warm-"))
 	for delivered() < 3000 {
 		time.Sleep(50 * time.Millisecond)
 	}
 	base := delivered()
 	start := time.Now()
-	p := load(c, int64(events), 0, publish("sat-"))
-	for delivered()-base < float64(p.n) {
+	p := runLoad(c, int64(events), 0, publish("sat-"))
+	for delivered()-base < float64(p.N) {
 		if time.Since(start) > 5*time.Minute {
 			break
 		}
@@ -223,8 +149,8 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	got := delivered() - base
 	rate := got / drain.Seconds()
 	fmt.Printf("-- knfaas publish (closed loop) then drain: accepted %d (refused %d) in %s = %.0f ev/s accepted; publish p50 %s p99 %s\n",
-		p.n, p.failed, p.elapsed.Round(time.Millisecond), float64(p.n)/p.elapsed.Seconds(), p.p50.Round(time.Microsecond), p.p99.Round(time.Microsecond))
-	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.n, drain.Round(time.Millisecond), rate, float64(p.n)-got)
+		p.N, p.Failed, p.Elapsed.Round(time.Millisecond), p.Rate(), p.P50.Round(time.Microsecond), p.P99.Round(time.Microsecond))
+	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.N, drain.Round(time.Millisecond), rate, float64(p.N)-got)
 	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
 		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.22; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
@@ -245,7 +171,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	}
 	warmPID, _ := pidOf("noop")
 	time.Sleep(2 * time.Second)
-	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", rssKiB(warmPID))
+	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", proc.RSSKiB(warmPID))
 
 	// Cold starts: wait for scale to zero, then time the first request (exec → first response).
 	instances := `knfaas_service_instances{namespace="bench",service="cold"}`
@@ -261,7 +187,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		}
 		coldLat = append(coldLat, d)
 		time.Sleep(100 * time.Millisecond)
-		coldRSS = append(coldRSS, rssKiB(pid))
+		coldRSS = append(coldRSS, proc.RSSKiB(pid))
 	}
 	sort.Slice(coldLat, func(i, j int) bool { return coldLat[i] < coldLat[j] })
 	sort.Ints(coldRSS)

@@ -1,0 +1,133 @@
+// Package load drives an HTTP server with a closed loop of workers, the load generator the
+// benchmarks under hack/ share so their figures compare.
+package load
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options say how hard and how long Run loads a server.
+type Options struct {
+	// Concurrency is the number of workers, each with one request in flight.
+	Concurrency int
+	// Requests, when above 0, ends the run after that many requests; otherwise Duration does.
+	Requests int64
+	// Duration ends the run when Requests is 0.
+	Duration time.Duration
+	// Transport carries the requests; nil is a clone of http.DefaultTransport. Run keeps
+	// Concurrency idle connections per host on it.
+	Transport *http.Transport
+	// Timeout bounds each request; 0 is 30 s.
+	Timeout time.Duration
+}
+
+// Result is what a run measured. Latencies are those of the successful (2xx) requests.
+type Result struct {
+	// N is the number of successful requests; Failed those that failed (a transport error or a
+	// status of 300 or more).
+	N, Failed int64
+	// Errors counts the transport errors; Status counts the responses by status code.
+	Errors  int64
+	Status  map[int]int64
+	Elapsed time.Duration
+	P50     time.Duration
+	P99     time.Duration
+}
+
+// Rate is the successful requests per second.
+func (r Result) Rate() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.N) / r.Elapsed.Seconds()
+}
+
+// Run issues request(i) for i = 0, 1, … from opts.Concurrency workers until opts.Requests
+// requests were issued or opts.Duration passed, each worker waiting for its answer before the
+// next request.
+func Run(opts Options, request func(i int64) *http.Request) Result {
+	tr := opts.Transport
+	if tr == nil {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	tr.MaxIdleConnsPerHost = opts.Concurrency
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	client := &http.Client{Transport: tr, Timeout: timeout}
+	var next, failed, errs atomic.Int64
+	lat := make([][]time.Duration, opts.Concurrency)
+	status := make([]map[int]int64, opts.Concurrency)
+	start := time.Now()
+	deadline := start.Add(opts.Duration)
+	var wg sync.WaitGroup
+	for w := range opts.Concurrency {
+		status[w] = map[int]int64{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if (opts.Requests > 0 && i >= opts.Requests) || (opts.Requests == 0 && time.Now().After(deadline)) {
+					return
+				}
+				t0 := time.Now()
+				resp, err := client.Do(request(i))
+				if err != nil {
+					failed.Add(1)
+					errs.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				status[w][resp.StatusCode]++
+				if resp.StatusCode >= 300 {
+					failed.Add(1)
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	r := Result{N: int64(len(all)), Failed: failed.Load(), Errors: errs.Load(), Status: map[int]int64{}, Elapsed: time.Since(start)}
+	for _, s := range status {
+		for code, n := range s {
+			r.Status[code] += n
+		}
+	}
+	if len(all) > 0 {
+		r.P50, r.P99 = all[len(all)/2], all[len(all)*99/100]
+	}
+	return r
+}
+
+// ServeHello serves the baseline every benchmark compares with: a bare net/http handler that
+// answers "hello". It returns when the listener fails.
+func ServeHello(addr string) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hello\n") })
+	return http.ListenAndServe(addr, mux)
+}
+
+// FreeAddr is a loopback address with a port nobody listens on right now.
+func FreeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
