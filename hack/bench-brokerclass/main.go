@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,7 +32,7 @@ func main() {
 		return
 	}
 	if len(os.Args) > 2 && os.Args[1] == "sink" {
-		serveSink(os.Args[2])
+		_ = load.ServeSink(os.Args[2])
 		return
 	}
 	var (
@@ -49,17 +48,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-brokerclass:", err)
 		os.Exit(1)
 	}
-}
-
-// serveSink answers every event 200 and counts them; GET /count reads the count.
-func serveSink(addr string) {
-	var n atomic.Int64
-	http.HandleFunc("/count", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, n.Load()) })
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		n.Add(1)
-	})
-	_ = http.ListenAndServe(addr, nil)
 }
 
 // start runs bin with env added; the returned func stops it.
@@ -93,17 +81,6 @@ func waitHTTP(url string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s did not answer", url)
-}
-
-func sinkCount(addr string) int64 {
-	resp, err := http.Get("http://" + addr + "/count")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	n, _ := strconv.ParseInt(string(b), 10, 64)
-	return n
 }
 
 func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL string) error {
@@ -202,7 +179,7 @@ func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL
 	var delivered int64
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		if delivered = sinkCount(sinkAddr); delivered >= accepted {
+		if delivered = load.SinkCount(sinkAddr); delivered >= accepted {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

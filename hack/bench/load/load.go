@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +121,39 @@ func ServeHello(addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hello\n") })
 	return http.ListenAndServe(addr, mux)
+}
+
+// ServeSink serves a subscriber that answers every request 200 and counts them; GET /count
+// answers the count. It returns when the listener fails.
+func ServeSink(addr string) error {
+	var n atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/count", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, strconv.FormatInt(n.Load(), 10))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		n.Add(1)
+	})
+	return http.ListenAndServe(addr, mux)
+}
+
+// SinkCount reads the count of the sink ServeSink serves at addr, or -1 if it does not answer.
+func SinkCount(addr string) int64 {
+	resp, err := http.Get("http://" + addr + "/count")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // FreeAddr is a loopback address with a port nobody listens on right now.

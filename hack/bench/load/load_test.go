@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -103,4 +104,22 @@ func equal(a, b map[int]int64) bool {
 		}
 	}
 	return true
+}
+
+func TestSinkCountsWhatItReceived(t *testing.T) {
+	addr := FreeAddr()
+	go func() { _ = ServeSink(addr) }()
+	for i := 0; SinkCount(addr) < 0; i++ {
+		if i > 200 {
+			t.Fatal("the sink did not answer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r := Run(Options{Concurrency: 3, Requests: 25}, func(int64) *http.Request {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("event"))
+		return req
+	})
+	if r.N != 25 || SinkCount(addr) != 25 {
+		t.Errorf("sent %d, sink counted %d; want 25 and 25", r.N, SinkCount(addr))
+	}
 }
