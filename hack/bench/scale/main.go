@@ -99,7 +99,7 @@ func (b *bench) run(chosen []string) error {
 		return err
 	}
 	b.helloAddr = load.FreeAddr()
-	hello := exec.Command(b.self, "hello", b.helloAddr)
+	hello := b.child("hello", b.helloAddr)
 	if err := hello.Start(); err != nil {
 		return err
 	}
@@ -135,6 +135,13 @@ func (b *bench) run(chosen []string) error {
 	}
 	fmt.Printf("== bench-scale took %s\n", time.Since(began).Round(time.Second))
 	return nil
+}
+
+// child is this program run as the hello server or the sink; it ends when the bench does.
+func (b *bench) child(args ...string) *exec.Cmd {
+	cmd := exec.Command(b.self, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
 
 func (b *bench) helloLoad(c int, d time.Duration) load.Result {
@@ -487,7 +494,7 @@ func (b *bench) backlog() error {
 	p := load.Run(load.Options{Concurrency: 32, Requests: int64(n), Transport: localhost.Transport()}, u.publisher("backlog", sameType, jsonBody(128)))
 	s.stop()
 	queuedMem, queuedRSS := redisInfo(b.rdb, "memory", "used_memory"), proc.RSSKiB(u.pid())
-	sink := exec.Command(b.self, "sink", sinkAddr)
+	sink := b.child("sink", sinkAddr)
 	if err := sink.Start(); err != nil {
 		return err
 	}
