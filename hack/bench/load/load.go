@@ -3,6 +3,8 @@
 package load
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -34,11 +36,14 @@ type Result struct {
 	// status of 300 or more).
 	N, Failed int64
 	// Errors counts the transport errors; Status counts the responses by status code.
-	Errors  int64
-	Status  map[int]int64
-	Elapsed time.Duration
-	P50     time.Duration
-	P99     time.Duration
+	Errors int64
+	Status map[int]int64
+	// FirstFailure describes the first failed request (its error, or its status and body);
+	// empty when none failed.
+	FirstFailure string
+	Elapsed      time.Duration
+	P50          time.Duration
+	P99          time.Duration
 }
 
 // Rate is the successful requests per second.
@@ -64,6 +69,12 @@ func Run(opts Options, request func(i int64) *http.Request) Result {
 	}
 	client := &http.Client{Transport: tr, Timeout: timeout}
 	var next, failed, errs atomic.Int64
+	var firstFailure sync.Once
+	var failure string
+	fail := func(what string) {
+		failed.Add(1)
+		firstFailure.Do(func() { failure = what })
+	}
 	lat := make([][]time.Duration, opts.Concurrency)
 	status := make([]map[int]int64, opts.Concurrency)
 	start := time.Now()
@@ -82,15 +93,18 @@ func Run(opts Options, request func(i int64) *http.Request) Result {
 				t0 := time.Now()
 				resp, err := client.Do(request(i))
 				if err != nil {
-					failed.Add(1)
 					errs.Add(1)
+					fail(err.Error())
 					continue
+				}
+				if resp.StatusCode >= 300 {
+					b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+					fail(fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b)))
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				status[w][resp.StatusCode]++
 				if resp.StatusCode >= 300 {
-					failed.Add(1)
 					continue
 				}
 				lat[w] = append(lat[w], time.Since(t0))
@@ -103,7 +117,7 @@ func Run(opts Options, request func(i int64) *http.Request) Result {
 		all = append(all, l...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r := Result{N: int64(len(all)), Failed: failed.Load(), Errors: errs.Load(), Status: map[int]int64{}, Elapsed: time.Since(start)}
+	r := Result{N: int64(len(all)), Failed: failed.Load(), Errors: errs.Load(), Status: map[int]int64{}, Elapsed: time.Since(start), FirstFailure: failure}
 	for _, s := range status {
 		for code, n := range s {
 			r.Status[code] += n

@@ -49,7 +49,11 @@ func TestRun(t *testing.T) {
 			var served atomic.Int64
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				served.Add(1)
-				w.WriteHeader(tt.status(parseIndex(r)))
+				code := tt.status(parseIndex(r))
+				w.WriteHeader(code)
+				if code >= 300 {
+					_, _ = w.Write([]byte("refused\n"))
+				}
 			}))
 			defer srv.Close()
 			r := Run(tt.opts, func(i int64) *http.Request {
@@ -65,8 +69,14 @@ func TestRun(t *testing.T) {
 			if r.Failed != tt.wantFailed || r.Errors != 0 {
 				t.Errorf("Failed = %d, Errors = %d, want %d and 0", r.Failed, r.Errors, tt.wantFailed)
 			}
+			if tt.wantFailed > 0 && r.FirstFailure != "503 Service Unavailable: refused" {
+				t.Errorf("FirstFailure = %q, want the status and the body", r.FirstFailure)
+			}
 			if tt.wantStatus != nil && !equal(r.Status, tt.wantStatus) {
 				t.Errorf("Status = %v, want %v", r.Status, tt.wantStatus)
+			}
+			if (r.Failed > 0) != (r.FirstFailure != "") {
+				t.Errorf("Failed = %d, FirstFailure = %q", r.Failed, r.FirstFailure)
 			}
 			if served.Load() != r.N+r.Failed {
 				t.Errorf("server saw %d requests, result counts %d", served.Load(), r.N+r.Failed)

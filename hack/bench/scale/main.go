@@ -426,7 +426,7 @@ func (b *bench) concurrency() error {
 			c, h.Rate(), h.P99.Round(10*time.Microsecond), p.Rate(), rate, rate/h.Rate(), p.P99.Round(100*time.Microsecond), float64(p.P99)/float64(max(h.P99, 1)),
 			p.Status[http.StatusServiceUnavailable], other, float64(s.peakRSS)/1024, max(0, float64(p.N)-got), max(0, got-float64(p.N)))
 		if other > 0 {
-			fmt.Printf("   c=%d: failures other than 503:%s\n", c, refusals(p))
+			fmt.Printf("   c=%d: failures other than 503:%s; the first: %s\n", c, refusals(p), p.FirstFailure)
 		}
 	}
 	return nil
