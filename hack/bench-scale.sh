@@ -5,7 +5,7 @@
 # (c = 8 to 512, with back-pressure), warm instances (1, 10, 50) and backlog (1 M events queued
 # while the subscriber is down, then drained). Real redis-server; knfaas is built once. Prints
 # figures only.
-#   ./hack/bench-scale.sh                      # every dimension, full counts (about 15 minutes)
+#   ./hack/bench-scale.sh                      # every dimension, full counts
 #   ONLY=fanout,backlog QUICK=1 ./hack/bench-scale.sh
 #   BACKLOG=200000 ONLY=backlog ./hack/bench-scale.sh
 # BENCH_LOCK names a lock file shared with other measurements (the peers' benchmarks take one),
