@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, fuzz seeds, e2e and fault tests, and manifest verification.
-# Installs what it needs (redis-server) from Debian's packages when missing.
+# Installs what it needs (redis-server; chromium for the dashboard's browser test) from Debian's
+# packages when missing.
 set -o errexit -o nounset -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 install_debian_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
+  # The dashboard's e2e test drives a headless Chromium (internal/runtime/dashboard).
+  command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "hack/test.sh: installing ${missing[*]} from Debian's packages"
     local sudo=""
@@ -18,6 +21,8 @@ install_debian_packages() {
 }
 
 install_debian_packages
+# Installed above, so the dashboard's browser test must find it rather than skip.
+export KNFAAS_REQUIRE_CHROMIUM=1
 
 echo "== go vet"
 go vet ./...

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -88,80 +87,13 @@ type traceDocument struct {
 	Traces []traceTree `json:"traces"`
 }
 
-type traceTree struct {
-	TraceID  string      `json:"traceId"`
-	Start    time.Time   `json:"start"`
-	Duration string      `json:"duration"`
-	Spans    []*spanNode `json:"spans"`
-}
+// traceTree and spanNode are the trees tracestore.BuildTree builds.
+type (
+	traceTree = tracestore.Tree
+	spanNode  = tracestore.TreeSpan
+)
 
-type spanNode struct {
-	Name         string            `json:"name"`
-	Service      string            `json:"service,omitempty"`
-	SpanID       string            `json:"spanId"`
-	ParentSpanID string            `json:"parentSpanId,omitempty"`
-	Offset       string            `json:"offset"`
-	Duration     string            `json:"duration"`
-	Status       string            `json:"status,omitempty"`
-	Message      string            `json:"statusMessage,omitempty"`
-	Attributes   map[string]string `json:"attributes,omitempty"`
-	Children     []*spanNode       `json:"children,omitempty"`
-	start        time.Time
-}
-
-// buildTraceTree nests t's spans under their parents; a span whose parent is not held (another
-// process's span that was not sampled, or evicted) is a root.
-func buildTraceTree(t tracestore.Trace) traceTree {
-	tree := traceTree{TraceID: t.TraceID}
-	if len(t.Spans) == 0 {
-		return tree
-	}
-	start, end := t.Spans[0].Start, t.Spans[0].End
-	for _, s := range t.Spans {
-		if s.Start.Before(start) {
-			start = s.Start
-		}
-		if s.End.After(end) {
-			end = s.End
-		}
-	}
-	tree.Start, tree.Duration = start, roundDuration(end.Sub(start))
-	nodes := map[string]*spanNode{}
-	for _, s := range t.Spans {
-		nodes[s.SpanID] = &spanNode{
-			Name: s.Name, Service: s.Service, SpanID: s.SpanID, ParentSpanID: s.ParentSpanID,
-			Offset: roundDuration(s.Start.Sub(start)), Duration: roundDuration(s.End.Sub(s.Start)),
-			Status: s.Status, Message: s.StatusMessage, Attributes: s.Attributes, start: s.Start,
-		}
-	}
-	for _, s := range t.Spans {
-		n := nodes[s.SpanID]
-		if p, ok := nodes[s.ParentSpanID]; ok && p != n {
-			p.Children = append(p.Children, n)
-		} else {
-			tree.Spans = append(tree.Spans, n)
-		}
-	}
-	var order func([]*spanNode)
-	order = func(ns []*spanNode) {
-		sort.SliceStable(ns, func(i, j int) bool { return ns[i].start.Before(ns[j].start) })
-		for _, n := range ns {
-			order(n.Children)
-		}
-	}
-	order(tree.Spans)
-	return tree
-}
-
-func roundDuration(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return d.Round(time.Microsecond).String()
-	case d < time.Second:
-		return d.Round(10 * time.Microsecond).String()
-	}
-	return d.Round(time.Millisecond).String()
-}
+func buildTraceTree(t tracestore.Trace) traceTree { return tracestore.BuildTree(t) }
 
 // traceDetails are the attributes the table shows after a span's name.
 var traceDetails = []struct{ key, label string }{

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/knfaas/knfaas/internal/runtime/dashboard"
 	"github.com/knfaas/knfaas/internal/runtime/serving"
 )
 
@@ -74,7 +75,7 @@ func (r *Runtime) serve(ctx context.Context) error {
 	bg.Add(1)
 	go func() { defer bg.Done(); r.ingress.Maintain(ctx, r.rdb, 5*time.Second, r.opts.MaxBacklog) }()
 	r.pings.Start()
-	fmt.Fprintf(r.opts.Out, "listening on http://%s (ingress: Host <service>.<namespace>.localhost; brokers: /<namespace>/<broker>; metrics: /metrics)\n", r.addr)
+	fmt.Fprintf(r.opts.Out, "listening on http://%s (ingress: Host <service>.<namespace>.localhost; brokers: /<namespace>/<broker>; metrics: /metrics; dashboard: /ui/)\n", r.addr)
 	fmt.Fprintf(r.opts.Out, "internal: cluster-local services are not served on http://%s; Triggers, replies and dead letters reach every Service and Broker in process (http://<service>.<namespace>.svc.cluster.local, http://%s/<namespace>/<broker>); functions (K_SINK, pings) and operators use %s/services/<namespace>/<service>/ and %s/brokers/<namespace>/<broker> (capability drawn per run; without it: 403)\n",
 		r.addr, brokerIngressHost, r.capabilityBase(), r.capabilityBase())
 	if r.opts.StateDir != "" {
@@ -129,9 +130,10 @@ func (r *Runtime) serve(ctx context.Context) error {
 }
 
 // router sends requests for <service>.<namespace>.localhost to the ksvc, /metrics to the
-// metrics, and everything else to the broker ingress.
+// metrics, /ui/ to the dashboard, and everything else to the broker ingress.
 func (r *Runtime) router() http.Handler {
 	metricsHandler := r.metrics.Handler()
+	dashboardHandler := r.dashboardHandler()
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		host := req.Host
 		if h, _, err := net.SplitHostPort(host); err == nil {
@@ -159,6 +161,10 @@ func (r *Runtime) router() http.Handler {
 			return
 		case "/healthz":
 			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		if strings.HasPrefix(req.URL.Path, dashboard.Prefix) || req.URL.Path+"/" == dashboard.Prefix {
+			dashboardHandler.ServeHTTP(w, req)
 			return
 		}
 		r.ingress.ServeHTTP(w, req)
