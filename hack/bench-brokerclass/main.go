@@ -9,32 +9,30 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/knfaas/knfaas/hack/bench/load"
+	"github.com/knfaas/knfaas/hack/bench/proc"
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/brokerclass"
 )
 
 func main() {
 	if len(os.Args) > 2 && os.Args[1] == "hello" {
-		serveHello(os.Args[2])
+		_ = load.ServeHello(os.Args[2])
 		return
 	}
 	if len(os.Args) > 2 && os.Args[1] == "sink" {
-		serveSink(os.Args[2])
+		_ = load.ServeSink(os.Args[2])
 		return
 	}
 	var (
@@ -50,79 +48,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-brokerclass:", err)
 		os.Exit(1)
 	}
-}
-
-func serveHello(addr string) {
-	http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hello\n") })
-	_ = http.ListenAndServe(addr, nil)
-}
-
-// serveSink answers every event 200 and counts them; GET /count reads the count.
-func serveSink(addr string) {
-	var n atomic.Int64
-	http.HandleFunc("/count", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, n.Load()) })
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		n.Add(1)
-	})
-	_ = http.ListenAndServe(addr, nil)
-}
-
-func freeAddr() string {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer l.Close()
-	return l.Addr().String()
-}
-
-type result struct {
-	n, failed int64
-	elapsed   time.Duration
-	p50, p99  time.Duration
-}
-
-// load runs a closed loop of c workers issuing mk() requests for dur.
-func load(c int, dur time.Duration, mk func(i int64) *http.Request) result {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = c
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	var next, failed atomic.Int64
-	lat := make([][]time.Duration, c)
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for w := range c {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) {
-				i := next.Add(1) - 1
-				t0 := time.Now()
-				resp, err := client.Do(mk(i))
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode >= 300 {
-					failed.Add(1)
-					continue
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r := result{n: int64(len(all)), failed: failed.Load(), elapsed: time.Since(start)}
-	if len(all) > 0 {
-		r.p50, r.p99 = all[len(all)/2], all[len(all)*99/100]
-	}
-	return r
 }
 
 // start runs bin with env added; the returned func stops it.
@@ -158,29 +83,6 @@ func waitHTTP(url string) error {
 	return fmt.Errorf("%s did not answer", url)
 }
 
-func sinkCount(addr string) int64 {
-	resp, err := http.Get("http://" + addr + "/count")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	n, _ := strconv.ParseInt(string(b), 10, 64)
-	return n
-}
-
-// cpuSeconds is the user+system CPU time a process used so far.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
 func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL string) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -200,7 +102,7 @@ func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL
 	}
 
 	// The baseline: the same requests to a bare net/http handler.
-	helloAddr := freeAddr()
+	helloAddr := load.FreeAddr()
 	hello, err := start(self, nil, "hello", helloAddr)
 	if err != nil {
 		return err
@@ -209,12 +111,12 @@ func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL
 	if err := waitHTTP("http://" + helloAddr + "/"); err != nil {
 		return err
 	}
-	h := load(c, dur, event("http://"+helloAddr+"/"))
-	helloRate := float64(h.n) / h.elapsed.Seconds()
-	fmt.Printf("hello (net/http)       %8.0f req/s  p50 %v p99 %v  failed %d\n", helloRate, h.p50.Round(10*time.Microsecond), h.p99.Round(10*time.Microsecond), h.failed)
+	h := load.Run(load.Options{Concurrency: c, Duration: dur}, event("http://"+helloAddr+"/"))
+	helloRate := h.Rate()
+	fmt.Printf("hello (net/http)       %8.0f req/s  p50 %v p99 %v  failed %d\n", helloRate, h.P50.Round(10*time.Microsecond), h.P99.Round(10*time.Microsecond), h.Failed)
 
 	// The data plane on a contract, as the controller writes it.
-	sinkAddr := freeAddr()
+	sinkAddr := load.FreeAddr()
 	sink, err := start(self, nil, "sink", sinkAddr)
 	if err != nil {
 		return err
@@ -229,7 +131,7 @@ func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL
 	}
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
-	ingressAddr := freeAddr()
+	ingressAddr := load.FreeAddr()
 	brokerURL := "http://" + ingressAddr + broker.Path("bench", "default")
 	trigger := brokerclass.Trigger{Namespace: "bench", Name: "sink", Broker: "default", Subscriber: "http://" + sinkAddr + "/", ReplyURL: brokerURL}
 	if err := broker.EnsureGroup(context.Background(), rdb, trigger.Stream(), trigger.Group()); err != nil {
@@ -252,7 +154,7 @@ func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL
 	env := func(listen, pod string) map[string]string {
 		return map[string]string{"REDIS_URL": redisURL, "CONTRACT_PATH": path, "LISTEN_ADDRESS": listen, "POD_NAME": pod}
 	}
-	dispatcherAddr := freeAddr()
+	dispatcherAddr := load.FreeAddr()
 	in, err := start(ingressBin, env(ingressAddr, "ingress-0"))
 	if err != nil {
 		return err
@@ -268,24 +170,24 @@ func run(c int, dur time.Duration, size int, ingressBin, dispatcherBin, redisURL
 			return err
 		}
 	}
-	cpu0 := cpuSeconds(in.Process.Pid) + cpuSeconds(disp.Process.Pid)
+	cpu0 := proc.CPUSeconds(in.Process.Pid) + proc.CPUSeconds(disp.Process.Pid)
 	t0 := time.Now()
-	p := load(c, dur, event(brokerURL))
-	accepted := p.n
+	p := load.Run(load.Options{Concurrency: c, Duration: dur}, event(brokerURL))
+	accepted := p.N
 	// Delivered events/s: every accepted event reached the sink, over the time from the first
 	// publish to the last delivery (bounded wait for the backlog to drain).
 	var delivered int64
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		if delivered = sinkCount(sinkAddr); delivered >= accepted {
+		if delivered = load.SinkCount(sinkAddr); delivered >= accepted {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	drained := time.Since(t0)
-	cpu := cpuSeconds(in.Process.Pid) + cpuSeconds(disp.Process.Pid) - cpu0
+	cpu := proc.CPUSeconds(in.Process.Pid) + proc.CPUSeconds(disp.Process.Pid) - cpu0
 	deliveredRate := float64(delivered) / drained.Seconds()
-	fmt.Printf("ingress accepted (202) %8.0f ev/s   p50 %v p99 %v  failed %d\n", float64(accepted)/p.elapsed.Seconds(), p.p50.Round(10*time.Microsecond), p.p99.Round(10*time.Microsecond), p.failed)
+	fmt.Printf("ingress accepted (202) %8.0f ev/s   p50 %v p99 %v  failed %d\n", float64(accepted)/p.Elapsed.Seconds(), p.P50.Round(10*time.Microsecond), p.P99.Round(10*time.Microsecond), p.Failed)
 	fmt.Printf("delivered to the sink  %8.0f ev/s   %d of %d accepted, last %v after the first publish\n", deliveredRate, delivered, accepted, drained.Round(time.Millisecond))
 	fmt.Printf("ratio delivered/hello  %8.3f   (c=%d, %d-byte events, 1 ingress + 1 dispatcher, CPU %.2f ms per event)\n",
 		deliveredRate/helloRate, c, len(payload), 1000*cpu/float64(max(delivered, 1)))

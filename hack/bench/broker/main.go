@@ -18,17 +18,17 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/knfaas/knfaas/hack/bench/load"
+	"github.com/knfaas/knfaas/hack/bench/proc"
 	"github.com/knfaas/knfaas/internal/runtime/localhost"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "hello" {
-		serveHello(os.Args[2])
+		_ = load.ServeHello(os.Args[2])
 		return
 	}
 	var (
@@ -82,78 +82,10 @@ func startProfile(pprofAddr string) func() {
 	return func() { <-done }
 }
 
-func serveHello(addr string) {
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "hello\n") })
-	_ = http.ListenAndServe(addr, nil)
-}
-
-func freeAddr() string {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer l.Close()
-	return l.Addr().String()
-}
-
-type result struct {
-	n        int64
-	failed   int64
-	elapsed  time.Duration
-	p50, p99 time.Duration
-	// firstFailure describes the first failed request, empty when none failed.
-	firstFailure string
-}
-
-// load runs a closed loop of c workers issuing mk() requests until n requests (n>0) or dur.
-func load(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) result {
-	tr := localhost.Transport()
-	tr.MaxIdleConnsPerHost = c
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	var next, failed atomic.Int64
-	var firstFailure sync.Once
-	var failure string
-	fail := func(what string) {
-		failed.Add(1)
-		firstFailure.Do(func() { failure = what })
-	}
-	lat := make([][]time.Duration, c)
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for w := 0; w < c; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if (n > 0 && i >= n) || (n == 0 && time.Now().After(deadline)) {
-					return
-				}
-				t0 := time.Now()
-				resp, err := client.Do(mk(i))
-				if err != nil {
-					fail(err.Error())
-					continue
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode >= 300 {
-					fail(fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b)))
-					continue
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r := result{n: int64(len(all)), failed: failed.Load(), elapsed: time.Since(start), firstFailure: failure}
-	if len(all) > 0 {
-		r.p50, r.p99 = all[len(all)/2], all[len(all)*99/100]
-	}
-	return r
+// runLoad loads with c workers until n requests (n > 0) or dur, over a transport that resolves
+// *.localhost to loopback.
+func runLoad(c int, n int64, dur time.Duration, mk func(i int64) *http.Request) load.Result {
+	return load.Run(load.Options{Concurrency: c, Requests: n, Duration: dur, Transport: localhost.Transport()}, mk)
 }
 
 func metric(addr, prefix string) float64 {
@@ -176,46 +108,20 @@ func metric(addr, prefix string) float64 {
 
 // cpuTime is the user and system CPU time a process has used (0 when unknown).
 func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The fields after the command (which may hold spaces) start after its closing parenthesis;
-	// utime and stime are the 14th and 15th fields, in clock ticks (100 a second on Linux).
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
-
-func rssKiB(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			n, _ := strconv.Atoi(strings.Fields(line)[1])
-			return n
-		}
-	}
-	return -1
+	return time.Duration(proc.CPUSeconds(pid) * float64(time.Second))
 }
 
 func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisURL string) error {
 	self, _ := os.Executable()
-	helloAddr := freeAddr()
+	helloAddr := load.FreeAddr()
 	hello := exec.Command(self, "hello", helloAddr)
 	if err := hello.Start(); err != nil {
 		return err
 	}
 	defer func() { _ = hello.Process.Kill(); _ = hello.Wait() }()
 
-	addr := freeAddr()
-	pprofAddr := freeAddr()
+	addr := load.FreeAddr()
+	pprofAddr := load.FreeAddr()
 	up := exec.Command(knfaas, "up", "--defaults=false", "-f", "hack/bench/manifests", "--addr", addr, "--idle", "300ms", "--log-level", "warn", "--pprof-addr", pprofAddr)
 	up.Env = append(os.Environ(), "REDIS_URL="+redisURL)
 	var upOut bytes.Buffer
@@ -244,10 +150,10 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	fmt.Printf("== knfaas broker bench: %d cores, c=%d, n=%d, payload %d B, redis: %s\n", runtimeCPUs(), c, events, size, redisMode)
 
 	helloURL := "http://" + helloAddr + "/"
-	load(c, 0, 2*time.Second, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
-	h := load(c, 0, helloDur, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
-	helloRate := float64(h.n) / h.elapsed.Seconds()
-	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d)\n", helloRate, h.p50.Round(time.Microsecond), h.p99.Round(time.Microsecond), h.failed)
+	runLoad(c, 0, 2*time.Second, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+	h := runLoad(c, 0, helloDur, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+	helloRate := h.Rate()
+	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d)\n", helloRate, h.P50.Round(time.Microsecond), h.P99.Round(time.Microsecond), h.Failed)
 
 	payload := bytes.Repeat([]byte("x"), size)
 	body := append(append([]byte(`{"pad":"`), payload[:max(0, size-10)]...), []byte(`"}`)...)
@@ -281,8 +187,8 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		return pid, d
 	}
 	// Warm-up, then wait until it is delivered.
-	if w := load(c, 3000, 0, publish("warm-")); w.failed > 0 {
-		return fmt.Errorf("%d of 3000 warm-up events refused, the first: %s\n%s", w.failed, w.firstFailure, upOut.String())
+	if w := runLoad(c, 3000, 0, publish("warm-")); w.Failed > 0 {
+		return fmt.Errorf("%d of 3000 warm-up events refused, the first: %s\n%s", w.Failed, w.FirstFailure, upOut.String())
 	}
 	for delivered() < 3000 {
 		time.Sleep(50 * time.Millisecond)
@@ -292,8 +198,8 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	cpu0 := [3]time.Duration{cpuTime(up.Process.Pid), cpuTime(warmPID), cpuTime(os.Getpid())}
 	start := time.Now()
 	waitProfile := startProfile(pprofAddr)
-	p := load(c, int64(events), 0, publish("sat-"))
-	for delivered()-base < float64(p.n) {
+	p := runLoad(c, int64(events), 0, publish("sat-"))
+	for delivered()-base < float64(p.N) {
 		if time.Since(start) > 5*time.Minute {
 			break
 		}
@@ -305,8 +211,8 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	waitProfile()
 	rate := got / drain.Seconds()
 	fmt.Printf("-- knfaas publish (closed loop) then drain: accepted %d (refused %d) in %s = %.0f ev/s accepted; publish p50 %s p99 %s\n",
-		p.n, p.failed, p.elapsed.Round(time.Millisecond), float64(p.n)/p.elapsed.Seconds(), p.p50.Round(time.Microsecond), p.p99.Round(time.Microsecond))
-	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.n, drain.Round(time.Millisecond), rate, float64(p.n)-got)
+		p.N, p.Failed, p.Elapsed.Round(time.Millisecond), float64(p.N)/p.Elapsed.Seconds(), p.P50.Round(time.Microsecond), p.P99.Round(time.Microsecond))
+	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.N, drain.Round(time.Millisecond), rate, float64(p.N)-got)
 	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
 		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
 	perEvent := func(i int) string {
@@ -317,7 +223,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.30; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
 
 	time.Sleep(2 * time.Second)
-	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", rssKiB(warmPID))
+	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", proc.RSSKiB(warmPID))
 
 	// Cold starts: wait for scale to zero, then time the first request (exec → first response).
 	instances := `knfaas_service_instances{namespace="bench",service="cold"}`
@@ -333,7 +239,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		}
 		coldLat = append(coldLat, d)
 		time.Sleep(100 * time.Millisecond)
-		coldRSS = append(coldRSS, rssKiB(pid))
+		coldRSS = append(coldRSS, proc.RSSKiB(pid))
 	}
 	sort.Slice(coldLat, func(i, j int) bool { return coldLat[i] < coldLat[j] })
 	sort.Ints(coldRSS)
