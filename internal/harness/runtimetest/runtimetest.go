@@ -56,6 +56,8 @@ type Runtime struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	out  *syncBuffer
+	// launchedAt is the length of out when the latest start began.
+	launchedAt int
 }
 
 var (
@@ -176,6 +178,7 @@ func (r *Runtime) launch() {
 	cmd.Dir = r.root
 	cmd.Env = append(os.Environ(), "REDIS_URL="+r.opts.RedisURL)
 	cmd.Stdout, cmd.Stderr = r.out, r.out
+	r.launchedAt = r.out.Len()
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("starting knfaas up: %v", err)
 	}
@@ -193,6 +196,11 @@ func (r *Runtime) launch() {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
+				// Ready means announced: the addresses are printed before /healthz answers,
+				// so a script (or test) that waits for it can read them at once.
+				if !capabilityBase.MatchString(r.out.String()[r.launchedAt:]) {
+					r.t.Fatalf("knfaas up answered /healthz before it printed its internal address:\n%s", r.out.String()[r.launchedAt:])
+				}
 				return
 			}
 		}
@@ -487,6 +495,12 @@ func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
 }
 
 func (b *syncBuffer) String() string {

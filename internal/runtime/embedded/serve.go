@@ -58,9 +58,6 @@ func (r *Runtime) serve(ctx context.Context) error {
 		bg.Add(1)
 		go func() { defer bg.Done(); r.traces.Run(forwardCtx) }()
 	}
-	router := r.router()
-	r.public.Store(&router)
-
 	consumerCtx, stopConsumers := context.WithCancel(context.Background())
 	var consWG sync.WaitGroup
 	for _, c := range r.consumers {
@@ -83,6 +80,10 @@ func (r *Runtime) serve(ctx context.Context) error {
 			r.log.Error("the CLI will not find this run", "error", err)
 		}
 	}
+	// The public router (and so /healthz) goes live last: whoever waits for it finds the
+	// addresses printed and the discovery record the CLI reads already written.
+	router := r.router()
+	r.public.Store(&router)
 	if r.opts.Ready != nil {
 		close(r.opts.Ready)
 	}
