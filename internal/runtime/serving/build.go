@@ -179,9 +179,9 @@ func (b *Builder) buildIn(ctx context.Context, importPaths []string) ([]Built, e
 	if err := os.MkdirAll(b.CacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating build cache: %w", err)
 	}
-	goVersion, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
+	settings, err := toolchain(ctx, b.Dir, env)
 	if err != nil {
-		return nil, fmt.Errorf("reading go version: %w", err)
+		return nil, err
 	}
 	out := make([]Built, len(importPaths))
 	var toBuild []int
@@ -196,7 +196,7 @@ func (b *Builder) buildIn(ctx context.Context, importPaths []string) ([]Built, e
 		if p.Name != "main" {
 			return nil, fmt.Errorf("building %s: package %s is not a main package", ip, p.Name)
 		}
-		key, err := contentKey(goVersion, buildFlags, p, pkgs)
+		key, err := contentKey(settings, buildFlags, p, pkgs)
 		if err != nil {
 			return nil, fmt.Errorf("hashing sources of %s: %w", ip, err)
 		}
@@ -354,13 +354,37 @@ func (b *Builder) buildOne(ctx context.Context, env, buildFlags []string, out Bu
 	return nil
 }
 
-// buildSettings returns the environment and flags of go list and go build: static, stripped
-// binaries, or with the race detector, which needs cgo (and keeps symbols for its reports).
+// buildSettings returns the environment and flags of go list and go build. A plain build
+// keeps the toolchain's defaults (the environment's CGO_ENABLED, no -trimpath): those of
+// `go run ./cmd/knfaas`, so every package the CLI and the functions share (the standard
+// library, the CloudEvents SDK, go-redis, OpenTelemetry, …) is compiled once and then found
+// in the Go build cache. -ldflags strips the binary's symbol table and DWARF; it only affects
+// linking, which is per binary anyway. A race build adds -race and cgo, which it needs, as
+// `CGO_ENABLED=1 go test -race` does, so it shares that compile cache instead.
 func buildSettings(race bool) (env, flags []string) {
 	if race {
-		return append(os.Environ(), "CGO_ENABLED=1"), []string{"-trimpath", "-race"}
+		return append(os.Environ(), "CGO_ENABLED=1"), []string{"-race"}
 	}
-	return append(os.Environ(), "CGO_ENABLED=0"), []string{"-trimpath", "-ldflags=-s -w"}
+	return os.Environ(), []string{"-ldflags=-s -w"}
+}
+
+// toolchainSettings are the go env variables that change what a build produces, beside the
+// flags: each binary's cache key includes their values.
+var toolchainSettings = []string{"GOVERSION", "GOOS", "GOARCH", "CGO_ENABLED", "GOEXPERIMENT", "GOFLAGS"}
+
+// toolchain returns the values of toolchainSettings as go reports them in dir with env (the
+// module's toolchain line and the environment both count).
+func toolchain(ctx context.Context, dir string, env []string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "go", append([]string{"env"}, toolchainSettings...)...)
+	cmd.Dir = dir
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("reading go env: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
 }
 
 func (b *Builder) list(ctx context.Context, env, importPaths []string) (map[string]*listedPackage, error) {
@@ -387,11 +411,11 @@ func (b *Builder) list(ctx context.Context, env, importPaths []string) (map[stri
 	return pkgs, nil
 }
 
-// contentKey hashes the Go version, the build flags, the package and the files of every
-// dependency outside the standard library.
-func contentKey(goVersion []byte, buildFlags []string, p *listedPackage, pkgs map[string]*listedPackage) (string, error) {
+// contentKey hashes the toolchain's settings (Go version, cgo, …), the build flags, the
+// package and the files of every dependency outside the standard library.
+func contentKey(settings []byte, buildFlags []string, p *listedPackage, pkgs map[string]*listedPackage) (string, error) {
 	h := sha256.New()
-	h.Write(goVersion)
+	h.Write(settings)
 	fmt.Fprintf(h, "%q\n", buildFlags)
 	h.Write([]byte(p.ImportPath))
 	deps := append([]string{p.ImportPath}, p.Deps...)
