@@ -24,6 +24,10 @@
 #   BENCH_FIRSTRUN_TIMEOUT  seconds to wait for /healthz, per REF (default 3600)
 #   BENCH_LOCK              a lock file shared with other measurements, so two never overlap
 #   BENCH_MIN_FREE_GB       refuse to start with less free disk than this (default 5)
+#   BENCH_GOCACHE_SEED      start each REF from a copy (hard links) of this build cache instead of
+#                           an empty one: to measure only what follows a phase captured earlier,
+#                           e.g. a cache holding just the CLI's packages. The figures then exclude
+#                           that phase; the output says so.
 set -o errexit -o nounset -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,7 +48,12 @@ fi
 
 modcache=$(go env GOMODCACHE)
 echo "go:         $(go env GOVERSION), $(nproc) cores, CGO_ENABLED=$(go env CGO_ENABLED), GOFLAGS=$(go env GOFLAGS)"
-echo "GOCACHE:    empty for each ref, under a temporary directory removed after it"
+seed=${BENCH_GOCACHE_SEED:-}
+if [ -n "$seed" ]; then
+  echo "GOCACHE:    for each ref a copy (hard links) of $seed, NOT empty: what it holds is not measured"
+else
+  echo "GOCACHE:    empty for each ref, under a temporary directory removed after it"
+fi
 echo "GOMODCACHE: shared with the caller's: no downloads are measured"
 
 tmp="" pgid=""
@@ -80,7 +89,11 @@ measure() {
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/knfaas-firstrun.XXXXXX")
   git clone --quiet --no-checkout "$PWD" "$tmp/src"
   git -C "$tmp/src" checkout --quiet "$sha"
-  mkdir -p "$tmp/gocache"
+  if [ -n "$seed" ]; then
+    cp -al "$seed" "$tmp/gocache"
+  else
+    mkdir -p "$tmp/gocache"
+  fi
   load_before=$(loadavg)
 
   started=$(now)
