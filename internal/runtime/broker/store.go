@@ -58,14 +58,16 @@ var ErrStoreStopped = errors.New("the broker store has stopped")
 // nothing once it has passed, so an append can never land after Append answered (a hung Redis
 // resuming, a request still in a socket buffer). Append stops waiting for the reply at its
 // timeout; the script's deadline is that instant minus the clock margin. The script also
-// records the new entry's id under a key of its own (appendedKey, expiring after the append
-// timeout plus the lookup timeout and a second), so an append whose reply did not come in time
-// (Redis busy, a reply still in a socket buffer, the runtime starved of CPU) is looked up
-// instead of being reported as failed: Append asks Redis, with a script that first checks that
-// Redis' clock is past the deadline, so no run of the append can follow, whether that key
-// exists. Found, the append succeeded; not found, it failed for good (ErrAppendTimeout); no
-// answer within the lookup timeout leaves the outcome unknown (ErrAppendOutcomeUnknown). Only
-// appends without a reply pay for a lookup; every append pays for one short-lived key.
+// records the new entry's id under the append's token (unique per append) in a short-lived
+// hash shared by the appends to the stream whose deadlines fall in the same second
+// (appendedKey), so an append whose reply did not come in time (Redis busy, a reply still in a
+// socket buffer, the runtime starved of CPU) is looked up instead of being reported as failed:
+// Append asks Redis, with a script that first checks that Redis' clock is past the deadline,
+// so no run of the append can follow, whether the token is there. Found, the append succeeded;
+// not found, it failed for good (ErrAppendTimeout); no answer within the lookup timeout leaves
+// the outcome unknown (ErrAppendOutcomeUnknown). Only appends without a reply pay for a lookup;
+// every append pays for one hash field, dropped with its hash a few seconds later (the append
+// timeout plus the lookup timeout, the margin and two seconds).
 // The guarantees hold while the two clocks differ by less than the margin.
 type Store struct {
 	rdb           redis.UniversalClient
@@ -75,7 +77,7 @@ type Store struct {
 	lookupTimeout time.Duration
 	log           *slog.Logger
 
-	// tokenPrefix and tokens name each append's appendedKey uniquely among runtimes sharing a Redis.
+	// tokenPrefix and tokens name each append uniquely among runtimes sharing a Redis.
 	tokenPrefix string
 	tokens      atomic.Uint64
 	// lookups counts lookups by result (stored, not_stored, unknown); nil counts nothing.
@@ -143,7 +145,7 @@ const (
 type appendReq struct {
 	stream   string
 	fields   []any
-	token    string    // names the key the script records the entry's id under
+	token    string    // names the append in its appendedKey
 	deadline time.Time // Redis refuses the write once its clock is past this
 	id       string
 	err      error
@@ -191,10 +193,11 @@ const errLatePrefix = "KNFAAS_LATE"
 // the deadline.
 const errEarlyPrefix = "KNFAAS_EARLY"
 
-// appendedKey is the key appendScript records the id of the entry appended with token under.
+// appendedKey is the hash in which appendScript records, under each append's token, the id of
+// the entry it appended to stream, for the appends whose deadline falls in the same second.
 // Its hash tag is the stream's key, so both are in the same slot of a Redis Cluster.
-func appendedKey(stream, token string) string {
-	return "knfaas:broker:appended:{" + stream + "}:" + token
+func appendedKey(stream string, deadline time.Time) string {
+	return "knfaas:broker:appended:{" + stream + "}:" + strconv.FormatInt(deadline.Unix(), 10)
 }
 
 // Run sends appends with writers concurrent pipelines until ctx ends. Then it sends the appends
@@ -282,8 +285,8 @@ func notSent(err error) bool {
 
 // appendSource is appendScript's text, sent when Redis does not have it cached. KEYS[1] is the
 // stream, KEYS[2] the append's appendedKey; ARGV[1] is the deadline in microseconds since the
-// Unix epoch, ARGV[2] how long in milliseconds KEYS[2] lives, ARGV[3..] the entry's
-// field/value pairs. TIME is non-deterministic, which Redis allows before a write since
+// Unix epoch, ARGV[2] the append's token, ARGV[3] how long in milliseconds KEYS[2] lives from
+// its first field, ARGV[4..] the entry's field/value pairs. TIME is non-deterministic, which Redis allows before a write since
 // scripts replicate their effects (the default since Redis 5, the only mode since 7).
 const appendSource = `
 local t = redis.call('TIME')
@@ -292,15 +295,17 @@ local deadline = tonumber(ARGV[1])
 if now > deadline then
   return redis.error_reply('KNFAAS_LATE deadline passed ' .. tostring(now - deadline) .. 'us ago by the Redis clock; nothing stored')
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[2], id, 'PX', ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+if redis.call('HSET', KEYS[2], ARGV[2], id) == 1 and redis.call('HLEN', KEYS[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 return id
 `
 
-// lookupScript answers the id of the entry appended with the appendedKey KEYS[1], or nil when
-// none was, once Redis' clock is past the append's deadline ARGV[1] (microseconds since the
-// Unix epoch): from then on the append script refuses, so the answer is final. Before, it
-// answers a KNFAAS_EARLY error with the microseconds left.
+// lookupScript answers the id of the entry appended with the token ARGV[2] (recorded in the
+// appendedKey KEYS[1]), or nil when none was, once Redis' clock is past the append's deadline
+// ARGV[1] (microseconds since the Unix epoch): from then on the append script refuses, so the
+// answer is final. Before, it answers a KNFAAS_EARLY error with the microseconds left.
 var lookupScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -308,8 +313,16 @@ local deadline = tonumber(ARGV[1])
 if now <= deadline then
   return redis.error_reply('KNFAAS_EARLY ' .. tostring(deadline - now + 1))
 end
-return redis.call('GET', KEYS[1])
+return redis.call('HGET', KEYS[1], ARGV[2])
 `)
+
+// appendedTTL is how long an appendedKey lives from its first field: from the creation of the
+// earliest append whose deadline falls in its second (the append timeout before that second)
+// to the end of the lookup of the latest (the second, the margin and the lookup timeout after
+// it), plus a second.
+func (s *Store) appendedTTL() time.Duration {
+	return s.timeout + time.Second + s.margin + s.lookupTimeout + time.Second
+}
 
 // onceCmd is a command go-redis must not send again after a timeout or a broken connection:
 // the first attempt may have run, and a second one would store the event twice. A pipeline
@@ -322,10 +335,10 @@ func (onceCmd) NoRetry() bool { return true }
 func (s *Store) exec(ctx context.Context, reqs []*appendReq, verb, script string) []*redis.Cmd {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(reqs))
-	ttl := (s.timeout + s.lookupTimeout + time.Second).Milliseconds()
+	ttl := s.appendedTTL().Milliseconds()
 	for i, r := range reqs {
-		args := make([]any, 0, 7+len(r.fields))
-		args = append(args, verb, script, 2, r.stream, appendedKey(r.stream, r.token), r.deadline.UnixMicro(), ttl)
+		args := make([]any, 0, 8+len(r.fields))
+		args = append(args, verb, script, 2, r.stream, appendedKey(r.stream, r.deadline), r.deadline.UnixMicro(), r.token, ttl)
 		args = append(args, r.fields...)
 		cmds[i] = redis.NewCmd(ctx, args...)
 		_ = pipe.Process(ctx, onceCmd{cmds[i]})
@@ -450,9 +463,9 @@ func (s *Store) lookUp(r *appendReq) (string, error) {
 // lookUpOnce runs lookupScript until Redis' clock has passed r's deadline or ctx ends. It
 // answers redis.Nil when nothing was stored.
 func (s *Store) lookUpOnce(ctx context.Context, r *appendReq) (string, error) {
-	key := appendedKey(r.stream, r.token)
+	key := appendedKey(r.stream, r.deadline)
 	for {
-		id, err := lookupScript.Run(ctx, s.rdb, []string{key}, r.deadline.UnixMicro()).Text()
+		id, err := lookupScript.Run(ctx, s.rdb, []string{key}, r.deadline.UnixMicro(), r.token).Text()
 		if !redis.HasErrorPrefix(err, errEarlyPrefix) {
 			return id, err
 		}

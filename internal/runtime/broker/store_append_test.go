@@ -43,7 +43,7 @@ func TestAppendScriptDeadline(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					stream := StreamKey("ns", strings.ReplaceAll(name, " ", "-"))
 					deadline := time.Now().Add(c.deadline).UnixMicro()
-					id, err := appendScript.Run(ctx, rdb, []string{stream, appendedKey(stream, "t")}, deadline, 60000, eventField, "x", "v", "2").Text()
+					id, err := appendScript.Run(ctx, rdb, []string{stream, appendedKey(stream, time.UnixMicro(deadline))}, deadline, "t", 60000, eventField, "x", "v", "2").Text()
 					n := rdb.XLen(ctx, stream).Val()
 					if !c.stored {
 						if !redis.HasErrorPrefix(err, errLatePrefix) {
