@@ -1,6 +1,7 @@
 // Package broker is a durable Knative Broker data plane on Redis Streams: an ingress that
-// answers 202 only after an event is stored, and one consumer group per Trigger that delivers
-// with Knative's own filters, dispatcher, retry and dead-letter semantics.
+// answers 202 only after an event is stored, 503 only when it is not and never will be, and 504
+// when Redis answered neither the append nor its lookup (see Store), and one consumer group per
+// Trigger that delivers with Knative's own filters, dispatcher, retry and dead-letter semantics.
 package broker
 
 import (
