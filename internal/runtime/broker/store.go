@@ -119,8 +119,8 @@ func WithLookupTimeout(d time.Duration) StoreOption {
 	}
 }
 
-// WithLogger sets where the Store reports an append acknowledged after its caller gave up,
-// which only a clock difference beyond the margin can cause.
+// WithLogger sets where the Store reports an append acknowledged after its lookup had found it
+// not stored, which only a clock difference beyond the margin can cause.
 func WithLogger(l *slog.Logger) StoreOption {
 	return func(s *Store) { s.log = l }
 }
