@@ -55,8 +55,8 @@ var ErrStoreStopped = errors.New("the broker store has stopped")
 // Store appends events to broker streams, coalescing concurrent appends into pipelines so that
 // many requests share one Redis round trip (group commit) without giving up per-event acks.
 //
-// Every append is a script that compares Redis' clock with the request's deadline and adds
-// nothing once it has passed, so an append can never land after Append answered (a hung Redis
+// Appends run in a script (one run per pipeline's appends to a stream) that compares Redis'
+// clock with each request's deadline and adds nothing once it has passed, so an append can never land after Append answered (a hung Redis
 // resuming, a request still in a socket buffer). Append stops waiting for the reply at its
 // timeout; the script's deadline is that instant minus the clock margin. The script also
 // records the new entry's id under the append's token (unique per append) in a short-lived
@@ -190,6 +190,9 @@ var appendScript = redis.NewScript(appendSource)
 // errLatePrefix starts the error appendScript answers when it refused a write.
 const errLatePrefix = "KNFAAS_LATE"
 
+// errAppendPrefix starts appendScript's answer for an entry Redis refused to add.
+const errAppendPrefix = "KNFAAS_XADD"
+
 // errEarlyPrefix starts the error lookupScript answers while Redis' clock has not yet passed
 // the deadline.
 const errEarlyPrefix = "KNFAAS_EARLY"
@@ -234,22 +237,23 @@ func (s *Store) send(batch []*appendReq) {
 	// answered by Redis (its script refuses once late) or fails with the connection.
 	ctx, cancel := context.WithDeadline(context.Background(), last.Add(s.margin))
 	defer cancel()
-	cmds := s.exec(ctx, live, "evalsha", appendScript.Hash())
-	var again []*appendReq
+	groups := groupAppends(live)
+	cmds := s.exec(ctx, groups, "evalsha", appendScript.Hash())
+	var again []appendGroup
 	var unknown error
-	for i, r := range live {
+	for i, g := range groups {
 		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
-			again = append(again, r) // not run: Redis lost its script cache
+			again = append(again, g) // not run: Redis lost its script cache
 			continue
 		}
-		if err := s.result(r, cmds[i]); err != nil {
+		if err := s.result(g, cmds[i]); err != nil {
 			unknown = err
 		}
 	}
 	if len(again) > 0 {
 		cmds = s.exec(ctx, again, "eval", appendSource)
-		for i, r := range again {
-			if err := s.result(r, cmds[i]); err != nil {
+		for i, g := range again {
+			if err := s.result(g, cmds[i]); err != nil {
 				unknown = err
 			}
 		}
@@ -259,22 +263,60 @@ func (s *Store) send(batch []*appendReq) {
 	}
 }
 
-// result hands a script's answer to its Append. A transport error after the request may
-// have been written (a timeout, a broken connection) leaves the outcome unknown: Redis may
-// still run the script until its deadline, so the request is left to Append, which looks it
-// up once its timeout has passed; result returns that error.
-func (s *Store) result(r *appendReq, cmd *redis.Cmd) error {
-	id, err := cmd.Text()
+// appendGroup is the appends of a batch that one run of appendScript stores: those to the
+// same stream whose deadlines fall in the same second (the same appendedKey).
+type appendGroup struct {
+	stream, appended string
+	reqs             []*appendReq
+}
+
+// groupAppends groups a batch's appends by appendedKey, keeping their order.
+func groupAppends(reqs []*appendReq) []appendGroup {
+	var groups []appendGroup
+	index := map[string]int{}
+	for _, r := range reqs {
+		key := appendedKey(r.stream, r.deadline)
+		i, ok := index[key]
+		if !ok {
+			i = len(groups)
+			index[key] = i
+			groups = append(groups, appendGroup{stream: r.stream, appended: key})
+		}
+		groups[i].reqs = append(groups[i].reqs, r)
+	}
+	return groups
+}
+
+// result hands a script's answers to the Appends of its group: an entry id, or a refusal.
+// A transport error after the request may have been written (a timeout, a broken connection)
+// leaves the outcome unknown: Redis may still run the script until its deadline, so the
+// requests are left to Append, which looks each up once its timeout has passed; result
+// returns that error, as it does for an answer it cannot read.
+func (s *Store) result(g appendGroup, cmd *redis.Cmd) error {
+	answers, err := cmd.StringSlice()
 	var rerr redis.Error
 	switch {
+	case err == nil && len(answers) == len(g.reqs):
 	case err == nil:
-	case redis.HasErrorPrefix(err, errLatePrefix):
-		err = fmt.Errorf("%w: %w", ErrAppendTimeout, err)
+		return fmt.Errorf("redis answered %d outcomes for %d appends", len(answers), len(g.reqs))
 	case errors.As(err, &rerr), notSent(err):
+		for _, r := range g.reqs {
+			s.finish(r, "", err)
+		}
+		return nil
 	default:
 		return err
 	}
-	s.finish(r, id, err)
+	for i, r := range g.reqs {
+		switch a := answers[i]; {
+		case strings.HasPrefix(a, errLatePrefix):
+			s.finish(r, "", fmt.Errorf("%w: %s", ErrAppendTimeout, a))
+		case strings.HasPrefix(a, errAppendPrefix):
+			s.finish(r, "", fmt.Errorf("redis refused the entry: %s", strings.TrimPrefix(a, errAppendPrefix+" ")))
+		default:
+			s.finish(r, a, nil)
+		}
+	}
 	return nil
 }
 
@@ -284,23 +326,45 @@ func notSent(err error) bool {
 	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed) || (errors.As(err, &op) && op.Op == "dial")
 }
 
-// appendSource is appendScript's text, sent when Redis does not have it cached. KEYS[1] is the
-// stream, KEYS[2] the append's appendedKey; ARGV[1] is the deadline in microseconds since the
-// Unix epoch, ARGV[2] the append's token, ARGV[3] how long in milliseconds KEYS[2] lives from
-// its first field, ARGV[4..] the entry's field/value pairs. TIME is non-deterministic, which Redis allows before a write since
-// scripts replicate their effects (the default since Redis 5, the only mode since 7).
+// appendSource is appendScript's text, sent when Redis does not have it cached. It appends a
+// group of entries to the stream KEYS[1] and records each entry's id under its append's token
+// in the hash KEYS[2] (the group's appendedKey), which lives ARGV[1] milliseconds from its
+// first field. ARGV[2..] holds the appends, each as its deadline in microseconds since the Unix
+// epoch, its token, its number of field/value arguments and those. It answers one string per
+// append: the entry's id; a KNFAAS_LATE refusal, storing nothing, once Redis' clock is past the
+// deadline; or KNFAAS_XADD with Redis' error. One run per group, rather than per append,
+// spreads a script's cost over the group. TIME is non-deterministic, which Redis allows
+// before a write since scripts replicate their effects (the default since Redis 5, the only
+// mode since 7).
 const appendSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local deadline = tonumber(ARGV[1])
-if now > deadline then
-  return redis.error_reply('KNFAAS_LATE deadline passed ' .. tostring(now - deadline) .. 'us ago by the Redis clock; nothing stored')
+local answers, record = {}, {}
+local i = 2
+while i <= #ARGV do
+  local deadline, token, n = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
+  local first = i + 3
+  i = first + n
+  if now > deadline then
+    answers[#answers + 1] = 'KNFAAS_LATE deadline passed ' .. tostring(now - deadline) .. 'us ago by the Redis clock; nothing stored'
+  else
+    local id = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, first, i - 1))
+    if type(id) == 'table' then
+      answers[#answers + 1] = 'KNFAAS_XADD ' .. tostring(id.err)
+    else
+      answers[#answers + 1] = id
+      record[#record + 1] = token
+      record[#record + 1] = id
+    end
+  end
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
-if redis.call('HSET', KEYS[2], ARGV[2], id) == 1 and redis.call('HLEN', KEYS[2]) == 1 then
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if #record > 0 then
+  local added = redis.call('HSET', KEYS[2], unpack(record))
+  if redis.call('HLEN', KEYS[2]) == added then
+    redis.call('PEXPIRE', KEYS[2], ARGV[1])
+  end
 end
-return id
+return answers
 `
 
 // lookupScript answers the id of the entry appended with the token ARGV[2] (recorded in the
@@ -333,14 +397,21 @@ type onceCmd struct{ *redis.Cmd }
 // NoRetry tells go-redis not to retry the pipeline.
 func (onceCmd) NoRetry() bool { return true }
 
-func (s *Store) exec(ctx context.Context, reqs []*appendReq, verb, script string) []*redis.Cmd {
+func (s *Store) exec(ctx context.Context, groups []appendGroup, verb, script string) []*redis.Cmd {
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(reqs))
+	cmds := make([]*redis.Cmd, len(groups))
 	ttl := s.appendedTTL().Milliseconds()
-	for i, r := range reqs {
-		args := make([]any, 0, 8+len(r.fields))
-		args = append(args, verb, script, 2, r.stream, appendedKey(r.stream, r.deadline), r.deadline.UnixMicro(), r.token, ttl)
-		args = append(args, r.fields...)
+	for i, g := range groups {
+		n := 6
+		for _, r := range g.reqs {
+			n += 3 + len(r.fields)
+		}
+		args := make([]any, 0, n)
+		args = append(args, verb, script, 2, g.stream, g.appended, ttl)
+		for _, r := range g.reqs {
+			args = append(args, r.deadline.UnixMicro(), r.token, len(r.fields))
+			args = append(args, r.fields...)
+		}
 		cmds[i] = redis.NewCmd(ctx, args...)
 		_ = pipe.Process(ctx, onceCmd{cmds[i]})
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,11 +13,11 @@ import (
 	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
-// BenchmarkAppendPipeline compares a pipeline of plain XADDs, one of append scripts with the
-// deadline check only (script-no-key, the script before appends could be looked up), and one
-// of the append scripts the store sends (script: the check plus the hash field recording the
-// entry's id), on redis-server, maxBatch commands per round trip, and the Store under
-// concurrent Appends. Run with -bench AppendPipeline -run '^$'.
+// BenchmarkAppendPipeline compares, on redis-server, a pipeline of maxBatch plain XADDs, one of
+// maxBatch runs of the append script of earlier releases (script-no-key: one run per append,
+// the deadline check and the XADD), one run of the store's append script storing maxBatch
+// entries (script: the checks, the XADDs and the hash recording the entries' ids), and the
+// Store under concurrent Appends. Run with -bench AppendPipeline -run '^$'.
 func BenchmarkAppendPipeline(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
 	rdb := srv.Client()
@@ -59,14 +58,22 @@ func BenchmarkAppendPipeline(b *testing.B) {
 		})
 		rdb.Del(ctx, stream)
 	})
-	b.Run("script", func(b *testing.B) {
+	b.Run("script", func(b *testing.B) { // one run per maxBatch appends, as the store's pipelines
+		defer reportRedisTime(b, rdb)()
 		stream := StreamKey("bench", "script")
-		var n atomic.Uint64
-		batches(b, func(p redis.Pipeliner) {
+		var n uint64
+		for done := 0; done < b.N; {
 			deadline := time.Now().Add(time.Second)
-			token := "0123456789abcdef." + strconv.FormatUint(n.Add(1), 36)
-			p.EvalSha(ctx, appendScript.Hash(), []string{stream, appendedKey(stream, deadline)}, deadline.UnixMicro(), token, 5500, eventField, event)
-		})
+			args := []any{5500}
+			for i := 0; i < maxBatch && done < b.N; i++ {
+				n++
+				args = append(args, deadline.UnixMicro(), "0123456789abcdef."+strconv.FormatUint(n, 36), 2, eventField, event)
+				done++
+			}
+			if err := rdb.EvalSha(ctx, appendScript.Hash(), []string{stream, appendedKey(stream, deadline)}, args...).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
 		rdb.Del(ctx, stream)
 	})
 	b.Run("store", func(b *testing.B) {
@@ -89,8 +96,8 @@ func BenchmarkAppendPipeline(b *testing.B) {
 	})
 }
 
-// noKeyAppendSource is the append script before appends could be looked up: the deadline check
-// and the XADD, no key recording the entry's id. It is the baseline of BenchmarkAppendPipeline.
+// noKeyAppendSource is the append script before appends could be looked up: one run per
+// append, the deadline check and the XADD, nothing recording the entry's id. It is the baseline of BenchmarkAppendPipeline.
 const noKeyAppendSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
