@@ -412,3 +412,71 @@ func TestAppendFields(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendScriptGroup runs the append script once for a group of appends, as a pipeline does:
+// each is judged on its own (one past its deadline refused, one Redis refuses answered with
+// Redis' error, the others stored), and the ids of the stored ones, only those, are recorded
+// under their tokens in the group's hash, which expires.
+func TestAppendScriptGroup(t *testing.T) {
+	for backend, start := range storeBackends {
+		t.Run(backend, func(t *testing.T) {
+			_, client := start(t)
+			rdb := client()
+			ctx := context.Background()
+			stream := StreamKey("ns", "group")
+			ahead := time.Now().Add(time.Minute)
+			appended := appendedKey(stream, ahead)
+			type item struct {
+				name     string
+				deadline time.Time
+				fields   []any
+				want     string // prefix of the answer; "" for an entry id
+			}
+			items := []item{
+				{"in time", ahead, []any{eventField, "a"}, ""},
+				{"late", time.Now().Add(-time.Second), []any{eventField, "b"}, errLatePrefix},
+				{"no fields", ahead, nil, errAppendPrefix},
+				{"in time too", ahead, []any{eventField, "c"}, ""},
+			}
+			args := []any{60000}
+			for _, it := range items {
+				args = append(args, it.deadline.UnixMicro(), it.name, len(it.fields))
+				args = append(args, it.fields...)
+			}
+			answers, err := appendScript.Run(ctx, rdb, []string{stream, appended}, args...).StringSlice()
+			if err != nil || len(answers) != len(items) {
+				t.Fatalf("script answered %q, %v; want %d answers", answers, err, len(items))
+			}
+			recorded, err := rdb.HGetAll(ctx, appended).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored := 0
+			for i, it := range items {
+				a := answers[i]
+				if it.want != "" {
+					if !strings.HasPrefix(a, it.want) {
+						t.Errorf("%s: answered %q; want %s…", it.name, a, it.want)
+					}
+					if _, ok := recorded[it.name]; ok {
+						t.Errorf("%s: recorded though not stored", it.name)
+					}
+					continue
+				}
+				stored++
+				if msgs, err := rdb.XRange(ctx, stream, a, a).Result(); err != nil || len(msgs) != 1 {
+					t.Errorf("%s: answered id %q, which the stream does not hold (%v)", it.name, a, err)
+				}
+				if recorded[it.name] != a {
+					t.Errorf("%s: recorded %q; want its id %q", it.name, recorded[it.name], a)
+				}
+			}
+			if n := rdb.XLen(ctx, stream).Val(); n != int64(stored) {
+				t.Errorf("the stream holds %d entries; want %d", n, stored)
+			}
+			if ttl := rdb.PTTL(ctx, appended).Val(); ttl <= 0 || ttl > time.Minute {
+				t.Errorf("the hash expires in %s; want within the minute given", ttl)
+			}
+		})
+	}
+}
