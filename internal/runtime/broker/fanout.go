@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -202,20 +203,48 @@ func (r *streamReader) pump(ctx context.Context, m *member) {
 	}
 }
 
-// readRequest is one group read in a round.
+// readRequest is one group read in a round, and what it read.
 type readRequest struct {
 	m      *member
 	cursor string
 	count  int64
-	cmd    *redis.XStreamSliceCmd
+	msgs   []redis.XMessage
+	err    error
 }
 
-// lastIDScript answers the id of the stream's last entry ("0-0" without one) and nothing of
-// its fields: the blocking wait starts after it.
-var lastIDScript = redis.NewScript(`
-local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if e[1] then return e[1][1] end
-return '0-0'
+// readScript reads the groups of a round in one step and answers each entry once, however
+// many groups read it. KEYS[1] is the stream, ARGV[1] the consumer name, then a (group, cursor,
+// count) triple per group. It answers {last, entries, reads}: last is the id of the stream's
+// last entry ("0-0" without one), read before the groups in the same atomic step, so that
+// every group that read fewer than its count has read everything up to it; entries alternates
+// entry ids and their fields (false for a pending entry since deleted); reads holds, per group,
+// {"ok", ids...} or {"err", message}.
+var readScript = redis.NewScript(`
+local last = '0-0'
+local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if tail[1] then last = tail[1][1] end
+local entries, seen, reads = {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[i], ARGV[1], 'COUNT', ARGV[i + 2], 'STREAMS', KEYS[1], ARGV[i + 1])
+  if type(r) == 'table' and r.err then
+    reads[#reads + 1] = {'err', r.err}
+  else
+    local ids = {'ok'}
+    if r and r[1] then
+      for _, e in ipairs(r[1][2]) do
+        local id = e[1]
+        ids[#ids + 1] = id
+        if not seen[id] then
+          seen[id] = true
+          entries[#entries + 1] = id
+          entries[#entries + 1] = e[2] or false
+        end
+      end
+    end
+    reads[#reads + 1] = ids
+  end
+end
+return {last, entries, reads}
 `)
 
 // run reads rounds until ctx ends, and waits for the stream to grow in between.
@@ -367,15 +396,14 @@ func (r *streamReader) round(ctx context.Context, reqs []readRequest, acks map[s
 			pipe.HDel(ctx, a.roundsKey, a.forget...)
 		}
 	}
-	var pos *redis.Cmd
+	var read *redis.Cmd
 	if len(reqs) > 0 {
-		pos = lastIDScript.Eval(ctx, pipe, []string{r.stream})
-	}
-	for i := range reqs {
-		q := &reqs[i]
-		q.cmd = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: q.m.c.t.Group(), Consumer: r.name, Streams: []string{r.stream, q.cursor}, Count: q.count, Block: -1,
-		})
+		args := make([]any, 0, 1+3*len(reqs))
+		args = append(args, r.name)
+		for _, q := range reqs {
+			args = append(args, q.m.c.t.Group(), q.cursor, q.count)
+		}
+		read = readScript.Eval(ctx, pipe, []string{r.stream}, args...)
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil && !errors.Is(err, redis.Nil) && allFailed(cmds) {
@@ -391,12 +419,10 @@ func (r *streamReader) round(ctx context.Context, reqs []readRequest, acks map[s
 		}
 	}
 	position := ""
-	if pos != nil {
-		if s, err := pos.Text(); err == nil {
-			position = s
-		}
+	if read != nil {
+		position = parseRead(read, reqs)
 	}
-	decoded := map[string]decodedEntry{}
+	decoded := map[string]*decodedEntry{}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range reqs {
@@ -404,6 +430,68 @@ func (r *streamReader) round(ctx context.Context, reqs []readRequest, acks map[s
 	}
 	return position, nil
 }
+
+// parseRead hands each request what readScript read for it and returns the position, "" when
+// the script failed (each request then carries the error).
+func parseRead(read *redis.Cmd, reqs []readRequest) string {
+	fail := func(err error) string {
+		for i := range reqs {
+			reqs[i].err = err
+		}
+		return ""
+	}
+	res, err := read.Slice()
+	if err != nil {
+		return fail(err)
+	}
+	if len(res) != 3 {
+		return fail(fmt.Errorf("reading %d groups: unexpected answer of %d parts", len(reqs), len(res)))
+	}
+	position, _ := res[0].(string)
+	flat, _ := res[1].([]any)
+	entries := make(map[string]map[string]any, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		id, _ := flat[i].(string)
+		fields, _ := flat[i+1].([]any)
+		values := make(map[string]any, len(fields)/2)
+		for j := 0; j+1 < len(fields); j += 2 {
+			if k, ok := fields[j].(string); ok {
+				values[k] = fields[j+1]
+			}
+		}
+		entries[id] = values
+	}
+	reads, _ := res[2].([]any)
+	if len(reads) != len(reqs) {
+		return fail(fmt.Errorf("reading %d groups: answer for %d", len(reqs), len(reads)))
+	}
+	for i, rd := range reads {
+		parts, _ := rd.([]any)
+		if len(parts) == 0 {
+			reqs[i].err = errors.New("reading a group: empty answer")
+			continue
+		}
+		if parts[0] == "err" {
+			reqs[i].err = groupReadError(fmt.Sprint(parts[1:]...))
+			continue
+		}
+		msgs := make([]redis.XMessage, 0, len(parts)-1)
+		for _, p := range parts[1:] {
+			id, _ := p.(string)
+			msgs = append(msgs, redis.XMessage{ID: id, Values: entries[id]})
+		}
+		reqs[i].msgs = msgs
+	}
+	return position
+}
+
+// groupReadError is the error Redis answered to one group's read inside readScript.
+type groupReadError string
+
+func (e groupReadError) Error() string { return string(e) }
+
+// RedisError marks it as Redis' answer, which redis.HasErrorPrefix looks at.
+func (e groupReadError) RedisError() {}
 
 // allFailed reports a pipeline none of whose commands got an answer from Redis.
 func allFailed(cmds []redis.Cmder) bool {
@@ -451,10 +539,9 @@ type decodedEntry struct {
 
 // take hands the entries of one group read to its consumer and notes whether the group may
 // have more; r.mu is held.
-func (r *streamReader) take(ctx context.Context, q *readRequest, decoded map[string]decodedEntry) {
+func (r *streamReader) take(ctx context.Context, q *readRequest, decoded map[string]*decodedEntry) {
 	m := q.m
-	res, err := q.cmd.Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err := q.err; err != nil {
 		if isNoGroup(err) && !m.c.opts.ExternalGroups {
 			_ = EnsureGroup(ctx, r.rdb, r.stream, m.c.t.Group())
 		}
@@ -470,10 +557,7 @@ func (r *streamReader) take(ctx context.Context, q *readRequest, decoded map[str
 		return
 	}
 	m.backoff = 0
-	var msgs []redis.XMessage
-	if len(res) > 0 {
-		msgs = res[0].Messages
-	}
+	msgs := q.msgs
 	redelivered := q.cursor != ">"
 	switch {
 	case q.cursor == ">":
@@ -491,8 +575,9 @@ func (r *streamReader) take(ctx context.Context, q *readRequest, decoded map[str
 	c := m.c
 	filtered := 0
 	for _, msg := range msgs {
-		d, ok := decoded[msg.ID]
-		if !ok {
+		d := decoded[msg.ID]
+		if d == nil {
+			d = &decodedEntry{}
 			d.event, d.err = DecodeEntry(msg.Values)
 			decoded[msg.ID] = d
 		}

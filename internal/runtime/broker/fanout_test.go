@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,10 +24,21 @@ import (
 // typedFields is a stream entry holding an event with id and type typ.
 func typedFields(t *testing.T, id, typ string) []any {
 	t.Helper()
+	return paddedFields(t, id, typ, 0)
+}
+
+// paddedFields is a stream entry holding an event with id, type typ and size bytes of data.
+func paddedFields(t *testing.T, id, typ string, size int) []any {
+	t.Helper()
 	e := cloudevents.NewEvent()
 	e.SetID(id)
 	e.SetType(typ)
 	e.SetSource("/test")
+	if size > 0 {
+		if err := e.SetData("text/plain", strings.Repeat("x", size)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	entry, err := EncodeEntry(&e)
 	if err != nil {
 		t.Fatal(err)
@@ -63,9 +75,10 @@ func typeFilter(typ string) *eventingv1.TriggerFilter {
 
 // TestManyTriggersShareTheirConnections: 50 Triggers on one stream deliver through a handful
 // of Redis connections, not one blocked connection each (counted on the real redis-server with
-// CLIENT LIST, the consumers' client allowed a pool far larger than 50).
+// CLIENT LIST, the consumers' client allowed a pool far larger than 50), and Redis sends each
+// entry to the runtime about once, not once per Trigger (INFO's total_net_output_bytes).
 func TestManyTriggersShareTheirConnections(t *testing.T) {
-	const triggers, events, bound = 50, 20, 8
+	const triggers, events, bound, size = 50, 20, 8, 4 << 10
 	srv := redistest.Start(t, redistest.Options{})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 500, ClientName: "fanout-consumers"})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -84,8 +97,19 @@ func TestManyTriggersShareTheirConnections(t *testing.T) {
 		}
 		startConsumer(t, rdb, trig, ConsumerOptions{})
 	}
+	// Every consumer has read its (empty) history and waits for new entries.
+	eventually(t, "every consumer in its group", func() bool {
+		for i := range triggers {
+			c, err := observer.XInfoConsumers(ctx, stream, fmt.Sprintf("trigger:ns/t%d", i)).Result()
+			if err != nil || len(c) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	sentBefore := redisStat(t, observer, "stats", "total_net_output_bytes")
 	for i := range events {
-		observer.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: typedFields(t, fmt.Sprint("e", i), "even")})
+		observer.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: paddedFields(t, fmt.Sprint("e", i), "even", size)})
 	}
 	eventually(t, "every event delivered to the 25 matching Triggers", func() bool {
 		sub.mu.Lock()
@@ -106,6 +130,11 @@ func TestManyTriggersShareTheirConnections(t *testing.T) {
 		}
 		return true
 	})
+	sent := redisStat(t, observer, "stats", "total_net_output_bytes") - sentBefore
+	t.Logf("Redis sent %d bytes for %d entries of %d bytes read by %d groups", sent, events, size, triggers)
+	if limit := int64(4 * events * size); sent > limit {
+		t.Errorf("Redis sent %d bytes for %d entries of %d bytes, want at most %d: every group's read carries the entries again", sent, events, size, limit)
+	}
 	list, err := observer.ClientList(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -259,4 +288,24 @@ func TestASlowTriggerHoldsBackNoOther(t *testing.T) {
 		rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: typedFields(t, fmt.Sprint("e", i), "t")})
 	}
 	eventually(t, "the fast Trigger receives all 40 events", func() bool { return fast.count() == 40 })
+}
+
+// redisStat reads one integer field of an INFO section.
+func redisStat(t *testing.T, rdb *redis.Client, section, field string) int64 {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), section).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("INFO %s has no %s", section, field)
+	return 0
 }
