@@ -20,9 +20,9 @@ import (
 // group, with its own pending entries, redelivery and acknowledgements; what is shared is the
 // work around them:
 //
-//   - one round trip reads every group with entries to read: a pipeline of non-blocking
-//     XREADGROUPs, after the filtered-out entries of the previous round are acknowledged in the
-//     same pipeline (one XACK per group);
+//   - one round trip reads the groups: a script runs a non-blocking XREADGROUP per group and
+//     answers each entry once with the ids each group read (readScript), after the filtered-out
+//     entries of the previous round are acknowledged in the same pipeline (one XACK per group);
 //   - while every group has read all there is, one blocking XREAD waits for the stream to grow,
 //     instead of one blocked connection per Trigger;
 //   - each entry is decoded once per round and the Triggers' filters are evaluated on that one

@@ -28,7 +28,7 @@ func typedFields(t *testing.T, id, typ string) []any {
 }
 
 // paddedFields is a stream entry holding an event with id, type typ and size bytes of data.
-func paddedFields(t *testing.T, id, typ string, size int) []any {
+func paddedFields(t testing.TB, id, typ string, size int) []any {
 	t.Helper()
 	e := cloudevents.NewEvent()
 	e.SetID(id)
