@@ -96,7 +96,7 @@ type Ingress struct {
 
 // NewIngress returns an ingress for no brokers; Add registers them.
 func NewIngress(store *Store, log *slog.Logger, m *metrics.Runtime) *Ingress {
-	if m != nil {
+	if m != nil && store != nil {
 		store.CountLookups(m.AppendLookups)
 	}
 	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]int64{}, full: map[string]bool{}, accepted: map[string]prometheus.Counter{}}
