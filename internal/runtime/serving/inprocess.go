@@ -19,7 +19,8 @@ import (
 // by calling their handlers in this process: no connection, no HTTP/1 encoding or parsing. The
 // handler sees a request as a server would hand it over, and its answer is buffered (at most
 // MaxResponseBytes) into the *http.Response. The request's context bounds the exchange: when it
-// ends, RoundTrip returns its error at once and the handler sees its request's context end.
+// ends, RoundTrip returns its error at once and the handler's context (its own, as a server
+// gives it) ends.
 // A panic in a handler is answered 500 (http.ErrAbortHandler: an error, as a reset connection).
 //
 // Route installs it below an *http.Transport, so that clients built from clones of that
@@ -87,13 +88,17 @@ func (p *InProcess) serve(h http.Handler, req *http.Request) (*http.Response, er
 		}
 		return nil, err
 	}
-	// As a server's, the handler's context ends when it returns or the client gives up.
-	ctx, cancel := context.WithCancel(req.Context())
+	// As a server's, the handler's context is its own (no client deadline or values: a handler
+	// that bounds its own work, as a Service's timeout does, answers as it would over the
+	// network) and ends when the handler returns or the client gives up.
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(req.Context(), cancel)
 	in := serverRequest(ctx, req)
 	w := &bufferedResponse{header: http.Header{}, max: p.MaxResponseBytes}
 	done := make(chan handlerResult, 1)
 	go func() {
 		defer cancel()
+		defer stop()
 		defer func() {
 			if req.Body != nil {
 				_ = req.Body.Close()
@@ -112,11 +117,14 @@ func (p *InProcess) serve(h http.Handler, req *http.Request) (*http.Response, er
 	}()
 	select {
 	case res := <-done:
-		return p.response(req, w, res)
+		if req.Context().Err() == nil {
+			return p.response(req, w, res)
+		}
+		// An answer that came as the client gave up is not seen, as over a connection.
 	case <-req.Context().Done():
 		// The handler may still run: w is its own from now on.
-		return nil, fmt.Errorf("in-process request to %s: %w", req.URL.Host, context.Cause(req.Context()))
 	}
+	return nil, fmt.Errorf("in-process request to %s: %w", req.URL.Host, context.Cause(req.Context()))
 }
 
 func (p *InProcess) response(req *http.Request, w *bufferedResponse, res handlerResult) (*http.Response, error) {

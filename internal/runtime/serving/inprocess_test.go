@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -298,5 +299,49 @@ func TestInProcessThroughReverseProxy(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusOK || body != "payload" || resp.Header.Get("Ce-Type") != "reply.t" {
 		t.Fatalf("got %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+}
+
+// TestInProcessClientTimeoutWinsOverALateAnswer: a handler that answers as soon as its context
+// ends (a Service's proxy answers 504 at its own timeout) must not have that answer taken for
+// the response once the client's deadline has passed: the client gets its deadline error, as
+// over a connection. Repeated, since both are ready at nearly the same time (the e2e test
+// TestRetriesThenDeadLetter, "attempt timeout counts as a failure", sees the same race through
+// a Service's proxy).
+func TestInProcessClientTimeoutWinsOverALateAnswer(t *testing.T) {
+	p := NewInProcess(1<<10, nil)
+	p.Handle(testAuthority, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		w.WriteHeader(http.StatusGatewayTimeout)
+	}))
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		resp, _, err := roundTrip(t, p, ctx, "event")
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("round %d: got %v, %v; want the deadline error", i, resp, err)
+		}
+	}
+}
+
+type clientKey struct{}
+
+// TestInProcessHandlerContextIsItsOwn: as a server's, the handler's context carries neither the
+// client's deadline nor its values.
+func TestInProcessHandlerContextIsItsOwn(t *testing.T) {
+	p := NewInProcess(1<<10, nil)
+	p.Handle(testAuthority, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, hasDeadline := r.Context().Deadline()
+		w.Header().Set("Deadline", strconv.FormatBool(hasDeadline))
+		w.Header().Set("Value", strconv.FormatBool(r.Context().Value(clientKey{}) != nil))
+	}))
+	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), clientKey{}, 1), time.Minute)
+	defer cancel()
+	resp, _, err := roundTrip(t, p, ctx, "event")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Header.Get("Deadline") != "false" || resp.Header.Get("Value") != "false" {
+		t.Fatalf("handler saw the client's deadline %s, value %s", resp.Header.Get("Deadline"), resp.Header.Get("Value"))
 	}
 }
