@@ -165,7 +165,8 @@ func newResponse(req *http.Request, status int, header http.Header, body []byte)
 }
 
 // serverRequest is req as a server hands it to a handler: its own header map and URL (path
-// and query only), Host, RequestURI and RemoteAddr set, and ctx as its context.
+// and query only), Host, RequestURI and RemoteAddr set, no Cancel channel, and ctx as its
+// context.
 func serverRequest(ctx context.Context, req *http.Request) *http.Request {
 	in := req.WithContext(ctx)
 	in.Header = req.Header.Clone()
@@ -183,6 +184,9 @@ func serverRequest(ctx context.Context, req *http.Request) *http.Request {
 	in.GetBody = nil
 	in.Response = nil
 	in.TLS = nil
+	// http.Client sets the deprecated Cancel channel for its Timeout below transports it does
+	// not know (Knative's tracing one); a handler that proxies on must not inherit it.
+	in.Cancel = nil
 	if in.Body == nil {
 		in.Body = http.NoBody
 	}
