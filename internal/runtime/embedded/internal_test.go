@@ -16,7 +16,7 @@ import (
 )
 
 func internalRuntime() *Runtime {
-	in := broker.NewIngress(nil, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
+	in := broker.NewIngress(broker.NewStore(nil), slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	in.Add("ns", "default", 0)
 	return &Runtime{
 		token: "TOKENTOKENTOKENTOKENTOKEN2", internalAddr: "127.0.0.1:4567", ingress: in,
