@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 )
@@ -75,5 +77,123 @@ func TestSendConnectionRefused(t *testing.T) {
 func TestNewWithoutTarget(t *testing.T) {
 	if _, err := New("", 0); !errors.Is(err, ErrNoSink) {
 		t.Fatalf("New(\"\") error = %v, want ErrNoSink", err)
+	}
+}
+
+func TestSendRequest(t *testing.T) {
+	tests := []struct {
+		name    string
+		event   func() cloudevents.Event
+		answer  func(w http.ResponseWriter)
+		wantErr string // "" means no error
+		check   func(t *testing.T, r *http.Request, body []byte)
+	}{
+		{
+			name: "missing id and time are filled",
+			event: func() cloudevents.Event {
+				e := cloudevents.NewEvent()
+				e.SetType("t")
+				e.SetSource("/s")
+				return e
+			},
+			answer: func(w http.ResponseWriter) { w.WriteHeader(http.StatusAccepted) },
+			check: func(t *testing.T, r *http.Request, _ []byte) {
+				if len(r.Header.Get("Ce-Id")) != 36 {
+					t.Errorf("Ce-Id = %q, want a UUID", r.Header.Get("Ce-Id"))
+				}
+				if _, err := time.Parse(time.RFC3339Nano, r.Header.Get("Ce-Time")); err != nil {
+					t.Errorf("Ce-Time = %q: %v", r.Header.Get("Ce-Time"), err)
+				}
+			},
+		},
+		{
+			name: "body sent with its length, not chunked",
+			event: func() cloudevents.Event {
+				e := cloudevents.NewEvent()
+				e.SetID("1")
+				e.SetType("t")
+				e.SetSource("/s")
+				_ = e.SetData("application/json", []byte(`{"big":"`+strings.Repeat("x", 10000)+`"}`))
+				return e
+			},
+			answer: func(w http.ResponseWriter) { w.WriteHeader(http.StatusOK) },
+			check: func(t *testing.T, r *http.Request, body []byte) {
+				if r.ContentLength != int64(len(body)) || len(r.TransferEncoding) != 0 {
+					t.Errorf("Content-Length %d, transfer encoding %v, body %d bytes", r.ContentLength, r.TransferEncoding, len(body))
+				}
+				if r.Header.Get("Content-Type") != "application/json" {
+					t.Errorf("Content-Type = %q", r.Header.Get("Content-Type"))
+				}
+			},
+		},
+		{
+			name: "invalid event refused before any request",
+			event: func() cloudevents.Event {
+				e := cloudevents.NewEvent()
+				e.SetID("1")
+				e.SetSource("/s") // no type
+				return e
+			},
+			wantErr: "invalid event",
+		},
+		{
+			name: "refusal names status and the start of the body",
+			event: func() cloudevents.Event {
+				e := cloudevents.NewEvent()
+				e.SetID("1")
+				e.SetType("t")
+				e.SetSource("/s")
+				return e
+			},
+			answer: func(w http.ResponseWriter) {
+				w.WriteHeader(http.StatusBadRequest)
+				_, _ = io.WriteString(w, "attribute type: too long"+strings.Repeat("!", 10000))
+			},
+			wantErr: "answered 400 Bad Request: attribute type: too long",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			requests := 0
+			var got *http.Request
+			var gotBody []byte
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests++
+				got = r
+				gotBody, _ = io.ReadAll(r.Body)
+				tc.answer(w)
+			}))
+			defer srv.Close()
+			s, err := New(srv.URL, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Send(context.Background(), tc.event())
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("Send: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("Send error = %v, want one saying %q", err, tc.wantErr)
+			case err != nil && len(err.Error()) > 1000:
+				t.Errorf("error of %d bytes: a refusal's body must be bounded", len(err.Error()))
+			}
+			if tc.check != nil {
+				if requests != 1 {
+					t.Fatalf("%d requests, want 1", requests)
+				}
+				tc.check(t, got, gotBody)
+			}
+			if tc.answer == nil && requests != 0 {
+				t.Errorf("%d requests for an event refused locally", requests)
+			}
+		})
+	}
+}
+
+func TestNewRefusesABadTarget(t *testing.T) {
+	for _, target := range []string{"not a url", "ftp://x/", "/relative/path", "http://"} {
+		if _, err := New(target, 0); err == nil || !strings.Contains(err.Error(), EnvSink) {
+			t.Errorf("New(%q) error = %v, want one naming %s", target, err, EnvSink)
+		}
 	}
 }

@@ -26,7 +26,6 @@ import (
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 
-	"github.com/knfaas/knfaas/internal/function/groupcommit"
 	"github.com/knfaas/knfaas/internal/function/tracing"
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
 )
@@ -190,10 +189,13 @@ type Consumer struct {
 	latency                      func() prometheus.Observer
 
 	sem      chan struct{}
-	acks     *groupcommit.Batcher[ack]
 	mu       sync.Mutex
 	inflight map[string]bool
 	wg       sync.WaitGroup
+	// reader is the stream's shared reader while Run runs; acking counts the entries handed
+	// to its acknowledgements and not yet sent.
+	reader *streamReader
+	acking sync.WaitGroup
 }
 
 // NewConsumer returns a consumer for t. It works on its own copy of t and never writes to t.
@@ -254,10 +256,17 @@ func RoundsKey(stream, group string) string {
 	return "knfaas:broker:rounds:" + stream + ":" + group
 }
 
-// Run delivers until ctx ends, then waits for deliveries in flight to finish.
+// Run delivers until ctx ends, then waits for deliveries in flight to finish and for their
+// acknowledgements to be sent. The consumers of one stream running in a process share its
+// reader (see streamReader); each reads and acknowledges in its own consumer group.
 func (c *Consumer) Run(ctx context.Context) error {
+	c.reader = acquireReader(c)
+	defer c.reader.release()
 	if !c.opts.ExternalGroups {
-		if err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group()); err != nil {
+		c.reader.serial.Lock()
+		err := EnsureGroup(ctx, c.rdb, c.stream, c.t.Group())
+		c.reader.serial.Unlock()
+		if err != nil {
 			return err
 		}
 	}
@@ -269,71 +278,35 @@ func (c *Consumer) Run(ctx context.Context) error {
 		sleep(deliverCtx, c.opts.ShutdownGrace)
 		cancelDeliveries()
 	}()
-	// Acknowledgements outlive ctx: deliveries finishing within the grace are acknowledged,
-	// and Close flushes the last ones.
-	c.acks = groupcommit.New(c.flushAcks, groupcommit.Options{MaxBatch: maxAckBatch, QueueLimit: c.opts.Parallelism * 2})
-	go c.acks.Run(context.WithoutCancel(ctx), 1)
+	// Acknowledgements outlive ctx: deliveries finishing within the grace are acknowledged
+	// before the reader is released.
+	m := c.reader.join(c)
 	var loops sync.WaitGroup
 	loops.Add(2)
-	go func() { defer loops.Done(); c.readLoop(ctx) }()
+	go func() { defer loops.Done(); c.reader.pump(ctx, m) }()
 	go func() { defer loops.Done(); c.reclaimLoop(ctx) }()
+	<-ctx.Done()
+	c.reader.leave(m)
 	loops.Wait()
 	c.wg.Wait()
-	c.acks.Close()
+	c.acking.Wait()
 	return nil
-}
-
-// readLoop first re-reads the entries this consumer had read but not acknowledged before a
-// restart, then new entries.
-func (c *Consumer) readLoop(ctx context.Context) {
-	cursor := "0"
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		res, err := c.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: c.t.Group(), Consumer: c.opts.Name, Streams: []string{c.stream, cursor},
-			Count: int64(c.opts.Parallelism), Block: c.opts.Block,
-		}).Result()
-		if err != nil {
-			if errors.Is(err, redis.Nil) || ctx.Err() != nil {
-				continue
-			}
-			if isNoGroup(err) && !c.opts.ExternalGroups {
-				_ = EnsureGroup(ctx, c.rdb, c.stream, c.t.Group())
-			}
-			c.log.Warn("reading events failed; retrying", "error", err, "in", backoff)
-			sleep(ctx, backoff)
-			backoff = min(backoff*2, 5*time.Second)
-			continue
-		}
-		backoff = 50 * time.Millisecond
-		n := 0
-		for _, s := range res {
-			for _, m := range s.Messages {
-				n++
-				c.dispatch(ctx, m, cursor != ">")
-			}
-		}
-		switch {
-		case cursor == ">":
-		case n == 0:
-			cursor = ">" // the history of this consumer is done; read new entries
-		default:
-			cursor = res[0].Messages[len(res[0].Messages)-1].ID
-		}
-	}
 }
 
 // reclaimLoop takes over entries pending longer than RedeliverAfter, whichever consumer of the
 // group holds them: deliveries whose subscriber and dead-letter sink both failed, or that a
-// crashed runtime or a replica that is gone left behind.
+// crashed runtime or a replica that is gone left behind. The consumers sharing a reader claim
+// one at a time (serial), so that they do not each hold a connection.
 func (c *Consumer) reclaimLoop(ctx context.Context) {
 	interval := c.opts.RedeliverAfter / 2
 	for sleep(ctx, interval) {
 		start := "0-0"
 		for ctx.Err() == nil {
+			c.reader.serial.Lock()
 			msgs, next, err := c.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 				Stream: c.stream, Group: c.t.Group(), Consumer: c.opts.Name, MinIdle: c.opts.RedeliverAfter, Start: start, Count: 100,
 			}).Result()
+			c.reader.serial.Unlock()
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, redis.Nil) {
 					c.log.Warn("reclaiming pending events failed", "error", err)
@@ -341,7 +314,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context) {
 				break
 			}
 			for _, m := range msgs {
-				c.dispatch(ctx, m, true)
+				c.dispatch(ctx, readEntry{msg: m, redelivered: true})
 			}
 			if next == "0-0" || next == "" {
 				break
@@ -362,20 +335,20 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// dispatch starts the delivery of one entry unless it is already being delivered. redelivered
-// marks an entry read before (it may have failed rounds counted).
-func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage, redelivered bool) {
+// dispatch starts the delivery of one entry unless it is already being delivered.
+func (c *Consumer) dispatch(ctx context.Context, e readEntry) {
+	id := e.msg.ID
 	c.mu.Lock()
-	if c.inflight[m.ID] {
+	if c.inflight[id] {
 		c.mu.Unlock()
 		return
 	}
-	c.inflight[m.ID] = true
+	c.inflight[id] = true
 	c.mu.Unlock()
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():
-		c.done(m.ID)
+		c.done(id)
 		return
 	}
 	c.wg.Add(1)
@@ -384,22 +357,18 @@ func (c *Consumer) dispatch(ctx context.Context, m redis.XMessage, redelivered b
 		defer func() { <-c.sem }()
 		// Deliveries in flight may finish within the shutdown grace: cutting them off would
 		// only cause a redelivery.
-		if c.deliver(c.deliverCtx, m) {
+		if c.deliver(c.deliverCtx, e) {
 			// The entry stays in flight until it is acknowledged: a reclaim in between would
 			// deliver it again.
-			if _, err := c.acks.Submit(context.Background(), ack{id: m.ID, forgetRounds: redelivered}); err != nil {
-				c.done(m.ID) // cannot happen before Run's deliveries are done; left pending
+			c.acking.Add(1)
+			if _, err := c.reader.acks.Submit(context.Background(), deliveredAck{c: c, id: id, forgetRounds: e.redelivered}); err != nil {
+				c.acking.Done()
+				c.done(id) // cannot happen before Run's deliveries are done; left pending
 			}
 			return
 		}
-		c.done(m.ID)
+		c.done(id)
 	}()
-}
-
-// ack is an entry to acknowledge; forgetRounds drops its failed rounds too.
-type ack struct {
-	id           string
-	forgetRounds bool
 }
 
 func (c *Consumer) done(id string) {
@@ -409,18 +378,27 @@ func (c *Consumer) done(id string) {
 }
 
 // deliver returns true when the entry may be acknowledged: the subscriber or the dead-letter
-// sink accepted it, the filter rejected it, or it was parked.
-func (c *Consumer) deliver(ctx context.Context, m redis.XMessage) bool {
-	event, err := DecodeEntry(m.Values)
-	if err != nil {
-		return c.park(ctx, Parked{EntryID: m.ID, Entry: entryStrings(m.Values), Reason: ParkUndecodable, Detail: err.Error()})
+// sink accepted it, the filter rejected it, or it was parked. An entry the reader decoded
+// comes with its event, which passed the filter; the delivery works on a copy of it.
+func (c *Consumer) deliver(ctx context.Context, e readEntry) bool {
+	m := e.msg
+	var event *cloudevents.Event
+	if e.event != nil {
+		clone := e.event.Clone()
+		event = &clone
+	} else {
+		var err error
+		event, err = DecodeEntry(m.Values)
+		if err != nil {
+			return c.park(ctx, Parked{EntryID: m.ID, Entry: entryStrings(m.Values), Reason: ParkUndecodable, Detail: err.Error()})
+		}
+		if c.t.Filter != nil && c.t.Filter.Filter(ctx, *event) == eventfilter.FailFilter {
+			c.filtered().Inc()
+			return true
+		}
 	}
 	// The event's logger is made only when something is logged: most deliveries log nothing.
 	log := func() *slog.Logger { return c.log.With("event_id", event.ID(), "event_type", event.Type()) }
-	if c.t.Filter != nil && c.t.Filter.Filter(ctx, *event) == eventfilter.FailFilter {
-		c.filtered().Inc()
-		return true
-	}
 	ctx, span := c.startDeliverySpan(ctx, event, "deliver")
 	outcome := "retry later"
 	defer func() { span.SetAttributes(attribute.String("knfaas.delivery.outcome", outcome)); span.End() }()
@@ -606,35 +584,6 @@ func ErrorTransformers(dest *apis.URL, info *kncloudevents.DispatchInfo) binding
 		encoded = encoded[:attributes.KnativeErrorDataExtensionMaxLength]
 	}
 	return attributes.KnativeErrorTransformers(*dest.URL(), info.ResponseCode, encoded)
-}
-
-// maxAckBatch bounds the entries one XACK acknowledges.
-const maxAckBatch = 256
-
-// flushAcks acknowledges delivered entries in one XACK: all entries finished since the last
-// one. Then it drops their failed rounds, and they are no longer in flight.
-func (c *Consumer) flushAcks(ctx context.Context, batch []ack) error {
-	ids := make([]string, 0, len(batch))
-	var forget []string
-	for _, a := range batch {
-		ids = append(ids, a.id)
-		if a.forgetRounds {
-			forget = append(forget, a.id)
-		}
-	}
-	if err := c.rdb.XAck(ctx, c.stream, c.t.Group(), ids...).Err(); err != nil {
-		// Unacknowledged entries are redelivered later: at-least-once, never lost.
-		c.log.Warn("acknowledging events failed; they will be redelivered", "count", len(ids), "error", err)
-	} else if len(forget) > 0 {
-		// The key's expiry collects what a failure here leaves behind.
-		if err := c.rdb.HDel(ctx, c.roundsKey, forget...).Err(); err != nil {
-			c.log.Debug("forgetting failed rounds failed", "count", len(forget), "error", err)
-		}
-	}
-	for _, id := range ids {
-		c.done(id)
-	}
-	return nil
 }
 
 // String describes the trigger for start-up output.

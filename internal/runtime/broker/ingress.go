@@ -96,6 +96,9 @@ type Ingress struct {
 
 // NewIngress returns an ingress for no brokers; Add registers them.
 func NewIngress(store *Store, log *slog.Logger, m *metrics.Runtime) *Ingress {
+	if m != nil && store != nil {
+		store.CountLookups(m.AppendLookups)
+	}
 	return &Ingress{store: store, log: log, metrics: m, brokers: map[string]int64{}, full: map[string]bool{}, accepted: map[string]prometheus.Counter{}}
 }
 
@@ -126,7 +129,10 @@ func (in *Ingress) Brokers() []string { return in.brokerKeys() }
 // Path is the ingress path of a broker.
 func Path(namespace, name string) string { return "/" + namespace + "/" + name }
 
-// ServeHTTP stores a binary or structured CloudEvent and answers 202 once it is durable.
+// ServeHTTP stores a binary or structured CloudEvent and answers 202 once it is durable. Redis
+// failing to store it answers 503 with Retry-After only when the event was not stored and
+// never will be; when Redis answered neither the append nor its lookup (see Store), whether it
+// was stored is unknown: 504 with Retry-After and a message naming the event's id.
 func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 	if len(parts) != 2 {
@@ -155,9 +161,13 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	status, err := in.receive(r.Context(), w, r, parts[0], parts[1], maxBytes)
 	if err != nil {
 		in.metrics.EventsRejected.WithLabelValues(key, strconv.Itoa(status)).Inc()
-		if status == http.StatusServiceUnavailable {
+		switch status {
+		case http.StatusServiceUnavailable:
 			w.Header().Set("Retry-After", "1")
 			in.log.Error("storing event failed", "broker", key, "error", err)
+		case http.StatusGatewayTimeout:
+			w.Header().Set("Retry-After", "1")
+			in.log.Error("whether an event was stored is unknown", "broker", key, "error", err)
 		}
 		http.Error(w, err.Error(), status)
 		return
@@ -254,6 +264,11 @@ func (in *Ingress) receive(ctx context.Context, w http.ResponseWriter, r *http.R
 	}
 	if _, err := in.store.Append(ctx, StreamKey(namespace, name), entry.Fields()...); err != nil {
 		tracing.End(span, err)
+		if errors.Is(err, ErrAppendOutcomeUnknown) {
+			// Not 503, which promises the event was not stored: it may have been, once.
+			return http.StatusGatewayTimeout, fmt.Errorf("event %s (source %s): the outcome is unknown, it may or may not have been stored: %w; "+
+				"a retry may store it a second time, with the same source and id, which subscribers deduplicate by", event.ID(), event.Source(), err)
+		}
 		return http.StatusServiceUnavailable, err
 	}
 	return http.StatusAccepted, nil

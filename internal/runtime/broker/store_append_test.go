@@ -43,11 +43,15 @@ func TestAppendScriptDeadline(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					stream := StreamKey("ns", strings.ReplaceAll(name, " ", "-"))
 					deadline := time.Now().Add(c.deadline).UnixMicro()
-					id, err := appendScript.Run(ctx, rdb, []string{stream}, deadline, eventField, "x", "v", "2").Text()
+					answers, err := appendScript.Run(ctx, rdb, []string{stream, appendedKey(stream, time.UnixMicro(deadline))}, 60000, deadline, "t", 4, eventField, "x", "v", "2").StringSlice()
+					if err != nil || len(answers) != 1 {
+						t.Fatalf("script answered %q, %v; want one answer", answers, err)
+					}
+					id := answers[0]
 					n := rdb.XLen(ctx, stream).Val()
 					if !c.stored {
-						if !redis.HasErrorPrefix(err, errLatePrefix) {
-							t.Fatalf("script answered %q, %v; want a %s error", id, err, errLatePrefix)
+						if !strings.HasPrefix(id, errLatePrefix) {
+							t.Fatalf("script answered %q; want a %s refusal", id, errLatePrefix)
 						}
 						if n != 0 {
 							t.Fatalf("the refused script stored %d entries", n)
@@ -67,8 +71,10 @@ func TestAppendScriptDeadline(t *testing.T) {
 	}
 }
 
-// TestAppendRedisStopped appends while redis-server is stopped with SIGSTOP: every append
-// fails with ErrAppendTimeout without waiting for Redis, none of them is stored once Redis
+// TestAppendRedisStopped appends while redis-server is stopped with SIGSTOP: an append that
+// was sent gets neither its reply nor its lookup answered and fails with
+// ErrAppendOutcomeUnknown, one still queued behind the stuck pipelines is never sent and fails
+// with ErrAppendTimeout, both bounded by the timeouts; none of them is stored once Redis
 // resumes, and appends after that succeed.
 func TestAppendRedisStopped(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
@@ -76,7 +82,7 @@ func TestAppendRedisStopped(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	const timeout = time.Second
-	store := quietStore(rdb, WithAppendTimeout(timeout), WithClockMargin(300*time.Millisecond))
+	store := quietStore(rdb, WithAppendTimeout(timeout), WithClockMargin(300*time.Millisecond), WithLookupTimeout(300*time.Millisecond))
 	go store.Run(ctx, 4)
 	stream := StreamKey("ns", "stopped")
 	if _, err := store.Append(ctx, stream, eventField, "before"); err != nil {
@@ -98,19 +104,25 @@ func TestAppendRedisStopped(t *testing.T) {
 		}(i)
 	}
 	watchdog := time.After(30 * time.Second) // only to end the test; Append is bounded by its timeout
+	unknown, notSent := 0, 0
 	for i := 0; i < n; i++ {
 		select {
 		case err := <-errs:
-			if !errors.Is(err, ErrAppendTimeout) {
+			switch {
+			case errors.Is(err, ErrAppendOutcomeUnknown):
+				unknown++
+			case errors.Is(err, ErrAppendTimeout):
+				notSent++
+			default:
 				srv.Cont()
-				t.Fatalf("append while redis was stopped returned %v; want ErrAppendTimeout", err)
+				t.Fatalf("append while redis was stopped returned %v; want ErrAppendOutcomeUnknown or ErrAppendTimeout", err)
 			}
 		case <-watchdog:
 			srv.Cont()
 			t.Fatalf("appends while redis was stopped had not returned after 30s (timeout %s)", timeout)
 		}
 	}
-	t.Logf("%d appends while redis was stopped failed, the last %s after SIGSTOP (timeout %s)", n, time.Duration(slowest.Load()), timeout)
+	t.Logf("%d appends while redis was stopped failed (%d outcome unknown, %d never sent), the last %s after SIGSTOP (timeout %s)", n, unknown, notSent, time.Duration(slowest.Load()), timeout)
 
 	srv.Cont()
 	for i := 0; i < 5; i++ {
@@ -252,8 +264,10 @@ func (p *holdProxy) release(t *testing.T) string {
 // refused.
 func TestAppendNeverSentTwice(t *testing.T) {
 	m := miniredis.RunT(t)
-	const hang = "ns/hang-marker"
-	proxy := startHoldProxy(t, m.Addr(), hang)
+	const hang = "hang-marker"
+	stream := StreamKey("ns", hang)
+	// The stream's key as an argument of its own: the append sends it, its lookup does not.
+	proxy := startHoldProxy(t, m.Addr(), "\n"+stream+"\r\n")
 	// go-redis defaults except a short read timeout: a pipeline that times out is retried
 	// MaxRetries (3) times unless it says otherwise.
 	rdb := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String(), ReadTimeout: 200 * time.Millisecond, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 2 * time.Millisecond})
@@ -266,7 +280,6 @@ func TestAppendNeverSentTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	stream := StreamKey("ns", hang)
 	_, err := store.Append(ctx, stream, eventField, "x")
 	if err == nil {
 		t.Fatal("append through a hung connection succeeded")
@@ -275,7 +288,7 @@ func TestAppendNeverSentTwice(t *testing.T) {
 		t.Fatalf("the append was sent %d times; want once", n)
 	}
 	if !errors.Is(err, ErrAppendTimeout) {
-		t.Fatalf("append through a hung connection returned %v; want ErrAppendTimeout (its outcome was unknown until the deadline)", err)
+		t.Fatalf("append through a hung connection returned %v; want ErrAppendTimeout (its lookup on another connection finds it not stored)", err)
 	}
 	answer := proxy.release(t)
 	if !strings.Contains(answer, errLatePrefix) {
@@ -395,6 +408,74 @@ func TestAppendFields(t *testing.T) {
 			}
 			if fmt.Sprint(msgs[0].Values) != fmt.Sprint(c.want) {
 				t.Fatalf("stored %v; want %v", msgs[0].Values, c.want)
+			}
+		})
+	}
+}
+
+// TestAppendScriptGroup runs the append script once for a group of appends, as a pipeline does:
+// each is judged on its own (one past its deadline refused, one Redis refuses answered with
+// Redis' error, the others stored), and the ids of the stored ones, only those, are recorded
+// under their tokens in the group's hash, which expires.
+func TestAppendScriptGroup(t *testing.T) {
+	for backend, start := range storeBackends {
+		t.Run(backend, func(t *testing.T) {
+			_, client := start(t)
+			rdb := client()
+			ctx := context.Background()
+			stream := StreamKey("ns", "group")
+			ahead := time.Now().Add(time.Minute)
+			appended := appendedKey(stream, ahead)
+			type item struct {
+				name     string
+				deadline time.Time
+				fields   []any
+				want     string // prefix of the answer; "" for an entry id
+			}
+			items := []item{
+				{"in time", ahead, []any{eventField, "a"}, ""},
+				{"late", time.Now().Add(-time.Second), []any{eventField, "b"}, errLatePrefix},
+				{"no fields", ahead, nil, errAppendPrefix},
+				{"in time too", ahead, []any{eventField, "c"}, ""},
+			}
+			args := []any{60000}
+			for _, it := range items {
+				args = append(args, it.deadline.UnixMicro(), it.name, len(it.fields))
+				args = append(args, it.fields...)
+			}
+			answers, err := appendScript.Run(ctx, rdb, []string{stream, appended}, args...).StringSlice()
+			if err != nil || len(answers) != len(items) {
+				t.Fatalf("script answered %q, %v; want %d answers", answers, err, len(items))
+			}
+			recorded, err := rdb.HGetAll(ctx, appended).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored := 0
+			for i, it := range items {
+				a := answers[i]
+				if it.want != "" {
+					if !strings.HasPrefix(a, it.want) {
+						t.Errorf("%s: answered %q; want %s…", it.name, a, it.want)
+					}
+					if _, ok := recorded[it.name]; ok {
+						t.Errorf("%s: recorded though not stored", it.name)
+					}
+					continue
+				}
+				stored++
+				if msgs, err := rdb.XRange(ctx, stream, a, a).Result(); err != nil || len(msgs) != 1 {
+					t.Errorf("%s: answered id %q, which the stream does not hold (%v)", it.name, a, err)
+				}
+				if recorded[it.name] != a {
+					t.Errorf("%s: recorded %q; want its id %q", it.name, recorded[it.name], a)
+				}
+			}
+			if n := rdb.XLen(ctx, stream).Val(); n != int64(stored) {
+				t.Errorf("the stream holds %d entries; want %d", n, stored)
+			}
+			if ttl := rdb.PTTL(ctx, appended).Val(); ttl <= 0 || ttl > time.Minute {
+				t.Errorf("the hash expires in %s; want within the minute given", ttl)
 			}
 		})
 	}

@@ -179,7 +179,7 @@ manifest that cannot run is an error naming its file, object and field.`,
 	f.DurationVar(&idle, "idle", 30*time.Second, "scale-to-zero window: an instance idle this long is stopped (min-scale permitting)")
 	f.DurationVar(&startTimeout, "start-timeout", 30*time.Second, "how long a function instance may take to become ready; a Service whose first instance does not is a start-up error")
 	f.DurationVar(&redeliverAfter, "redeliver-after", broker.DefaultRedeliverAfter, "a delivery pending this long (both subscriber and dead-letter sink failed, or a crash) is attempted again")
-	f.DurationVar(&appendTimeout, "append-timeout", broker.DefaultAppendTimeout, "a broker ingress answers 503 when redis has not stored an event within this; such an event is never stored later")
+	f.DurationVar(&appendTimeout, "append-timeout", broker.DefaultAppendTimeout, "how long a broker ingress waits for redis to store an event: 503 when it was not stored (and never will be), 504 when neither the append nor its lookup was answered")
 	f.IntVar(&parkAfter, "park-after", broker.DefaultMaxRounds, "an event whose subscriber and dead-letter sink both failed this many rounds (one every --redeliver-after) is parked in the dead-letter store, so it never blocks its trigger")
 	f.Int64Var(&maxBacklog, "max-backlog", 1_000_000, "a broker whose stream holds more events than this (not yet acknowledged by every trigger) answers 503 until its triggers catch up; 0 is no limit")
 	f.IntVar(&parallelism, "parallelism", broker.DefaultParallelism, "deliveries in flight per trigger")

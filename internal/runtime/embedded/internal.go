@@ -23,10 +23,10 @@ import (
 // The runtime's own clients (Trigger deliveries, replies, dead letters) use the addresses
 // Knative gives inside a cluster, http://<name>.<namespace>.svc.cluster.local and
 // http://broker-ingress.knative-eventing.svc.cluster.local/<namespace>/<broker>. No resolver
-// knows these names: the runtime dials them through in-memory pipes (routeDeliveriesInProcess),
-// so they cannot be reached from outside the process, stay the same across restarts (dead
-// letters name the failed subscriber as on a cluster), and need no listener that shutdown
-// could close under a delivery.
+// knows these names: the runtime's clients call the Service's pool or the ingress handler for
+// them in process (routeDeliveriesInProcess), so they cannot be reached from outside the
+// process, stay the same across restarts (dead letters name the failed subscriber as on a
+// cluster), and need no listener that shutdown could close under a delivery.
 //
 // Function processes (K_SINK, PingSource sinks) need a network address. They get a capability
 // URL on one internal loopback listener, http://127.0.0.1:<port>/_knfaas/<token>/services/
@@ -159,11 +159,19 @@ type pipeAddr string
 func (a pipeAddr) Network() string { return "pipe" }
 func (a pipeAddr) String() string  { return string(a) }
 
+// maxInProcessResponse bounds an answer a Service or the broker ingress gives the runtime's own
+// clients in process (a reply event is bounded further by its Broker's event size).
+const maxInProcessResponse = 64 << 20
+
 // routeDeliveriesInProcess makes the runtime's own HTTP clients reach Services and the broker
-// ingress at their cluster-local addresses through in-memory pipes. Knative's dispatcher builds
-// its clients from a clone of http.DefaultTransport, so the dial function set here is the only
-// way in; other addresses pass through to the network unchanged, and no proxy from the
-// environment is used for the in-process ones.
+// ingress at their cluster-local addresses without the network. Knative's dispatcher builds its
+// clients from a clone of http.DefaultTransport, so that transport is the only way in: it is
+// replaced by one that calls the Service's pool or the ingress handler directly
+// (serving.InProcess: no HTTP encoding, no connection), the URLs staying the cluster-local ones.
+// Should this Go's net/http not take that route, the runtime keeps the transport it had, whose
+// dial function connects those addresses to in-memory pipes served by an http.Server (serve).
+// Other addresses pass through to the network unchanged, and no proxy from the environment is
+// used for the in-process ones.
 func (r *Runtime) routeDeliveriesInProcess() {
 	r.pipes = map[string]*serving.PipeListener{}
 	byAddr := map[string]*serving.PipeListener{}
@@ -201,4 +209,16 @@ func (r *Runtime) routeDeliveriesInProcess() {
 		}
 		return proxy(req)
 	}
+	direct := serving.NewInProcess(maxInProcessResponse, r.log)
+	for key, pool := range r.services {
+		ns, name, _ := strings.Cut(key, "/")
+		direct.Handle(serviceHost(ns, name)+":80", pool)
+	}
+	direct.Handle(brokerIngressHost+":80", r.ingress)
+	routed, err := direct.Route(t)
+	if err != nil {
+		r.log.Warn("deliveries reach Services and Brokers through in-memory HTTP pipes", "reason", err)
+		return
+	}
+	http.DefaultTransport = routed
 }

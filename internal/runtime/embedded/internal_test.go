@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/knfaas/knfaas/internal/runtime/broker"
 	"github.com/knfaas/knfaas/internal/runtime/metrics"
@@ -15,7 +16,7 @@ import (
 )
 
 func internalRuntime() *Runtime {
-	in := broker.NewIngress(nil, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
+	in := broker.NewIngress(broker.NewStore(nil), slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	in.Add("ns", "default", 0)
 	return &Runtime{
 		token: "TOKENTOKENTOKENTOKENTOKEN2", internalAddr: "127.0.0.1:4567", ingress: in,
@@ -106,6 +107,48 @@ func TestStripPrefixLeavesTheServicePath(t *testing.T) {
 			got := stripPrefix(httptest.NewRequest(http.MethodGet, tc.path, nil), "/_knfaas/T/services/ns/fn")
 			if got.URL.RequestURI() != tc.want || got.RequestURI != tc.want {
 				t.Fatalf("stripped to %q (RequestURI %q), want %q", got.URL.RequestURI(), got.RequestURI, tc.want)
+			}
+		})
+	}
+}
+
+// TestDeliveriesReachTheIngressInProcess: a client built as Knative's dispatcher builds its own
+// (a clone of http.DefaultTransport) reaches the broker ingress at its cluster-local address by
+// calling its handler: no pipe server runs here, so a connection would never be answered.
+func TestDeliveriesReachTheIngressInProcess(t *testing.T) {
+	saved := http.DefaultTransport
+	http.DefaultTransport = saved.(*http.Transport).Clone()
+	t.Cleanup(func() { http.DefaultTransport = saved })
+	r := internalRuntime()
+	r.services = nil
+	r.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	r.routeDeliveriesInProcess()
+	client := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: 5 * time.Second}
+
+	tests := []struct {
+		name     string
+		method   string
+		url      string
+		wantCode int
+		wantBody string
+	}{
+		{name: "broker reached with its path", method: http.MethodGet, url: inProcessBrokerURL("ns", "default"), wantCode: http.StatusMethodNotAllowed, wantBody: "only POST"},
+		{name: "unknown broker", method: http.MethodPost, url: inProcessBrokerURL("ns", "other"), wantCode: http.StatusNotFound, wantBody: "broker ns/other not found"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, tc.url, strings.NewReader("{}"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.wantCode || !strings.Contains(string(body), tc.wantBody) {
+				t.Fatalf("answered %d %q, want %d containing %q", resp.StatusCode, body, tc.wantCode, tc.wantBody)
 			}
 		})
 	}

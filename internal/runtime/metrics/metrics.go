@@ -19,6 +19,7 @@ type Runtime struct {
 
 	EventsAccepted     *prometheus.CounterVec   // broker
 	EventsRejected     *prometheus.CounterVec   // broker, reason
+	AppendLookups      *prometheus.CounterVec   // result: appends without a reply, looked up
 	EventsDelivered    *prometheus.CounterVec   // broker, trigger
 	EventsRetried      *prometheus.CounterVec   // broker, trigger
 	EventsDeadLettered *prometheus.CounterVec   // broker, trigger
@@ -56,6 +57,7 @@ func New() *Runtime {
 	}
 	r.EventsAccepted = counter("broker_events_accepted_total", "Events durably stored by a broker's ingress.", "broker")
 	r.EventsRejected = counter("broker_events_rejected_total", "Events a broker's ingress refused.", "broker", "reason")
+	r.AppendLookups = counter("broker_append_outcome_lookups_total", "Appends to a broker's stream whose reply from Redis did not come in time, looked up by result: stored (answered 202), not_stored (503), unknown (no answer to the lookup either; 504).", "result")
 	r.EventsDelivered = counter("trigger_events_delivered_total", "Events a trigger's subscriber accepted.", "broker", "trigger")
 	r.EventsRetried = counter("trigger_events_retried_total", "Deliveries to a trigger's subscriber that needed more than one attempt, counted once per delivery whatever its outcome; retries of replies and dead letters are not counted.", "broker", "trigger")
 	r.EventsDeadLettered = counter("trigger_events_dead_lettered_total", "Events sent to a dead-letter sink.", "broker", "trigger")

@@ -191,7 +191,7 @@ func TestEveryMetricIsInTheTable(t *testing.T) {
 	for _, f := range families {
 		registered[f.GetName()] = true
 	}
-	for _, vec := range []prometheus.Collector{r.EventsAccepted, r.EventsRejected, r.EventsDelivered, r.EventsRetried, r.EventsDeadLettered, r.EventsFailed, r.EventsDropped, r.EventsFiltered, r.EventsParked, r.DeadLetterFailures, r.DeliveryLatency, r.ColdStarts, r.ColdStartSeconds, r.Instances, r.PingsSent} {
+	for _, vec := range []prometheus.Collector{r.EventsAccepted, r.EventsRejected, r.AppendLookups, r.EventsDelivered, r.EventsRetried, r.EventsDeadLettered, r.EventsFailed, r.EventsDropped, r.EventsFiltered, r.EventsParked, r.DeadLetterFailures, r.DeliveryLatency, r.ColdStarts, r.ColdStartSeconds, r.Instances, r.PingsSent} {
 		ch := make(chan *prometheus.Desc, 1)
 		vec.Describe(ch)
 		d := (<-ch).String()
