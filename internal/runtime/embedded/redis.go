@@ -11,8 +11,8 @@ import (
 	"github.com/knfaas/knfaas/internal/function/redisconn"
 )
 
-// openRedis dials the Redis of Options.RedisURL, or starts an embedded one, with a pool that
-// leaves room beside the blocking reads of the given number of triggers.
+// openRedis dials the Redis of Options.RedisURL, or starts an embedded one, with a pool sized
+// by the given number of triggers.
 func (r *Runtime) openRedis(ctx context.Context, triggers int) error {
 	if r.opts.RedisURL == "" {
 		m := miniredis.NewMiniRedis()
@@ -26,8 +26,9 @@ func (r *Runtime) openRedis(ctx context.Context, triggers int) error {
 		r.redisURL = r.opts.RedisURL
 		fmt.Fprintf(r.opts.Out, "redis: %s\n", redactURL(r.redisURL))
 	}
-	// Every trigger holds a connection in a blocking read; the pool must leave room for the
-	// ingress' writes and the acknowledgements beside them.
+	// Each broker stream's shared reader holds one connection in a blocking XREAD; the rest
+	// serve the ingress' writes, the Triggers' acknowledgements and reclaims. The bound is
+	// generous on purpose: go-redis opens connections only as they are needed.
 	pool := 64 + 2*triggers
 	rdb, err := redisconn.New(r.redisURL, redisconn.Options{CAFile: os.Getenv(redisconn.EnvCAFile), PoolSize: pool})
 	if err != nil {
