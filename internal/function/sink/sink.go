@@ -90,6 +90,11 @@ func (s *Sender) Target() string { return s.target }
 // The send is the span "publish <type>" (a child of ctx's span), and e carries it on as its
 // distributed-tracing extension and traceparent header.
 func (s *Sender) Send(ctx context.Context, e event.Event) error {
+	// e is a copy, but its context is shared with the caller's event: the defaults and the
+	// tracing extension set below go on a clone, so callers may send one event concurrently.
+	if e.Context != nil {
+		e.Context = e.Context.Clone()
+	}
 	ctx, span := tracing.StartPublish(ctx, &e)
 	err := s.send(ctx, &e)
 	if err != nil {
@@ -102,6 +107,9 @@ func (s *Sender) Send(ctx context.Context, e event.Event) error {
 // send fills an event's id and time when it has none, as sdk-go's client does with its UUID
 // and time defaulters, refuses an invalid event before any request, and posts it.
 func (s *Sender) send(ctx context.Context, e *event.Event) error {
+	if e.Context == nil {
+		return errors.New("invalid event: no context (use cloudevents.NewEvent)")
+	}
 	if e.ID() == "" {
 		e.SetID(uuid.NewString())
 	}

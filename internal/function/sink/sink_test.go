@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -195,5 +196,48 @@ func TestNewRefusesABadTarget(t *testing.T) {
 		if _, err := New(target, 0); err == nil || !strings.Contains(err.Error(), EnvSink) {
 			t.Errorf("New(%q) error = %v, want one naming %s", target, err, EnvSink)
 		}
+	}
+}
+
+// TestOneEventSentConcurrently: several goroutines send the same event value, without id or
+// time, as the e2e harness and duplicate-delivery tests do. Send fills the defaults and the
+// tracing extension on its own copy: the caller's event is left as it was (and -race sees no
+// shared write).
+func TestOneEventSentConcurrently(t *testing.T) {
+	var mu sync.Mutex
+	ids := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		ids[r.Header.Get("Ce-Id")]++
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	s, err := New(srv.URL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cloudevents.NewEvent()
+	e.SetType("t")
+	e.SetSource("/s")
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Send(context.Background(), e); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if e.ID() != "" || !e.Time().IsZero() {
+		t.Errorf("the caller's event was changed: id %q, time %v", e.ID(), e.Time())
+	}
+	if len(ids) != 8 {
+		t.Errorf("8 sends carried %d distinct ids: %v", len(ids), ids)
+	}
+	if err := s.Send(context.Background(), cloudevents.Event{}); err == nil || !strings.Contains(err.Error(), "no context") {
+		t.Errorf("an event without a context: %v, want an error saying so", err)
 	}
 }
