@@ -426,3 +426,45 @@ func TestNoDeadLetterSinkDropsAfterRetries(t *testing.T) {
 		t.Fatalf("failed = %v; a drop is not a pending failure", got)
 	}
 }
+
+// TestDeliveryWorkersAreReused: 200 events through a Trigger with Parallelism 4 are delivered by
+// a handful of long-lived workers, not a new goroutine each (a fresh goroutine grows its stack
+// through the dispatcher's call chain on every delivery). A count, not a time.
+func TestDeliveryWorkersAreReused(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := srv.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := NewStore(rdb)
+	go store.Run(ctx, 2)
+	sub := newCapture(t, 202, "")
+	trig := &Trigger{Namespace: "ns", Name: "workers", Broker: "b", Subscriber: addressable(t, sub.URL), ReplyURL: "http://127.0.0.1:1/ns/b", Retry: kncloudevents.NoRetries()}
+	stream := StreamKey("ns", "b")
+	if err := EnsureGroup(ctx, rdb, stream, trig.Group()); err != nil {
+		t.Fatal(err)
+	}
+	const parallelism, events = 4, 200
+	c := NewConsumer(trig, rdb, kncloudevents.NewDispatcher(eventingtls.ClientConfig{}, nil), quietLog(), metrics.New(), ConsumerOptions{Block: 50 * time.Millisecond, Parallelism: parallelism})
+	done := make(chan struct{})
+	cctx, stop := context.WithCancel(ctx)
+	go func() { _ = c.Run(cctx); close(done) }()
+	for i := 0; i < events; i++ {
+		if _, err := store.Append(ctx, stream, typedFields(t, fmt.Sprint(i), "t")...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(sub.received()) < events && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	<-done
+	if n := len(sub.received()); n != events {
+		t.Fatalf("subscriber received %d events, want %d", n, events)
+	}
+	if started := c.workersStarted.Load(); started > 4*parallelism {
+		t.Fatalf("%d delivery workers started for %d events at parallelism %d; want workers reused", started, events, parallelism)
+	} else {
+		t.Logf("%d delivery workers for %d events", started, events)
+	}
+}
