@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -189,14 +188,10 @@ type Consumer struct {
 	delivered, filtered, retried func() prometheus.Counter
 	latency                      func() prometheus.Observer
 
-	sem chan struct{}
-	// jobs hands an entry to an idle delivery worker (see dispatch); workersStarted counts
-	// the workers started.
-	jobs           chan readEntry
-	workersStarted atomic.Int64
-	mu             sync.Mutex
-	inflight       map[string]bool
-	wg             sync.WaitGroup
+	sem      chan struct{}
+	mu       sync.Mutex
+	inflight map[string]bool
+	wg       sync.WaitGroup
 	// reader is the stream's shared reader while Run runs; acking counts the entries handed
 	// to its acknowledgements and not yet sent.
 	reader *streamReader
@@ -229,7 +224,7 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	c := &Consumer{
 		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", brokerKey), metrics: m, opts: opts,
 		stream: stream, brokerKey: brokerKey, roundsKey: RoundsKey(stream, tc.Group()),
-		sem: make(chan struct{}, opts.Parallelism), jobs: make(chan readEntry), inflight: map[string]bool{},
+		sem: make(chan struct{}, opts.Parallelism), inflight: map[string]bool{},
 	}
 	if u, err := apis.ParseURL(tc.ReplyURL); err == nil && u != nil && u.RawQuery == "" && u.Fragment == "" && !u.ForceQuery {
 		c.replyBase = u
@@ -356,66 +351,24 @@ func (c *Consumer) dispatch(ctx context.Context, e readEntry) {
 		c.done(id)
 		return
 	}
-	// An idle worker takes the entry; without one, a new worker starts. Workers outlive their
-	// delivery for a while: a fresh goroutine per delivery grows its stack through the
-	// dispatcher's deep call chain every time (about 7 % of the runtime's CPU per event).
-	select {
-	case c.jobs <- e:
-	default:
-		c.wg.Add(1)
-		c.workersStarted.Add(1)
-		go c.worker(ctx, e)
-	}
-}
-
-// workerIdle is how long a delivery worker waits for another entry before it ends.
-const workerIdle = 10 * time.Second
-
-// worker delivers e, then further entries dispatch hands it, until it has been idle for
-// workerIdle or ctx ends. Deliveries never exceed Parallelism (a worker holds a slot of sem
-// while it delivers); idle workers may briefly outnumber it (one that has just freed its slot
-// is not yet waiting), and end after workerIdle.
-func (c *Consumer) worker(ctx context.Context, e readEntry) {
-	defer c.wg.Done()
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		c.deliverAndAck(e)
-		<-c.sem
-		if !idle.Stop() {
-			select {
-			case <-idle.C:
-			default:
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer func() { <-c.sem }()
+		// Deliveries in flight may finish within the shutdown grace: cutting them off would
+		// only cause a redelivery.
+		if c.deliver(c.deliverCtx, e) {
+			// The entry stays in flight until it is acknowledged: a reclaim in between would
+			// deliver it again.
+			c.acking.Add(1)
+			if _, err := c.reader.acks.Submit(context.Background(), deliveredAck{c: c, id: id, forgetRounds: e.redelivered}); err != nil {
+				c.acking.Done()
+				c.done(id) // cannot happen before Run's deliveries are done; left pending
 			}
-		}
-		idle.Reset(workerIdle)
-		select {
-		case e = <-c.jobs:
-		case <-idle.C:
-			return
-		case <-ctx.Done():
 			return
 		}
-	}
-}
-
-// deliverAndAck delivers one entry and hands it to the reader for acknowledgement when it may
-// be acknowledged.
-func (c *Consumer) deliverAndAck(e readEntry) {
-	id := e.msg.ID
-	// Deliveries in flight may finish within the shutdown grace: cutting them off would
-	// only cause a redelivery.
-	if c.deliver(c.deliverCtx, e) {
-		// The entry stays in flight until it is acknowledged: a reclaim in between would
-		// deliver it again.
-		c.acking.Add(1)
-		if _, err := c.reader.acks.Submit(context.Background(), deliveredAck{c: c, id: id, forgetRounds: e.redelivered}); err != nil {
-			c.acking.Done()
-			c.done(id) // cannot happen before Run's deliveries are done; left pending
-		}
-		return
-	}
-	c.done(id)
+		c.done(id)
+	}()
 }
 
 func (c *Consumer) done(id string) {
