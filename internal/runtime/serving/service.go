@@ -389,6 +389,11 @@ func (s *Pool) readBody(ctx context.Context, rc *http.ResponseController, r *htt
 	}
 	read := func() ([]byte, error) {
 		var buf bytes.Buffer
+		if r.ContentLength > 0 {
+			// Room for the whole body and the read that finds its end: one allocation, where
+			// ReadFrom alone grows the buffer from 512 bytes.
+			buf.Grow(int(r.ContentLength) + bytes.MinRead)
+		}
 		_, err := buf.ReadFrom(io.LimitReader(r.Body, maxBufferedBody+1))
 		return buf.Bytes(), err
 	}

@@ -1,6 +1,7 @@
 package serving
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -541,6 +542,41 @@ func TestProxyReusesCopyBuffers(t *testing.T) {
 			t.Logf("%d bytes allocated per proxied request", perRequest)
 			if perRequest >= copyBufferSize {
 				t.Errorf("%d bytes allocated per proxied request, at least the %d of a copy buffer: the proxy allocates one per answer", perRequest, copyBufferSize)
+			}
+		})
+	}
+}
+
+// TestBufferedBodyIsSizedByItsLength checks that a body of known length is read into one buffer
+// of its size (and the read that finds its end), not into one grown from 512 bytes by doubling:
+// the buffer's capacity is that of a single allocation of ContentLength+bytes.MinRead bytes.
+func TestBufferedBodyIsSizedByItsLength(t *testing.T) {
+	tests := []struct {
+		name string
+		size int
+	}{
+		{name: "event of 128 bytes", size: 128},
+		{name: "event of 4 KiB", size: 4 << 10},
+		{name: "event of 64 KiB", size: 64 << 10},
+	}
+	svc, _ := newPool(t, Spec{})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sent := strings.Repeat("x", tc.size)
+			req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(sent))
+			rec := httptest.NewRecorder()
+			body, reserved, err := svc.readBody(context.Background(), http.NewResponseController(rec), req, time.Time{})
+			svc.buffered.Add(-reserved)
+			if err != nil {
+				t.Fatalf("reading the body: %v", err)
+			}
+			if string(body) != sent {
+				t.Fatalf("read %d bytes, want the %d sent", len(body), len(sent))
+			}
+			// The capacity the runtime gives one allocation of that many bytes.
+			want := cap(append([]byte(nil), make([]byte, tc.size+bytes.MinRead)...))
+			if cap(body) > want {
+				t.Errorf("body read into a buffer of %d bytes, want one allocation of %d (ContentLength %d + %d)", cap(body), want, tc.size, bytes.MinRead)
 			}
 		})
 	}
