@@ -41,20 +41,26 @@ func main() {
 		redisURL = flag.String("redis", "", "REDIS_URL for knfaas up (empty: embedded)")
 		profile  = flag.String("cpuprofile", "", "write a CPU profile of the runtime, taken during the saturating run, to this file")
 		profSecs = flag.Int("cpuprofile-seconds", 4, "length of the -cpuprofile profile")
+		halfD    = flag.Duration("half-d", 10*time.Second, "length of each paced run at half the delivered rate (0: none)")
 	)
 	flag.Parse()
-	cpuProfile, cpuProfileSeconds = *profile, *profSecs
+	cpuProfile, cpuProfileSeconds, halfDur = *profile, *profSecs, *halfD
 	if err := run(*conc, *events, *helloDur, *size, *colds, *knfaas, *redisURL); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-// cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes.
+// cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes; halfDur
+// is how long the paced runs at half the delivered rate last.
 var (
 	cpuProfile        string
 	cpuProfileSeconds int
+	halfDur           time.Duration
 )
+
+// deliveryHist is the runtime's histogram of delivery latency, ingress accept → subscriber answer.
+const deliveryHist = "knfaas_trigger_delivery_seconds_bucket"
 
 // startProfile fetches a CPU profile of the runtime from its pprof address in the background;
 // the returned function waits for it.
@@ -214,13 +220,34 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		p.N, p.Failed, p.Elapsed.Round(time.Millisecond), float64(p.N)/p.Elapsed.Seconds(), p.P50.Round(time.Microsecond), p.P99.Round(time.Microsecond))
 	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.N, drain.Round(time.Millisecond), rate, float64(p.N)-got)
 	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
-		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
+		histQuantile(addr, deliveryHist, 0.5), histQuantile(addr, deliveryHist, 0.99))
 	perEvent := func(i int) string {
 		return (time.Duration(float64(cpu1[i]-cpu0[i]) / got)).Round(100 * time.Nanosecond).String()
 	}
 	fmt.Printf("   CPU per delivered event: runtime %s, function instance %s, load generator %s (publish and drain, user+system)\n",
 		perEvent(0), perEvent(1), perEvent(2))
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.30; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
+
+	// Latency at half the delivered rate: hello and the broker paced alike, each request charged
+	// from when it was due. The broker's figure is the delivery latency (ingress accept →
+	// subscriber answer) of the events published in this phase alone.
+	if halfDur > 0 {
+		halfRate := rate / 2
+		hh := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()},
+			func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+		before, base := histBuckets(addr, deliveryHist), delivered()
+		hp := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()}, publish("half-"))
+		for t0 := time.Now(); delivered()-base < float64(hp.N) && time.Since(t0) < time.Minute; {
+			time.Sleep(5 * time.Millisecond)
+		}
+		d := since(histBuckets(addr, deliveryHist), before)
+		lost := float64(hp.N) - (delivered() - base)
+		fmt.Printf("-- at half that rate (%.0f/s, %s each, paced): hello p50 %s p99 %s (failed %d); knfaas publish p99 %s (refused %d), delivery p50 %s p99 %s, lost %.0f\n",
+			halfRate, halfDur, hh.P50.Round(time.Microsecond), hh.P99.Round(time.Microsecond), hh.Failed,
+			hp.P99.Round(time.Microsecond), hp.Failed, quantile(d, 0.5), quantile(d, 0.99), lost)
+		fmt.Printf("== P99 RATIO at half rate: delivery p99 ÷ hello p99 = %.2f (goal ≤ 3); publish p99 ÷ hello p99 = %.2f\n",
+			float64(quantile(d, 0.99))/float64(hh.P99), float64(hp.P99)/float64(hh.P99))
+	}
 
 	time.Sleep(2 * time.Second)
 	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", proc.RSSKiB(warmPID))
@@ -267,15 +294,16 @@ func runtimeCPUs() int {
 	return strings.Count(string(b), "processor\t:")
 }
 
-// histQuantile estimates a quantile from a Prometheus histogram by linear interpolation inside
-// the bucket that holds it, as PromQL's histogram_quantile does.
-func histQuantile(addr, name string, q float64) string {
+// bucket is one cumulative bucket of a Prometheus histogram: count observations ≤ le seconds.
+type bucket struct{ le, count float64 }
+
+// histBuckets reads the finite buckets of a histogram from the runtime's /metrics.
+func histBuckets(addr, name string) []bucket {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return "?"
+		return nil
 	}
 	defer resp.Body.Close()
-	type bucket struct{ le, count float64 }
 	var buckets []bucket
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -294,17 +322,43 @@ func histQuantile(addr, name string, q float64) string {
 		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
 		buckets = append(buckets, bucket{le, v})
 	}
+	return buckets
+}
+
+// since is the histogram of the observations made after earlier was read.
+func since(later, earlier []bucket) []bucket {
+	if len(earlier) != len(later) {
+		return later
+	}
+	d := make([]bucket, len(later))
+	for i := range later {
+		d[i] = bucket{later[i].le, later[i].count - earlier[i].count}
+	}
+	return d
+}
+
+// quantile estimates a quantile from cumulative buckets by linear interpolation inside the
+// bucket that holds it, as PromQL's histogram_quantile does; 0 when there is no observation.
+func quantile(buckets []bucket, q float64) time.Duration {
 	if len(buckets) == 0 || buckets[len(buckets)-1].count == 0 {
-		return "?"
+		return 0
 	}
 	rank := q * buckets[len(buckets)-1].count
 	lower, below := 0.0, 0.0
 	for _, b := range buckets {
 		if b.count >= rank {
 			v := lower + (b.le-lower)*(rank-below)/(b.count-below)
-			return time.Duration(v * float64(time.Second)).Round(100 * time.Microsecond).String()
+			return time.Duration(v * float64(time.Second)).Round(100 * time.Microsecond)
 		}
 		lower, below = b.le, b.count
+	}
+	return 0
+}
+
+// histQuantile estimates a quantile of a histogram from the runtime's /metrics.
+func histQuantile(addr, name string, q float64) string {
+	if v := quantile(histBuckets(addr, name), q); v > 0 {
+		return v.String()
 	}
 	return "?"
 }
