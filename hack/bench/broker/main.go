@@ -41,10 +41,11 @@ func main() {
 		redisURL = flag.String("redis", "", "REDIS_URL for knfaas up (empty: embedded)")
 		profile  = flag.String("cpuprofile", "", "write a CPU profile of the runtime, taken during the saturating run, to this file")
 		profSecs = flag.Int("cpuprofile-seconds", 4, "length of the -cpuprofile profile")
-		halfD    = flag.Duration("half-d", 10*time.Second, "length of each paced run at half the delivered rate (0: none)")
+		halfD    = flag.Duration("half-d", 3*time.Second, "length of each paced run at half the delivered rate")
+		halfN    = flag.Int("half-rounds", 5, "alternating rounds (hello, then knfaas) paced at half the delivered rate (0: none)")
 	)
 	flag.Parse()
-	cpuProfile, cpuProfileSeconds, halfDur = *profile, *profSecs, *halfD
+	cpuProfile, cpuProfileSeconds, halfDur, halfRounds = *profile, *profSecs, *halfD, *halfN
 	if err := run(*conc, *events, *helloDur, *size, *colds, *knfaas, *redisURL); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -52,11 +53,12 @@ func main() {
 }
 
 // cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes; halfDur
-// is how long the paced runs at half the delivered rate last.
+// and halfRounds say how long and how many the paced runs at half the delivered rate are.
 var (
 	cpuProfile        string
 	cpuProfileSeconds int
 	halfDur           time.Duration
+	halfRounds        int
 )
 
 // deliveryHist is the runtime's histogram of delivery latency, ingress accept → subscriber answer.
@@ -229,24 +231,34 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.30; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
 
 	// Latency at half the delivered rate: hello and the broker paced alike, each request charged
-	// from when it was due. The broker's figure is the delivery latency (ingress accept →
-	// subscriber answer) of the events published in this phase alone.
-	if halfDur > 0 {
+	// from when it was due, in alternating rounds so that a burst of other work on the machine
+	// hits both alike. The broker's figure is the delivery latency (ingress accept → subscriber
+	// answer) of the events published in that round alone; the ratio is the median of the
+	// rounds' ratios.
+	if halfRounds > 0 {
 		halfRate := rate / 2
-		hh := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()},
-			func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
-		before, base := histBuckets(addr, deliveryHist), delivered()
-		hp := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()}, publish("half-"))
-		for t0 := time.Now(); delivered()-base < float64(hp.N) && time.Since(t0) < time.Minute; {
-			time.Sleep(5 * time.Millisecond)
+		var ratios []float64
+		var lost float64
+		fmt.Printf("-- at half that rate (%.0f/s, paced), %d alternating rounds of %s each:\n", halfRate, halfRounds, halfDur)
+		for round := range halfRounds {
+			hh := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()},
+				func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+			before, base := histBuckets(addr, deliveryHist), delivered()
+			hp := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()}, publish(fmt.Sprintf("half%d-", round)))
+			for t0 := time.Now(); delivered()-base < float64(hp.N) && time.Since(t0) < time.Minute; {
+				time.Sleep(5 * time.Millisecond)
+			}
+			d := since(histBuckets(addr, deliveryHist), before)
+			lost += float64(hp.N) - (delivered() - base)
+			ratio := float64(quantile(d, 0.99)) / float64(hh.P99)
+			ratios = append(ratios, ratio)
+			fmt.Printf("   round %d: hello p50 %s p99 %s (failed %d); knfaas publish p99 %s (refused %d), delivery p50 %s p99 %s; ratio %.2f\n",
+				round+1, hh.P50.Round(time.Microsecond), hh.P99.Round(time.Microsecond), hh.Failed,
+				hp.P99.Round(time.Microsecond), hp.Failed, quantile(d, 0.5), quantile(d, 0.99), ratio)
 		}
-		d := since(histBuckets(addr, deliveryHist), before)
-		lost := float64(hp.N) - (delivered() - base)
-		fmt.Printf("-- at half that rate (%.0f/s, %s each, paced): hello p50 %s p99 %s (failed %d); knfaas publish p99 %s (refused %d), delivery p50 %s p99 %s, lost %.0f\n",
-			halfRate, halfDur, hh.P50.Round(time.Microsecond), hh.P99.Round(time.Microsecond), hh.Failed,
-			hp.P99.Round(time.Microsecond), hp.Failed, quantile(d, 0.5), quantile(d, 0.99), lost)
-		fmt.Printf("== P99 RATIO at half rate: delivery p99 ÷ hello p99 = %.2f (goal ≤ 3); publish p99 ÷ hello p99 = %.2f\n",
-			float64(quantile(d, 0.99))/float64(hh.P99), float64(hp.P99)/float64(hh.P99))
+		sort.Float64s(ratios)
+		fmt.Printf("== P99 RATIO at half rate: delivery p99 ÷ hello p99 = %.2f, median of %d rounds (range %.2f–%.2f; goal ≤ 3); lost %.0f\n",
+			ratios[len(ratios)/2], len(ratios), ratios[0], ratios[len(ratios)-1], lost)
 	}
 
 	time.Sleep(2 * time.Second)
