@@ -159,16 +159,19 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 
 	helloURL := "http://" + helloAddr + "/"
 	runLoad(c, 0, 2*time.Second, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+	helloCPU0 := cpuTime(hello.Process.Pid)
 	h := runLoad(c, 0, helloDur, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
 	helloRate := h.Rate()
-	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d)\n", helloRate, h.P50.Round(time.Microsecond), h.P99.Round(time.Microsecond), h.Failed)
+	helloCPU := time.Duration(float64(cpuTime(hello.Process.Pid)-helloCPU0) / float64(max(h.N, 1)))
+	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d); hello server CPU per request %s\n",
+		helloRate, h.P50.Round(time.Microsecond), h.P99.Round(time.Microsecond), h.Failed, helloCPU.Round(100*time.Nanosecond))
 
 	payload := bytes.Repeat([]byte("x"), size)
 	body := append(append([]byte(`{"pad":"`), payload[:max(0, size-10)]...), []byte(`"}`)...)
 	ingress := "http://" + addr + "/bench/default"
-	publish := func(prefix string) func(int64) *http.Request {
+	postTo := func(url, prefix string) func(int64) *http.Request {
 		return func(i int64) *http.Request {
-			r, _ := http.NewRequest("POST", ingress, bytes.NewReader(body))
+			r, _ := http.NewRequest("POST", url, bytes.NewReader(body))
 			r.Header.Set("Ce-Id", prefix+strconv.FormatInt(i, 10))
 			r.Header.Set("Ce-Type", "bench.event")
 			r.Header.Set("Ce-Source", "/bench")
@@ -177,6 +180,12 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 			return r
 		}
 	}
+	publish := func(prefix string) func(int64) *http.Request { return postTo(ingress, prefix) }
+	// The hello server's CPU per request when it gets the very request a delivery is (a POST
+	// with the event's headers and body): the baseline of the function instance's CPU per event.
+	helloPostCPU0 := cpuTime(hello.Process.Pid)
+	hp := runLoad(c, 0, 2*time.Second, postTo(helloURL, "hello-"))
+	helloPostCPU := time.Duration(float64(cpuTime(hello.Process.Pid)-helloPostCPU0) / float64(max(hp.N, 1)))
 	delivered := func() float64 {
 		return metric(addr, `knfaas_trigger_events_delivered_total{broker="bench/default",trigger="bench/noop"}`)
 	}
@@ -228,6 +237,11 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	}
 	fmt.Printf("   CPU per delivered event: runtime %s, function instance %s, load generator %s (publish and drain, user+system)\n",
 		perEvent(0), perEvent(1), perEvent(2))
+	// The function instance is a no-op handler under func-go behind the runtime's proxy: its CPU
+	// per event beside the hello server's for the same POST is what func-go and the proxied
+	// request add to a bare net/http handler.
+	fmt.Printf("   function instance CPU per event ÷ hello server CPU per request of the same POST (%s) = %.2f\n",
+		helloPostCPU.Round(100*time.Nanosecond), float64(cpu1[1]-cpu0[1])/got/float64(max(helloPostCPU, 1)))
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.30; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
 
 	// Latency at half the delivered rate: hello and the broker paced alike, each request charged
