@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures broker → trigger → warm function throughput, cold start and idle memory beside a
-# bare net/http hello server with the same load generator, in one run. Prints figures only.
+# bare net/http hello server with the same load generator, in one run, then the delivery p99 at
+# half the delivered rate beside hello's p99 at that rate. Prints figures only.
 #   C=32 N=30000 REDIS=real|embedded ./hack/bench-broker.sh
 # ARGS passes more flags to the bench program, e.g. ARGS="-cpuprofile cpu.pprof -cold 1" writes
 # a CPU profile of the runtime taken during the saturating run.

@@ -41,20 +41,28 @@ func main() {
 		redisURL = flag.String("redis", "", "REDIS_URL for knfaas up (empty: embedded)")
 		profile  = flag.String("cpuprofile", "", "write a CPU profile of the runtime, taken during the saturating run, to this file")
 		profSecs = flag.Int("cpuprofile-seconds", 4, "length of the -cpuprofile profile")
+		halfD    = flag.Duration("half-d", 3*time.Second, "length of each paced run at half the delivered rate")
+		halfN    = flag.Int("half-rounds", 5, "alternating rounds (hello, then knfaas) paced at half the delivered rate (0: none)")
 	)
 	flag.Parse()
-	cpuProfile, cpuProfileSeconds = *profile, *profSecs
+	cpuProfile, cpuProfileSeconds, halfDur, halfRounds = *profile, *profSecs, *halfD, *halfN
 	if err := run(*conc, *events, *helloDur, *size, *colds, *knfaas, *redisURL); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-// cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes.
+// cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes; halfDur
+// and halfRounds say how long and how many the paced runs at half the delivered rate are.
 var (
 	cpuProfile        string
 	cpuProfileSeconds int
+	halfDur           time.Duration
+	halfRounds        int
 )
+
+// deliveryHist is the runtime's histogram of delivery latency, ingress accept → subscriber answer.
+const deliveryHist = "knfaas_trigger_delivery_seconds_bucket"
 
 // startProfile fetches a CPU profile of the runtime from its pprof address in the background;
 // the returned function waits for it.
@@ -151,16 +159,19 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 
 	helloURL := "http://" + helloAddr + "/"
 	runLoad(c, 0, 2*time.Second, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+	helloCPU0 := cpuTime(hello.Process.Pid)
 	h := runLoad(c, 0, helloDur, func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
 	helloRate := h.Rate()
-	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d)\n", helloRate, h.P50.Round(time.Microsecond), h.P99.Round(time.Microsecond), h.Failed)
+	helloCPU := time.Duration(float64(cpuTime(hello.Process.Pid)-helloCPU0) / float64(max(h.N, 1)))
+	fmt.Printf("-- bare net/http hello: %.0f req/s, p50 %s, p99 %s (failed %d); hello server CPU per request %s\n",
+		helloRate, h.P50.Round(time.Microsecond), h.P99.Round(time.Microsecond), h.Failed, helloCPU.Round(100*time.Nanosecond))
 
 	payload := bytes.Repeat([]byte("x"), size)
 	body := append(append([]byte(`{"pad":"`), payload[:max(0, size-10)]...), []byte(`"}`)...)
 	ingress := "http://" + addr + "/bench/default"
-	publish := func(prefix string) func(int64) *http.Request {
+	postTo := func(url, prefix string) func(int64) *http.Request {
 		return func(i int64) *http.Request {
-			r, _ := http.NewRequest("POST", ingress, bytes.NewReader(body))
+			r, _ := http.NewRequest("POST", url, bytes.NewReader(body))
 			r.Header.Set("Ce-Id", prefix+strconv.FormatInt(i, 10))
 			r.Header.Set("Ce-Type", "bench.event")
 			r.Header.Set("Ce-Source", "/bench")
@@ -169,6 +180,12 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 			return r
 		}
 	}
+	publish := func(prefix string) func(int64) *http.Request { return postTo(ingress, prefix) }
+	// The hello server's CPU per request when it gets the very request a delivery is (a POST
+	// with the event's headers and body): the baseline of the function instance's CPU per event.
+	helloPostCPU0 := cpuTime(hello.Process.Pid)
+	hp := runLoad(c, 0, 2*time.Second, postTo(helloURL, "hello-"))
+	helloPostCPU := time.Duration(float64(cpuTime(hello.Process.Pid)-helloPostCPU0) / float64(max(hp.N, 1)))
 	delivered := func() float64 {
 		return metric(addr, `knfaas_trigger_events_delivered_total{broker="bench/default",trigger="bench/noop"}`)
 	}
@@ -214,13 +231,49 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		p.N, p.Failed, p.Elapsed.Round(time.Millisecond), float64(p.N)/p.Elapsed.Seconds(), p.P50.Round(time.Microsecond), p.P99.Round(time.Microsecond))
 	fmt.Printf("   delivered %.0f of %d accepted in %s = %.0f ev/s delivered, lost %.0f\n", got, p.N, drain.Round(time.Millisecond), rate, float64(p.N)-got)
 	fmt.Printf("   delivery latency (ingress accept → subscriber answer), from the runtime's histogram: p50 %s, p99 %s\n",
-		histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.5), histQuantile(addr, "knfaas_trigger_delivery_seconds_bucket", 0.99))
+		histQuantile(addr, deliveryHist, 0.5), histQuantile(addr, deliveryHist, 0.99))
 	perEvent := func(i int) string {
 		return (time.Duration(float64(cpu1[i]-cpu0[i]) / got)).Round(100 * time.Nanosecond).String()
 	}
 	fmt.Printf("   CPU per delivered event: runtime %s, function instance %s, load generator %s (publish and drain, user+system)\n",
 		perEvent(0), perEvent(1), perEvent(2))
+	// The function instance is a no-op handler under func-go behind the runtime's proxy: its CPU
+	// per event beside the hello server's for the same POST is what func-go and the proxied
+	// request add to a bare net/http handler.
+	fmt.Printf("   function instance CPU per event ÷ hello server CPU per request of the same POST (%s) = %.2f\n",
+		helloPostCPU.Round(100*time.Nanosecond), float64(cpu1[1]-cpu0[1])/got/float64(max(helloPostCPU, 1)))
 	fmt.Printf("== RATIO delivered ev/s ÷ hello req/s = %.3f  (goal ≥ 0.30; peers measured here: Knative MT broker 0.062, Dapr Redis Streams 0.11)\n", rate/helloRate)
+
+	// Latency at half the delivered rate: hello and the broker paced alike, each request charged
+	// from when it was due, in alternating rounds so that a burst of other work on the machine
+	// hits both alike. The broker's figure is the delivery latency (ingress accept → subscriber
+	// answer) of the events published in that round alone; the ratio is the median of the
+	// rounds' ratios.
+	if halfRounds > 0 {
+		halfRate := rate / 2
+		var ratios []float64
+		var lost float64
+		fmt.Printf("-- at half that rate (%.0f/s, paced), %d alternating rounds of %s each:\n", halfRate, halfRounds, halfDur)
+		for round := range halfRounds {
+			hh := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()},
+				func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+			before, base := histBuckets(addr, deliveryHist), delivered()
+			hp := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()}, publish(fmt.Sprintf("half%d-", round)))
+			for t0 := time.Now(); delivered()-base < float64(hp.N) && time.Since(t0) < time.Minute; {
+				time.Sleep(5 * time.Millisecond)
+			}
+			d := since(histBuckets(addr, deliveryHist), before)
+			lost += float64(hp.N) - (delivered() - base)
+			ratio := float64(quantile(d, 0.99)) / float64(hh.P99)
+			ratios = append(ratios, ratio)
+			fmt.Printf("   round %d: hello p50 %s p99 %s (failed %d); knfaas publish p99 %s (refused %d), delivery p50 %s p99 %s; ratio %.2f\n",
+				round+1, hh.P50.Round(time.Microsecond), hh.P99.Round(time.Microsecond), hh.Failed,
+				hp.P99.Round(time.Microsecond), hp.Failed, quantile(d, 0.5), quantile(d, 0.99), ratio)
+		}
+		sort.Float64s(ratios)
+		fmt.Printf("== P99 RATIO at half rate: delivery p99 ÷ hello p99 = %.2f, median of %d rounds (range %.2f–%.2f; goal ≤ 3); lost %.0f\n",
+			ratios[len(ratios)/2], len(ratios), ratios[0], ratios[len(ratios)-1], lost)
+	}
 
 	time.Sleep(2 * time.Second)
 	fmt.Printf("-- idle RSS: warm instance after the load %d KiB", proc.RSSKiB(warmPID))
@@ -267,15 +320,16 @@ func runtimeCPUs() int {
 	return strings.Count(string(b), "processor\t:")
 }
 
-// histQuantile estimates a quantile from a Prometheus histogram by linear interpolation inside
-// the bucket that holds it, as PromQL's histogram_quantile does.
-func histQuantile(addr, name string, q float64) string {
+// bucket is one cumulative bucket of a Prometheus histogram: count observations ≤ le seconds.
+type bucket struct{ le, count float64 }
+
+// histBuckets reads the finite buckets of a histogram from the runtime's /metrics.
+func histBuckets(addr, name string) []bucket {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return "?"
+		return nil
 	}
 	defer resp.Body.Close()
-	type bucket struct{ le, count float64 }
 	var buckets []bucket
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -294,17 +348,43 @@ func histQuantile(addr, name string, q float64) string {
 		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
 		buckets = append(buckets, bucket{le, v})
 	}
+	return buckets
+}
+
+// since is the histogram of the observations made after earlier was read.
+func since(later, earlier []bucket) []bucket {
+	if len(earlier) != len(later) {
+		return later
+	}
+	d := make([]bucket, len(later))
+	for i := range later {
+		d[i] = bucket{later[i].le, later[i].count - earlier[i].count}
+	}
+	return d
+}
+
+// quantile estimates a quantile from cumulative buckets by linear interpolation inside the
+// bucket that holds it, as PromQL's histogram_quantile does; 0 when there is no observation.
+func quantile(buckets []bucket, q float64) time.Duration {
 	if len(buckets) == 0 || buckets[len(buckets)-1].count == 0 {
-		return "?"
+		return 0
 	}
 	rank := q * buckets[len(buckets)-1].count
 	lower, below := 0.0, 0.0
 	for _, b := range buckets {
 		if b.count >= rank {
 			v := lower + (b.le-lower)*(rank-below)/(b.count-below)
-			return time.Duration(v * float64(time.Second)).Round(100 * time.Microsecond).String()
+			return time.Duration(v * float64(time.Second)).Round(100 * time.Microsecond)
 		}
 		lower, below = b.le, b.count
+	}
+	return 0
+}
+
+// histQuantile estimates a quantile of a histogram from the runtime's /metrics.
+func histQuantile(addr, name string, q float64) string {
+	if v := quantile(histBuckets(addr, name), q); v > 0 {
+		return v.String()
 	}
 	return "?"
 }

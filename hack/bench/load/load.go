@@ -1,5 +1,5 @@
-// Package load drives an HTTP server with a closed loop of workers, the load generator the
-// benchmarks under hack/ share so their figures compare.
+// Package load drives an HTTP server with workers, in a closed loop or at a fixed rate, the load
+// generator the benchmarks under hack/ share so their figures compare.
 package load
 
 import (
@@ -28,6 +28,11 @@ type Options struct {
 	Transport *http.Transport
 	// Timeout bounds each request; 0 is 30 s.
 	Timeout time.Duration
+	// Rate, when above 0, paces the run: request i is due Rate⁻¹·i after the start, and a
+	// worker that is free waits until the next request is due. A request's latency is measured
+	// from when it was due, so a server that falls behind is charged for the queueing its
+	// slowness causes (no coordinated omission), as long as Concurrency workers can keep up.
+	Rate float64
 }
 
 // Result is what a run measured. Latencies are those of the successful (2xx) requests.
@@ -56,7 +61,7 @@ func (r Result) Rate() float64 {
 
 // Run issues request(i) for i = 0, 1, … from opts.Concurrency workers until opts.Requests
 // requests were issued or opts.Duration passed, each worker waiting for its answer before the
-// next request.
+// next request, and with opts.Rate set, none before it is due.
 func Run(opts Options, request func(i int64) *http.Request) Result {
 	tr := opts.Transport
 	if tr == nil {
@@ -91,6 +96,14 @@ func Run(opts Options, request func(i int64) *http.Request) Result {
 					return
 				}
 				t0 := time.Now()
+				if opts.Rate > 0 {
+					due := start.Add(time.Duration(float64(i) / opts.Rate * float64(time.Second)))
+					if opts.Requests == 0 && due.After(deadline) {
+						return
+					}
+					time.Sleep(time.Until(due))
+					t0 = due
+				}
 				resp, err := client.Do(request(i))
 				if err != nil {
 					errs.Add(1)

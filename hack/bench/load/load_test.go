@@ -88,6 +88,52 @@ func TestRun(t *testing.T) {
 	}
 }
 
+func TestRunAtARate(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		// slowFirst delays the answer to request 0.
+		slowFirst time.Duration
+		wantN     int64
+		// wantP50AtLeast: requests queued behind the slow first one are charged from when they
+		// were due, so the median latency includes the wait.
+		wantP50AtLeast time.Duration
+	}{
+		{
+			name:  "issues exactly the requests due within the duration",
+			opts:  Options{Concurrency: 4, Rate: 200, Duration: 500 * time.Millisecond},
+			wantN: 101, // due at 0, 5 ms, …, 500 ms
+		},
+		{
+			name:           "charges a request from when it was due, not from when a worker was free",
+			opts:           Options{Concurrency: 1, Rate: 100, Requests: 3},
+			slowFirst:      100 * time.Millisecond,
+			wantN:          3,
+			wantP50AtLeast: 80 * time.Millisecond, // request 1 was due at 10 ms and sent at ≥ 100 ms
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if parseIndex(r) == 0 {
+					time.Sleep(tt.slowFirst)
+				}
+			}))
+			defer srv.Close()
+			r := Run(tt.opts, func(i int64) *http.Request {
+				req, _ := http.NewRequest(http.MethodGet, srv.URL+"/?i="+strconv.FormatInt(i, 10), nil)
+				return req
+			})
+			if r.N != tt.wantN || r.Failed != 0 {
+				t.Errorf("N = %d, Failed = %d, want %d and 0", r.N, r.Failed, tt.wantN)
+			}
+			if r.P50 < tt.wantP50AtLeast {
+				t.Errorf("p50 = %v, want at least %v", r.P50, tt.wantP50AtLeast)
+			}
+		})
+	}
+}
+
 func TestRunCountsTransportErrors(t *testing.T) {
 	addr := FreeAddr() // nobody listens there
 	r := Run(Options{Concurrency: 2, Requests: 6}, func(int64) *http.Request {
