@@ -95,3 +95,33 @@ func TestWriteBinaryAsSDK(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkWriteBinary compares writeBinary with cehttp.WriteRequest on the webhook intake's
+// kind of event (subject, time, JSON body) in one run.
+func BenchmarkWriteBinary(b *testing.B) {
+	e := cloudevents.NewEvent()
+	e.SetID("d-1")
+	e.SetType("com.github.push")
+	e.SetSource("/webhooks/github")
+	e.SetSubject("octo/hello")
+	e.SetTime(time.Now())
+	_ = e.SetData("application/json", []byte(`{"ref":"refs/heads/main","repository":{"full_name":"octo/hello"}}`))
+	ctx := context.Background()
+	for _, w := range []struct {
+		name  string
+		write func(*http.Request, *event.Event) error
+	}{
+		{"sdk", func(r *http.Request, e *event.Event) error { return cehttp.WriteRequest(ctx, binding.ToMessage(e), r) }},
+		{"writeBinary", func(r *http.Request, e *event.Event) error { return writeBinary(ctx, r, e) }},
+	} {
+		b.Run(w.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://sink.local/", nil)
+				if err := w.write(req, &e); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
