@@ -141,30 +141,19 @@ func GitHub(h http.Header, body []byte) (Delivery, error) {
 		}
 		payload = []byte(form.Get("payload"))
 	}
-	subject, ok := githubSubject(payload)
-	if !ok {
-		if subject, err = githubSubjectDecoded(payload); err != nil {
-			return Delivery{}, fmt.Errorf("%w: %w", ErrNotJSON, err)
-		}
-	}
-	return checked(Delivery{ID: h.Get(signature.HeaderGitHubDelivery), Type: typ, Subject: subject})
-}
-
-// githubSubjectDecoded is repository.full_name as encoding/json decodes it, for the payloads
-// githubSubject leaves to it.
-func githubSubjectDecoded(payload []byte) (string, error) {
 	var doc struct {
 		Repository *struct {
 			FullName string `json:"full_name"`
 		} `json:"repository"`
 	}
 	if err := json.Unmarshal(payload, &doc); err != nil {
-		return "", err
+		return Delivery{}, fmt.Errorf("%w: %w", ErrNotJSON, err)
 	}
-	if doc.Repository == nil {
-		return "", nil
+	d := Delivery{ID: h.Get(signature.HeaderGitHubDelivery), Type: typ}
+	if doc.Repository != nil {
+		d.Subject = doc.Repository.FullName
 	}
-	return doc.Repository.FullName, nil
+	return checked(d)
 }
 
 // Stripe describes a Stripe event: id and type from the body's "id" and "type", subject the
