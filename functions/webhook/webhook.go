@@ -177,32 +177,33 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed: POST only", http.StatusMethodNotAllowed)
 		return
 	}
-	log := f.log.With("source", name)
+	log := &requestLog{logger: f.log}
+	log.attrs = append(log.attrsBuf[:0], slog.String("source", name))
 
 	body, err := readBody(w, r, src.MaxBodyBytes)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			log.Warn("body over the limit", "limit", src.MaxBodyBytes, "contentLength", r.ContentLength)
+			log.Warn("body over the limit", slog.Int64("limit", src.MaxBodyBytes), slog.Int64("contentLength", r.ContentLength))
 			// Closing stops net/http from draining the rest of the body for keep-alive.
 			w.Header().Set("Connection", "close")
 			http.Error(w, fmt.Sprintf("body larger than %d bytes", src.MaxBodyBytes), http.StatusRequestEntityTooLarge)
 			return
 		}
-		log.Warn("reading body", "error", err)
+		log.Warn("reading body", slog.Any("error", err))
 		http.Error(w, "reading body failed", http.StatusBadRequest)
 		return
 	}
 
 	if err := src.Verifier.Verify(r.Header, body, f.now()); err != nil {
 		// The body says nothing about which check failed; the log does.
-		log.Warn("delivery refused", "reason", err.Error(), "remote", r.RemoteAddr)
+		log.Warn("delivery refused", slog.String("reason", err.Error()), slog.String("remote", r.RemoteAddr))
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}
 	d, err := src.Describe(r.Header, body)
 	if err != nil {
-		log.Warn("verified delivery unusable", "reason", err.Error())
+		log.Warn("verified delivery unusable", slog.String("reason", err.Error()))
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -211,20 +212,21 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"challenge": d.Challenge})
 		return
 	}
-	f.publishOnce(w, r, st, src, d, body, logging.With(r.Context(), log, d.ID, d.Type))
+	log.attrs = logging.AppendEventAttrs(r.Context(), log.attrs, d.ID, d.Type)
+	f.publishOnce(w, r, st, src, d, body, log)
 }
 
 // publishOnce claims the delivery, publishes it and records the outcome. The work is detached
 // from the request's context: a sender that hangs up mid-publish must not leave a half-done
 // claim behind.
-func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state, src *source.Source, d delivery.Delivery, body []byte, log *slog.Logger) {
+func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state, src *source.Source, d delivery.Delivery, body []byte, log *requestLog) {
 	ctx := context.WithoutCancel(r.Context())
 	// Redis calls are bounded like the publish, so a stuck Redis turns into a 503, not a hang.
 	redisCtx, cancelRedis := context.WithTimeout(ctx, st.cfg.PublishTimeout)
 	defer cancelRedis()
 	claim, outcome, err := st.claims.Claim(redisCtx, dedup.Key(src.Name, d.ID), st.lease)
 	if err != nil {
-		log.Error("dedup claim failed", "error", err)
+		log.Error("dedup claim failed", slog.Any("error", err))
 		unavailable(w, st.cfg.RetryAfter, "deduplication store unavailable")
 		return
 	}
@@ -245,13 +247,13 @@ func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state
 
 	err = f.publish(ctx, st, f.events(r, src, d, body))
 	if err != nil {
-		log.Error("publish to broker failed", "error", err, "status", sink.StatusCode(err))
+		log.Error("publish to broker failed", slog.Any("error", err), slog.Int("status", sink.StatusCode(err)))
 		relCtx, cancelRel := context.WithTimeout(ctx, st.cfg.PublishTimeout)
 		ok, rerr := st.claims.Release(relCtx, claim)
 		cancelRel()
 		if rerr != nil || !ok {
 			// The lease expires on its own; until then retries get 409 and come back.
-			log.Error("releasing dedup claim", "error", rerr, "released", ok)
+			log.Error("releasing dedup claim", slog.Any("error", rerr), slog.Bool("released", ok))
 		}
 		unavailable(w, st.cfg.RetryAfter, "broker unavailable")
 		return
@@ -262,7 +264,7 @@ func (f *Function) publishOnce(w http.ResponseWriter, r *http.Request, st *state
 	if err != nil || !ok {
 		// The event is safe in the Broker, so the answer is still 2xx; a retry after the lease
 		// expires could publish it again, which consumers absorb by (source, id).
-		log.Error("marking delivery done", "error", err, "completed", ok)
+		log.Error("marking delivery done", slog.Any("error", err), slog.Bool("completed", ok))
 	}
 	log.Info("delivery published")
 	w.WriteHeader(http.StatusAccepted)
@@ -333,6 +335,29 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// requestLog writes the lines about one request. The attributes every line carries (the source,
+// then the event and trace ids once the delivery is described) are put on each record as its
+// first attributes, which writes the same line as a logger made with slog's With, but formats
+// them only for a line that is written rather than ahead, on every request.
+type requestLog struct {
+	logger *slog.Logger
+	// attrs has room for the source, the event id and type, the trace and span ids.
+	attrs    []slog.Attr
+	attrsBuf [5]slog.Attr
+}
+
+func (l *requestLog) Info(msg string, attrs ...slog.Attr)  { l.log(slog.LevelInfo, msg, attrs) }
+func (l *requestLog) Warn(msg string, attrs ...slog.Attr)  { l.log(slog.LevelWarn, msg, attrs) }
+func (l *requestLog) Error(msg string, attrs ...slog.Attr) { l.log(slog.LevelError, msg, attrs) }
+
+func (l *requestLog) log(level slog.Level, msg string, attrs []slog.Attr) {
+	ctx := context.Background() // as Logger.Info and friends log
+	if !l.logger.Enabled(ctx, level) {
+		return
+	}
+	l.logger.LogAttrs(ctx, level, msg, append(l.attrs[:len(l.attrs):len(l.attrs)], attrs...)...)
 }
 
 func unavailable(w http.ResponseWriter, retryAfter time.Duration, msg string) {

@@ -96,9 +96,21 @@ func (h contextHandler) WithGroup(name string) slog.Handler {
 // With is l with an event's id and type and the trace and span ids of ctx's span: for a
 // handler that knows the event before it has a CloudEvent (the webhook intake).
 func With(ctx context.Context, l *slog.Logger, eventID, eventType string) *slog.Logger {
-	args := []any{slog.String(KeyEventID, eventID), slog.String(KeyEventType, eventType)}
-	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		args = append(args, slog.String(KeyTraceID, sc.TraceID().String()), slog.String(KeySpanID, sc.SpanID().String()))
+	attrs := AppendEventAttrs(ctx, nil, eventID, eventType)
+	args := make([]any, len(attrs))
+	for i, a := range attrs {
+		args[i] = a
 	}
 	return l.With(args...)
+}
+
+// AppendEventAttrs appends what With adds to a logger (the event's id and type, the trace and
+// span ids of ctx's span) to attrs: for a handler that puts them on its records itself rather
+// than formatting a logger ahead for lines it may never write.
+func AppendEventAttrs(ctx context.Context, attrs []slog.Attr, eventID, eventType string) []slog.Attr {
+	attrs = append(attrs, slog.String(KeyEventID, eventID), slog.String(KeyEventType, eventType))
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		attrs = append(attrs, slog.String(KeyTraceID, sc.TraceID().String()), slog.String(KeySpanID, sc.SpanID().String()))
+	}
+	return attrs
 }

@@ -35,8 +35,9 @@ var ErrNoSink = errors.New(EnvSink + " is not set")
 // per event again as the HTTP exchange (BenchmarkSendVsBareHTTP) and read a refusal's whole
 // body into the error.
 type Sender struct {
-	target string
-	http   *http.Client
+	target  string
+	http    *http.Client
+	timeout time.Duration
 }
 
 // maxRefusalBody bounds how much of a refusal's body Send reads into its error.
@@ -76,7 +77,11 @@ func NewWithTransport(target string, timeout time.Duration, rt http.RoundTripper
 	}
 	return &Sender{
 		target: target,
-		http:   &http.Client{Transport: tracing.Transport(withOIDCToken(rt, OIDCTokenFile)), Timeout: timeout},
+		// No http.Client.Timeout: send bounds each send through its context instead, which
+		// costs nothing more when the caller's deadline comes first (the client's timeout is
+		// one more timer and context per request, even then).
+		http:    &http.Client{Transport: tracing.Transport(withOIDCToken(rt, OIDCTokenFile))},
+		timeout: timeout,
 	}, nil
 }
 
@@ -118,6 +123,11 @@ func (s *Sender) send(ctx context.Context, e *event.Event) error {
 	}
 	if err := e.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)
+	}
+	if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > s.timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel() // after the answer's body is read below
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.target, nil)
 	if err != nil {

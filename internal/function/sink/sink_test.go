@@ -241,3 +241,54 @@ func TestOneEventSentConcurrently(t *testing.T) {
 		t.Errorf("an event without a context: %v, want an error saying so", err)
 	}
 }
+
+// TestSendTimeout: a send to a receiver that never answers ends at the sender's timeout or at
+// the context's deadline, whichever comes first, as a deadline error without a status.
+func TestSendTimeout(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	tests := []struct {
+		name        string
+		timeout     time.Duration
+		ctxDeadline time.Duration // 0: the context has none
+	}{
+		{"context without deadline", 100 * time.Millisecond, 0},
+		{"context deadline later than the timeout", 100 * time.Millisecond, time.Hour},
+		{"context deadline before the timeout", time.Hour, 100 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := New(srv.URL, tc.timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if tc.ctxDeadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.ctxDeadline)
+				defer cancel()
+			}
+			e := cloudevents.NewEvent()
+			e.SetID("1")
+			e.SetType("t")
+			e.SetSource("/s")
+			done := make(chan error, 1)
+			go func() { done <- s.Send(ctx, e) }()
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Send still waiting on a receiver that never answers")
+			}
+			if !errors.Is(err, context.DeadlineExceeded) || StatusCode(err) != 0 {
+				t.Fatalf("Send = %v (status %d), want a deadline error without status", err, StatusCode(err))
+			}
+		})
+	}
+}

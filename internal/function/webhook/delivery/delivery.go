@@ -11,7 +11,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"regexp"
 	"time"
 
 	"github.com/knfaas/knfaas/internal/function/objects"
@@ -68,8 +67,24 @@ type Part struct {
 	Data []byte
 }
 
-// eventName is what a provider's own event name may look like once prefixed into a type.
-var eventName = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,128}$`)
+// maxEventName bounds a provider's own event name.
+const maxEventName = 128
+
+// eventName reports whether name is what a provider's own event name may look like once
+// prefixed into a type: 1 to maxEventName of A-Z, a-z, 0-9, '_', '.' and '-'.
+func eventName(name string) bool {
+	if len(name) == 0 || len(name) > maxEventName {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '_', c == '.', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 func checked(d Delivery) (Delivery, error) {
 	if d.Challenge != "" {
@@ -85,7 +100,7 @@ func checked(d Delivery) (Delivery, error) {
 }
 
 func prefixed(prefix, name string) (string, error) {
-	if !eventName.MatchString(name) {
+	if !eventName(name) {
 		return "", fmt.Errorf("%w: %.40q", ErrBadType, name)
 	}
 	return prefix + name, nil
@@ -99,7 +114,12 @@ func ContentHash(body []byte) string {
 }
 
 func mediaType(h http.Header) string {
-	mt, _, err := mime.ParseMediaType(h.Get("Content-Type"))
+	v := h.Get("Content-Type")
+	switch v {
+	case "application/json", "application/x-www-form-urlencoded":
+		return v // what mime.ParseMediaType answers, without its parameter map
+	}
+	mt, _, err := mime.ParseMediaType(v)
 	if err != nil {
 		return ""
 	}
