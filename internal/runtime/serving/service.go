@@ -166,7 +166,8 @@ func NewPool(spec Spec, log *slog.Logger, obs Observer) *Pool {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 		},
-		Transport: transport,
+		Transport:  transport,
+		BufferPool: copyBuffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTimeout))
 			if d, ok := r.Context().Deadline(); ok && !time.Now().Before(d) {
@@ -179,6 +180,32 @@ func NewPool(spec Spec, log *slog.Logger, obs Observer) *Pool {
 	}
 	return s
 }
+
+// copyBufferSize is the size of the buffers the reverse proxy copies answers through, that of
+// the buffer it allocates for each answer when it has no BufferPool.
+const copyBufferSize = 32 << 10
+
+// copyBufferPool is an httputil.BufferPool that reuses the proxy's copy buffers across requests
+// and Services instead of allocating (and zeroing) one per answer. It keeps only buffers of
+// copyBufferSize, and only those idle since the last garbage collections (sync.Pool drops the
+// rest), so it holds about as many as are in use at once.
+type copyBufferPool struct{ pool sync.Pool }
+
+// copyBuffers serves every Pool's reverse proxy.
+var copyBuffers = &copyBufferPool{pool: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
+
+// Get implements httputil.BufferPool.
+func (p *copyBufferPool) Get() []byte { return p.pool.Get().(*[copyBufferSize]byte)[:] }
+
+// Put implements httputil.BufferPool; a buffer of another size is left to the collector.
+func (p *copyBufferPool) Put(b []byte) {
+	if cap(b) != copyBufferSize {
+		return
+	}
+	p.pool.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+}
+
+var _ httputil.BufferPool = copyBuffers
 
 // Name is namespace/name.
 func (s *Pool) Name() string { return s.spec.Namespace + "/" + s.spec.Name }
@@ -362,6 +389,11 @@ func (s *Pool) readBody(ctx context.Context, rc *http.ResponseController, r *htt
 	}
 	read := func() ([]byte, error) {
 		var buf bytes.Buffer
+		if r.ContentLength > 0 {
+			// Room for the whole body and the read that finds its end: one allocation, where
+			// ReadFrom alone grows the buffer from 512 bytes.
+			buf.Grow(int(r.ContentLength) + bytes.MinRead)
+		}
 		_, err := buf.ReadFrom(io.LimitReader(r.Body, maxBufferedBody+1))
 		return buf.Bytes(), err
 	}

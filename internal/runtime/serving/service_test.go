@@ -1,14 +1,17 @@
 package serving
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,7 +63,7 @@ func startPool(t *testing.T, spec Spec) (*Pool, *httptest.Server, *countingObser
 }
 
 // newPool returns a Pool of the echo function with test defaults.
-func newPool(t *testing.T, spec Spec) (*Pool, *countingObserver) {
+func newPool(t testing.TB, spec Spec) (*Pool, *countingObserver) {
 	t.Helper()
 	spec.Namespace, spec.Name = "test", t.Name()
 	if spec.Binary == "" {
@@ -78,7 +81,7 @@ func newPool(t *testing.T, spec Spec) (*Pool, *countingObserver) {
 
 // runService runs svc until the test ends and serves h (svc, or a handler calling it) on a test
 // server configured as the runtime's (NewServer).
-func runPool(t *testing.T, svc *Pool, h http.Handler) *httptest.Server {
+func runPool(t testing.TB, svc *Pool, h http.Handler) *httptest.Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -492,6 +495,91 @@ func TestBuildReportsProgress(t *testing.T) {
 			}
 			if !strings.Contains(lines.String(), "compiling their dependencies") || !strings.Contains(lines.String(), tc.paths[0]) {
 				t.Errorf("printed progress:\n%s", lines.String())
+			}
+		})
+	}
+}
+
+// TestProxyReusesCopyBuffers checks that answering through the reverse proxy does not allocate a
+// copy buffer per request: without a BufferPool, httputil.ReverseProxy makes (and zeroes) one of
+// 32 KiB for every answer, which on the event path was most of the bytes allocated per delivery.
+func TestProxyReusesCopyBuffers(t *testing.T) {
+	if raceDetector {
+		t.Skip("under the race detector sync.Pool drops pooled items at random: allocations per request say nothing")
+	}
+	tests := []struct {
+		name   string
+		method string
+		body   string
+		header http.Header
+	}{
+		{name: "request without a body", method: http.MethodGet},
+		{name: "echoed body", method: http.MethodPost, body: strings.Repeat("x", 128)},
+		{name: "CloudEvent answered without a body", method: http.MethodPost, body: `{"n":1}`,
+			header: http.Header{"Ce-Id": {"1"}, "Ce-Type": {"t"}, "Ce-Source": {"/s"}, "Ce-Specversion": {"1.0"}}},
+	}
+	svc, _ := newPool(t, Spec{MinScale: 1})
+	runPool(t, svc, svc)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			serve := func() {
+				req := httptest.NewRequest(tc.method, "/", strings.NewReader(tc.body))
+				maps.Copy(req.Header, tc.header)
+				rec := httptest.NewRecorder()
+				svc.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					t.Fatalf("status = %d, want 200: %s", rec.Code, rec.Body)
+				}
+			}
+			for range 20 { // an instance started, connections open, buffers pooled
+				serve()
+			}
+			const requests = 200
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for range requests {
+				serve()
+			}
+			runtime.ReadMemStats(&after)
+			perRequest := (after.TotalAlloc - before.TotalAlloc) / requests
+			t.Logf("%d bytes allocated per proxied request", perRequest)
+			if perRequest >= copyBufferSize {
+				t.Errorf("%d bytes allocated per proxied request, at least the %d of a copy buffer: the proxy allocates one per answer", perRequest, copyBufferSize)
+			}
+		})
+	}
+}
+
+// TestBufferedBodyIsSizedByItsLength checks that a body of known length is read into one buffer
+// of its size (and the read that finds its end), not into one grown from 512 bytes by doubling:
+// the buffer's capacity is that of a single allocation of ContentLength+bytes.MinRead bytes.
+func TestBufferedBodyIsSizedByItsLength(t *testing.T) {
+	tests := []struct {
+		name string
+		size int
+	}{
+		{name: "event of 128 bytes", size: 128},
+		{name: "event of 4 KiB", size: 4 << 10},
+		{name: "event of 64 KiB", size: 64 << 10},
+	}
+	svc, _ := newPool(t, Spec{})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sent := strings.Repeat("x", tc.size)
+			req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(sent))
+			rec := httptest.NewRecorder()
+			body, reserved, err := svc.readBody(context.Background(), http.NewResponseController(rec), req, time.Time{})
+			svc.buffered.Add(-reserved)
+			if err != nil {
+				t.Fatalf("reading the body: %v", err)
+			}
+			if string(body) != sent {
+				t.Fatalf("read %d bytes, want the %d sent", len(body), len(sent))
+			}
+			// The capacity the runtime gives one allocation of that many bytes.
+			want := cap(append([]byte(nil), make([]byte, tc.size+bytes.MinRead)...))
+			if cap(body) > want {
+				t.Errorf("body read into a buffer of %d bytes, want one allocation of %d (ContentLength %d + %d)", cap(body), want, tc.size, bytes.MinRead)
 			}
 		})
 	}
