@@ -64,7 +64,7 @@ fi
 # runs so each starts from an empty broker.
 delivered_rate() {
   if [ -n "$redis_url" ]; then redis-cli -u "$redis_url" flushall >/dev/null; fi
-  env "$@" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N" -hello-d 2s -cold 1 \
+  env "$@" "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N" -hello-d 2s -cold 1 -half-rounds 0 \
     | sed -n 's/.* = \([0-9]*\) ev\/s delivered.*/\1/p'
 }
 if [ "$RED" = 1 ]; then

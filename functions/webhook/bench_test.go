@@ -148,28 +148,36 @@ func envInt(name string, def int) int {
 // answering 202), 202 — beside a bare net/http hello handler, with the same Go load generator
 // in the same run. Run it once: go test -run '^$' -bench IntakeVsHello -benchtime 1x
 // (hack/bench-webhook.sh). WEBHOOK_BENCH_SECONDS and WEBHOOK_BENCH_WORKERS tune the load.
-func BenchmarkIntakeVsHello(b *testing.B) {
-	seconds := envInt("WEBHOOK_BENCH_SECONDS", 5)
-	workers := envInt("WEBHOOK_BENCH_WORKERS", 32)
-	d := time.Duration(seconds) * time.Second
-
+// startBenchIntake starts the intake as production does, against a real redis-server and a
+// broker stand-in in this process that answers 202; both stop with b. Logs are formatted as in
+// production (JSON at info) but not written, so the output stays readable.
+func startBenchIntake(b *testing.B) (fn *Function, brokerURL string) {
+	b.Helper()
 	setSecrets(b)
 	redisSrv := redistest.Start(b, redistest.Options{})
 	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusAccepted)
 	}))
-	defer broker.Close()
+	b.Cleanup(broker.Close)
 	b.Setenv("REDIS_URL", redisSrv.URL())
 	b.Setenv("K_SINK", broker.URL)
 	b.Setenv("WEBHOOK_SOURCES_FILE", "testdata/sources.yaml")
-	fn := New()
-	// Logs are formatted as in production but not written, so the output stays readable.
+	fn = New()
 	fn.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	if err := fn.Start(context.Background(), nil); err != nil {
 		b.Fatal(err)
 	}
-	defer fn.Stop(context.Background())
+	b.Cleanup(func() { _ = fn.Stop(context.Background()) })
+	return fn, broker.URL
+}
+
+func BenchmarkIntakeVsHello(b *testing.B) {
+	seconds := envInt("WEBHOOK_BENCH_SECONDS", 5)
+	workers := envInt("WEBHOOK_BENCH_WORKERS", 32)
+	d := time.Duration(seconds) * time.Second
+
+	fn, _ := startBenchIntake(b)
 	intake := httptest.NewServer(http.HandlerFunc(fn.Handle))
 	defer intake.Close()
 	hello := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

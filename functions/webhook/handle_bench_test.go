@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/knfaas/knfaas/internal/function/sink"
 	"github.com/knfaas/knfaas/internal/function/webhook/source"
-	"github.com/knfaas/knfaas/internal/harness/redistest"
 )
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -42,23 +39,7 @@ func processCPU(b *testing.B) time.Duration {
 // machine; "cpu-x-bare" is the intake's cpu-ns/op over the bare handler's of the same run.
 // "intake-without-io" is the same handler with the claims and the broker answered in memory.
 func BenchmarkHandleVsBare(b *testing.B) {
-	setSecrets(b)
-	redisSrv := redistest.Start(b, redistest.Options{})
-	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusAccepted)
-	}))
-	defer broker.Close()
-	b.Setenv("REDIS_URL", redisSrv.URL())
-	b.Setenv("K_SINK", broker.URL)
-	b.Setenv("WEBHOOK_SOURCES_FILE", "testdata/sources.yaml")
-	fn := New()
-	// Formatted as in production (JSON at info: one line per published delivery), not written.
-	fn.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
-	if err := fn.Start(context.Background(), nil); err != nil {
-		b.Fatal(err)
-	}
-	defer fn.Stop(context.Background())
+	fn, brokerURL := startBenchIntake(b)
 
 	// The same intake without I/O: claims granted in memory, and the sink's requests answered
 	// 202 by its transport itself, so that its cpu-ns/op is the handler's own work (verify,
@@ -70,7 +51,7 @@ func BenchmarkHandleVsBare(b *testing.B) {
 	}
 	noIOConfig := Config{PublishTimeout: 5 * time.Second, RetryAfter: 10 * time.Second}
 	// Start builds its sender with the publish timeout too.
-	pub, err := sink.NewWithTransport(broker.URL, noIOConfig.PublishTimeout, roundTripFunc(func(r *http.Request) (*http.Response, error) {
+	pub, err := sink.NewWithTransport(brokerURL, noIOConfig.PublishTimeout, roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		_ = r.Body.Close()
 		return &http.Response{StatusCode: http.StatusAccepted, Header: http.Header{}, Body: http.NoBody, Request: r}, nil

@@ -184,8 +184,8 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 	// The hello server's CPU per request when it gets the very request a delivery is (a POST
 	// with the event's headers and body): the baseline of the function instance's CPU per event.
 	helloPostCPU0 := cpuTime(hello.Process.Pid)
-	hp := runLoad(c, 0, 2*time.Second, postTo(helloURL, "hello-"))
-	helloPostCPU := time.Duration(float64(cpuTime(hello.Process.Pid)-helloPostCPU0) / float64(max(hp.N, 1)))
+	helloPost := runLoad(c, 0, 2*time.Second, postTo(helloURL, "hello-"))
+	helloPostCPU := time.Duration(float64(cpuTime(hello.Process.Pid)-helloPostCPU0) / float64(max(helloPost.N, 1)))
 	delivered := func() float64 {
 		return metric(addr, `knfaas_trigger_events_delivered_total{broker="bench/default",trigger="bench/noop"}`)
 	}

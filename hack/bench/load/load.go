@@ -92,17 +92,19 @@ func Run(opts Options, request func(i int64) *http.Request) Result {
 			defer wg.Done()
 			for {
 				i := next.Add(1) - 1
-				if (opts.Requests > 0 && i >= opts.Requests) || (opts.Requests == 0 && time.Now().After(deadline)) {
+				t0 := time.Now()
+				// A paced run ends with the last request due within the duration, however late a
+				// busy worker takes it; a closed loop ends when the duration has passed.
+				end := t0
+				if opts.Rate > 0 {
+					end = start.Add(time.Duration(float64(i) / opts.Rate * float64(time.Second)))
+				}
+				if (opts.Requests > 0 && i >= opts.Requests) || (opts.Requests == 0 && end.After(deadline)) {
 					return
 				}
-				t0 := time.Now()
 				if opts.Rate > 0 {
-					due := start.Add(time.Duration(float64(i) / opts.Rate * float64(time.Second)))
-					if opts.Requests == 0 && due.After(deadline) {
-						return
-					}
-					time.Sleep(time.Until(due))
-					t0 = due
+					time.Sleep(time.Until(end))
+					t0 = end
 				}
 				resp, err := client.Do(request(i))
 				if err != nil {
