@@ -182,10 +182,10 @@ func TestDeliveriesReuseTheirWorker(t *testing.T) {
 			r := startWorkerRig(t, ConsumerOptions{Parallelism: tc.parallelism}, 0, nil)
 			for i := range tc.events {
 				r.publish(t, fmt.Sprint("e", i, "-"), 1)
-				// The next event comes once the worker is idle again (it takes it after the
-				// subscriber's answer), as in a steady flow with gaps.
-				eventually(t, fmt.Sprintf("delivery %d and an idle worker", i+1), func() bool {
-					return r.delivered.Load() == int64(i+1) && r.idleWorkers() == 1
+				// The next event comes once every worker is idle again (a worker is idle only
+				// after the subscriber's answer), as in a steady flow with gaps.
+				eventually(t, fmt.Sprintf("delivery %d and no worker busy", i+1), func() bool {
+					return r.delivered.Load() == int64(i+1) && r.idleWorkers() == r.liveWorkers()
 				})
 			}
 			if n := r.watch.goroutines(); n != 1 {
