@@ -121,6 +121,11 @@ func (s *Pool) forwarded(ctx context.Context, req *http.Request, inst *instance,
 		out.Host = req.URL.Host
 	}
 	out.RequestURI = ""
+	// The caller's context ends the request (its deadline included); http.Client also closes
+	// the deprecated Cancel channel for its Timeout below a transport it does not know
+	// (Knative's tracing one), which would end it as "request canceled" a moment before the
+	// context's deadline shows, and make a client that gave up look like a failed instance.
+	out.Cancel = nil
 	removeHopByHopHeaders(out.Header)
 	out.Header.Del("X-Forwarded-For") // an in-process caller has no address to name
 	out.Header.Set("X-Forwarded-Host", out.Host)

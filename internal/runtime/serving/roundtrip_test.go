@@ -179,32 +179,57 @@ func TestRoutesQueueForASlot(t *testing.T) {
 	}
 }
 
+// wrappingTransport is a RoundTripper http.Client does not know, as Knative's tracing one: below
+// it, a client's Timeout also closes the request's Cancel channel.
+type wrappingTransport struct{ http.RoundTripper }
+
 // TestRoutesFreeTheSlotWhenTheClientGivesUp: a client that gives up sees its own context's
-// error on both routes, and the one slot it held serves the next request at once.
+// error on both routes, whether its context ends or its Timeout passes below a transport that
+// wraps the route, and the one slot it held serves the next request at once.
 func TestRoutesFreeTheSlotWhenTheClientGivesUp(t *testing.T) {
-	for _, route := range poolRoutes {
-		t.Run(route.name, func(t *testing.T) {
-			svc, _ := newPool(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: time.Minute})
-			client, base := route.serve(t, svc)
+	tests := []struct {
+		name string
+		do   func(client *http.Client, url string) (*http.Response, error)
+	}{
+		{name: "its context ends", do: func(client *http.Client, url string) (*http.Response, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/?sleep=1m", nil)
-			resp, err := client.Do(req)
-			if err == nil {
-				resp.Body.Close()
-				t.Fatalf("a request whose client gave up answered %d, want the client's error", resp.StatusCode)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			return client.Do(req)
+		}},
+		{name: "its timeout passes below a wrapping transport", do: func(client *http.Client, url string) (*http.Response, error) {
+			wrapped := &http.Client{Transport: wrappingTransport{client.Transport}, Timeout: 300 * time.Millisecond}
+			if wrapped.Transport.(wrappingTransport).RoundTripper == nil {
+				wrapped.Transport = wrappingTransport{http.DefaultTransport}
 			}
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("error %v, want the client's context.DeadlineExceeded", err)
-			}
-			began := time.Now()
-			if code, _ := send(t, client, http.MethodGet, base+"/pid", nil); code != http.StatusOK {
-				t.Fatalf("next request answered %d, want 200", code)
-			}
-			if waited := time.Since(began); waited > 30*time.Second {
-				t.Errorf("next request waited %s: the slot was held by the abandoned one", waited)
-			}
-		})
+			return wrapped.Get(url)
+		}},
+	}
+	for _, route := range poolRoutes {
+		for _, tc := range tests {
+			t.Run(route.name+"/"+tc.name, func(t *testing.T) {
+				svc, obs := newPool(t, Spec{ContainerConcurrency: 1, MaxScale: 1, Timeout: time.Minute})
+				client, base := route.serve(t, svc)
+				resp, err := tc.do(client, base+"/?sleep=1m")
+				if err == nil {
+					resp.Body.Close()
+					t.Fatalf("a request whose client gave up answered %d, want the client's error", resp.StatusCode)
+				}
+				if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "Client.Timeout exceeded") {
+					t.Errorf("error %v, want the client's deadline", err)
+				}
+				began := time.Now()
+				if code, _ := send(t, client, http.MethodGet, base+"/pid", nil); code != http.StatusOK {
+					t.Fatalf("next request answered %d, want 200", code)
+				}
+				if waited := time.Since(began); waited > 30*time.Second {
+					t.Errorf("next request waited %s: the slot was held by the abandoned one", waited)
+				}
+				if n := obs.maxSeen.Load(); n != 1 {
+					t.Errorf("%d instances at once, want 1", n)
+				}
+			})
+		}
 	}
 }
 
