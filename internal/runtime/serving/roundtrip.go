@@ -146,6 +146,9 @@ func readResponse(resp *http.Response, max int64) ([]byte, error) {
 	if resp.ContentLength > max {
 		return nil, fmt.Errorf("%w (%d bytes)", ErrResponseTooLarge, max)
 	}
+	if resp.ContentLength == 0 {
+		return nil, nil // most deliveries: an event accepted, no reply
+	}
 	var buf bytes.Buffer
 	if resp.ContentLength > 0 {
 		// Room for the whole answer and the read that finds its end: one allocation.
