@@ -22,6 +22,8 @@ import (
 // ends, RoundTrip returns its error at once and the handler's context (its own, as a server
 // gives it) ends.
 // A panic in a handler is answered 500 (http.ErrAbortHandler: an error, as a reset connection).
+// A handler that is a RoundTripHandler (a Service's Pool) answers itself, in the caller's
+// goroutine, on the caller's request: see RoundTripHandler.
 //
 // Route installs it below an *http.Transport, so that clients built from clones of that
 // transport (Knative's dispatcher clones http.DefaultTransport) reach the handlers directly.
@@ -74,7 +76,27 @@ func (p *InProcess) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, fmt.Errorf("no in-process handler for %s://%s", req.URL.Scheme, req.URL.Host)
 	}
+	if rt, ok := h.(RoundTripHandler); ok {
+		if err := req.Context().Err(); err != nil {
+			if req.Body != nil {
+				_ = req.Body.Close()
+			}
+			return nil, err
+		}
+		return rt.RoundTripInProcess(req, p.MaxResponseBytes)
+	}
 	return p.serve(h, req)
+}
+
+// A RoundTripHandler is a handler that also answers in-process requests itself, as a
+// RoundTripper: InProcess hands it the caller's request, in the caller's goroutine, instead of
+// running ServeHTTP in a goroutine of its own on a copy of the request. It must answer as
+// ServeHTTP would over a connection, read the answer whole (at most maxResponseBytes, else
+// fail with ErrResponseTooLarge), close the request's body, and return the context's error
+// when the caller gives up. A Pool is one.
+type RoundTripHandler interface {
+	http.Handler
+	RoundTripInProcess(req *http.Request, maxResponseBytes int64) (*http.Response, error)
 }
 
 type handlerResult struct {

@@ -15,12 +15,19 @@ import (
 // TestRequestsAreMeasuredWithTheirTrace: the Pool reports every request to the runtime's
 // metrics, by CloudEvent type and status, and a request of a sampled trace (traceparent header,
 // or a binary-mode event's ce-traceparent) leaves its trace id as the exemplar, which a
-// scrape asking for OpenMetrics finds; a 5xx counts as an error.
+// scrape asking for OpenMetrics finds; a 5xx counts as an error. Both routes to a Pool are
+// measured alike.
 func TestRequestsAreMeasuredWithTheirTrace(t *testing.T) {
+	for _, route := range poolRoutes {
+		t.Run(route.name, func(t *testing.T) { testRequestsAreMeasured(t, route) })
+	}
+}
+
+func testRequestsAreMeasured(t *testing.T, route poolRoute) {
 	m := metrics.New()
 	spec := Spec{Namespace: "test", Name: "red", Binary: echoBinary, ReadinessPath: "/health/readiness", IdleTimeout: time.Minute}
 	pool := NewPool(spec, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
-	srv := runPool(t, pool, pool)
+	client, base := route.serve(t, pool)
 
 	const (
 		tracedID   = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -78,7 +85,7 @@ func TestRequestsAreMeasuredWithTheirTrace(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodPost, srv.URL+tc.path, strings.NewReader(`{"n":1}`))
+			req, _ := http.NewRequest(http.MethodPost, base+tc.path, strings.NewReader(`{"n":1}`))
 			if tc.eventType != "" {
 				for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/test", "ce-type": tc.eventType} {
 					req.Header.Set(k, v)
@@ -87,7 +94,7 @@ func TestRequestsAreMeasuredWithTheirTrace(t *testing.T) {
 			for k, v := range tc.headers {
 				req.Header.Set(k, v)
 			}
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}

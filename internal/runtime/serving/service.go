@@ -96,7 +96,9 @@ type Pool struct {
 	// requests is obs as a RequestObserver, nil when it is not one.
 	requests RequestObserver
 	proxy    *httputil.ReverseProxy
-	nextID   int
+	// transport reaches the instances, for the proxy and for in-process requests.
+	transport *http.Transport
+	nextID    int
 	// buffered is the bytes of request bodies held in memory, up to bufferBudget.
 	buffered     atomic.Int64
 	bufferBudget int64
@@ -149,6 +151,7 @@ func NewPool(spec Spec, log *slog.Logger, obs Observer) *Pool {
 	// Below the 30 s func-go's servers keep an idle connection, so the activator drops an idle
 	// connection before an instance closes it.
 	transport.IdleConnTimeout = 20 * time.Second
+	s.transport = transport
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			target := pr.In.Context().Value(instanceKey{}).(*proxyTarget)
