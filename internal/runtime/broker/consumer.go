@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -192,6 +193,18 @@ type Consumer struct {
 	mu       sync.Mutex
 	inflight map[string]bool
 	wg       sync.WaitGroup
+	// Deliveries run on workers that are reused while entries keep coming (see work). idle
+	// (under mu) holds the workers waiting for an entry, the one that finished last on top;
+	// live (under mu) counts the workers that are not retired; workers waits for their
+	// goroutines to return; retire is closed once Run dispatches no more, and the idle workers
+	// exit.
+	idle       []*worker
+	live       int
+	workers    sync.WaitGroup
+	retire     chan struct{}
+	workerIdle time.Duration
+	// onWorkerStart, when set (by tests), is called with live after a worker is started.
+	onWorkerStart func(live int)
 	// reader is the stream's shared reader while Run runs; acking counts the entries handed
 	// to its acknowledgements and not yet sent.
 	reader *streamReader
@@ -224,7 +237,7 @@ func NewConsumer(t *Trigger, rdb redis.UniversalClient, d *kncloudevents.Dispatc
 	c := &Consumer{
 		t: &tc, rdb: rdb, dispatcher: d, log: log.With("trigger", t.Key(), "broker", brokerKey), metrics: m, opts: opts,
 		stream: stream, brokerKey: brokerKey, roundsKey: RoundsKey(stream, tc.Group()),
-		sem: make(chan struct{}, opts.Parallelism), inflight: map[string]bool{},
+		sem: make(chan struct{}, opts.Parallelism), inflight: map[string]bool{}, workerIdle: workerIdle,
 	}
 	if u, err := apis.ParseURL(tc.ReplyURL); err == nil && u != nil && u.RawQuery == "" && u.Fragment == "" && !u.ForceQuery {
 		c.replyBase = u
@@ -270,6 +283,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	c.retire = make(chan struct{})
 	deliverCtx, cancelDeliveries := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDeliveries()
 	c.deliverCtx = deliverCtx
@@ -288,7 +302,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	<-ctx.Done()
 	c.reader.leave(m)
 	loops.Wait()
+	// Nothing dispatches any more: idle workers exit now, busy ones after their delivery.
+	close(c.retire)
 	c.wg.Wait()
+	c.workers.Wait()
 	c.acking.Wait()
 	return nil
 }
@@ -335,7 +352,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// dispatch starts the delivery of one entry unless it is already being delivered.
+// dispatch starts the delivery of one entry unless it is already being delivered. The delivery
+// takes a slot of c.sem and runs on an idle worker, or on a new one when none is idle.
 func (c *Consumer) dispatch(ctx context.Context, e readEntry) {
 	id := e.msg.ID
 	c.mu.Lock()
@@ -352,23 +370,97 @@ func (c *Consumer) dispatch(ctx context.Context, e readEntry) {
 		return
 	}
 	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer func() { <-c.sem }()
-		// Deliveries in flight may finish within the shutdown grace: cutting them off would
-		// only cause a redelivery.
-		if c.deliver(c.deliverCtx, e) {
-			// The entry stays in flight until it is acknowledged: a reclaim in between would
-			// deliver it again.
-			c.acking.Add(1)
-			if _, err := c.reader.acks.Submit(context.Background(), deliveredAck{c: c, id: id, forgetRounds: e.redelivered}); err != nil {
-				c.acking.Done()
-				c.done(id) // cannot happen before Run's deliveries are done; left pending
-			}
+	c.mu.Lock()
+	if n := len(c.idle); n > 0 {
+		w := c.idle[n-1]
+		c.idle = c.idle[:n-1]
+		c.mu.Unlock()
+		w.next <- e
+		return
+	}
+	c.live++
+	live := c.live
+	c.mu.Unlock()
+	c.workers.Add(1)
+	go c.work(&worker{next: make(chan readEntry, 1)}, e)
+	if c.onWorkerStart != nil {
+		c.onWorkerStart(live)
+	}
+}
+
+// workerIdle is how long a delivery worker waits for its next entry before it exits. A worker
+// keeps the stack its deliveries grew (they go deep: the dispatcher, the CloudEvents SDK,
+// net/http), where a goroutine per delivery started small and was copied as it grew, for every
+// event. A few seconds keep the workers through the gaps of a steady flow of events; after them
+// an idle Trigger holds no goroutine for its deliveries.
+const workerIdle = 5 * time.Second
+
+// worker is a goroutine running deliveries; next takes its next entry. It is taken off
+// Consumer.idle before an entry is sent, so next never holds more than one.
+type worker struct {
+	next chan readEntry
+}
+
+// work runs w's deliveries, starting with e, until w has been idle for workerIdle or Run
+// retires the workers. The number of workers never exceeds the capacity of c.sem: a worker
+// gives back its delivery's slot only once it is idle, and dispatch starts one only when none
+// is idle, so every worker that is not idle holds a slot.
+func (c *Consumer) work(w *worker, e readEntry) {
+	defer c.workers.Done()
+	idle := time.NewTimer(c.workerIdle)
+	defer idle.Stop()
+	for {
+		c.deliverAndAck(e)
+		c.mu.Lock()
+		c.idle = append(c.idle, w)
+		c.mu.Unlock()
+		<-c.sem
+		c.wg.Done()
+		idle.Reset(c.workerIdle)
+		select {
+		case e = <-w.next:
+			continue
+		case <-idle.C:
+		case <-c.retire:
+		}
+		if c.retireIdle(w) {
 			return
 		}
-		c.done(id)
-	}()
+		// A dispatch took w off the idle workers before it could leave: its entry is on the way.
+		e = <-w.next
+	}
+}
+
+// retireIdle takes w off the idle workers and reports whether it was still there.
+func (c *Consumer) retireIdle(w *worker) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := slices.Index(c.idle, w)
+	if i < 0 {
+		return false
+	}
+	c.idle = slices.Delete(c.idle, i, i+1)
+	c.live--
+	return true
+}
+
+// deliverAndAck delivers e and hands it to the acknowledgements when it may be acknowledged;
+// otherwise it is no longer in flight and stays pending.
+func (c *Consumer) deliverAndAck(e readEntry) {
+	id := e.msg.ID
+	// Deliveries in flight may finish within the shutdown grace: cutting them off would only
+	// cause a redelivery.
+	if c.deliver(c.deliverCtx, e) {
+		// The entry stays in flight until it is acknowledged: a reclaim in between would
+		// deliver it again.
+		c.acking.Add(1)
+		if _, err := c.reader.acks.Submit(context.Background(), deliveredAck{c: c, id: id, forgetRounds: e.redelivered}); err != nil {
+			c.acking.Done()
+			c.done(id) // cannot happen before Run's deliveries are done; left pending
+		}
+		return
+	}
+	c.done(id)
 }
 
 func (c *Consumer) done(id string) {
