@@ -34,21 +34,25 @@ func cpuTime() time.Duration {
 // second and the process' CPU time per delivery (the subscriber's included), with the
 // dispatcher's connection pool sized as `knfaas up` sizes it (net/http's default keeps two idle
 // connections per host, and the deliveries would dial most of theirs). Run it with -cpuprofile
-// to see where a delivery's time goes.
+// to see where a delivery's time goes, e.g. how much is goroutine stack growth
+// (runtime.newstack).
 func BenchmarkFanOut(b *testing.B) {
 	kncloudevents.ConfigureConnectionArgs(&kncloudevents.ConnectionArgs{MaxIdleConns: 2048, MaxIdleConnsPerHost: 512})
 	b.Cleanup(func() { kncloudevents.ConfigureConnectionArgs(nil) })
 	for _, tc := range []struct {
 		triggers int
 		onePct   bool
-	}{{1, false}, {10, false}, {100, false}, {100, true}} {
-		name := fmt.Sprintf("triggers=%d/match=all", tc.triggers)
+		// parallelism is each Trigger's deliveries in flight: few, so that 100 Triggers stay
+		// within the process' open files, and 32 for one Trigger, as bench-broker.sh loads it.
+		parallelism int
+	}{{1, false, 4}, {1, false, 32}, {10, false, 4}, {100, false, 4}, {100, true, 4}} {
+		name := fmt.Sprintf("triggers=%d/match=all/parallelism=%d", tc.triggers, tc.parallelism)
 		if tc.onePct {
-			name = fmt.Sprintf("triggers=%d/match=1pct", tc.triggers)
+			name = fmt.Sprintf("triggers=%d/match=1pct/parallelism=%d", tc.triggers, tc.parallelism)
 		}
 		b.Run(name, func(b *testing.B) {
 			srv := redistest.Start(b, redistest.Options{})
-			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 4 * tc.triggers})
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: max(8, 4*tc.triggers)})
 			b.Cleanup(func() { _ = rdb.Close() })
 			var delivered atomic.Int64
 			sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -74,9 +78,7 @@ func BenchmarkFanOut(b *testing.B) {
 				if err := EnsureGroup(ctx, rdb, stream, trig.Group()); err != nil {
 					b.Fatal(err)
 				}
-				// Few deliveries in flight per Trigger: 100 Triggers must stay within the
-				// process' open files.
-				c := NewConsumer(trig, rdb, dispatcher, quietLog(), metrics.New(), ConsumerOptions{Parallelism: 4})
+				c := NewConsumer(trig, rdb, dispatcher, quietLog(), metrics.New(), ConsumerOptions{Parallelism: tc.parallelism})
 				done := make(chan struct{})
 				stopped = append(stopped, done)
 				go func() { _ = c.Run(ctx); close(done) }()

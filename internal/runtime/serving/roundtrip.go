@@ -41,14 +41,8 @@ func (s *Pool) RoundTripInProcess(req *http.Request, maxResponseBytes int64) (*h
 
 func (s *Pool) roundTrip(req *http.Request, maxResponseBytes int64) (*http.Response, error) {
 	clientCtx := req.Context()
-	ctx := clientCtx
-	var deadline time.Time
-	if s.spec.Timeout > 0 {
-		deadline = time.Now().Add(s.spec.Timeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+	ctx, deadline, cancel := s.withTimeout(clientCtx)
+	defer cancel()
 	body, reserved, err := s.readInProcessBody(req)
 	defer s.buffered.Add(-reserved)
 	if err != nil {

@@ -231,14 +231,10 @@ func (s *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.requests.ObserveRequest(s.spec.Namespace, s.spec.Name, eventType, rec.statusCode(), time.Since(began), traceID)
 		}()
 	}
-	ctx := r.Context()
 	rc := http.NewResponseController(w)
-	var deadline time.Time
-	if s.spec.Timeout > 0 {
-		deadline = time.Now().Add(s.spec.Timeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
+	ctx, deadline, cancel := s.withTimeout(r.Context())
+	defer cancel()
+	if !deadline.IsZero() {
 		// A client that does not read the answer cannot hold the slot past the timeout either.
 		// The server resets the write deadline for the next request only when it has a
 		// WriteTimeout: clear it on return.
@@ -262,6 +258,17 @@ func (s *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.release(inst)
 	target := &proxyTarget{inst: inst, body: body}
 	s.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, instanceKey{}, target)))
+}
+
+// withTimeout bounds ctx by the Service's timeout (timeoutSeconds), when it has one, and
+// returns the deadline (zero without one).
+func (s *Pool) withTimeout(ctx context.Context) (context.Context, time.Time, context.CancelFunc) {
+	if s.spec.Timeout <= 0 {
+		return ctx, time.Time{}, func() {}
+	}
+	deadline := time.Now().Add(s.spec.Timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	return ctx, deadline, cancel
 }
 
 // sampledTraceID is the trace id of the sampled trace context h carries (the traceparent header,

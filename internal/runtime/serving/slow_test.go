@@ -147,13 +147,10 @@ func TestUnreadAnswerFreesTheSlot(t *testing.T) {
 	}
 }
 
-// TestBodyIsForwardedIntact: bodies reach the instance byte for byte, whether buffered or
-// streamed, and a body that breaks off is refused rather than forwarded short.
+// TestBodyIsForwardedIntact: bodies reach the instance byte for byte on both routes to a Pool,
+// buffered or streamed, within the Service's buffer budget or beyond it, and give the budget
+// back; a body that breaks off is refused rather than forwarded short.
 func TestBodyIsForwardedIntact(t *testing.T) {
-	_, srv, _ := startPool(t, Spec{Timeout: 10 * time.Second})
-	svc, _ := newPool(t, Spec{Timeout: 10 * time.Second})
-	svc.bufferBudget = 10
-	tight := runPool(t, svc, svc)
 	random := func(n int) []byte {
 		b := make([]byte, n)
 		_, _ = rand.Read(b)
@@ -173,28 +170,34 @@ func TestBodyIsForwardedIntact(t *testing.T) {
 		{name: "over the buffer budget", body: random(1000), budget: true},
 		{name: "chunked over the buffer budget", body: random(1000), chunked: true, budget: true},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			url := srv.URL
-			if tc.budget {
-				url = tight.URL // a Service that may buffer only 10 bytes
-			}
-			var body io.Reader = bytes.NewReader(tc.body)
-			if tc.chunked {
-				body = io.MultiReader(body) // unknown length: sent chunked
-			}
-			resp, err := http.Post(url+"/", "application/octet-stream", body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || !bytes.Equal(got, tc.body) {
-				t.Fatalf("answer %d with %d bytes, want 200 and the %d bytes sent", resp.StatusCode, len(got), len(tc.body))
-			}
-		})
+	for _, route := range poolRoutes {
+		svc, _ := newPool(t, Spec{Timeout: 10 * time.Second})
+		client, base := route.serve(t, svc)
+		tight, _ := newPool(t, Spec{Timeout: 10 * time.Second})
+		tight.bufferBudget = 10 // a Service that may buffer only 10 bytes
+		tightClient, tightBase := route.serve(t, tight)
+		for _, tc := range tests {
+			t.Run(route.name+"/"+tc.name, func(t *testing.T) {
+				c, url := client, base
+				if tc.budget {
+					c, url = tightClient, tightBase
+				}
+				var body io.Reader = bytes.NewReader(tc.body)
+				if tc.chunked {
+					body = io.MultiReader(body) // unknown length: sent chunked
+				}
+				code, got := send(t, c, http.MethodPost, url+"/", body)
+				if code != http.StatusOK || !bytes.Equal(got, tc.body) {
+					t.Fatalf("answer %d with %d bytes, want 200 and the %d bytes sent", code, len(got), len(tc.body))
+				}
+				if n := svc.buffered.Load() + tight.buffered.Load(); n != 0 {
+					t.Errorf("%d bytes of the buffer budget still reserved after the answer", n)
+				}
+			})
+		}
 	}
 
+	_, srv, _ := startPool(t, Spec{Timeout: 10 * time.Second})
 	t.Run("broken off", func(t *testing.T) {
 		c := rawRequest(t, srv, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100", strings.Repeat("a", 10))
 		_ = c.(*net.TCPConn).CloseWrite()
