@@ -24,7 +24,8 @@ import (
 //     answers each entry once with the ids each group read (readScript), after the filtered-out
 //     entries of the previous round are acknowledged in the same pipeline (one XACK per group);
 //   - while every group has read all there is, one blocking XREAD waits for the stream to grow,
-//     instead of one blocked connection per Trigger;
+//     instead of one blocked connection per Trigger; a stream with a single Trigger waits with a
+//     blocking XREADGROUP instead, which reads what arrives in the same round trip;
 //   - each entry is decoded once per round and the Triggers' filters are evaluated on that one
 //     event: an entry a Trigger does not want is acknowledged without a delivery goroutine;
 //   - the acknowledgements of delivered entries of every group share pipelines.
@@ -72,6 +73,12 @@ type member struct {
 	retryAt time.Time
 	backoff time.Duration
 	left    bool
+	// reading: a blocking read of its group is out (soleReader); rounds leave it alone, so the
+	// room that read was sized by is not given to a round as well.
+	reading bool
+	// overlapped: a round read other groups while it was reading, so the round's position does
+	// not hold for it.
+	overlapped bool
 }
 
 // readEntry is a stream entry handed to a consumer. event, when set, is the decoded event,
@@ -251,7 +258,7 @@ return {last, entries, reads}
 func (r *streamReader) run(ctx context.Context) {
 	defer close(r.stopped)
 	watchReq := make(chan watchRequest, 1)
-	watchDone := make(chan bool, 1)
+	watchDone := make(chan watchResult, 1)
 	defer close(watchReq)
 	go r.watch(ctx, watchReq, watchDone)
 	watching := false
@@ -279,12 +286,24 @@ func (r *streamReader) run(ctx context.Context) {
 			}
 			continue
 		}
-		if !watching && last != "" {
+		if !watching {
 			r.mu.Lock()
 			block := r.block
+			m, count := r.soleReader()
+			if m != nil {
+				m.reading = true
+			}
 			r.mu.Unlock()
-			watchReq <- watchRequest{after: last, block: block}
-			watching = true
+			switch {
+			case m != nil:
+				// One Trigger, caught up: its blocking group read is the wait and the read in
+				// one round trip.
+				watchReq <- watchRequest{block: block, group: m, count: count}
+				watching = true
+			case last != "":
+				watchReq <- watchRequest{after: last, block: block}
+				watching = true
+			}
 		}
 		var timer *time.Timer
 		var fire <-chan time.Time
@@ -294,9 +313,16 @@ func (r *streamReader) run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-		case grew := <-watchDone:
+		case w := <-watchDone:
 			watching = false
-			if grew {
+			if w.read != nil {
+				if ctx.Err() != nil {
+					break // what it read stays pending, redelivered after a restart
+				}
+				r.takeSoleRead(ctx, w.read)
+				continue
+			}
+			if w.grew {
 				r.markBehind()
 			}
 		case <-r.wake:
@@ -318,39 +344,109 @@ func (r *streamReader) markBehind() {
 	r.mu.Unlock()
 }
 
+// watchRequest is one wait for the stream: for entries after after (XREAD), or, when group is
+// set, a blocking read of up to count new entries in that member's group (XREADGROUP).
 type watchRequest struct {
 	after string
 	block time.Duration
+	group *member
+	count int64
+}
+
+// watchResult is a wait's outcome: whether the stream grew, or the group read it did.
+type watchResult struct {
+	grew bool
+	read *readRequest
+}
+
+// soleReader returns the member to read with a blocking group read instead of a wait and a
+// round, and how many entries it may take: the only member, when it reads new entries, is not
+// waiting after a failure, has room, and nothing is left to acknowledge. r.mu is held.
+func (r *streamReader) soleReader() (*member, int64) {
+	if len(r.members) != 1 || len(r.filtered) > 0 {
+		return nil, 0
+	}
+	m := r.members[0]
+	room := cap(m.queue) - len(m.queue)
+	if m.left || m.cursor != ">" || time.Now().Before(m.retryAt) || room < readMin(m) {
+		return nil, 0
+	}
+	return m, int64(room)
+}
+
+// takeSoleRead hands what a blocking group read read to its member. The member's position is
+// its own read's unless a round ran meanwhile; other members that joined meanwhile learn that
+// the stream grew.
+func (r *streamReader) takeSoleRead(ctx context.Context, q *readRequest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := q.m
+	m.reading = false
+	r.take(ctx, q, map[string]*decodedEntry{})
+	if m.overlapped {
+		m.behind = true
+		m.overlapped = false
+	}
+	if len(q.msgs) > 0 && len(r.members) > 1 {
+		for _, o := range r.members {
+			o.behind = true
+		}
+	}
 }
 
 // watch waits, for each request, until the stream holds an entry after req.after or req.block
 // passed, and reports whether it grew (a failure reports true after a pause, so that the
-// reader's next round finds out what happened).
-func (r *streamReader) watch(ctx context.Context, reqs <-chan watchRequest, done chan<- bool) {
+// reader's next round finds out what happened). A request for a group reads it instead and
+// reports what it read (a timeout reads nothing).
+func (r *streamReader) watch(ctx context.Context, reqs <-chan watchRequest, done chan<- watchResult) {
 	backoff := 50 * time.Millisecond
 	for req := range reqs {
+		if m := req.group; m != nil {
+			msgs, err := r.readGroup(ctx, m, req.count, req.block)
+			done <- watchResult{read: &readRequest{m: m, cursor: ">", count: req.count, msgs: msgs, err: err}}
+			continue
+		}
 		res, err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{r.stream, req.after}, Count: 1, Block: req.block}).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
-			done <- false
+			done <- watchResult{}
 		case err != nil:
 			if ctx.Err() == nil {
 				r.log.Debug("waiting for new events failed", "error", err, "in", backoff)
 				sleep(ctx, backoff)
 				backoff = min(backoff*2, 5*time.Second)
 			}
-			done <- true
+			done <- watchResult{grew: true}
 		default:
 			backoff = 50 * time.Millisecond
-			done <- len(res) > 0 && len(res[0].Messages) > 0
+			done <- watchResult{grew: len(res) > 0 && len(res[0].Messages) > 0}
 		}
 	}
 }
 
+// readGroup reads up to count new entries of m's group, waiting up to block for the first.
+func (r *streamReader) readGroup(ctx context.Context, m *member, count int64, block time.Duration) ([]redis.XMessage, error) {
+	res, err := r.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: m.c.t.Group(), Consumer: r.name, Streams: []string{r.stream, ">"}, Count: count, Block: block,
+	}).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil:
+		if ctx.Err() == nil {
+			sleep(ctx, 50*time.Millisecond) // then the round reports and backs off
+		}
+		return nil, err
+	case len(res) == 0:
+		return nil, nil
+	}
+	return res[0].Messages, nil
+}
+
 // plan takes the filtered-out entries to acknowledge and, when some group may have entries
 // left to read and can take them, chooses the groups to read: every group whose queue has room
-// and that is not waiting after a failure (so that the round's position holds for all of them).
-// A group without room stays behind: its pump signals once it has drained. next is the
+// and that is neither waiting after a failure nor out on a blocking read of its own (so that
+// the round's position holds for all of them). A group without room stays behind: its pump signals once it has drained. next is the
 // earliest time a waiting group may be read again.
 func (r *streamReader) plan() (reqs []readRequest, acks map[string]*filteredAcks, next time.Time) {
 	r.mu.Lock()
@@ -363,6 +459,7 @@ func (r *streamReader) plan() (reqs []readRequest, acks map[string]*filteredAcks
 	for _, m := range r.members {
 		room := cap(m.queue) - len(m.queue)
 		switch {
+		case m.reading:
 		case now.Before(m.retryAt):
 			if next.IsZero() || m.retryAt.Before(next) {
 				next = m.retryAt
@@ -377,8 +474,11 @@ func (r *streamReader) plan() (reqs []readRequest, acks map[string]*filteredAcks
 		return nil, acks, next
 	}
 	for _, m := range r.members {
-		if cap(m.queue)-len(m.queue) < readMin(m) {
-			m.behind = true // the round's position does not hold for it
+		switch {
+		case m.reading:
+			m.overlapped = true // the round's position does not hold for it
+		case cap(m.queue)-len(m.queue) < readMin(m):
+			m.behind = true // nor for it
 		}
 	}
 	return reqs, acks, next
