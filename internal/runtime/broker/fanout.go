@@ -446,8 +446,8 @@ func (r *streamReader) readGroup(ctx context.Context, m *member, count int64, bl
 // plan takes the filtered-out entries to acknowledge and, when some group may have entries
 // left to read and can take them, chooses the groups to read: every group whose queue has room
 // and that is neither waiting after a failure nor out on a blocking read of its own (so that
-// the round's position holds for all of them). A group without room stays behind: its pump signals once it has drained. next is the
-// earliest time a waiting group may be read again.
+// the round's position holds for all of them). A group without room stays behind: its pump
+// signals once it has drained. next is the earliest time a waiting group may be read again.
 func (r *streamReader) plan() (reqs []readRequest, acks map[string]*filteredAcks, next time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
