@@ -42,6 +42,7 @@ if [ "$REDIS" = real ]; then
   pids+=($!)
   for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   redis_url="redis://127.0.0.1:$port/0"
+  redis_pid=${pids[0]}
 fi
 
 # BENCH_LOCK names a lock file shared with other measurements (the peers' benchmarks take one),
@@ -56,7 +57,7 @@ if [ "$TRACING" != 1 ] && [ "$RED" != 1 ]; then
   export OTEL_TRACES_SAMPLER="${OTEL_TRACES_SAMPLER:-always_off}"
   echo "tracing sampler: $OTEL_TRACES_SAMPLER; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
   # shellcheck disable=SC2086 # ARGS is a list of flags
-  "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -c "$C" -n "$N" ${ARGS:-}
+  "$work/bench" -knfaas "$work/knfaas" -redis "$redis_url" -redis-pid "${redis_pid:-0}" -c "$C" -n "$N" ${ARGS:-}
   exit
 fi
 

@@ -43,9 +43,10 @@ func main() {
 		profSecs = flag.Int("cpuprofile-seconds", 4, "length of the -cpuprofile profile")
 		halfD    = flag.Duration("half-d", 3*time.Second, "length of each paced run at half the delivered rate")
 		halfN    = flag.Int("half-rounds", 5, "alternating rounds (hello, then knfaas) paced at half the delivered rate (0: none)")
+		redisPID = flag.Int("redis-pid", 0, "pid of the redis-server, for its run-queue wait in the paced rounds (0: not reported)")
 	)
 	flag.Parse()
-	cpuProfile, cpuProfileSeconds, halfDur, halfRounds = *profile, *profSecs, *halfD, *halfN
+	cpuProfile, cpuProfileSeconds, halfDur, halfRounds, redisServerPID = *profile, *profSecs, *halfD, *halfN, *redisPID
 	if err := run(*conc, *events, *helloDur, *size, *colds, *knfaas, *redisURL); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -53,13 +54,44 @@ func main() {
 }
 
 // cpuProfile, when set, is where the runtime's CPU profile of the saturating run goes; halfDur
-// and halfRounds say how long and how many the paced runs at half the delivered rate are.
+// and halfRounds say how long and how many the paced runs at half the delivered rate are;
+// redisServerPID, when set, is the redis-server whose run-queue wait those runs report.
 var (
 	cpuProfile        string
 	cpuProfileSeconds int
 	halfDur           time.Duration
 	halfRounds        int
+	redisServerPID    int
 )
+
+// waits reads the run-queue wait of processes, to report it per request between two readings.
+type waits struct {
+	names []string
+	pids  []int
+}
+
+func (w *waits) add(name string, pid int) {
+	if pid > 0 {
+		w.names, w.pids = append(w.names, name), append(w.pids, pid)
+	}
+}
+
+func (w *waits) read() []time.Duration {
+	out := make([]time.Duration, len(w.pids))
+	for i, pid := range w.pids {
+		out[i], _ = proc.RunQueueWait(pid)
+	}
+	return out
+}
+
+// perRequest renders what each process waited for a CPU between two readings, per request.
+func (w *waits) perRequest(before, after []time.Duration, requests int64) string {
+	parts := make([]string, len(w.pids))
+	for i := range w.pids {
+		parts[i] = fmt.Sprintf("%s %s", w.names[i], (time.Duration(float64(after[i]-before[i]) / float64(max(requests, 1)))).Round(time.Microsecond))
+	}
+	return strings.Join(parts, ", ")
+}
 
 // deliveryHist is the runtime's histogram of delivery latency, ingress accept → subscriber answer.
 const deliveryHist = "knfaas_trigger_delivery_seconds_bucket"
@@ -254,14 +286,27 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 		var ratios []float64
 		var lost float64
 		fmt.Printf("-- at half that rate (%.0f/s, paced), %d alternating rounds of %s each:\n", halfRate, halfRounds, halfDur)
+		// How long each process's threads waited for a CPU while ready to run, per request:
+		// the share of the latency that is queueing for the two cores rather than work.
+		var helloWaits, knfaasWaits waits
+		helloWaits.add("load generator", os.Getpid())
+		helloWaits.add("hello", hello.Process.Pid)
+		knfaasWaits.add("load generator", os.Getpid())
+		knfaasWaits.add("runtime", up.Process.Pid)
+		knfaasWaits.add("function instance", warmPID)
+		knfaasWaits.add("redis-server", redisServerPID)
 		for round := range halfRounds {
+			w0 := helloWaits.read()
 			hh := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()},
 				func(int64) *http.Request { r, _ := http.NewRequest("GET", helloURL, nil); return r })
+			helloWaited := helloWaits.perRequest(w0, helloWaits.read(), hh.N)
 			before, base := histBuckets(addr, deliveryHist), delivered()
+			w0 = knfaasWaits.read()
 			hp := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()}, publish(fmt.Sprintf("half%d-", round)))
 			for t0 := time.Now(); delivered()-base < float64(hp.N) && time.Since(t0) < time.Minute; {
 				time.Sleep(5 * time.Millisecond)
 			}
+			knfaasWaited := knfaasWaits.perRequest(w0, knfaasWaits.read(), hp.N)
 			d := since(histBuckets(addr, deliveryHist), before)
 			lost += float64(hp.N) - (delivered() - base)
 			ratio := float64(quantile(d, 0.99)) / float64(hh.P99)
@@ -269,6 +314,7 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 			fmt.Printf("   round %d: hello p50 %s p99 %s (failed %d); knfaas publish p99 %s (refused %d), delivery p50 %s p99 %s; ratio %.2f\n",
 				round+1, hh.P50.Round(time.Microsecond), hh.P99.Round(time.Microsecond), hh.Failed,
 				hp.P99.Round(time.Microsecond), hp.Failed, quantile(d, 0.5), quantile(d, 0.99), ratio)
+			fmt.Printf("     waiting for a CPU, per request: hello round: %s; knfaas round: %s\n", helloWaited, knfaasWaited)
 		}
 		sort.Float64s(ratios)
 		fmt.Printf("== P99 RATIO at half rate: delivery p99 ÷ hello p99 = %.2f, median of %d rounds (range %.2f–%.2f; goal ≤ 3); lost %.0f\n",

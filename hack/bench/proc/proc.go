@@ -1,5 +1,5 @@
-// Package proc reads the memory and CPU time of a process from /proc, for the benchmarks under
-// hack/.
+// Package proc reads the memory, CPU time and run-queue wait of a process from /proc, for the
+// benchmarks under hack/.
 package proc
 
 import (
@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // RSSKiB is the resident set size of process pid in KiB, or -1 if it cannot be read.
@@ -37,4 +38,32 @@ func CPUSeconds(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ
+}
+
+// RunQueueWait is how long the threads of process pid have, in all, been ready to run but
+// waiting for a CPU (the scheduler's run delay, the second field of each thread's schedstat),
+// and false if it cannot be read.
+func RunQueueWait(pid int) (time.Duration, bool) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, false
+	}
+	var total time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread has exited since the listing
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			return 0, false
+		}
+		ns, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		total += time.Duration(ns)
+	}
+	return total, true
 }

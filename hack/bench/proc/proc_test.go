@@ -2,7 +2,10 @@ package proc
 
 import (
 	"os"
+	"runtime"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestReadsOfThisProcess(t *testing.T) {
@@ -33,4 +36,35 @@ func TestReadsOfThisProcess(t *testing.T) {
 		})
 	}
 	_ = buf[0]
+}
+
+// TestRunQueueWait: threads that outnumber the CPUs and all want to run wait for one, and the
+// wait shows; a process that does not exist cannot be read.
+func TestRunQueueWait(t *testing.T) {
+	before, ok := RunQueueWait(os.Getpid())
+	if !ok {
+		t.Fatal("RunQueueWait of this process: not readable")
+	}
+	// Twice as many busy threads as CPUs for 300 ms: each waits about half the time.
+	prev := runtime.GOMAXPROCS(2 * runtime.NumCPU())
+	defer runtime.GOMAXPROCS(prev)
+	var wg sync.WaitGroup
+	stop := time.Now().Add(300 * time.Millisecond)
+	for range 2 * runtime.NumCPU() {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+			}
+		})
+	}
+	wg.Wait()
+	after, ok := RunQueueWait(os.Getpid())
+	if !ok {
+		t.Fatal("RunQueueWait of this process: not readable")
+	}
+	if waited := after - before; waited < 50*time.Millisecond {
+		t.Errorf("busy threads twice the CPUs for 300 ms waited %s in all, want at least 50ms", waited)
+	}
+	if _, ok := RunQueueWait(1 << 30); ok {
+		t.Error("RunQueueWait of a process that does not exist: readable")
+	}
 }
