@@ -44,9 +44,10 @@ func main() {
 		halfD    = flag.Duration("half-d", 3*time.Second, "length of each paced run at half the delivered rate")
 		halfN    = flag.Int("half-rounds", 5, "alternating rounds (hello, then knfaas) paced at half the delivered rate (0: none)")
 		redisPID = flag.Int("redis-pid", 0, "pid of the redis-server, for its run-queue wait in the paced rounds (0: not reported)")
+		trace    = flag.String("half-trace", "", "write an execution trace of the runtime, taken during the first paced knfaas round, to this file")
 	)
 	flag.Parse()
-	cpuProfile, cpuProfileSeconds, halfDur, halfRounds, redisServerPID = *profile, *profSecs, *halfD, *halfN, *redisPID
+	cpuProfile, cpuProfileSeconds, halfDur, halfRounds, redisServerPID, halfTrace = *profile, *profSecs, *halfD, *halfN, *redisPID, *trace
 	if err := run(*conc, *events, *helloDur, *size, *colds, *knfaas, *redisURL); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -62,6 +63,7 @@ var (
 	halfDur           time.Duration
 	halfRounds        int
 	redisServerPID    int
+	halfTrace         string
 )
 
 // waits reads the run-queue wait of processes, to report it per request between two readings.
@@ -99,21 +101,33 @@ const deliveryHist = "knfaas_trigger_delivery_seconds_bucket"
 // startProfile fetches a CPU profile of the runtime from its pprof address in the background;
 // the returned function waits for it.
 func startProfile(pprofAddr string) func() {
-	if cpuProfile == "" {
+	return fetchInBackground(cpuProfile, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, cpuProfileSeconds))
+}
+
+// startTrace fetches an execution trace of the runtime, as long as a paced round, in the
+// background; the returned function waits for it.
+func startTrace(pprofAddr string) func() {
+	return fetchInBackground(halfTrace, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=%.0f", pprofAddr, max(1, halfDur.Seconds())))
+}
+
+// fetchInBackground writes what url answers to path, unless path is empty; the returned
+// function waits for it.
+func fetchInBackground(path, url string) func() {
+	if path == "" {
 		return func() {}
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, cpuProfileSeconds))
+		resp, err := http.Get(url)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			fmt.Fprintln(os.Stderr, "bench:", path+":", err)
 			return
 		}
 		defer resp.Body.Close()
-		f, err := os.Create(cpuProfile)
+		f, err := os.Create(path)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			fmt.Fprintln(os.Stderr, "bench:", err)
 			return
 		}
 		defer f.Close()
@@ -302,11 +316,16 @@ func run(c, events int, helloDur time.Duration, size, colds int, knfaas, redisUR
 			helloWaited := helloWaits.perRequest(w0, helloWaits.read(), hh.N)
 			before, base := histBuckets(addr, deliveryHist), delivered()
 			w0 = knfaasWaits.read()
+			waitTrace := func() {}
+			if round == 0 {
+				waitTrace = startTrace(pprofAddr)
+			}
 			hp := load.Run(load.Options{Concurrency: c, Rate: halfRate, Duration: halfDur, Transport: localhost.Transport()}, publish(fmt.Sprintf("half%d-", round)))
 			for t0 := time.Now(); delivered()-base < float64(hp.N) && time.Since(t0) < time.Minute; {
 				time.Sleep(5 * time.Millisecond)
 			}
 			knfaasWaited := knfaasWaits.perRequest(w0, knfaasWaits.read(), hp.N)
+			waitTrace()
 			d := since(histBuckets(addr, deliveryHist), before)
 			lost += float64(hp.N) - (delivered() - base)
 			ratio := float64(quantile(d, 0.99)) / float64(hh.P99)
