@@ -44,7 +44,7 @@ func main() {
 		halfD    = flag.Duration("half-d", 3*time.Second, "length of each paced run at half the delivered rate")
 		halfN    = flag.Int("half-rounds", 5, "alternating rounds (hello, then knfaas) paced at half the delivered rate (0: none)")
 		redisPID = flag.Int("redis-pid", 0, "pid of the redis-server, for its run-queue wait in the paced rounds (0: not reported)")
-		trace    = flag.String("half-trace", "", "write an execution trace of the runtime, taken during the first paced knfaas round, to this file")
+		trace    = flag.String("half-trace", "", "write an execution trace of the runtime, taken during the first paced knfaas round, to this file (tracing costs CPU: that round's figures run high)")
 	)
 	flag.Parse()
 	cpuProfile, cpuProfileSeconds, halfDur, halfRounds, redisServerPID, halfTrace = *profile, *profSecs, *halfD, *halfN, *redisPID, *trace

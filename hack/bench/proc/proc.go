@@ -44,7 +44,12 @@ func CPUSeconds(pid int) float64 {
 // waiting for a CPU (the scheduler's run delay, the second field of each thread's schedstat),
 // and false if it cannot be read.
 func RunQueueWait(pid int) (time.Duration, bool) {
-	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	return runQueueWait("/proc", pid)
+}
+
+// runQueueWait is RunQueueWait with the proc filesystem mounted at root.
+func runQueueWait(root string, pid int) (time.Duration, bool) {
+	dir := root + "/" + strconv.Itoa(pid) + "/task"
 	tasks, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, false

@@ -2,6 +2,7 @@ package proc
 
 import (
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -66,5 +67,40 @@ func TestRunQueueWait(t *testing.T) {
 	}
 	if _, ok := RunQueueWait(1 << 30); ok {
 		t.Error("RunQueueWait of a process that does not exist: readable")
+	}
+}
+
+// TestRunQueueWaitSumsTheRunDelayOfEveryThread reads a proc tree laid out as Linux lays it out:
+// the wait is the sum of the second field (the run delay) of each thread's schedstat, never the
+// first (the time on a CPU), and a malformed file makes the whole reading unusable.
+func TestRunQueueWaitSumsTheRunDelayOfEveryThread(t *testing.T) {
+	tests := []struct {
+		name    string
+		threads map[string]string // thread id → its schedstat
+		want    time.Duration
+		ok      bool
+	}{
+		{name: "one thread", threads: map[string]string{"7": "900000 1500 12\n"}, want: 1500, ok: true},
+		{name: "three threads", threads: map[string]string{"7": "900000 1500 12\n", "8": "5 2000000 3\n", "9": "0 0 0\n"}, want: 2001500, ok: true},
+		{name: "a field missing", threads: map[string]string{"7": "900000\n"}},
+		{name: "not a number", threads: map[string]string{"7": "900000 many 12\n"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for tid, stat := range tc.threads {
+				dir := filepath.Join(root, "42", "task", tid)
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "schedstat"), []byte(stat), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, ok := runQueueWait(root, 42)
+			if ok != tc.ok || got != tc.want {
+				t.Errorf("runQueueWait = %s, %t; want %s, %t", got, ok, tc.want, tc.ok)
+			}
+		})
 	}
 }
