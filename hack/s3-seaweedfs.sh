@@ -63,26 +63,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port prints a loopback TCP port nobody answers on and no earlier call printed.
-taken=" "
-free_port() {
-  local port
-  while true; do
-    port=$((20000 + RANDOM % 40000))
-    case "$taken" in *" $port "*) continue ;; esac
-    if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      taken="$taken$port "
-      echo "$port"
-      return
-    fi
-  done
-}
+# shellcheck disable=SC1091 # sourced relative to the repository root, which the script cd-s to
+source hack/free-port.sh
 
 # Every port explicit: weed's default gRPC port is the HTTP port + 10000, which may be taken.
-master_port=$(free_port); master_grpc=$(free_port)
-volume_port=$(free_port); volume_grpc=$(free_port)
-filer_port=$(free_port); filer_grpc=$(free_port)
-s3_port=$(free_port); s3_grpc=$(free_port)
+free_port master_port; free_port master_grpc
+free_port volume_port; free_port volume_grpc
+free_port filer_port; free_port filer_grpc
+free_port s3_port; free_port s3_grpc
 
 access_key="knfaas-e2e"
 secret_key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')

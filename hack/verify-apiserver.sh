@@ -67,7 +67,9 @@ fi
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
+
+# stop_control_plane ends the etcd and kube-apiserver this script started, and waits for them.
+stop_control_plane() {
   local pid
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null || true
@@ -75,34 +77,18 @@ cleanup() {
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  pids=()
+}
+
+cleanup() {
+  stop_control_plane
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port prints a loopback TCP port nobody answers on.
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-}
-
-etcd_port=$(free_port)
-etcd_peer_port=$(free_port)
-api_port=$(free_port)
-
-log "starting etcd on 127.0.0.1:$etcd_port"
-"$etcd_bin" --name verify --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-  --initial-cluster "verify=http://127.0.0.1:$etcd_peer_port" \
-  --unsafe-no-fsync --log-level warn >"$work/etcd.log" 2>&1 &
-pids+=($!)
+# shellcheck disable=SC1091 # sourced relative to the repository root, which the script cd-s to
+source hack/free-port.sh
 
 # Service-account keys (the API server refuses to start without them) and a static token; the
 # serving certificate is self-signed by the API server into --cert-dir.
@@ -110,22 +96,41 @@ openssl genrsa -out "$work/sa.key" 2048 2>/dev/null
 openssl rsa -in "$work/sa.key" -pubout -out "$work/sa.pub" 2>/dev/null
 token=$(openssl rand -hex 16)
 echo "$token,verify,verify,system:masters" >"$work/tokens.csv"
-
-log "starting kube-apiserver $KUBERNETES_VERSION on 127.0.0.1:$api_port"
-"$apiserver_bin" \
-  --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-  --cert-dir "$work/certs" \
-  --token-auth-file "$work/tokens.csv" --authorization-mode AlwaysAllow \
-  --service-account-issuer https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file "$work/sa.pub" --service-account-signing-key-file "$work/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 \
-  --enable-priority-and-fairness=false \
-  >"$work/apiserver.log" 2>&1 &
-pids+=($!)
-
+kc() { kubectl --cache-dir "$work/kubecache" "$@"; }
 export KUBECONFIG="$work/kubeconfig"
-cat >"$KUBECONFIG" <<EOF
+
+# start_control_plane starts etcd and kube-apiserver on fresh ports and waits until the API server
+# is ready. It returns 0 when it is; 2 when a process exited because one of its ports was taken
+# meanwhile (both are stopped by then, so the caller may try again on other ports); 1 otherwise.
+start_control_plane() {
+  local etcd_port etcd_peer_port api_port pid deadline
+  free_port etcd_port
+  free_port etcd_peer_port
+  free_port api_port
+  rm -rf "$work/etcd" "$work/certs"
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  "$etcd_bin" --name verify --data-dir "$work/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster "verify=http://127.0.0.1:$etcd_peer_port" \
+    --unsafe-no-fsync --log-level warn >"$work/etcd.log" 2>&1 &
+  pids+=($!)
+
+  log "starting kube-apiserver $KUBERNETES_VERSION on 127.0.0.1:$api_port"
+  "$apiserver_bin" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --cert-dir "$work/certs" \
+    --token-auth-file "$work/tokens.csv" --authorization-mode AlwaysAllow \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$work/sa.pub" --service-account-signing-key-file "$work/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --enable-priority-and-fairness=false \
+    >"$work/apiserver.log" 2>&1 &
+  pids+=($!)
+
+  cat >"$KUBECONFIG" <<KUBECONFIG
 apiVersion: v1
 kind: Config
 clusters:
@@ -141,24 +146,48 @@ contexts:
 - name: verify
   context: {cluster: verify, user: verify}
 current-context: verify
-EOF
-kc() { kubectl --cache-dir "$work/kubecache" "$@"; }
+KUBECONFIG
 
-deadline=$((SECONDS + 180))
-until kc get --raw /readyz >/dev/null 2>&1; do
-  if [ $SECONDS -ge $deadline ]; then
-    log "kube-apiserver did not become ready; last lines of its log and etcd's:"
-    tail -n 30 "$work/apiserver.log" "$work/etcd.log" >&2
-    exit 1
-  fi
-  for pid in "${pids[@]}"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "a control-plane process exited; last lines of its logs:"
+  deadline=$((SECONDS + 180))
+  until kc get --raw /readyz >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "kube-apiserver did not become ready; last lines of its log and etcd's:"
       tail -n 30 "$work/apiserver.log" "$work/etcd.log" >&2
-      exit 1
+      return 1
     fi
+    for pid in "${pids[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        if grep -q 'address already in use' "$work/apiserver.log" "$work/etcd.log"; then
+          log "a control-plane process found one of its ports taken:"
+          grep -h 'address already in use' "$work/apiserver.log" "$work/etcd.log" | cut -c 1-300 | tail -n 2 >&2
+          stop_control_plane
+          return 2
+        fi
+        log "a control-plane process exited; last lines of its logs:"
+        tail -n 30 "$work/apiserver.log" "$work/etcd.log" >&2
+        return 1
+      fi
+    done
+    sleep 1
   done
-  sleep 1
+}
+
+# free_port checks each port just before use, but another program may bind one in between: then
+# start again on other ports, up to three times in all.
+for attempt in 1 2 3; do
+  status=0
+  start_control_plane || status=$?
+  case $status in
+    0) break ;;
+    2)
+      if [ "$attempt" -eq 3 ]; then
+        log "a port was taken on each of $attempt attempts; giving up"
+        exit 1
+      fi
+      log "trying again on other ports"
+      ;;
+    *) exit 1 ;;
+  esac
 done
 log "kube-apiserver ready"
 
